@@ -1,0 +1,9 @@
+//! aiop: the AIO-P performance predictor and the architecture searches built on it.
+//!
+//! Rooms, with imports pointing down only: [`graph`] (the computational graph, shapes, FLOPs,
+//! hash, JSON) ← [`spaces`] (benchmark search spaces, architecture strings, mutations, labels).
+#![forbid(unsafe_code)]
+
+pub mod graph;
+pub mod rng;
+pub mod spaces;

@@ -1,0 +1,58 @@
+//! STUB: to be implemented (helper in progress).
+use super::{SearchSpace, SpaceError, SpaceId, Task};
+use crate::graph::Graph;
+use crate::rng::Rng;
+pub struct Micro;
+impl SearchSpace for Micro {
+    type Arch = String;
+    const ID: SpaceId = SpaceId::Tnb101Micro;
+    const FORMAT_HELP: &'static str = "stub";
+    fn parse(s: &str) -> Result<String, SpaceError> {
+        Ok(s.to_string())
+    }
+    fn format(a: &String) -> String {
+        a.clone()
+    }
+    fn naslib(a: &String) -> String {
+        a.clone()
+    }
+    fn sample(_rng: &mut Rng) -> String {
+        unimplemented!()
+    }
+    fn enumerate() -> Option<Vec<String>> {
+        None
+    }
+    fn neighbours(_a: &String) -> Vec<String> {
+        vec![]
+    }
+    fn build(_a: &String, _task: Task) -> Result<Graph, SpaceError> {
+        unimplemented!()
+    }
+}
+pub struct Macro;
+impl SearchSpace for Macro {
+    type Arch = String;
+    const ID: SpaceId = SpaceId::Tnb101Macro;
+    const FORMAT_HELP: &'static str = "stub";
+    fn parse(s: &str) -> Result<String, SpaceError> {
+        Ok(s.to_string())
+    }
+    fn format(a: &String) -> String {
+        a.clone()
+    }
+    fn naslib(a: &String) -> String {
+        a.clone()
+    }
+    fn sample(_rng: &mut Rng) -> String {
+        unimplemented!()
+    }
+    fn enumerate() -> Option<Vec<String>> {
+        None
+    }
+    fn neighbours(_a: &String) -> Vec<String> {
+        vec![]
+    }
+    fn build(_a: &String, _task: Task) -> Result<Graph, SpaceError> {
+        unimplemented!()
+    }
+}
