@@ -1,2 +1,54 @@
+//! The `aiop` binary: parses arguments, wires components, and turns errors into exit codes in
+//! one place ([`exit_code`]). Command bodies live in `cmd/`, one file per command family.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// aiop: AIO-P performance prediction and architecture search.
+#[derive(Debug, Parser)]
+#[command(name = "aiop", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the built-in search spaces, their tasks and how many labelled architectures each has.
+    Spaces(cmd::graph::SpacesArgs),
+    /// Build computational graphs: architecture strings on stdin (or --arch, or --file G.json),
+    /// one JSON line per graph out (or DOT, or the graph interchange format).
+    Graph(cmd::graph::GraphArgs),
+}
+
+/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<aiop::spaces::SpaceError>()
+            || cause.is::<aiop::graph::GraphError>()
+            || cause.is::<cmd::DataError>()
+        {
+            return 65;
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Spaces(a) => cmd::graph::spaces(a),
+        Command::Graph(a) => cmd::graph::graph(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aiop: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
