@@ -23,6 +23,15 @@ enum Command {
     /// Build computational graphs: architecture strings on stdin (or --arch, or --file G.json),
     /// one JSON line per graph out (or DOT, or the graph interchange format).
     Graph(cmd::graph::GraphArgs),
+    /// Measure speed (release builds; see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Graphs built per second on one core (plain, and with hash and FLOPs).
+    Graph(cmd::bench::BenchGraphArgs),
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data.
@@ -43,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Spaces(a) => cmd::graph::spaces(a),
         Command::Graph(a) => cmd::graph::graph(a),
+        Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! themselves (clap does, in `main`), read and write the standard streams, and return
 //! `anyhow::Result` so that `main` maps every failure to an exit code in one place.
 
+pub mod bench;
 pub mod graph;
 
 /// Input that could not be processed (some lines of a batch failed); maps to exit code 65.
