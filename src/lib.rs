@@ -6,4 +6,5 @@
 
 pub mod graph;
 pub mod rng;
+pub mod search;
 pub mod spaces;

@@ -33,7 +33,11 @@ fn check_space(space: SpaceId) {
         let task = space.task(&r.task).unwrap();
         let arch = Arch::parse(space, &r.arch).unwrap();
         let g = arch.build(task).unwrap();
-        let got = (g.flops(Convention::Naslib), g.params(), g.flops(Convention::Macs));
+        let got = (
+            g.flops(Convention::Naslib),
+            g.params(),
+            g.flops(Convention::Macs),
+        );
         if got != (r.naslib_flops, r.params, r.macs) {
             failures.push(format!(
                 "{} {} {}: got (naslib, params, macs) {:?}, want {:?}",
@@ -127,7 +131,10 @@ fn table_spellings_are_printed_back_verbatim() {
         (SpaceId::Tnb101Micro, "tnb101_micro", "arch_str"),
         (SpaceId::Tnb101Macro, "tnb101_macro", "arch_str"),
     ] {
-        let path = format!("{}/search_spaces/{file}/labels.csv", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/search_spaces/{file}/labels.csv",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let mut rdr = csv::Reader::from_path(path).unwrap();
         let h = rdr.headers().unwrap().clone();
         let ai = h.iter().position(|x| x == col).unwrap();

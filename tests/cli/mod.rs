@@ -47,7 +47,15 @@ fn spaces_lists_every_space_with_label_counts() {
 fn graph_reads_stdin_and_writes_json_lines_in_order() {
     let input = format!("{A}\n(4, 0, 4, 1, 2, 0)\n");
     let o = aiop(
-        &["graph", "--space", "nb201", "--task", "cifar10", "--flops-convention", "naslib"],
+        &[
+            "graph",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--flops-convention",
+            "naslib",
+        ],
         &input,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -76,14 +84,29 @@ fn graph_reads_stdin_and_writes_json_lines_in_order() {
 #[test]
 fn graph_exports_dot_and_the_interchange_format_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    let o = aiop(&["graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "dot"], "");
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "dot",
+        ],
+        "",
+    );
     assert!(o.status.success());
     let dot = String::from_utf8(o.stdout).unwrap();
     assert!(dot.starts_with("digraph") && dot.contains("->"));
 
-    let o = aiop(&["graph", "--space", "nb201", "--task", "cifar10", "--arch", A], "");
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A,
+        ],
+        "",
+    );
     let direct: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let o = aiop(&["graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "graph"], "");
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "graph",
+        ],
+        "",
+    );
     assert!(o.status.success());
     let path = dir.path().join("g.json");
     std::fs::write(&path, &o.stdout).unwrap();
@@ -107,10 +130,18 @@ fn bad_input_names_the_line_and_what_was_expected() {
     // The good lines are still answered.
     assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count(), 2);
 
-    let o = aiop(&["graph", "--space", "nb999", "--task", "cifar10", "--arch", A], "");
+    let o = aiop(
+        &[
+            "graph", "--space", "nb999", "--task", "cifar10", "--arch", A,
+        ],
+        "",
+    );
     assert_eq!(o.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown space 'nb999'"));
-    let o = aiop(&["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A], "");
+    let o = aiop(
+        &["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A],
+        "",
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no task 'jigsaw'"));
 }
 
@@ -131,5 +162,8 @@ fn a_shape_inconsistent_graph_file_names_the_node() {
     let o = aiop(&["graph", "--file", path.to_str().unwrap()], "");
     assert_eq!(o.status.code(), Some(65));
     let err = String::from_utf8(o.stderr).unwrap();
-    assert!(err.contains("bad.json") && err.contains("node 'sum'"), "{err}");
+    assert!(
+        err.contains("bad.json") && err.contains("node 'sum'"),
+        "{err}"
+    );
 }
