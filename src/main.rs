@@ -23,6 +23,10 @@ enum Command {
     /// Build computational graphs: architecture strings on stdin (or --arch, or --file G.json),
     /// one JSON line per graph out (or DOT, or the graph interchange format).
     Graph(cmd::graph::GraphArgs),
+    /// Search a space (evolution, random) or reduce a network's FLOPs, scored by a fitness.
+    Search(cmd::search::SearchArgs),
+    /// Write a result of `aiop search --json` as an architecture string and a JSON graph.
+    Export(cmd::search::ExportArgs),
     /// Measure speed (release builds; see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -52,6 +56,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Spaces(a) => cmd::graph::spaces(a),
         Command::Graph(a) => cmd::graph::graph(a),
+        Command::Search(a) => cmd::search::search(a),
+        Command::Export(a) => cmd::search::export(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
     };
     match result {

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod graph;
+pub mod search;
 
 /// Input that could not be processed (some lines of a batch failed); maps to exit code 65.
 #[derive(Debug, thiserror::Error)]

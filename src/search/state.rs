@@ -6,7 +6,7 @@
 //! deserialised state does exactly what it would have done on the original; all randomness comes
 //! from the state's own [`Rng`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -384,18 +384,18 @@ impl SearchState {
     ) -> Result<Vec<usize>, SearchError> {
         let remaining = self.spec.budget.saturating_sub(self.evaluations);
         let mut keep: Vec<(Built, Option<f64>)> = Vec::with_capacity(cands.len());
-        let mut batch_hashes: HashMap<GraphHash, ()> = HashMap::new();
+        let mut batch_hashes: HashSet<GraphHash> = HashSet::new();
         let mut misses = 0usize;
         for b in cands {
             let cached = self.seen().get(&b.hash).copied();
             if let Some(i) = cached {
                 let s = self.history[i].score;
                 keep.push((b, Some(s)));
-            } else if batch_hashes.contains_key(&b.hash) {
+            } else if batch_hashes.contains(&b.hash) {
                 keep.push((b, None)); // duplicate within the batch: scored once, below
             } else if misses < remaining {
                 misses += 1;
-                batch_hashes.insert(b.hash, ());
+                batch_hashes.insert(b.hash);
                 keep.push((b, None));
             }
         }
@@ -525,7 +525,7 @@ impl SearchState {
         };
         // All cheaper, unseen, feasible moves of the frontier.
         let mut cands: Vec<Built> = Vec::new();
-        let mut batch_seen: HashMap<GraphHash, ()> = HashMap::new();
+        let mut batch_seen: HashSet<GraphHash> = HashSet::new();
         for f in self.frontier.clone() {
             let fl = self.history[f].mflops;
             for g in self.moves(f)? {
@@ -533,7 +533,7 @@ impl SearchState {
                 if b.mflops < fl
                     && self.feasible(&b)
                     && !self.seen().contains_key(&b.hash)
-                    && batch_seen.insert(b.hash, ()).is_none()
+                    && batch_seen.insert(b.hash)
                 {
                     cands.push(b);
                 }
@@ -569,9 +569,9 @@ impl SearchState {
     pub fn result_indices(&self) -> Vec<usize> {
         // First occurrence of each network.
         let mut firsts: Vec<usize> = Vec::new();
-        let mut seen: HashMap<GraphHash, ()> = HashMap::new();
+        let mut seen: HashSet<GraphHash> = HashSet::new();
         for (i, e) in self.history.iter().enumerate() {
-            if seen.insert(e.hash, ()).is_none() {
+            if seen.insert(e.hash) {
                 firsts.push(i);
             }
         }

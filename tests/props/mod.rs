@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 /// Build a random shape-valid graph from a recipe: each step picks an op and its inputs among the
 /// nodes so far; steps whose shapes do not fit are rejected by the builder and skipped.
-fn random_graph(recipe: &[(u8, u16, u16, u8)], c0: u32, hw: u32) -> Graph {
+fn random_graph(recipe: &[Step], c0: u32, hw: u32) -> Graph {
     let mut b = GraphBuilder::new();
     let x = b.input(c0, hw, hw).unwrap();
     let mut ids: Vec<NodeId> = vec![x];
@@ -48,9 +48,12 @@ fn random_graph(recipe: &[(u8, u16, u16, u8)], c0: u32, hw: u32) -> Graph {
     b.finish()
 }
 
-fn recipe() -> impl Strategy<Value = (Vec<(u8, u16, u16, u8)>, u32, u32)> {
+/// One builder step: (op choice, input a, input b, parameter).
+type Step = (u8, u16, u16, u8);
+
+fn recipe() -> impl Strategy<Value = (Vec<Step>, u32, u32)> {
     (
-        prop::collection::vec(any::<(u8, u16, u16, u8)>(), 1..40),
+        prop::collection::vec(any::<Step>(), 1..40),
         1u32..8,
         4u32..24,
     )
@@ -139,6 +142,84 @@ proptest! {
             prop_assert_eq!(&spaces::Arch::parse(space, &n.to_string()).unwrap(), n);
             if k % 7 == 0 {
                 let g = n.build(task).unwrap();
+                prop_assert!(from_json(&to_json(&g)).is_ok());
+            }
+        }
+    }
+}
+
+mod search_props {
+    use std::sync::atomic::AtomicBool;
+
+    use aiop::graph::json::{from_json, to_json};
+    use aiop::search::{self, Algorithm, SearchSpec, SearchState, TableFitness};
+    use aiop::spaces::{SpaceId, Task};
+    use proptest::prelude::*;
+
+    /// The NB-201 table, parsed once for all cases.
+    fn table() -> TableFitness {
+        static T: std::sync::OnceLock<TableFitness> = std::sync::OnceLock::new();
+        T.get_or_init(|| TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap())
+            .clone()
+    }
+
+    fn spec(alg: Algorithm, seed: u64, max_mflops: Option<f64>) -> SearchSpec {
+        SearchSpec {
+            space: Some(SpaceId::Nb201),
+            task: Some(Task::Cifar10),
+            algorithm: alg,
+            budget: 120,
+            population: 16,
+            sample: 4,
+            batch: 8,
+            seed,
+            max_mflops,
+            multi_objective: seed % 2 == 0,
+            start: (alg == Algorithm::Flops).then(|| {
+                search::Start::Arch(
+                    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|".into(),
+                )
+            }),
+            ..SearchSpec::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn resumed_search_equals_uninterrupted(seed in any::<u64>(), cut in 0u64..12, alg in 0usize..3) {
+            let alg = [Algorithm::Evolution, Algorithm::Random, Algorithm::Flops][alg];
+            let mut fit = table();
+            let no = AtomicBool::new(false);
+            let mut whole = SearchState::new(spec(alg, seed, None)).unwrap();
+            search::run(&mut whole, &mut fit, &no, |_| Ok(())).unwrap();
+            let mut part = SearchState::new(spec(alg, seed, None)).unwrap();
+            for _ in 0..cut {
+                search::step(&mut part, &mut fit).unwrap();
+            }
+            let mut resumed: SearchState =
+                serde_json::from_str(&serde_json::to_string(&part).unwrap()).unwrap();
+            search::run(&mut resumed, &mut fit, &no, |_| Ok(())).unwrap();
+            prop_assert_eq!(resumed.results(), whole.results());
+            prop_assert_eq!(&resumed, &whole);
+        }
+
+        #[test]
+        fn results_satisfy_constraints_and_are_shape_valid(seed in any::<u64>(), limit in 20.0f64..120.0, alg in 0usize..2) {
+            let alg = [Algorithm::Evolution, Algorithm::Random][alg];
+            let mut fit = table();
+            let mut s = SearchState::new(spec(alg, seed, Some(limit))).unwrap();
+            search::run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+            prop_assert!(s.evaluations <= 120);
+            for e in &s.history {
+                prop_assert!(e.mflops <= limit);
+            }
+            for r in s.results() {
+                prop_assert!(r.mflops <= limit);
+                let a = aiop::spaces::Arch::parse(SpaceId::Nb201, r.arch.as_deref().unwrap()).unwrap();
+                let g = a.build(Task::Cifar10).unwrap();
+                prop_assert_eq!(g.hash(), r.hash);
                 prop_assert!(from_json(&to_json(&g)).is_ok());
             }
         }
