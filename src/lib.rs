@@ -8,3 +8,4 @@ pub mod graph;
 pub mod rng;
 pub mod search;
 pub mod spaces;
+pub mod stats;
