@@ -27,9 +27,18 @@ enum Command {
     Search(cmd::search::SearchArgs),
     /// Write a result of `aiop search --json` as an architecture string and a JSON graph.
     Export(cmd::search::ExportArgs),
+    /// Experiments against the benchmark tables (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
     /// Measure speed (release builds; see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExperimentCommand {
+    /// Sample efficiency of searches: true label of the returned architecture after k queries.
+    Search(cmd::experiment::ExperimentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +67,7 @@ fn main() -> ExitCode {
         Command::Graph(a) => cmd::graph::graph(a),
         Command::Search(a) => cmd::search::search(a),
         Command::Export(a) => cmd::search::export(a),
+        Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
     };
     match result {

@@ -167,3 +167,60 @@ fn a_shape_inconsistent_graph_file_names_the_node() {
         "{err}"
     );
 }
+
+#[test]
+fn search_writes_results_that_export_as_arch_and_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("r.json");
+    let o = aiop(
+        &[
+            "search",
+            "--space",
+            "tnb101_macro",
+            "--task",
+            "segmentsemantic",
+            "--fitness",
+            "oracle",
+            "--budget",
+            "60",
+            "--population",
+            "20",
+            "--sample",
+            "5",
+            "--max-mflops",
+            "20000",
+            "--seed",
+            "3",
+            "--json",
+            res.to_str().unwrap(),
+            "--quiet",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    let results = file["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    assert!(file["evaluations"].as_u64().unwrap() <= 60);
+    for r in results {
+        assert!(r["mflops"].as_f64().unwrap() <= 20000.0);
+        // The oracle column is the table's label; with the oracle fitness it equals the score.
+        assert_eq!(r["oracle"], r["predicted"]);
+    }
+    let g = dir.path().join("best.json");
+    let o = aiop(
+        &[
+            "export",
+            res.to_str().unwrap(),
+            "--graph",
+            g.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let arch = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(arch, results[0]["arch"].as_str().unwrap());
+    let o = aiop(&["graph", "--file", g.to_str().unwrap()], "");
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["hash"], results[0]["hash"]);
+}
