@@ -4,3 +4,4 @@
 mod cg;
 mod cli;
 mod props;
+mod search;
