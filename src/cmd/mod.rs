@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod experiment;
 pub mod graph;
+pub mod predictor;
 pub mod search;
 
 /// Input that could not be processed (some lines of a batch failed); maps to exit code 65.
