@@ -15,10 +15,11 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
+use super::adapters::{self, Adapted, AdaptersMeta};
 use super::data::TaskKey;
 use super::features::GraphFeatures;
 use super::init::var_builder;
-use super::model::{Config, Predictor};
+use super::model::{Config, Predictor, Regressor};
 use super::train::{predict_batched, TrainConfig};
 use super::transform::TaskScaler;
 use super::PredictorError;
@@ -44,12 +45,17 @@ pub struct Meta {
     /// Free-form summary of how the model was made (training log, test metrics).
     #[serde(default)]
     pub report: Option<serde_json::Value>,
+    /// K-Adapters on top of the (then frozen) encoder; predictions average them.
+    #[serde(default)]
+    pub adapters: Option<AdaptersMeta>,
 }
 
 /// A predictor with its weights and sidecar.
 pub struct Trained {
     pub map: VarMap,
     pub model: Predictor,
+    /// The encoder with adapters, when the model has them (then it predicts).
+    pub adapted: Option<Adapted>,
     pub meta: Meta,
     pub device: Device,
 }
@@ -76,6 +82,7 @@ impl Trained {
         Ok(Trained {
             map,
             model,
+            adapted: None,
             meta: Meta {
                 format_version: FORMAT_VERSION,
                 config: config.clone(),
@@ -84,6 +91,7 @@ impl Trained {
                 seed,
                 train: None,
                 report: None,
+                adapters: None,
             },
             device: device.clone(),
         })
@@ -125,6 +133,16 @@ impl Trained {
             source,
         })?;
         let mut t = Trained::init(&meta.config, meta.seed, device)?;
+        if let Some(a) = &meta.adapters {
+            t.adapted = Some(adapters::build(
+                &t.model.encoder,
+                &meta.config,
+                &a.config,
+                a.tasks.len(),
+                &t.map,
+                meta.seed,
+            )?);
+        }
         t.meta = meta;
         let w = dir.join(WEIGHTS_FILE);
         if !w.exists() {
@@ -159,7 +177,11 @@ impl Trained {
     ) -> Result<Vec<f64>, PredictorError> {
         let s = self.scaler(key)?;
         let feats: Vec<&GraphFeatures> = graphs.iter().map(|g| g.0).collect();
-        let z = predict_batched(&self.model, &feats, batch_size, &self.device)?;
+        let model: &dyn Regressor = match &self.adapted {
+            Some(a) => a,
+            None => &self.model,
+        };
+        let z = predict_batched(model, &feats, batch_size, &self.device)?;
         Ok(z.iter()
             .zip(graphs)
             .map(|(&z, &(_, gf))| s.inverse(z as f64, gf))

@@ -5,7 +5,10 @@
 //! → [`batch`] (many graphs packed into constant tensors) → [`model`] (node embedding, k-GNN
 //! [`gnn::GraphConv`] layers, pooling, MLP head) trained by [`train`] on labels scaled by
 //! [`transform`] (FLOPs scaling then per-task standardisation), stored by [`checkpoint`].
-//! [`data`] turns the shipped label tables into samples; [`metrics`] ranks predictions.
+//! [`data`] turns the shipped label tables into samples; [`metrics`] ranks predictions;
+//! [`pretrain`] runs the whole pretraining; [`adapters`] (K-Adapters over a frozen encoder) and
+//! [`transfer`] (zero-shot or fine-tuned on a few labelled networks) carry a pretrained model to
+//! new tasks.
 //!
 //! Invariants: every random choice (initial weights, dev split, batch order) comes from a
 //! [`crate::rng::Rng`] seeded by the caller, so a run is repeatable from its seed on one machine;
@@ -13,6 +16,7 @@
 //! them; message passing and pooling use `index_select` + `index_add` only (candle 0.11.1's
 //! `scatter_add` backward is wrong).
 
+pub mod adapters;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
@@ -23,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod pretrain;
 pub mod train;
+pub mod transfer;
 pub mod transform;
 
 use candle_core::Device;

@@ -188,6 +188,11 @@ impl Encoder {
         })
     }
 
+    /// The device the encoder's weights live on.
+    pub fn embed_device(&self) -> candle_core::Device {
+        self.embed.op.embeddings().device().clone()
+    }
+
     /// Node states: the embedding, then every layer's output (`layers + 1` tensors).
     pub fn node_states(&self, b: &Batch) -> candle_core::Result<Vec<Tensor>> {
         let mut hs = Vec::with_capacity(self.layers.len() + 1);

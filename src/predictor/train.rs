@@ -78,7 +78,7 @@ pub struct TrainReport {
 }
 
 /// Predictions (standardised units) for many graphs, `batch_size` at a time, in input order.
-pub fn predict_batched<R: Regressor>(
+pub fn predict_batched<R: Regressor + ?Sized>(
     model: &R,
     graphs: &[&GraphFeatures],
     batch_size: usize,
