@@ -3,5 +3,6 @@
 
 mod cg;
 mod cli;
+mod predictor;
 mod props;
 mod search;
