@@ -30,8 +30,8 @@ pub const DEFAULT_MODEL_DIR: &str = "state/predictor";
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
     /// A JSON pretraining configuration (`tasks`, `max_per_task`, `test_fraction`, `model`,
-    /// `train`; every field optional). Default: the three NB-201 tasks, all labels, 10 % test,
-    /// the paper's model and optimiser, 40 epochs.
+    /// `train`; every field optional). Default: all tasks of NB-201 and TNB-101 micro and macro
+    /// (17), all labels, 10 % test per task, the paper's model and optimiser, 40 epochs.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Checkpoint directory to write.

@@ -26,8 +26,9 @@ use crate::spaces::SpaceId;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PretrainConfig {
-    /// Tasks, spelt `space/task`. Default: the three NB-201 tasks (cifar10, cifar100,
-    /// ImageNet16-120).
+    /// Tasks, spelt `space/task`. Default: every labelled task of NB-201 (cifar10, cifar100,
+    /// ImageNet16-120) and of TransNAS-Bench-101 micro and macro (7 tasks each): 17 tasks,
+    /// about 98k networks (one epoch is some minutes of CPU; see `aiop bench predictor`).
     pub tasks: Vec<TaskKey>,
     /// Keep at most this many labelled networks per task (a seeded subsample); all by default.
     pub max_per_task: Option<usize>,
@@ -40,7 +41,10 @@ pub struct PretrainConfig {
 impl Default for PretrainConfig {
     fn default() -> PretrainConfig {
         PretrainConfig {
-            tasks: TaskKey::all_of(SpaceId::Nb201),
+            tasks: [SpaceId::Nb201, SpaceId::Tnb101Micro, SpaceId::Tnb101Macro]
+                .into_iter()
+                .flat_map(TaskKey::all_of)
+                .collect(),
             max_per_task: None,
             test_fraction: 0.1,
             model: Config::default(),
@@ -152,10 +156,12 @@ mod tests {
     use crate::predictor::model::tests::tiny_config;
 
     #[test]
-    fn default_config_round_trips_and_names_nb201() {
+    fn default_config_round_trips_and_names_nb201_and_tnb101() {
         let c = PretrainConfig::default();
         let j = serde_json::to_string(&c).unwrap();
         assert!(j.contains("\"nb201/cifar10\""), "{j}");
+        assert!(j.contains("\"tnb101_macro/segmentsemantic\""), "{j}");
+        assert_eq!(c.tasks.len(), 17);
         assert_eq!(serde_json::from_str::<PretrainConfig>(&j).unwrap(), c);
         assert!(serde_json::from_str::<PretrainConfig>(r#"{"epochs": 3}"#).is_err());
     }
