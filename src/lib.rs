@@ -1,9 +1,13 @@
 //! aiop: the AIO-P performance predictor and the architecture searches built on it.
 //!
 //! Rooms, with imports pointing down only: [`graph`] (the computational graph, shapes, FLOPs,
-//! hash, JSON) ← [`spaces`] (benchmark search spaces, architecture strings, mutations, labels).
+//! hash, JSON) ← [`spaces`] (benchmark search spaces, architecture strings, mutations, labels)
+//! ← [`taskfile`] (user task definitions) ← [`store`] (the daemon's sled database) ← [`watch`]
+//! (the task folder watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring). [`config`] is
+//! the daemon's settings, read by `main` and handed down.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod graph;
 pub mod rng;
 pub mod spaces;
