@@ -11,3 +11,4 @@ pub mod config;
 pub mod graph;
 pub mod rng;
 pub mod spaces;
+pub mod taskfile;
