@@ -11,4 +11,5 @@ pub mod config;
 pub mod graph;
 pub mod rng;
 pub mod spaces;
+pub mod store;
 pub mod taskfile;
