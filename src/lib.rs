@@ -13,3 +13,4 @@ pub mod rng;
 pub mod spaces;
 pub mod store;
 pub mod taskfile;
+pub mod watch;
