@@ -7,6 +7,8 @@
 //! the daemon's settings, read by `main` and handed down.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod graph;
 pub mod rng;
