@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod graph;
 pub mod rng;
+pub mod serve;
 pub mod spaces;
 pub mod store;
 pub mod taskfile;

@@ -23,11 +23,19 @@ enum Command {
     /// Build computational graphs: architecture strings on stdin (or --arch, or --file G.json),
     /// one JSON line per graph out (or DOT, or the graph interchange format).
     Graph(cmd::graph::GraphArgs),
+    /// Run the daemon: watch the tasks folder, serve the HTTP API.
+    Serve(cmd::serve::ServeArgs),
+    /// Ask a running daemon for its health and tasks.
+    Status(cmd::serve::StatusArgs),
 }
 
-/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data.
+/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
+/// 78 bad configuration (EX_CONFIG).
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.is::<aiop::config::ConfigError>() {
+            return 78;
+        }
         if cause.is::<aiop::spaces::SpaceError>()
             || cause.is::<aiop::graph::GraphError>()
             || cause.is::<cmd::DataError>()
@@ -43,6 +51,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Spaces(a) => cmd::graph::spaces(a),
         Command::Graph(a) => cmd::graph::graph(a),
+        Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
+        Command::Status(a) => cmd::serve::status(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

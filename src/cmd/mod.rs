@@ -3,6 +3,7 @@
 //! `anyhow::Result` so that `main` maps every failure to an exit code in one place.
 
 pub mod graph;
+pub mod serve;
 
 /// Input that could not be processed (some lines of a batch failed); maps to exit code 65.
 #[derive(Debug, thiserror::Error)]
