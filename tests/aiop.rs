@@ -1,0 +1,3 @@
+//! aiop's behaviour tests, in one binary: each module covers one area.
+
+mod daemon;
