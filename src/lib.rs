@@ -2,9 +2,10 @@
 //!
 //! Rooms, with imports pointing down only: [`graph`] (the computational graph, shapes, FLOPs,
 //! hash, JSON) ← [`spaces`] (benchmark search spaces, architecture strings, mutations, labels)
-//! ← [`taskfile`] (user task definitions) ← [`store`] (the daemon's sled database) ← [`watch`]
-//! (the task folder watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring). [`config`] is
-//! the daemon's settings, read by `main` and handed down.
+//! ← [`search`] (architecture searches; [`stats`] their rank statistics) ← [`taskfile`] (user
+//! task definitions) ← [`store`] (the daemon's sled database) ← [`watch`] (the task folder
+//! watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring). [`config`] is the daemon's
+//! settings, read by `main` and handed down; [`client`] talks HTTP to a running daemon.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -12,8 +13,10 @@ pub mod client;
 pub mod config;
 pub mod graph;
 pub mod rng;
+pub mod search;
 pub mod serve;
 pub mod spaces;
+pub mod stats;
 pub mod store;
 pub mod taskfile;
 pub mod watch;

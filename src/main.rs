@@ -23,10 +23,32 @@ enum Command {
     /// Build computational graphs: architecture strings on stdin (or --arch, or --file G.json),
     /// one JSON line per graph out (or DOT, or the graph interchange format).
     Graph(cmd::graph::GraphArgs),
+    /// Search a space (evolution, random) or reduce a network's FLOPs, scored by a fitness.
+    Search(cmd::search::SearchArgs),
+    /// Write a result of `aiop search --json` as an architecture string and a JSON graph.
+    Export(cmd::search::ExportArgs),
+    /// Experiments against the benchmark tables (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+    /// Measure speed (release builds; see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the daemon: watch the tasks folder, serve the HTTP API.
     Serve(cmd::serve::ServeArgs),
     /// Ask a running daemon for its health and tasks.
     Status(cmd::serve::StatusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExperimentCommand {
+    /// Sample efficiency of searches: true label of the returned architecture after k queries.
+    Search(cmd::experiment::ExperimentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Graphs built per second on one core (plain, and with hash and FLOPs).
+    Graph(cmd::bench::BenchGraphArgs),
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
@@ -51,6 +73,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Spaces(a) => cmd::graph::spaces(a),
         Command::Graph(a) => cmd::graph::graph(a),
+        Command::Search(a) => cmd::search::search(a),
+        Command::Export(a) => cmd::search::export(a),
+        Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
+        Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
         Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
         Command::Status(a) => cmd::serve::status(a),
     };

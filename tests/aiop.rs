@@ -1,3 +1,7 @@
-//! aiop's behaviour tests, in one binary: each module covers one area.
+//! aiop's behaviour tests, in one binary (ripgrep style): each module covers one area.
+//! Data files they read live in tests/data/ (see tests/data/make_flops_expected.py).
 
+mod cg;
+mod cli;
 mod daemon;
+mod props;

@@ -2,7 +2,10 @@
 //! themselves (clap does, in `main`), read and write the standard streams, and return
 //! `anyhow::Result` so that `main` maps every failure to an exit code in one place.
 
+pub mod bench;
+pub mod experiment;
 pub mod graph;
+pub mod search;
 pub mod serve;
 
 /// Input that could not be processed (some lines of a batch failed); maps to exit code 65.

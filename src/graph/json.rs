@@ -301,6 +301,15 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
             names.push(n.id.clone());
         }
     }
+    // Ids that are just the default `n<index>` carry nothing: drop them so that a built graph
+    // written and read back is equal to itself.
+    let default_ids = g
+        .names
+        .as_ref()
+        .is_some_and(|ns| ns.iter().enumerate().all(|(i, n)| *n == format!("n{i}")));
+    if default_ids {
+        g.names = None;
+    }
     Ok(g)
 }
 

@@ -11,6 +11,7 @@
 
 pub mod builder;
 pub mod dot;
+pub mod edit;
 pub mod flops;
 pub mod hash;
 pub mod json;

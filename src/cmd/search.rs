@@ -1,0 +1,247 @@
+//! `aiop search` and `aiop export`: run a search from the command line with a progress bar, write
+//! its results, and turn a chosen result into an architecture string and a JSON graph.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use aiop::graph::json;
+use aiop::search::{self, Algorithm, Fitness, ResultRow, SearchSpec, SearchState, Start};
+use aiop::spaces::{Arch, SpaceId, Task};
+
+/// What scores candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FitnessKind {
+    /// The benchmark table's true labels (baselines and experiments; every score is a "query").
+    Oracle,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Search space (not needed to reduce a free graph given with --start-graph).
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Task whose network head is built.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long, default_value = "evolution", value_parser = parse_algorithm)]
+    pub algorithm: Algorithm,
+    /// What scores candidates.
+    #[arg(long, value_enum, default_value = "oracle")]
+    pub fitness: FitnessKind,
+    /// Fitness evaluations allowed.
+    #[arg(long, default_value_t = 1000)]
+    pub budget: usize,
+    #[arg(long, default_value_t = 64)]
+    pub population: usize,
+    /// Tournament size.
+    #[arg(long, default_value_t = 16)]
+    pub sample: usize,
+    /// Candidates per generation (one fitness call each).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long)]
+    pub max_mflops: Option<f64>,
+    #[arg(long)]
+    pub max_mparams: Option<f64>,
+    /// Keep the Pareto front of score vs MFLOPs.
+    #[arg(long)]
+    pub multi_objective: bool,
+    /// FLOP reduction: start architecture.
+    #[arg(long, conflicts_with = "start_graph")]
+    pub start: Option<String>,
+    /// FLOP reduction: start network in the graph format.
+    #[arg(long)]
+    pub start_graph: Option<PathBuf>,
+    /// FLOP reduction: largest score drop allowed (task units).
+    #[arg(long, default_value_t = 0.5)]
+    pub tolerance: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Results to keep (single objective).
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse()
+}
+
+/// The file `aiop search --json` writes and `aiop export` reads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResultsFile {
+    pub spec: SearchSpec,
+    pub evaluations: usize,
+    pub generations: u64,
+    pub results: Vec<ResultRow>,
+}
+
+fn spec_from(a: &SearchArgs) -> anyhow::Result<SearchSpec> {
+    let space = a.space.as_deref().map(SpaceId::from_name).transpose()?;
+    let task: Option<Task> = match (space, a.task.as_deref()) {
+        (Some(s), Some(t)) => Some(s.task(t)?),
+        (None, Some(t)) => {
+            Some(Task::from_name(t).ok_or_else(|| anyhow::anyhow!("unknown task '{t}'"))?)
+        }
+        _ => None,
+    };
+    let start = match (&a.start, &a.start_graph) {
+        (Some(s), _) => Some(Start::Arch(s.clone())),
+        (None, Some(p)) => Some(Start::Graph(
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )),
+        _ => None,
+    };
+    Ok(SearchSpec {
+        space,
+        task,
+        algorithm: a.algorithm,
+        budget: a.budget,
+        population: a.population,
+        sample: a.sample,
+        batch: a.batch,
+        max_mflops: a.max_mflops,
+        max_mparams: a.max_mparams,
+        multi_objective: a.multi_objective,
+        seed: a.seed,
+        start,
+        tolerance: a.tolerance,
+        top_k: a.top,
+        ..SearchSpec::default()
+    })
+}
+
+pub fn search(a: SearchArgs) -> anyhow::Result<()> {
+    let spec = spec_from(&a)?;
+    let mut state = SearchState::new(spec.clone())?;
+    let (space, task) = (spec.space, spec.task);
+    let mut fitness: Box<dyn Fitness> = match a.fitness {
+        FitnessKind::Oracle => {
+            let (Some(space), Some(task)) = (space, task) else {
+                anyhow::bail!("the oracle fitness needs --space and --task");
+            };
+            Box::new(search::TableFitness::load(space, task)?)
+        }
+    };
+    let bar = progress_bar(a.quiet, spec.budget as u64);
+    let started = std::time::Instant::now();
+    let cancel = AtomicBool::new(false);
+    search::run(&mut state, fitness.as_mut(), &cancel, |s| {
+        bar.set_position(s.evaluations as u64);
+        let rate = s.history.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let best = s.best().map_or(f64::NAN, |b| b.score);
+        bar.set_message(format!(
+            "gen {} best {best:.4} {rate:.0} cand/s",
+            s.generation
+        ));
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let mut results = state.results();
+    fill_oracle(&mut results, space, task);
+    let file = ResultsFile {
+        spec,
+        evaluations: state.evaluations,
+        generations: state.generation,
+        results,
+    };
+    let mut out = std::io::stdout().lock();
+    for r in &file.results {
+        let name = r.arch.clone().unwrap_or_else(|| "<graph>".into());
+        let oracle = r.oracle.map_or("-".to_string(), |o| format!("{o:.4}"));
+        writeln!(
+            out,
+            "{:>10.4} {:>10.3} MFLOPs {:>8.4} M params  oracle {oracle:>8}  {name}",
+            r.predicted, r.mflops, r.mparams
+        )?;
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&file)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Fill the oracle column from the benchmark table where it has the architecture.
+fn fill_oracle(results: &mut [ResultRow], space: Option<SpaceId>, task: Option<Task>) {
+    let (Some(space), Some(task)) = (space, task) else {
+        return;
+    };
+    let Ok(table) = search::TableFitness::load(space, task) else {
+        return;
+    };
+    for r in results {
+        if let Some(a) = r.arch.as_deref().and_then(|s| Arch::parse(space, s).ok()) {
+            r.oracle = table.lookup(&a);
+        }
+    }
+}
+
+pub(crate) fn progress_bar(quiet: bool, len: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A results file written by `aiop search --json`.
+    pub results: PathBuf,
+    /// Which result (0 = the first: the best, or the cheapest on a front).
+    #[arg(long, default_value_t = 0)]
+    pub rank: usize,
+    /// Write the network in the graph format here (default: stdout after the arch line).
+    #[arg(long)]
+    pub graph: Option<PathBuf>,
+}
+
+pub fn export(a: ExportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.results)
+        .with_context(|| format!("reading {}", a.results.display()))?;
+    let file: ResultsFile = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a results file", a.results.display()))?;
+    let r = file.results.get(a.rank).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: rank {} of {} results",
+            a.results.display(),
+            a.rank,
+            file.results.len()
+        )
+    })?;
+    let graph = match (&r.arch, &r.graph, file.spec.space, file.spec.task) {
+        (Some(s), _, Some(space), Some(task)) => Arc::new(Arch::parse(space, s)?.build(task)?),
+        (_, Some(g), _, _) => Arc::new(json::from_json(&g.to_string())?),
+        _ => anyhow::bail!("result {} has neither an architecture nor a graph", a.rank),
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(s) = &r.arch {
+        writeln!(out, "{s}")?;
+    }
+    let text = json::to_json(&graph);
+    match &a.graph {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => out.write_all(text.as_bytes())?,
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! What a search optimises: the [`Fitness`] trait, and [`TableFitness`], the benchmark's own
+//! labels as a fitness (the "true evaluation" baseline and the oracle of experiments).
+//!
+//! Invariant: a fitness scores a batch in one call and returns one finite score per candidate,
+//! higher is better, in the task's units.
+
+use std::collections::HashMap;
+
+use super::{Genome, SearchError};
+use crate::graph::Graph;
+use crate::spaces::{labels, Arch, SpaceId, Task};
+
+/// A candidate as a fitness sees it: its genome and its built graph.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub genome: &'a Genome,
+    pub graph: &'a Graph,
+}
+
+/// Scores candidates, higher is better.
+pub trait Fitness {
+    fn score(&mut self, batch: &[Candidate<'_>]) -> Result<Vec<f64>, SearchError>;
+}
+
+/// The benchmark table's labels as a fitness (every call is a "true query").
+#[derive(Debug, Clone)]
+pub struct TableFitness {
+    values: HashMap<Arch, f64>,
+    sign: f64,
+    /// How many architectures were looked up (true queries made).
+    pub queries: usize,
+}
+
+impl TableFitness {
+    pub fn load(space: SpaceId, task: Task) -> Result<TableFitness, SearchError> {
+        let t = labels::load(space, task)?;
+        let sign = if t.higher_is_better { 1.0 } else { -1.0 };
+        Ok(TableFitness {
+            values: t.rows.into_iter().map(|r| (r.arch, r.value)).collect(),
+            sign,
+            queries: 0,
+        })
+    }
+
+    /// The label of an architecture, if the table has it (task units).
+    pub fn lookup(&self, arch: &Arch) -> Option<f64> {
+        self.values.get(arch).copied()
+    }
+}
+
+impl Fitness for TableFitness {
+    fn score(&mut self, batch: &[Candidate<'_>]) -> Result<Vec<f64>, SearchError> {
+        self.queries += batch.len();
+        batch
+            .iter()
+            .map(|c| match c.genome {
+                Genome::Arch(a) => self
+                    .lookup(a)
+                    .map(|v| v * self.sign)
+                    .ok_or_else(|| SearchError::Fitness(format!("the table has no label for {a}"))),
+                Genome::Graph(_) => Err(SearchError::Fitness(
+                    "a label table cannot score a free graph".into(),
+                )),
+            })
+            .collect()
+    }
+}

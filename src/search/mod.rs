@@ -1,0 +1,38 @@
+//! Architecture searches with a surrogate fitness: regularized evolution (Real et al. 2019),
+//! random search, and the FLOP-reducing search of AIO-P, over built-in spaces or free graphs.
+//!
+//! Invariants:
+//! - a search is a plain serialisable value ([`SearchState`]: spec, RNG, population, history,
+//!   counters); [`step`] advances it by one generation, so it can be checkpointed after any
+//!   generation and resumed bit for bit (nothing depends on hash-map iteration order);
+//! - each generation's new candidates are scored in ONE [`Fitness::score`] call; a candidate whose
+//!   graph hash was scored before is not sent again and does not count against the budget;
+//! - `budget` counts fitness evaluations and is never exceeded;
+//! - a candidate over the FLOPs or parameter limit is never evaluated nor returned;
+//! - the fitness is "higher is better" in the task's units (a fitness for a lower-is-better
+//!   metric negates it); the search never reads true labels (the oracle column of results is
+//!   filled by the caller, for experiments only).
+
+pub mod fitness;
+pub mod pareto;
+pub mod state;
+
+pub use fitness::{Fitness, TableFitness};
+pub use state::{
+    run, step, Algorithm, Evaluated, Genome, Outcome, ResultRow, SearchSpec, SearchState, Start,
+};
+
+/// Errors of the search room.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Space(#[from] crate::spaces::SpaceError),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+    #[error("fitness: {0}")]
+    Fitness(String),
+    #[error("invalid search: {0}")]
+    Invalid(String),
+    #[error("no candidate satisfies the constraints after {0} tries")]
+    Infeasible(usize),
+}

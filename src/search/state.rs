@@ -1,0 +1,798 @@
+//! The search as a value: [`SearchSpec`] (what to search), [`SearchState`] (where it stands) and
+//! [`step`], one generation of evolution, random search or FLOP reduction.
+//!
+//! Invariants (see also the room's documentation in `search/mod.rs`): the state serialises to JSON
+//! and back exactly (floats round-trip; graphs travel in the interchange format); [`step`] on a
+//! deserialised state does exactly what it would have done on the original; all randomness comes
+//! from the state's own [`Rng`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::fitness::Candidate;
+use super::{pareto, Fitness, SearchError};
+use crate::graph::hash::GraphHash;
+use crate::graph::{edit, json, Convention, Graph};
+use crate::rng::Rng;
+use crate::spaces::{self, Arch, SpaceId, Task};
+
+/// Which search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Regularized (aging) evolution.
+    Evolution,
+    /// Uniform random sampling: the baseline.
+    Random,
+    /// FLOP reduction from a start network within a score tolerance.
+    Flops,
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Algorithm, String> {
+        match s {
+            "evolution" => Ok(Algorithm::Evolution),
+            "random" => Ok(Algorithm::Random),
+            "flops" => Ok(Algorithm::Flops),
+            _ => Err(format!(
+                "unknown algorithm '{s}' (expected evolution, random or flops)"
+            )),
+        }
+    }
+}
+
+/// Where a FLOP-reducing search starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// An architecture string of the spec's space.
+    Arch(String),
+    /// A graph in the interchange format (JSON text).
+    Graph(String),
+}
+
+/// What to search. Every field has a default so specs can be partial in files and requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSpec {
+    /// Built-in space (absent only for a FLOP reduction of a free graph).
+    pub space: Option<SpaceId>,
+    /// The task whose network head architectures are built with.
+    pub task: Option<Task>,
+    pub algorithm: Algorithm,
+    /// Fitness evaluations allowed (cache hits are free).
+    pub budget: usize,
+    /// Evolution: population size P.
+    pub population: usize,
+    /// Evolution: tournament size S.
+    pub sample: usize,
+    /// New candidates per generation (one fitness call each).
+    pub batch: usize,
+    pub max_mflops: Option<f64>,
+    pub max_mparams: Option<f64>,
+    /// Keep and return the Pareto front of score vs MFLOPs instead of a ranking.
+    pub multi_objective: bool,
+    pub seed: u64,
+    /// FLOP reduction: the start network.
+    pub start: Option<Start>,
+    /// FLOP reduction: the score may drop by at most this much (task units).
+    pub tolerance: f64,
+    /// FLOP reduction: networks expanded per generation.
+    pub beam: usize,
+    /// Results returned by single-objective searches.
+    pub top_k: usize,
+}
+
+impl Default for SearchSpec {
+    fn default() -> SearchSpec {
+        SearchSpec {
+            space: None,
+            task: None,
+            algorithm: Algorithm::Evolution,
+            budget: 1000,
+            population: 64,
+            sample: 16,
+            batch: 16,
+            max_mflops: None,
+            max_mparams: None,
+            multi_objective: false,
+            seed: 0,
+            start: None,
+            tolerance: 0.5,
+            beam: 8,
+            top_k: 10,
+        }
+    }
+}
+
+impl SearchSpec {
+    /// Check the spec is complete and sensible.
+    pub fn validate(&self) -> Result<(), SearchError> {
+        let bad = |m: &str| Err(SearchError::Invalid(m.to_string()));
+        if self.budget == 0 || self.batch == 0 {
+            return bad("budget and batch must be positive");
+        }
+        match self.algorithm {
+            Algorithm::Evolution | Algorithm::Random => {
+                if self.space.is_none() || self.task.is_none() {
+                    return bad("evolution and random search need a space and a task");
+                }
+                if self.algorithm == Algorithm::Evolution
+                    && (self.population < 2 || self.sample == 0 || self.sample > self.population)
+                {
+                    return bad("evolution needs population >= 2 and 1 <= sample <= population");
+                }
+            }
+            Algorithm::Flops => match &self.start {
+                None => return bad("a FLOP-reducing search needs a start network"),
+                Some(Start::Arch(_)) if self.space.is_none() || self.task.is_none() => {
+                    return bad("a start architecture needs a space and a task")
+                }
+                _ => {}
+            },
+        }
+        if let (Some(space), Some(task)) = (self.space, self.task) {
+            if !space.tasks().contains(&task) {
+                return bad(&format!("space {space} has no task {task}"));
+            }
+        }
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return bad("tolerance must be a non-negative number");
+        }
+        Ok(())
+    }
+}
+
+/// A candidate network: an architecture of a space, or a free graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "GenomeRepr", try_from = "GenomeRepr")]
+pub enum Genome {
+    Arch(Arch),
+    Graph(Arc<Graph>),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum GenomeRepr {
+    Arch { space: SpaceId, arch: String },
+    Graph { graph: String },
+}
+
+impl From<Genome> for GenomeRepr {
+    fn from(g: Genome) -> GenomeRepr {
+        match g {
+            Genome::Arch(a) => GenomeRepr::Arch {
+                space: a.space(),
+                arch: a.to_string(),
+            },
+            Genome::Graph(g) => GenomeRepr::Graph {
+                graph: json::to_json(&g),
+            },
+        }
+    }
+}
+
+impl TryFrom<GenomeRepr> for Genome {
+    type Error = String;
+    fn try_from(r: GenomeRepr) -> Result<Genome, String> {
+        match r {
+            GenomeRepr::Arch { space, arch } => Arch::parse(space, &arch)
+                .map(Genome::Arch)
+                .map_err(|e| e.to_string()),
+            GenomeRepr::Graph { graph } => json::from_json(&graph)
+                .map(|g| Genome::Graph(Arc::new(g)))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// One evaluated candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluated {
+    pub genome: Genome,
+    pub hash: GraphHash,
+    pub mflops: f64,
+    pub mparams: f64,
+    /// Fitness (higher is better).
+    pub score: f64,
+    pub generation: u64,
+}
+
+/// A search in progress or finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchState {
+    pub spec: SearchSpec,
+    pub rng: Rng,
+    pub generation: u64,
+    /// Fitness evaluations used.
+    pub evaluations: usize,
+    /// Consecutive generations that found nothing new.
+    pub stalled: u32,
+    /// Evolution: history indices of the population, oldest first.
+    pub population: VecDeque<usize>,
+    /// Every candidate added, in order.
+    pub history: Vec<Evaluated>,
+    /// FLOP reduction: history indices to expand next.
+    pub frontier: Vec<usize>,
+    /// FLOP reduction: history index of the start network.
+    pub start: Option<usize>,
+    pub done: bool,
+    /// Index from graph hash to the first history entry with it (derived, rebuilt on demand).
+    #[serde(skip)]
+    seen: Option<HashMap<GraphHash, usize>>,
+}
+
+impl PartialEq for SearchState {
+    fn eq(&self, o: &SearchState) -> bool {
+        self.spec == o.spec
+            && self.rng == o.rng
+            && self.generation == o.generation
+            && self.evaluations == o.evaluations
+            && self.stalled == o.stalled
+            && self.population == o.population
+            && self.history == o.history
+            && self.frontier == o.frontier
+            && self.start == o.start
+            && self.done == o.done
+    }
+}
+
+/// Generations in a row without a new evaluation after which a search stops (space exhausted).
+const MAX_STALLED: u32 = 100;
+/// Tries to draw a candidate within the constraints.
+const MAX_TRIES: usize = 10_000;
+
+/// A built candidate before scoring.
+struct Built {
+    genome: Genome,
+    graph: Arc<Graph>,
+    hash: GraphHash,
+    mflops: f64,
+    mparams: f64,
+}
+
+impl SearchState {
+    pub fn new(spec: SearchSpec) -> Result<SearchState, SearchError> {
+        spec.validate()?;
+        Ok(SearchState {
+            rng: Rng::new(spec.seed),
+            spec,
+            generation: 0,
+            evaluations: 0,
+            stalled: 0,
+            population: VecDeque::new(),
+            history: Vec::new(),
+            frontier: Vec::new(),
+            start: None,
+            done: false,
+            seen: None,
+        })
+    }
+
+    fn seen(&mut self) -> &mut HashMap<GraphHash, usize> {
+        let history = &self.history;
+        self.seen.get_or_insert_with(|| {
+            let mut m = HashMap::with_capacity(history.len());
+            for (i, e) in history.iter().enumerate() {
+                m.entry(e.hash).or_insert(i);
+            }
+            m
+        })
+    }
+
+    fn build(&self, genome: Genome) -> Result<Built, SearchError> {
+        let graph = match &genome {
+            Genome::Arch(a) => {
+                let task = self.spec.task.ok_or_else(|| {
+                    SearchError::Invalid("an architecture needs a task to build".into())
+                })?;
+                Arc::new(a.build(task)?)
+            }
+            Genome::Graph(g) => g.clone(),
+        };
+        Ok(Built {
+            hash: graph.hash(),
+            mflops: graph.flops(Convention::Macs) as f64 / 1e6,
+            mparams: graph.params() as f64 / 1e6,
+            genome,
+            graph,
+        })
+    }
+
+    fn feasible(&self, b: &Built) -> bool {
+        self.spec.max_mflops.is_none_or(|m| b.mflops <= m)
+            && self.spec.max_mparams.is_none_or(|m| b.mparams <= m)
+    }
+
+    fn space(&self) -> Result<SpaceId, SearchError> {
+        self.spec
+            .space
+            .ok_or_else(|| SearchError::Invalid("this search needs a space".into()))
+    }
+
+    fn random_feasible(&mut self) -> Result<Built, SearchError> {
+        let space = self.space()?;
+        for _ in 0..MAX_TRIES {
+            let a = spaces::sample(space, &mut self.rng);
+            let b = self.build(Genome::Arch(a))?;
+            if self.feasible(&b) {
+                return Ok(b);
+            }
+        }
+        Err(SearchError::Infeasible(MAX_TRIES))
+    }
+
+    /// A random feasible neighbour of history entry `parent`, if any.
+    fn mutate(&mut self, parent: usize) -> Result<Option<Built>, SearchError> {
+        let Genome::Arch(a) = &self.history[parent].genome else {
+            return Err(SearchError::Invalid(
+                "evolution mutates architectures only".into(),
+            ));
+        };
+        let mut ns = a.neighbours();
+        self.rng.shuffle(&mut ns);
+        for n in ns {
+            let b = self.build(Genome::Arch(n))?;
+            if self.feasible(&b) {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tournament selection over the population: S distinct members, the best wins (in
+    /// multi-objective mode, a member no other sampled member dominates; ties by score, then age).
+    fn tournament(&mut self) -> usize {
+        let mut pool: Vec<usize> = self.population.iter().copied().collect();
+        let s = self.spec.sample.min(pool.len());
+        for i in 0..s {
+            let j = i + self.rng.index(pool.len() - i);
+            pool.swap(i, j);
+        }
+        let contenders = &pool[..s];
+        let h = &self.history;
+        let key = |i: usize| (h[i].score, -h[i].mflops);
+        let eligible: Vec<usize> = if self.spec.multi_objective {
+            contenders
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    !contenders
+                        .iter()
+                        .any(|&j| pareto::dominates(key(j), key(i)))
+                })
+                .collect()
+        } else {
+            contenders.to_vec()
+        };
+        eligible
+            .into_iter()
+            .max_by(|&i, &j| h[i].score.total_cmp(&h[j].score).then(i.cmp(&j)))
+            .expect("a tournament has contenders")
+    }
+
+    /// Score the new ones among `cands` in one fitness call and append all to the history.
+    /// Misses beyond the remaining budget are dropped. Returns the history indices added.
+    fn evaluate(
+        &mut self,
+        cands: Vec<Built>,
+        fitness: &mut dyn Fitness,
+    ) -> Result<Vec<usize>, SearchError> {
+        let remaining = self.spec.budget.saturating_sub(self.evaluations);
+        let mut keep: Vec<(Built, Option<f64>)> = Vec::with_capacity(cands.len());
+        let mut batch_hashes: HashSet<GraphHash> = HashSet::new();
+        let mut misses = 0usize;
+        for b in cands {
+            let cached = self.seen().get(&b.hash).copied();
+            if let Some(i) = cached {
+                let s = self.history[i].score;
+                keep.push((b, Some(s)));
+            } else if batch_hashes.contains(&b.hash) {
+                keep.push((b, None)); // duplicate within the batch: scored once, below
+            } else if misses < remaining {
+                misses += 1;
+                batch_hashes.insert(b.hash);
+                keep.push((b, None));
+            }
+        }
+        // One fitness call for the distinct misses, in order.
+        let mut first: HashMap<GraphHash, usize> = HashMap::new();
+        let mut to_score: Vec<usize> = Vec::new();
+        for (k, (b, s)) in keep.iter().enumerate() {
+            if s.is_none() && !first.contains_key(&b.hash) {
+                first.insert(b.hash, to_score.len());
+                to_score.push(k);
+            }
+        }
+        let scores = if to_score.is_empty() {
+            Vec::new()
+        } else {
+            let view: Vec<Candidate<'_>> = to_score
+                .iter()
+                .map(|&k| Candidate {
+                    genome: &keep[k].0.genome,
+                    graph: &keep[k].0.graph,
+                })
+                .collect();
+            let s = fitness.score(&view)?;
+            if s.len() != view.len() {
+                return Err(SearchError::Fitness(format!(
+                    "{} scores for {} candidates",
+                    s.len(),
+                    view.len()
+                )));
+            }
+            if let Some(bad) = s.iter().find(|x| !x.is_finite()) {
+                return Err(SearchError::Fitness(format!("non-finite score {bad}")));
+            }
+            s
+        };
+        self.evaluations += scores.len();
+        if scores.is_empty() {
+            self.stalled += 1;
+        } else {
+            self.stalled = 0;
+        }
+        let mut added = Vec::with_capacity(keep.len());
+        for (b, s) in keep {
+            let score = s.unwrap_or_else(|| scores[first[&b.hash]]);
+            let idx = self.history.len();
+            self.seen().entry(b.hash).or_insert(idx);
+            self.history.push(Evaluated {
+                genome: b.genome,
+                hash: b.hash,
+                mflops: b.mflops,
+                mparams: b.mparams,
+                score,
+                generation: self.generation,
+            });
+            added.push(idx);
+        }
+        Ok(added)
+    }
+
+    fn step_evolution(&mut self, fitness: &mut dyn Fitness) -> Result<(), SearchError> {
+        let p = self.spec.population;
+        let mut cands = Vec::with_capacity(self.spec.batch);
+        if self.population.len() < p {
+            let n = self.spec.batch.min(p - self.population.len());
+            for _ in 0..n {
+                cands.push(self.random_feasible()?);
+            }
+        } else {
+            for _ in 0..self.spec.batch {
+                let parent = self.tournament();
+                match self.mutate(parent)? {
+                    Some(c) => cands.push(c),
+                    None => cands.push(self.random_feasible()?),
+                }
+            }
+        }
+        for idx in self.evaluate(cands, fitness)? {
+            self.population.push_back(idx);
+            if self.population.len() > p {
+                self.population.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    fn step_random(&mut self, fitness: &mut dyn Fitness) -> Result<(), SearchError> {
+        let mut cands = Vec::with_capacity(self.spec.batch);
+        for _ in 0..self.spec.batch {
+            cands.push(self.random_feasible()?);
+        }
+        self.evaluate(cands, fitness)?;
+        Ok(())
+    }
+
+    fn start_genome(&self) -> Result<Genome, SearchError> {
+        match &self.spec.start {
+            Some(Start::Arch(s)) => Ok(Genome::Arch(Arch::parse(self.space()?, s)?)),
+            Some(Start::Graph(text)) => Ok(Genome::Graph(Arc::new(json::from_json(text)?))),
+            None => Err(SearchError::Invalid("no start network".into())),
+        }
+    }
+
+    /// The score a FLOP-reduced network must keep.
+    pub fn floor(&self) -> Option<f64> {
+        self.start
+            .map(|s| self.history[s].score - self.spec.tolerance)
+    }
+
+    fn moves(&self, from: usize) -> Result<Vec<Genome>, SearchError> {
+        Ok(match &self.history[from].genome {
+            Genome::Arch(a) => a.neighbours().into_iter().map(Genome::Arch).collect(),
+            Genome::Graph(g) => edit::edits(g)
+                .iter()
+                .filter_map(|e| edit::apply(g, e).ok())
+                .map(|h| Genome::Graph(Arc::new(h)))
+                .collect(),
+        })
+    }
+
+    fn step_flops(&mut self, fitness: &mut dyn Fitness) -> Result<(), SearchError> {
+        let Some(_) = self.start else {
+            let b = self.build(self.start_genome()?)?;
+            let idx = self.evaluate(vec![b], fitness)?;
+            self.start = idx.first().copied();
+            self.frontier = idx;
+            return Ok(());
+        };
+        // All cheaper, unseen, feasible moves of the frontier.
+        let mut cands: Vec<Built> = Vec::new();
+        let mut batch_seen: HashSet<GraphHash> = HashSet::new();
+        for f in self.frontier.clone() {
+            let fl = self.history[f].mflops;
+            for g in self.moves(f)? {
+                let b = self.build(g)?;
+                if b.mflops < fl
+                    && self.feasible(&b)
+                    && !self.seen().contains_key(&b.hash)
+                    && batch_seen.insert(b.hash)
+                {
+                    cands.push(b);
+                }
+            }
+        }
+        if cands.is_empty() {
+            self.done = true;
+            return Ok(());
+        }
+        self.rng.shuffle(&mut cands);
+        cands.truncate(self.spec.batch);
+        let added = self.evaluate(cands, fitness)?;
+        let floor = self.floor().unwrap_or(f64::NEG_INFINITY);
+        let mut accepted: Vec<usize> = added
+            .into_iter()
+            .filter(|&i| self.history[i].score >= floor)
+            .collect();
+        if !accepted.is_empty() {
+            let h = &self.history;
+            accepted.sort_by(|&i, &j| {
+                h[i].mflops
+                    .total_cmp(&h[j].mflops)
+                    .then(h[j].score.total_cmp(&h[i].score))
+                    .then(i.cmp(&j))
+            });
+            accepted.truncate(self.spec.beam.max(1));
+            self.frontier = accepted;
+        }
+        Ok(())
+    }
+
+    /// Indices of the result set: ranking, Pareto front, or the FLOPs/score front of a reduction.
+    pub fn result_indices(&self) -> Vec<usize> {
+        // First occurrence of each network.
+        let mut firsts: Vec<usize> = Vec::new();
+        let mut seen: HashSet<GraphHash> = HashSet::new();
+        for (i, e) in self.history.iter().enumerate() {
+            if seen.insert(e.hash) {
+                firsts.push(i);
+            }
+        }
+        let h = &self.history;
+        match self.spec.algorithm {
+            Algorithm::Flops => {
+                let floor = self.floor().unwrap_or(f64::NEG_INFINITY);
+                let ok: Vec<usize> = firsts
+                    .into_iter()
+                    .filter(|&i| h[i].score >= floor)
+                    .collect();
+                let pts: Vec<(f64, f64)> = ok.iter().map(|&i| (h[i].score, h[i].mflops)).collect();
+                pareto::front(&pts).into_iter().map(|k| ok[k]).collect()
+            }
+            _ if self.spec.multi_objective => {
+                let pts: Vec<(f64, f64)> =
+                    firsts.iter().map(|&i| (h[i].score, h[i].mflops)).collect();
+                pareto::front(&pts).into_iter().map(|k| firsts[k]).collect()
+            }
+            _ => {
+                let mut v = firsts;
+                v.sort_by(|&i, &j| h[j].score.total_cmp(&h[i].score).then(i.cmp(&j)));
+                v.truncate(self.spec.top_k.max(1));
+                v
+            }
+        }
+    }
+
+    /// The results as rows (oracle left empty: the caller fills it for experiments).
+    pub fn results(&self) -> Vec<ResultRow> {
+        self.result_indices()
+            .into_iter()
+            .map(|i| {
+                let e = &self.history[i];
+                let (arch, graph) = match &e.genome {
+                    Genome::Arch(a) => (Some(a.to_string()), None),
+                    Genome::Graph(g) => (None, serde_json::from_str(&json::to_json(g)).ok()),
+                };
+                ResultRow {
+                    arch,
+                    graph,
+                    predicted: e.score,
+                    mflops: e.mflops,
+                    mparams: e.mparams,
+                    hash: e.hash,
+                    oracle: None,
+                }
+            })
+            .collect()
+    }
+
+    /// The best score so far (single objective), if any candidate was evaluated.
+    pub fn best(&self) -> Option<&Evaluated> {
+        self.history
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+    }
+}
+
+/// One row of a search's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<serde_json::Value>,
+    pub predicted: f64,
+    pub mflops: f64,
+    pub mparams: f64,
+    pub hash: GraphHash,
+    /// The benchmark's true label, where the table has it (experiments only; never searched on).
+    pub oracle: Option<f64>,
+}
+
+/// Advance a search by one generation (no-op once done).
+pub fn step(state: &mut SearchState, fitness: &mut dyn Fitness) -> Result<(), SearchError> {
+    if state.done {
+        return Ok(());
+    }
+    match state.spec.algorithm {
+        Algorithm::Evolution => state.step_evolution(fitness)?,
+        Algorithm::Random => state.step_random(fitness)?,
+        Algorithm::Flops => state.step_flops(fitness)?,
+    }
+    state.generation += 1;
+    if state.evaluations >= state.spec.budget || state.stalled >= MAX_STALLED {
+        state.done = true;
+    }
+    Ok(())
+}
+
+/// How a [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    Cancelled,
+}
+
+/// Run generations until done or cancelled; `after_generation` sees the state after each one
+/// (checkpoint it there). The cancellation flag is checked before every generation.
+pub fn run(
+    state: &mut SearchState,
+    fitness: &mut dyn Fitness,
+    cancel: &AtomicBool,
+    mut after_generation: impl FnMut(&SearchState) -> Result<(), SearchError>,
+) -> Result<Outcome, SearchError> {
+    while !state.done {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Outcome::Cancelled);
+        }
+        step(state, fitness)?;
+        after_generation(state)?;
+    }
+    Ok(Outcome::Finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::TableFitness;
+
+    fn spec(alg: Algorithm) -> SearchSpec {
+        SearchSpec {
+            space: Some(SpaceId::Nb201),
+            task: Some(Task::Cifar10),
+            algorithm: alg,
+            budget: 300,
+            population: 32,
+            sample: 8,
+            batch: 8,
+            seed: 7,
+            ..SearchSpec::default()
+        }
+    }
+
+    #[test]
+    fn evolution_respects_budget_and_beats_its_start() {
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut s = SearchState::new(spec(Algorithm::Evolution)).unwrap();
+        let cancel = AtomicBool::new(false);
+        run(&mut s, &mut fit, &cancel, |_| Ok(())).unwrap();
+        assert_eq!(s.evaluations, 300);
+        assert_eq!(fit.queries, 300);
+        let best = s.best().unwrap().score;
+        let first_pop_best = s.history[..32]
+            .iter()
+            .map(|e| e.score)
+            .fold(f64::MIN, f64::max);
+        assert!(best >= first_pop_best);
+        let r = s.results();
+        assert_eq!(r.len(), 10);
+        assert!(r.windows(2).all(|w| w[0].predicted >= w[1].predicted));
+    }
+
+    #[test]
+    fn checkpoint_and_resume_is_bit_for_bit() {
+        let cancel = AtomicBool::new(false);
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut whole = SearchState::new(spec(Algorithm::Evolution)).unwrap();
+        run(&mut whole, &mut fit, &cancel, |_| Ok(())).unwrap();
+
+        let mut part = SearchState::new(spec(Algorithm::Evolution)).unwrap();
+        for _ in 0..9 {
+            step(&mut part, &mut fit).unwrap();
+        }
+        let saved = serde_json::to_string(&part).unwrap();
+        let mut resumed: SearchState = serde_json::from_str(&saved).unwrap();
+        assert_eq!(resumed, part);
+        run(&mut resumed, &mut fit, &cancel, |_| Ok(())).unwrap();
+        assert_eq!(resumed, whole);
+        assert_eq!(
+            serde_json::to_string(&resumed).unwrap(),
+            serde_json::to_string(&whole).unwrap()
+        );
+    }
+
+    #[test]
+    fn constraints_are_never_violated() {
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut sp = spec(Algorithm::Evolution);
+        sp.max_mflops = Some(60.0);
+        let mut s = SearchState::new(sp).unwrap();
+        run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+        assert!(s.history.iter().all(|e| e.mflops <= 60.0));
+    }
+
+    #[test]
+    fn flop_reduction_stays_within_tolerance() {
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let sp = SearchSpec {
+            algorithm: Algorithm::Flops,
+            start: Some(Start::Arch(
+                "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|".into(),
+            )),
+            tolerance: 0.5,
+            budget: 200,
+            ..spec(Algorithm::Flops)
+        };
+        let mut s = SearchState::new(sp).unwrap();
+        run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+        let start = &s.history[s.start.unwrap()];
+        let r = s.results();
+        assert!(r.iter().all(|x| x.predicted >= start.score - 0.5));
+        assert!(r.iter().any(|x| x.mflops < start.mflops));
+        assert!(r.windows(2).all(|w| w[0].mflops <= w[1].mflops));
+    }
+
+    #[test]
+    fn cancellation_stops_before_the_next_generation() {
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut s = SearchState::new(spec(Algorithm::Random)).unwrap();
+        let cancel = AtomicBool::new(false);
+        let out = run(&mut s, &mut fit, &cancel, |st| {
+            if st.generation == 3 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, Outcome::Cancelled);
+        assert_eq!(s.generation, 3);
+        assert!(!s.done);
+    }
+}

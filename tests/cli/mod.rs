@@ -1,0 +1,226 @@
+//! The `aiop` binary as a user runs it: `aiop spaces`, `aiop graph` on stdin, one arch, DOT,
+//! the interchange format and back, and bad input with a precise error and exit code 65.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn aiop(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const A: &str =
+    "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
+
+#[test]
+fn spaces_lists_every_space_with_label_counts() {
+    let o = aiop(&["spaces", "--json"], "");
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let get = |s: &str| rows.iter().find(|r| r["space"] == s).unwrap().clone();
+    assert_eq!(get("nb201")["labelled"], 15_625);
+    assert_eq!(get("nb201")["size"], 15_625);
+    assert_eq!(get("tnb101_micro")["labelled"], 4_096);
+    assert_eq!(get("tnb101_macro")["labelled"], 3_256);
+    assert_eq!(get("nb101")["labelled"], 500);
+    assert_eq!(get("darts")["labelled"], 725);
+    assert_eq!(get("tnb101_macro")["tasks"].as_array().unwrap().len(), 7);
+}
+
+#[test]
+fn graph_reads_stdin_and_writes_json_lines_in_order() {
+    let input = format!("{A}\n(4, 0, 4, 1, 2, 0)\n");
+    let o = aiop(
+        &[
+            "graph",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--flops-convention",
+            "naslib",
+        ],
+        &input,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["arch"], A);
+    // Published: 88.307392 MFLOPs, 0.615386 M params; 46.343872 / 0.316346 for the second.
+    assert_eq!(lines[0]["mflops"], 88.307392);
+    assert_eq!(lines[0]["mparams"], 0.615386);
+    assert_eq!(lines[1]["mflops"], 46.343872);
+    assert_eq!(
+        lines[1]["arch"],
+        "|avg_pool_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_3x3~1|skip_connect~2|"
+    );
+    for l in &lines {
+        assert_eq!(l["hash"].as_str().unwrap().len(), 32);
+        assert!(l["nodes"].as_u64().unwrap() > 100);
+        assert!(l["edges"].as_u64().unwrap() > l["nodes"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn graph_exports_dot_and_the_interchange_format_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "dot",
+        ],
+        "",
+    );
+    assert!(o.status.success());
+    let dot = String::from_utf8(o.stdout).unwrap();
+    assert!(dot.starts_with("digraph") && dot.contains("->"));
+
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A,
+        ],
+        "",
+    );
+    let direct: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "graph",
+        ],
+        "",
+    );
+    assert!(o.status.success());
+    let path = dir.path().join("g.json");
+    std::fs::write(&path, &o.stdout).unwrap();
+    let o = aiop(&["graph", "--file", path.to_str().unwrap()], "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let via_file: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["nodes", "edges", "mflops", "mparams", "hash"] {
+        assert_eq!(direct[k], via_file[k], "{k}");
+    }
+    assert_eq!(via_file["graph"], path.to_str().unwrap());
+}
+
+#[test]
+fn bad_input_names_the_line_and_what_was_expected() {
+    let input = format!("{A}\n|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|\n{A}\n");
+    let o = aiop(&["graph", "--space", "nb201", "--task", "cifar10"], &input);
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("stdin line 2"), "{err}");
+    assert!(err.contains("unknown op 'conv'"), "{err}");
+    // The good lines are still answered.
+    assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count(), 2);
+
+    let o = aiop(
+        &[
+            "graph", "--space", "nb999", "--task", "cifar10", "--arch", A,
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown space 'nb999'"));
+    let o = aiop(
+        &["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A],
+        "",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no task 'jigsaw'"));
+}
+
+#[test]
+fn a_shape_inconsistent_graph_file_names_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(
+        &path,
+        r#"{"format": "aiop-graph", "version": 1, "nodes": [
+  {"id": "x", "op": "input", "out": [3, 32, 32]},
+  {"id": "stem", "op": "conv", "inputs": ["x"], "out": [16, 32, 32], "kernel": 3, "padding": 1},
+  {"id": "down", "op": "conv", "inputs": ["stem"], "out": [32, 16, 16], "kernel": 3, "stride": 2, "padding": 1},
+  {"id": "sum", "op": "add", "inputs": ["stem", "down"]}
+]}"#,
+    )
+    .unwrap();
+    let o = aiop(&["graph", "--file", path.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(
+        err.contains("bad.json") && err.contains("node 'sum'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn search_writes_results_that_export_as_arch_and_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("r.json");
+    let o = aiop(
+        &[
+            "search",
+            "--space",
+            "tnb101_macro",
+            "--task",
+            "segmentsemantic",
+            "--fitness",
+            "oracle",
+            "--budget",
+            "60",
+            "--population",
+            "20",
+            "--sample",
+            "5",
+            "--max-mflops",
+            "20000",
+            "--seed",
+            "3",
+            "--json",
+            res.to_str().unwrap(),
+            "--quiet",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    let results = file["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    assert!(file["evaluations"].as_u64().unwrap() <= 60);
+    for r in results {
+        assert!(r["mflops"].as_f64().unwrap() <= 20000.0);
+        // The oracle column is the table's label; with the oracle fitness it equals the score.
+        assert_eq!(r["oracle"], r["predicted"]);
+    }
+    let g = dir.path().join("best.json");
+    let o = aiop(
+        &[
+            "export",
+            res.to_str().unwrap(),
+            "--graph",
+            g.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let arch = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(arch, results[0]["arch"].as_str().unwrap());
+    let o = aiop(&["graph", "--file", g.to_str().unwrap()], "");
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["hash"], results[0]["hash"]);
+}
