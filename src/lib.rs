@@ -3,8 +3,9 @@
 //! Rooms, with imports pointing down only: [`graph`] (the computational graph, shapes, FLOPs,
 //! hash, JSON) ← [`spaces`] (benchmark search spaces, architecture strings, mutations, labels)
 //! ← [`search`] (architecture searches; [`stats`] their rank statistics) ← [`taskfile`] (user
-//! task definitions) ← [`store`] (the daemon's sled database) ← [`watch`] (the task folder
-//! watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring). [`config`] is the daemon's
+//! task definitions) ← [`store`] (the daemon's sled database) ← [`jobs`] (fine-tuning work on
+//! dedicated threads; the predictor plugs in there) ← [`watch`] (the task folder watcher) and
+//! [`api`] (HTTP) ← [`serve`] (the daemon's wiring). [`config`] is the daemon's
 //! settings, read by `main` and handed down; [`client`] talks HTTP to a running daemon.
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod graph;
+pub mod jobs;
 pub mod rng;
 pub mod search;
 pub mod serve;

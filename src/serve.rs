@@ -4,18 +4,20 @@
 //! drive it). Invariants: the store is open and the watcher started before the API answers; the
 //! address actually bound is written to `<state_dir>/aiop.addr` (atomically) and systemd is told
 //! `READY=1` only once the listener accepts; on shutdown the listener stops accepting at once,
-//! in-flight requests get the grace period, then the watcher is stopped, the store flushed, the
-//! address file removed, and `run` returns `Ok` (exit 0). Every component registers its own
-//! metrics in the one registry handed in.
+//! in-flight requests get the grace period, then the watcher is stopped, the job pool (when there
+//! is a predictor) stopped, the store flushed, the address file removed, and `run` returns `Ok`
+//! (exit 0). Every component registers its own metrics in the one registry handed in.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiConfig, ApiError};
 use crate::config::Config;
+use crate::jobs::{Finetuner, Jobs, JobsError};
 use crate::store::{Store, StoreError};
 use crate::taskfile::Limits;
 use crate::watch::{self, WatchConfig, WatchError, Watcher};
@@ -37,6 +39,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("registering metrics: {0}")]
@@ -66,11 +70,14 @@ fn write_addr_file(state_dir: &Path, addr: std::net::SocketAddr) -> Result<(), S
     std::fs::rename(&tmp, &path).map_err(io_err("writing", &path))
 }
 
-/// Run the daemon on `listener` until `shutdown` completes, then drain and return.
+/// Run the daemon on `listener` until `shutdown` completes, then drain and return. Accepted task
+/// versions are fine-tuned by `finetuner` on `max_concurrent_jobs` threads; without one (no
+/// predictor in this build) they stay queued.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     registry: Registry,
+    finetuner: Option<Arc<dyn Finetuner>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let state_dir = config.state_dir.clone();
@@ -81,6 +88,20 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
     tracing::info!(state = %state_dir.display(), tasks = store.tasks()?.len(), "store open");
 
+    let jobs = match finetuner {
+        Some(f) => Some(Jobs::start(
+            config.max_concurrent_jobs,
+            store.clone(),
+            f,
+            &registry,
+        )?),
+        None => {
+            tracing::info!(
+                "no predictor in this build: accepted tasks stay queued until one is plugged in"
+            );
+            None
+        }
+    };
     let watcher = Watcher::start(
         WatchConfig {
             dir: config.tasks_dir(),
@@ -92,10 +113,8 @@ pub async fn run(
         },
         store.clone(),
         watch::Metrics::register(&registry)?,
+        jobs.as_ref().map(Jobs::submitter),
     )?;
-    tracing::info!(
-        "no predictor in this build: accepted tasks stay queued until fine-tuning jobs exist"
-    );
 
     let app = api::router(
         store.clone(),
@@ -161,6 +180,17 @@ pub async fn run(
         }
     };
     tokio::task::spawn_blocking(move || watcher.stop()).await?;
+    if let Some(jobs) = jobs {
+        // Running jobs get the grace period too; one still running after it is abandoned (its
+        // task stays `tuning` and is queued again at the next start).
+        let stopping = tokio::task::spawn_blocking(move || jobs.stop());
+        if tokio::time::timeout(config.shutdown_grace(), stopping)
+            .await
+            .is_err()
+        {
+            tracing::warn!("fine-tuning jobs still running after the grace period: abandoned");
+        }
+    }
     store.flush()?;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
@@ -172,6 +202,18 @@ mod tests {
     use super::*;
     use crate::client::request;
     use std::time::Duration;
+
+    /// A test double standing in for the predictor: a model named after the sample count.
+    struct Counter;
+
+    impl Finetuner for Counter {
+        fn finetune(&self, _task: &str, snapshot: &serde_json::Value) -> Result<String, String> {
+            Ok(format!(
+                "test-{}",
+                snapshot["samples"].as_array().map_or(0, |s| s.len())
+            ))
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_and_drains_on_shutdown() {
@@ -186,9 +228,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(run(config, listener, Registry::new(), async {
-            let _ = rx.await;
-        }));
+        let daemon = tokio::spawn(run(
+            config,
+            listener,
+            Registry::new(),
+            Some(Arc::new(Counter)),
+            async {
+                let _ = rx.await;
+            },
+        ));
         let a = addr.clone();
         let st = state.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -228,6 +276,21 @@ mod tests {
             assert!(text.contains("aiop_http_requests_total") && text.contains("aiop_task_files_accepted_total"), "{text}");
             let r = request(&a, "GET", "/v1/spaces", &[], None, t).unwrap();
             assert_eq!(r.json()["spaces"][0]["space"], "nb201");
+            // A task file goes through the job pool to `ready`.
+            let tasks = st.join("tasks");
+            let csv = format!("arch,value\n{arch},90.4\n|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n");
+            std::fs::write(tasks.join("s.csv"), csv).unwrap();
+            std::fs::write(tasks.join("t.toml"), "name = \"t\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n").unwrap();
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = request(&a, "GET", "/v1/tasks/t", &[], None, t).unwrap();
+                if r.json()["status"] == "ready" {
+                    assert_eq!(r.json()["model"], "test-2");
+                    break;
+                }
+                assert!(std::time::Instant::now() < end, "{}", r.text());
+                std::thread::sleep(Duration::from_millis(20));
+            }
         })
         .await
         .unwrap();

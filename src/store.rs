@@ -135,6 +135,9 @@ pub struct TaskRecord {
     pub updated_at: u64,
     /// Set when its file was deleted; results are kept.
     pub removed_at: Option<u64>,
+    /// The last model fine-tuned for this task (possibly for an older version).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// What [`Store::record_task`] did.
@@ -334,6 +337,7 @@ impl Store {
                         created_at: now,
                         updated_at: now,
                         removed_at: None,
+                        model: None,
                     },
                     Recorded::New,
                 ),
@@ -437,6 +441,38 @@ impl Store {
             }
             r.status = status;
             r.error = error.clone();
+            true
+        })
+    }
+
+    /// Claim the version `hash` of a task for a fine-tuning job: queued → tuning. `None` when the
+    /// task is not queued at that version (already claimed, outdated, or removed).
+    pub fn start_tuning(&self, name: &str, hash: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.update_task(name, |r| {
+            if r.spec_hash != hash || r.status != TaskStatus::Queued || r.removed_at.is_some() {
+                return false;
+            }
+            r.status = TaskStatus::Tuning;
+            r.error = None;
+            true
+        })
+    }
+
+    /// A job produced `model` for the version `hash`: the task is ready (ignored when the task
+    /// has moved on to another version meanwhile).
+    pub fn set_task_ready(
+        &self,
+        name: &str,
+        hash: &str,
+        model: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.update_task(name, |r| {
+            if r.spec_hash != hash {
+                return false;
+            }
+            r.status = TaskStatus::Ready;
+            r.error = None;
+            r.model = Some(model.to_string());
             true
         })
     }

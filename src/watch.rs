@@ -23,7 +23,8 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use prometheus::{IntCounter, Registry};
 
-use crate::store::{Recorded, Store, StoreError};
+use crate::jobs::{Job, Submitter};
+use crate::store::{Recorded, Store, StoreError, TaskStatus};
 use crate::taskfile::{self, Limits, TaskFileError};
 
 /// Errors of starting the watcher (running it cannot fail).
@@ -134,12 +135,19 @@ struct Worker {
     limits: Limits,
     store: Store,
     metrics: Metrics,
+    jobs: Option<Submitter>,
     pending: HashMap<PathBuf, Pending>,
 }
 
 impl Watcher {
-    /// Create the folder if needed, start watching it, pick up the files already there.
-    pub fn start(cfg: WatchConfig, store: Store, metrics: Metrics) -> Result<Watcher, WatchError> {
+    /// Create the folder if needed, start watching it, pick up the files already there. Task
+    /// versions left queued are handed to `jobs` when there is a job pool.
+    pub fn start(
+        cfg: WatchConfig,
+        store: Store,
+        metrics: Metrics,
+        jobs: Option<Submitter>,
+    ) -> Result<Watcher, WatchError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| WatchError::Dir {
             path: cfg.dir.clone(),
             source,
@@ -160,6 +168,7 @@ impl Watcher {
             limits: cfg.limits,
             store,
             metrics,
+            jobs,
             pending: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -344,6 +353,12 @@ impl Worker {
                     let _ = std::fs::remove_file(&err_file);
                 }
                 self.metrics.accepted.inc();
+                if let (Some(jobs), TaskStatus::Queued) = (&self.jobs, rec.status) {
+                    jobs.submit(Job {
+                        task: rec.name.clone(),
+                        version: rec.spec_hash.clone(),
+                    });
+                }
                 let what = match what {
                     Recorded::New => "new task",
                     Recorded::NewVersion => "new version",
@@ -457,6 +472,7 @@ mod tests {
             },
             store.clone(),
             m.clone(),
+            None,
         )
         .unwrap();
         assert!(

@@ -84,7 +84,8 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let shutdown = shutdown_signal()?;
-        aiop::serve::run(config, listener, registry, shutdown).await?;
+        // The predictor is not part of this build yet: no fine-tuning jobs (tasks stay queued).
+        aiop::serve::run(config, listener, registry, None, shutdown).await?;
         anyhow::Ok(())
     })
 }
