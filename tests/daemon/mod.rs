@@ -368,3 +368,44 @@ fn bad_config_names_key_and_file() {
         "{err}"
     );
 }
+
+#[test]
+fn tells_systemd_ready_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let root = tempfile::tempdir().unwrap();
+    let sock_path = root.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let state = root.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .current_dir(root.path())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    // READY comes once the API answers.
+    let addr = std::fs::read_to_string(state.join("aiop.addr")).unwrap();
+    assert_eq!(
+        request(addr.trim(), "GET", "/healthz", &[], None, T)
+            .unwrap()
+            .status,
+        200
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
