@@ -363,7 +363,10 @@ impl Worker {
                     Recorded::New => "new task",
                     Recorded::NewVersion => "new version",
                     Recorded::Restored => "task restored",
-                    Recorded::Unchanged => "unchanged",
+                    Recorded::Unchanged => {
+                        tracing::debug!(task = %rec.name, file = %path.display(), "task file re-read: unchanged");
+                        return;
+                    }
                 };
                 tracing::info!(task = %rec.name, version = %rec.spec_hash, samples = spec.samples.len(), status = ?rec.status, file = %path.display(), "task file accepted: {what}");
             }

@@ -32,9 +32,13 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Address of the daemon.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9187")]
-    pub addr: String,
+    /// Address of the daemon [default: the one in <STATE>/aiop.addr with --state, else
+    /// 127.0.0.1:9187].
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// State directory of the daemon, to read the address it listens on from.
+    #[arg(long, value_name = "DIR", conflicts_with = "addr")]
+    pub state: Option<PathBuf>,
     /// Print the raw JSON answers instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -92,9 +96,20 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
 
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     let t = Duration::from_secs(5);
+    let addr = match (&a.addr, &a.state) {
+        (Some(addr), _) => addr.clone(),
+        (None, Some(state)) => {
+            let f = state.join(aiop::serve::ADDR_FILE);
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {} (is aiop serve running?)", f.display()))?
+                .trim()
+                .to_string()
+        }
+        (None, None) => "127.0.0.1:9187".to_string(),
+    };
     let get = |path: &str| -> anyhow::Result<client::Response> {
-        let r = client::request(&a.addr, "GET", path, &[], None, t)
-            .with_context(|| format!("is aiop serve running at {}?", a.addr))?;
+        let r = client::request(&addr, "GET", path, &[], None, t)
+            .with_context(|| format!("is aiop serve running at {addr}?"))?;
         anyhow::ensure!(
             r.status == 200,
             "GET {path}: HTTP {}: {}",
@@ -112,7 +127,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     println!(
         "aiop {} at {}: {}",
         health["version"].as_str().unwrap_or("?"),
-        a.addr,
+        addr,
         health["status"].as_str().unwrap_or("?")
     );
     let list = tasks["tasks"].as_array().cloned().unwrap_or_default();
@@ -128,8 +143,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
             t["name"].as_str().unwrap_or("?"),
             t["status"].as_str().unwrap_or("?"),
             t["versions"],
-            &t["version"].as_str().unwrap_or("")
-                [..8.min(t["version"].as_str().unwrap_or("").len())],
+            t["version"].as_str().unwrap_or("").get(..8).unwrap_or(""),
             removed,
             t["error"]
                 .as_str()

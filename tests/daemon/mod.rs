@@ -299,7 +299,8 @@ fn daemon_accepts_rejects_and_drains_on_sigterm() {
 
     // The client command.
     let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
-        .args(["status", "--addr", &d.addr])
+        .args(["status", "--state"])
+        .arg(&state)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
