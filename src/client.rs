@@ -12,12 +12,8 @@ use std::time::Duration;
 /// Errors of talking to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{addr}: {source}")]
-    Io {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{addr}: {error}")]
+    Io { addr: String, error: std::io::Error },
     #[error("{addr}: malformed HTTP response: {message}")]
     Malformed { addr: String, message: String },
 }
@@ -60,7 +56,7 @@ pub fn request(
 ) -> Result<Response, ClientError> {
     let io = |source| ClientError::Io {
         addr: addr.to_string(),
-        source,
+        error: source,
     };
     let sock: SocketAddr = addr
         .to_socket_addrs()

@@ -91,12 +91,8 @@ pub struct Overrides {
 /// Errors of loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{file}: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}:{line}: {message}")]
     Parse {
         file: String,
@@ -185,7 +181,7 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
-            source,
+            error: source,
         })?;
         Config::from_toml(&text, &file)
     }

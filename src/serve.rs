@@ -28,12 +28,11 @@ pub const ADDR_FILE: &str = "aiop.addr";
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {error}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,7 +57,7 @@ fn io_err<'a>(
     move |source| ServeError::Io {
         what,
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 
@@ -82,10 +81,11 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let state_dir = config.state_dir.clone();
     std::fs::create_dir_all(&state_dir).map_err(io_err("creating", &state_dir))?;
-    let addr_file = state_dir.join(ADDR_FILE);
-    let _ = std::fs::remove_file(&addr_file);
     let dir = state_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+    // Only now, holding the store's lock, is a leftover address file surely stale.
+    let addr_file = state_dir.join(ADDR_FILE);
+    let _ = std::fs::remove_file(&addr_file);
     tracing::info!(state = %state_dir.display(), tasks = store.tasks()?.len(), "store open");
 
     let jobs = match finetuner {

@@ -45,12 +45,8 @@ const TREES: [&str; 5] = [
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("opening the store at {path}: {source} (is another aiop using this state directory?)")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: sled::Error,
-    },
+    #[error("opening the store at {path}: {error} (is another aiop using this state directory?)")]
+    Open { path: PathBuf, error: sled::Error },
     #[error("the store at {path} has schema version {found}, newer than the {supported} this aiop understands: run a newer aiop or use another --state")]
     TooNew {
         path: PathBuf,
@@ -240,7 +236,7 @@ impl Store {
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
         // The version lives in the default tree under `schema_version`.
         match db.get("schema_version")? {

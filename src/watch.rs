@@ -30,11 +30,10 @@ use crate::taskfile::{self, Limits, TaskFileError};
 /// Errors of starting the watcher (running it cannot fail).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("tasks folder {path}: {source}")]
+    #[error("tasks folder {path}: {error}")]
     Dir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("watching the tasks folder: {0}")]
     Notify(#[from] notify::Error),
@@ -150,11 +149,11 @@ impl Watcher {
     ) -> Result<Watcher, WatchError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| WatchError::Dir {
             path: cfg.dir.clone(),
-            source,
+            error: source,
         })?;
         let dir = cfg.dir.canonicalize().map_err(|source| WatchError::Dir {
             path: cfg.dir.clone(),
-            source,
+            error: source,
         })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let fs_tx = tx.clone();

@@ -410,3 +410,22 @@ fn tells_systemd_ready_then_stopping() {
     assert_eq!(&buf[..n], b"STOPPING=1\n");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let d = Daemon::start(&state);
+    let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another aiop"), "{err}");
+    // The first one is untouched, address file included.
+    assert!(state.join("aiop.addr").exists());
+    assert_eq!(d.get("/healthz").status, 200);
+}
