@@ -1,7 +1,7 @@
 //! `aiop serve` (the daemon) and `aiop status` (its client): configuration, logging, the tokio
 //! runtime and the OS signals live here; the daemon itself is [`aiop::serve::run`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,25 +120,28 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     };
     let health = get("/healthz")?.json();
     let tasks = get("/v1/tasks")?.json();
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{health}\n{tasks}");
+        writeln!(out, "{health}\n{tasks}")?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "aiop {} at {}: {}",
         health["version"].as_str().unwrap_or("?"),
         addr,
         health["status"].as_str().unwrap_or("?")
-    );
+    )?;
     let list = tasks["tasks"].as_array().cloned().unwrap_or_default();
-    println!("{} task(s)", list.len());
+    writeln!(out, "{} task(s)", list.len())?;
     for t in list {
         let removed = if t["removed"].as_bool() == Some(true) {
             " (file removed)"
         } else {
             ""
         };
-        println!(
+        writeln!(
+            out,
             "  {:<24} {:<8} v{} {}{}{}",
             t["name"].as_str().unwrap_or("?"),
             t["status"].as_str().unwrap_or("?"),
@@ -149,7 +152,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
                 .as_str()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
-        );
+        )?;
     }
     Ok(())
 }
