@@ -5,3 +5,4 @@ mod cg;
 mod cli;
 mod daemon;
 mod props;
+mod search;

@@ -13,6 +13,7 @@
 //!   metric negates it); the search never reads true labels (the oracle column of results is
 //!   filled by the caller, for experiments only).
 
+pub mod active;
 pub mod fitness;
 pub mod pareto;
 pub mod state;
