@@ -429,3 +429,27 @@ fn a_second_daemon_on_the_same_state_is_refused() {
     assert!(state.join("aiop.addr").exists());
     assert_eq!(d.get("/healthz").status, 200);
 }
+
+#[test]
+fn a_stuck_client_cannot_hold_shutdown_past_the_grace_period() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let mut d = Daemon::start(&state);
+    // Half a request, never finished.
+    let mut stuck = std::net::TcpStream::connect(&d.addr).unwrap();
+    stuck
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    d.signal("-TERM");
+    let status = d.wait_exit(Duration::from_secs(GRACE_SECS + 3));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(GRACE_SECS + 2),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(stuck);
+}
