@@ -383,8 +383,29 @@ fn toml_error_field(message: &str, line_text: &str) -> Option<String> {
 
 /// Load and validate the task file at `toml_path`.
 pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError> {
-    let text = read_text(toml_path, limits.max_toml_bytes, None)?;
     let file = toml_path.to_path_buf();
+    let file_err = |message: String| TaskFileError::File {
+        file: file.clone(),
+        field: None,
+        message,
+    };
+    let folder = toml_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .map_err(|e| file_err(format!("cannot resolve the task folder: {e}")))?;
+    // A task file that is a symlink must not lead out of its folder either.
+    let real = toml_path
+        .canonicalize()
+        .map_err(|e| file_err(format!("cannot read: {e}")))?;
+    if !real.starts_with(&folder) {
+        return Err(file_err(format!(
+            "a symlink leading outside the task folder {}",
+            folder.display()
+        )));
+    }
+    let text = read_text(toml_path, limits.max_toml_bytes, None)?;
     let raw: RawTask = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(&text, s.start));
         let line_text = text.lines().nth(line - 1).unwrap_or("");
@@ -483,16 +504,6 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         .map(|s| parse_search(s, &space, &field_err))
         .transpose()?;
 
-    let folder = toml_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .canonicalize()
-        .map_err(|e| TaskFileError::File {
-            file: file.clone(),
-            field: None,
-            message: format!("cannot resolve the task folder: {e}"),
-        })?;
     let samples_rel = raw.samples.get_ref().clone();
     let csv_path = resolve_inside(&folder, &samples_rel)
         .map_err(|m| field_err("samples", raw.samples.span(), m))?;
@@ -831,6 +842,10 @@ mod tests {
             assert_eq!(e.field(), Some("samples"), "{e}");
             assert!(e.to_string().contains(what), "{e}");
         }
+        std::os::unix::fs::symlink(outer.path().join("t.toml"), inner.join("out.toml")).unwrap();
+        std::fs::write(outer.path().join("t.toml"), GOOD).unwrap();
+        let e = load(&inner.join("out.toml"), &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("outside the task folder"), "{e}");
         std::os::unix::fs::symlink(outer.path().join("s.csv"), inner.join("link.csv")).unwrap();
         std::fs::write(&t, GOOD.replace("s.csv", "link.csv")).unwrap();
         let e = load(&t, &Limits::default()).unwrap_err();

@@ -346,7 +346,18 @@ impl Worker {
             Ok(spec) => spec,
             Err(e) => return self.reject(path, &e.to_string(), &ErrorReport::from(&e)),
         };
-        match self.store.record_task(&spec, path) {
+        let mut recorded = self.store.record_task(&spec, path);
+        if let Err(StoreError::NameTaken { file, .. }) = &recorded {
+            // The owner was renamed or deleted and its event is not processed yet: take over.
+            let owner = PathBuf::from(file);
+            if !owner.exists() {
+                if let Err(e) = self.store.mark_removed(&owner) {
+                    tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
+                }
+                recorded = self.store.record_task(&spec, path);
+            }
+        }
+        match recorded {
             Ok((rec, what)) => {
                 if err_file.exists() {
                     let _ = std::fs::remove_file(&err_file);
@@ -499,6 +510,15 @@ mod tests {
         assert!(wait_for(
             || !err.exists() && store.task("b").unwrap().is_some()
         ));
+        // A renamed task file keeps its task (whatever order the two events are handled in).
+        std::fs::rename(tasks.join("b.toml"), tasks.join("b2.toml")).unwrap();
+        assert!(wait_for(|| store
+            .task("b")
+            .unwrap()
+            .is_some_and(
+                |t| t.source.ends_with("b2.toml") && t.removed_at.is_none()
+            )));
+        assert!(!tasks.join("b2.toml.error").exists());
         // Ignored files are never read.
         std::fs::write(tasks.join(".hidden.toml"), "garbage").unwrap();
         std::fs::write(tasks.join("c.toml.swp"), "garbage").unwrap();
