@@ -37,6 +37,9 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Ask a running daemon for its health and tasks.
     Status(cmd::serve::StatusArgs),
+    /// Export or import the daemon's store as JSON lines (with the daemon stopped).
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
         Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
         Command::Status(a) => cmd::serve::status(a),
+        Command::Store(c) => cmd::store::store(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

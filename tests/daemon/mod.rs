@@ -349,6 +349,46 @@ fn kill_9_then_restart_keeps_tasks() {
         d.wait_exit(Duration::from_secs(GRACE_SECS + 3)).code(),
         Some(0)
     );
+
+    // The stopped daemon's store round-trips through `aiop store export` / `import`.
+    let aiop = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let dump = root.path().join("dump.jsonl");
+    let copy = root.path().join("copy");
+    let st = state.as_os_str();
+    aiop(&[
+        os("store"),
+        os("export"),
+        os("--state"),
+        st,
+        os("-o"),
+        dump.as_os_str(),
+    ]);
+    aiop(&[
+        os("store"),
+        os("import"),
+        os("--state"),
+        copy.as_os_str(),
+        dump.as_os_str(),
+    ]);
+    let again = aiop(&[os("store"), os("export"), os("--state"), copy.as_os_str()]);
+    let first = std::fs::read_to_string(&dump).unwrap();
+    assert_eq!(String::from_utf8(again).unwrap(), first);
+    assert!(
+        first.contains("\"keep\"") && first.lines().count() >= 5,
+        "{first}"
+    );
 }
 
 #[test]
