@@ -10,7 +10,7 @@
 //! watcher and the jobs own the writes).
 //!
 //! Seam for the predictor: `POST /v1/predict` and the `/v1/searches` routes belong in
-//! [`protected_routes`] once the predictor and the search jobs exist; they are not mounted before.
+//! `protected_routes` once the predictor and the search jobs exist; they are not mounted before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
