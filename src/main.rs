@@ -4,6 +4,10 @@
 
 mod cmd;
 
+/// mimalloc: candle's CPU path churns large buffers, which glibc malloc serves 2-3x slower.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +34,10 @@ enum Command {
     /// Experiments against the benchmark tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Experiment(ExperimentCommand),
+    /// Pretrain the AIO-P predictor on the shipped labels and write a checkpoint.
+    Pretrain(cmd::predictor::PretrainArgs),
+    /// Predict the performance of architecture strings on stdin, one JSON line each.
+    Predict(cmd::predictor::PredictArgs),
     /// Measure speed (release builds; see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -52,6 +60,8 @@ enum ExperimentCommand {
 enum BenchCommand {
     /// Graphs built per second on one core (plain, and with hash and FLOPs).
     Graph(cmd::bench::BenchGraphArgs),
+    /// Predictor inference graphs/s at batch 1, 256, 4096 and training graphs/s at batch 32.
+    Predictor(cmd::predictor::BenchPredictorArgs),
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
@@ -64,6 +74,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<aiop::spaces::SpaceError>()
             || cause.is::<aiop::graph::GraphError>()
             || cause.is::<cmd::DataError>()
+            || matches!(
+                cause.downcast_ref::<aiop::predictor::PredictorError>(),
+                Some(
+                    aiop::predictor::PredictorError::Data(_)
+                        | aiop::predictor::PredictorError::Space(_)
+                )
+            )
         {
             return 65;
         }
@@ -80,6 +97,9 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::search::export(a),
         Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
+        Command::Bench(BenchCommand::Predictor(a)) => cmd::predictor::bench(a),
+        Command::Pretrain(a) => cmd::predictor::pretrain(a),
+        Command::Predict(a) => cmd::predictor::predict(a),
         Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
         Command::Status(a) => cmd::serve::status(a),
         Command::Store(c) => cmd::store::store(c),

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod experiment;
 pub mod graph;
+pub mod predictor;
 pub mod search;
 pub mod serve;
 pub mod store;

@@ -1,0 +1,232 @@
+//! A trained predictor on disk: a directory holding `model.safetensors` (the weights, keyed by
+//! the variable names of [`super::model`]) and `model.json` (the sidecar: format version, model
+//! configuration with its feature normalisers, per-task label statistics, the training data's
+//! hash, seed, training settings and a free-form report).
+//!
+//! Invariants: loading a saved checkpoint gives a model whose predictions equal the saved one's
+//! bit for bit; a sidecar of another format version, or weights missing or mis-shaped for the
+//! sidecar's configuration, is an error, never a silently different model; predictions are
+//! returned in task units through the task's [`TaskScaler`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use super::data::TaskKey;
+use super::features::GraphFeatures;
+use super::init::var_builder;
+use super::model::{Config, Predictor};
+use super::train::{predict_batched, TrainConfig};
+use super::transform::TaskScaler;
+use super::PredictorError;
+
+/// Version of the checkpoint layout; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const META_FILE: &str = "model.json";
+
+/// The JSON sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub format_version: u32,
+    pub config: Config,
+    /// μ/σ per task, keyed `space/task`.
+    pub stats: BTreeMap<TaskKey, TaskScaler>,
+    /// [`super::data::data_hash`] of the training data.
+    pub data_hash: String,
+    pub seed: u64,
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+    /// Free-form summary of how the model was made (training log, test metrics).
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
+}
+
+/// A predictor with its weights and sidecar.
+pub struct Trained {
+    pub map: VarMap,
+    pub model: Predictor,
+    pub meta: Meta,
+    pub device: Device,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PredictorError + '_ {
+    move |source| PredictorError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn ckpt_err(path: &Path, message: impl std::fmt::Display) -> PredictorError {
+    PredictorError::Checkpoint {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+impl Trained {
+    /// A freshly initialised model (weights from `seed`) with empty statistics.
+    pub fn init(config: &Config, seed: u64, device: &Device) -> Result<Trained, PredictorError> {
+        let map = VarMap::new();
+        let model = Predictor::new(config, var_builder(&map, seed, device))?;
+        Ok(Trained {
+            map,
+            model,
+            meta: Meta {
+                format_version: FORMAT_VERSION,
+                config: config.clone(),
+                stats: BTreeMap::new(),
+                data_hash: String::new(),
+                seed,
+                train: None,
+                report: None,
+            },
+            device: device.clone(),
+        })
+    }
+
+    /// Write the checkpoint into `dir` (created if missing).
+    pub fn save(&self, dir: &Path) -> Result<(), PredictorError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let w = dir.join(WEIGHTS_FILE);
+        self.map.save(&w).map_err(|e| ckpt_err(&w, e))?;
+        let m = dir.join(META_FILE);
+        let json =
+            serde_json::to_string_pretty(&self.meta).map_err(|source| PredictorError::Json {
+                path: m.display().to_string(),
+                source,
+            })?;
+        std::fs::write(&m, json + "\n").map_err(io_err(&m))?;
+        Ok(())
+    }
+
+    /// Read a checkpoint written by [`Trained::save`].
+    pub fn load(dir: &Path, device: &Device) -> Result<Trained, PredictorError> {
+        let m = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&m).map_err(io_err(&m))?;
+        let probe: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| PredictorError::Json {
+                path: m.display().to_string(),
+                source,
+            })?;
+        let version = probe.get("format_version").and_then(|v| v.as_u64());
+        if version != Some(FORMAT_VERSION as u64) {
+            return Err(ckpt_err(
+                &m,
+                format!("format version {version:?}, this build reads {FORMAT_VERSION}"),
+            ));
+        }
+        let meta: Meta = serde_json::from_value(probe).map_err(|source| PredictorError::Json {
+            path: m.display().to_string(),
+            source,
+        })?;
+        let mut t = Trained::init(&meta.config, meta.seed, device)?;
+        t.meta = meta;
+        let w = dir.join(WEIGHTS_FILE);
+        if !w.exists() {
+            return Err(ckpt_err(&w, "no such file"));
+        }
+        t.map.load(&w).map_err(|e| ckpt_err(&w, e))?;
+        Ok(t)
+    }
+
+    /// Statistics of a task, or an error saying the checkpoint has none.
+    pub fn scaler(&self, key: TaskKey) -> Result<TaskScaler, PredictorError> {
+        self.meta.stats.get(&key).copied().ok_or_else(|| {
+            PredictorError::Data(format!(
+                "the model has no label statistics for {key} (it knows: {}); \
+                 fit them from labelled samples of the task first",
+                self.meta
+                    .stats
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// Predictions in `key`'s units for graphs with their GFLOPs, in input order.
+    pub fn predict(
+        &self,
+        key: TaskKey,
+        graphs: &[(&GraphFeatures, f64)],
+        batch_size: usize,
+    ) -> Result<Vec<f64>, PredictorError> {
+        let s = self.scaler(key)?;
+        let feats: Vec<&GraphFeatures> = graphs.iter().map(|g| g.0).collect();
+        let z = predict_batched(&self.model, &feats, batch_size, &self.device)?;
+        Ok(z.iter()
+            .zip(graphs)
+            .map(|(&z, &(_, gf))| s.inverse(z as f64, gf))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predictor::features::extract;
+    use crate::predictor::features::tests::small_graph;
+    use crate::predictor::model::tests::tiny_config;
+    use crate::predictor::transform::gflops;
+    use crate::spaces::{SpaceId, Task};
+
+    #[test]
+    fn save_load_gives_identical_predictions() {
+        let dev = Device::Cpu;
+        let mut t = Trained::init(&tiny_config(), 11, &dev).unwrap();
+        let key = TaskKey::new(SpaceId::Nb201, Task::Cifar10);
+        t.meta.stats.insert(
+            key,
+            TaskScaler {
+                mu: 40.0,
+                sigma: 3.0,
+                higher_is_better: true,
+            },
+        );
+        t.meta.data_hash = "abc".into();
+        let g = small_graph();
+        let f = extract(&g, &t.model.config.features());
+        let gf = gflops(&g);
+        let before = t.predict(key, &[(&f, gf), (&f, gf)], 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        t.save(dir.path()).unwrap();
+        // A different seed would give different weights unless loading overwrites them all.
+        let mut meta = t.meta.clone();
+        meta.seed = 99;
+        let back = Trained::load(dir.path(), &dev).unwrap();
+        assert_eq!(back.meta.stats, t.meta.stats);
+        assert_eq!(back.meta.config, t.meta.config);
+        let after = back.predict(key, &[(&f, gf), (&f, gf)], 1).unwrap();
+        assert_eq!(before, after);
+        assert!(back
+            .predict(TaskKey::new(SpaceId::Nb201, Task::Cifar100), &[(&f, gf)], 1)
+            .is_err());
+
+        // Weights written under another seed's sidecar still load as saved.
+        std::fs::write(
+            dir.path().join(META_FILE),
+            serde_json::to_string(&meta).unwrap(),
+        )
+        .unwrap();
+        let again = Trained::load(dir.path(), &dev).unwrap();
+        assert_eq!(again.predict(key, &[(&f, gf)], 1).unwrap()[0], before[0]);
+
+        // Another format version is refused.
+        meta.format_version = FORMAT_VERSION + 1;
+        std::fs::write(
+            dir.path().join(META_FILE),
+            serde_json::to_string(&meta).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            Trained::load(dir.path(), &dev),
+            Err(PredictorError::Checkpoint { .. })
+        ));
+    }
+}

@@ -1,0 +1,67 @@
+//! The AIO-P performance predictor (Mills et al., AAAI 2023): a GNN over a network's
+//! computational graph that predicts its task performance, pretrained across spaces and tasks.
+//!
+//! Pipeline: [`features`] (node features of a [`crate::graph::Graph`], computed once and cached)
+//! → [`batch`] (many graphs packed into constant tensors) → [`model`] (node embedding, k-GNN
+//! [`gnn::GraphConv`] layers, pooling, MLP head) trained by [`train`] on labels scaled by
+//! [`transform`] (FLOPs scaling then per-task standardisation), stored by [`checkpoint`].
+//! [`data`] turns the shipped label tables into samples; [`metrics`] ranks predictions.
+//!
+//! Invariants: every random choice (initial weights, dev split, batch order) comes from a
+//! [`crate::rng::Rng`] seeded by the caller, so a run is repeatable from its seed on one machine;
+//! inputs (features, indices) are plain tensors and never `Var`s, so no gradient is computed for
+//! them; message passing and pooling use `index_select` + `index_add` only (candle 0.11.1's
+//! `scatter_add` backward is wrong).
+
+pub mod batch;
+pub mod checkpoint;
+pub mod data;
+pub mod features;
+pub mod gnn;
+pub mod init;
+pub mod metrics;
+pub mod model;
+pub mod pretrain;
+pub mod train;
+pub mod transform;
+
+use candle_core::Device;
+
+/// Errors of the predictor module.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictorError {
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Data(String),
+    #[error(transparent)]
+    Space(#[from] crate::spaces::SpaceError),
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The device to compute on: the first CUDA GPU when built with the `cuda` feature and one is
+/// present, else the CPU.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = Device::cuda_if_available(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}

@@ -1,0 +1,415 @@
+//! The AIO-P predictor network: node embedding → k-GNN encoder → pooling → MLP head, one scalar
+//! (a standardised, FLOPs-scaled label) per graph.
+//!
+//! Node embedding (defaults of [`Config`]): unweighted nodes get `op embedding (24) ‖ linear(6→8)
+//! of the resolution vector`; weighted nodes `op embedding (14, a separate table) ‖ the same
+//! resolution map (8) ‖ kernel embedding(kh) (4) ‖ kernel embedding(kw) (4, the same table) ‖
+//! linear(2→2) of the one-hot bias flag` — 32 dims either way. Then `layers` [`GraphConv`]s of
+//! width `hidden` each followed by `activation`, pooling, and the head: linear layers through the
+//! widths of `head` to 1, `head_activation` between them (defaults 32→32→32→32→32→1, ReLU).
+//!
+//! Variable names (stable, they key the safetensors file): `embed.op`, `embed.w_op`, `embed.res`,
+//! `embed.kernel`, `embed.bias`, `gnn.layer{i}.{root,rel}`, `head.layer{i}`.
+//! Invariants: both embedding branches have the same width ([`Config::validate`]); the encoder
+//! and head are separate values so a frozen encoder can feed new heads (K-Adapters).
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::batch::Batch;
+use super::features::{FeatureConfig, Normalisers, RES_DIMS};
+use super::gnn::{pool, Activation, GraphConv, Pooling};
+use super::init::{embedding, linear};
+use super::PredictorError;
+
+/// The architecture of the predictor. Serialised into checkpoints; every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Op embedding table size (0 = out of vocabulary; AIO-P's vocabulary has 32 slots).
+    pub num_ops: usize,
+    /// Op embedding width of unweighted nodes.
+    pub op_dim: usize,
+    /// Op embedding width of weighted nodes.
+    pub weighted_op_dim: usize,
+    /// Output width of the resolution map.
+    pub res_dim: usize,
+    /// Kernel-size embedding table size (sizes 1..kernel_vocab; 0 = other).
+    pub kernel_vocab: usize,
+    pub kernel_dim: usize,
+    pub bias_dim: usize,
+    /// GNN width.
+    pub hidden: usize,
+    /// Number of GraphConv layers.
+    pub layers: usize,
+    pub activation: Activation,
+    pub pooling: Pooling,
+    /// Hidden widths of the head (the last layer maps to 1).
+    pub head: Vec<usize>,
+    pub head_activation: Activation,
+    /// Divisors of the resolution features.
+    pub normalisers: Normalisers,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            num_ops: 32,
+            op_dim: 24,
+            weighted_op_dim: 14,
+            res_dim: 8,
+            kernel_vocab: 8,
+            kernel_dim: 4,
+            bias_dim: 2,
+            hidden: 32,
+            layers: 6,
+            activation: Activation::Tanh,
+            pooling: Pooling::Mean,
+            head: vec![32, 32, 32, 32],
+            head_activation: Activation::Relu,
+            normalisers: Normalisers::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Width of a node embedding.
+    pub fn embed_dim(&self) -> usize {
+        self.op_dim + self.res_dim
+    }
+
+    pub fn validate(&self) -> Result<(), PredictorError> {
+        let w = self.weighted_op_dim + self.res_dim + 2 * self.kernel_dim + self.bias_dim;
+        if w != self.embed_dim() {
+            return Err(PredictorError::Config(format!(
+                "weighted node embedding is {w} wide, unweighted {}: they must agree",
+                self.embed_dim()
+            )));
+        }
+        let nz = self.normalisers;
+        if !(nz.h > 0.0 && nz.w > 0.0 && nz.c > 0.0) {
+            return Err(PredictorError::Config(
+                "normalisers must be positive".into(),
+            ));
+        }
+        if self.num_ops < 1 || self.kernel_vocab < 1 || self.hidden < 1 {
+            return Err(PredictorError::Config(
+                "num_ops, kernel_vocab and hidden must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn features(&self) -> FeatureConfig {
+        FeatureConfig {
+            num_ops: self.num_ops,
+            kernel_vocab: self.kernel_vocab,
+            normalisers: self.normalisers,
+        }
+    }
+}
+
+/// AIO-P node embedding.
+#[derive(Debug, Clone)]
+pub struct NodeEmbedding {
+    op: Embedding,
+    w_op: Embedding,
+    res: Linear,
+    kernel: Embedding,
+    bias: Linear,
+}
+
+impl NodeEmbedding {
+    pub fn new(c: &Config, vb: VarBuilder) -> candle_core::Result<NodeEmbedding> {
+        Ok(NodeEmbedding {
+            op: embedding(c.num_ops, c.op_dim, vb.pp("op"))?,
+            w_op: embedding(c.num_ops, c.weighted_op_dim, vb.pp("w_op"))?,
+            res: linear(RES_DIMS, c.res_dim, true, vb.pp("res"))?,
+            kernel: embedding(c.kernel_vocab, c.kernel_dim, vb.pp("kernel"))?,
+            bias: linear(2, c.bias_dim, true, vb.pp("bias"))?,
+        })
+    }
+
+    /// `[N, embed_dim]` in node order.
+    pub fn forward(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        let res = self.res.forward(&b.res)?;
+        let mut parts = Vec::with_capacity(2);
+        if let Some(p) = &b.plain {
+            let op = self.op.forward(&b.op.index_select(p, 0)?)?;
+            parts.push(Tensor::cat(&[op, res.index_select(p, 0)?], 1)?);
+        }
+        if let (Some(w), Some(kh), Some(kw), Some(bias)) = (&b.weighted, &b.kh, &b.kw, &b.bias) {
+            let op = self.w_op.forward(&b.op.index_select(w, 0)?)?;
+            parts.push(Tensor::cat(
+                &[
+                    op,
+                    res.index_select(w, 0)?,
+                    self.kernel.forward(kh)?,
+                    self.kernel.forward(kw)?,
+                    self.bias.forward(bias)?,
+                ],
+                1,
+            )?);
+        }
+        let rows = Tensor::cat(&parts, 0)?;
+        rows.index_select(&b.perm, 0)
+    }
+}
+
+/// Embedding and GNN layers: everything below the head.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    pub embed: NodeEmbedding,
+    pub layers: Vec<GraphConv>,
+    pub activation: Activation,
+    pub pooling: Pooling,
+}
+
+impl Encoder {
+    /// Variables under `vb.pp("embed")` and `vb.pp("gnn")`.
+    pub fn new(c: &Config, vb: VarBuilder) -> candle_core::Result<Encoder> {
+        let embed = NodeEmbedding::new(c, vb.pp("embed"))?;
+        let mut layers = Vec::with_capacity(c.layers);
+        let mut d = c.embed_dim();
+        for i in 0..c.layers {
+            layers.push(GraphConv::new(
+                d,
+                c.hidden,
+                vb.pp("gnn").pp(format!("layer{i}")),
+            )?);
+            d = c.hidden;
+        }
+        Ok(Encoder {
+            embed,
+            layers,
+            activation: c.activation,
+            pooling: c.pooling,
+        })
+    }
+
+    /// Node states: the embedding, then every layer's output (`layers + 1` tensors).
+    pub fn node_states(&self, b: &Batch) -> candle_core::Result<Vec<Tensor>> {
+        let mut hs = Vec::with_capacity(self.layers.len() + 1);
+        hs.push(self.embed.forward(b)?);
+        for l in &self.layers {
+            let x = hs.last().expect("non-empty");
+            let y = self.activation.apply(&l.forward(x, b)?)?;
+            hs.push(y);
+        }
+        Ok(hs)
+    }
+
+    /// Graph embeddings `[G, width]`.
+    pub fn forward(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        let mut x = self.embed.forward(b)?;
+        for l in &self.layers {
+            x = self.activation.apply(&l.forward(&x, b)?)?;
+        }
+        pool(&x, b, self.pooling)
+    }
+}
+
+/// An MLP from a graph embedding to one scalar.
+#[derive(Debug, Clone)]
+pub struct Head {
+    layers: Vec<Linear>,
+    activation: Activation,
+}
+
+impl Head {
+    /// Linear layers `in → widths[0] → … → 1` under `vb.pp("layer{i}")`.
+    pub fn new(
+        in_dim: usize,
+        widths: &[usize],
+        activation: Activation,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Head> {
+        let mut layers = Vec::with_capacity(widths.len() + 1);
+        let mut d = in_dim;
+        for (i, &w) in widths.iter().chain(std::iter::once(&1)).enumerate() {
+            layers.push(linear(d, w, true, vb.pp(format!("layer{i}")))?);
+            d = w;
+        }
+        Ok(Head { layers, activation })
+    }
+
+    /// `[G, in]` → `[G]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i < last {
+                x = self.activation.apply(&x)?;
+            }
+        }
+        x.squeeze(1)
+    }
+}
+
+/// Anything that maps a batch to one prediction per graph (`[G]`).
+pub trait Regressor {
+    fn predict(&self, b: &Batch) -> candle_core::Result<Tensor>;
+}
+
+/// The AIO-P predictor.
+#[derive(Debug, Clone)]
+pub struct Predictor {
+    pub config: Config,
+    pub encoder: Encoder,
+    pub head: Head,
+}
+
+impl Predictor {
+    /// Variables under `embed.*`, `gnn.*` and `head.*` of `vb`.
+    pub fn new(config: &Config, vb: VarBuilder) -> Result<Predictor, PredictorError> {
+        config.validate()?;
+        let encoder = Encoder::new(config, vb.clone())?;
+        let width = if config.layers == 0 {
+            config.embed_dim()
+        } else {
+            config.hidden
+        };
+        let head = Head::new(width, &config.head, config.head_activation, vb.pp("head"))?;
+        Ok(Predictor {
+            config: config.clone(),
+            encoder,
+            head,
+        })
+    }
+}
+
+impl Regressor for Predictor {
+    fn predict(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        self.head.forward(&self.encoder.forward(b)?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::predictor::features::extract;
+    use crate::predictor::features::tests::small_graph;
+    use crate::predictor::init::{sorted_vars, var_builder};
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    pub(crate) fn tiny_config() -> Config {
+        Config {
+            op_dim: 6,
+            weighted_op_dim: 2,
+            res_dim: 2,
+            kernel_dim: 1,
+            bias_dim: 2,
+            hidden: 4,
+            layers: 2,
+            head: vec![4],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn default_config_is_valid_and_sized_like_the_paper() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.embed_dim(), 32);
+        let bad = Config {
+            op_dim: 20,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        let json = serde_json::to_string(&c).unwrap();
+        let back: Config = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        let partial: Config = serde_json::from_str(r#"{"layers": 3}"#).unwrap();
+        assert_eq!(partial.layers, 3);
+        assert_eq!(partial.hidden, 32);
+    }
+
+    #[test]
+    fn forward_shapes_and_batch_independence() {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let m = Predictor::new(&Config::default(), var_builder(&map, 0, &dev)).unwrap();
+        let f = extract(&small_graph(), &m.config.features());
+        let one = Batch::pack(&[&f], &dev).unwrap();
+        let three = Batch::pack(&[&f, &f, &f], &dev).unwrap();
+        let y1: Vec<f32> = m.predict(&one).unwrap().to_vec1().unwrap();
+        let y3: Vec<f32> = m.predict(&three).unwrap().to_vec1().unwrap();
+        assert_eq!(y1.len(), 1);
+        assert_eq!(y3.len(), 3);
+        for y in y3 {
+            assert!((y - y1[0]).abs() < 1e-5);
+        }
+    }
+
+    /// Finite differences against candle's gradients for every variable of a tiny model. This is
+    /// what catches a wrong backward of the gather/scatter ops.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let m = Predictor::new(&tiny_config(), var_builder(&map, 3, &dev)).unwrap();
+        // Two graphs of different sizes so pooling and offsets matter.
+        let f1 = extract(&small_graph(), &m.config.features());
+        let mut b = crate::graph::GraphBuilder::new();
+        let x = b.input(3, 8, 8).unwrap();
+        let c1 = b
+            .conv(x, crate::graph::builder::Conv::new(4, 3).bias(true))
+            .unwrap();
+        let c2 = b.conv(x, crate::graph::builder::Conv::new(4, 1)).unwrap();
+        let a = b.add(&[c1, c2]).unwrap();
+        b.output(a).unwrap();
+        let f2 = extract(&b.finish(), &m.config.features());
+        let batch = Batch::pack(&[&f1, &f2], &dev).unwrap();
+        let target = Tensor::new(&[0.3f32, -0.7], &dev).unwrap();
+        let loss_of = || -> f64 {
+            let y = m.predict(&batch).unwrap();
+            let l = (y - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+            l.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let y = m.predict(&batch).unwrap();
+        let loss = (y - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let eps = 1e-2f32;
+        let mut checked = 0;
+        for (name, var) in sorted_vars(&map) {
+            let g: Vec<f32> = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let base: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let shape = var.shape().clone();
+            let set = |v: &Var, vals: &[f32]| {
+                v.set(&Tensor::from_vec(vals.to_vec(), shape.clone(), &dev).unwrap())
+                    .unwrap()
+            };
+            for k in 0..base.len() {
+                let mut p = base.clone();
+                p[k] += eps;
+                set(&var, &p);
+                let lp = loss_of();
+                p[k] -= 2.0 * eps;
+                set(&var, &p);
+                let lm = loss_of();
+                set(&var, &base);
+                let fd = (lp - lm) / (2.0 * eps as f64);
+                let err = (fd - g[k] as f64).abs();
+                assert!(
+                    err <= 2e-3 + 2e-2 * fd.abs(),
+                    "{name}[{k}]: finite difference {fd}, backward {}",
+                    g[k]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100);
+    }
+}

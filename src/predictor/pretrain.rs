@@ -1,0 +1,183 @@
+//! Pretraining on the shipped labels of a set of (space, task) pairs: load and featurise every
+//! network once, hold out a seeded test split per task, fit each task's label statistics on the
+//! rest, train one predictor on all tasks' standardised targets, and evaluate it per task on the
+//! held-out networks in task units.
+//!
+//! Invariants: test networks never influence training (not the weights, not μ/σ, not the dev
+//! split that picks the best epoch); the whole run is a function of the [`PretrainConfig`]
+//! (its `train.seed` included) and the shipped tables.
+
+use serde::{Deserialize, Serialize};
+
+use candle_core::Device;
+
+use super::checkpoint::Trained;
+use super::data::{data_hash, load_task, split, Example, TaskKey};
+use super::init::sorted_vars;
+use super::metrics::{kendall, mae, spearman};
+use super::model::Config;
+use super::train::{train, Sample, TrainConfig, TrainReport};
+use super::transform::TaskScaler;
+use super::PredictorError;
+use crate::rng::Rng;
+use crate::spaces::SpaceId;
+
+/// What to pretrain on and how. Every field has a default (see [`PretrainConfig::default`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Tasks, spelt `space/task`. Default: the three NB-201 tasks (cifar10, cifar100,
+    /// ImageNet16-120).
+    pub tasks: Vec<TaskKey>,
+    /// Keep at most this many labelled networks per task (a seeded subsample); all by default.
+    pub max_per_task: Option<usize>,
+    /// Fraction of each task's networks held out for the test report.
+    pub test_fraction: f64,
+    pub model: Config,
+    pub train: TrainConfig,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> PretrainConfig {
+        PretrainConfig {
+            tasks: TaskKey::all_of(SpaceId::Nb201),
+            max_per_task: None,
+            test_fraction: 0.1,
+            model: Config::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// Held-out quality of one task, in task units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEval {
+    pub task: TaskKey,
+    pub n: usize,
+    pub spearman: f64,
+    pub kendall: f64,
+    pub mae: f64,
+}
+
+/// Summary of a pretraining run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainReport {
+    /// Seconds spent building graphs and features.
+    pub prepare_seconds: f64,
+    pub train: TrainReport,
+    pub test: Vec<TaskEval>,
+}
+
+/// Evaluate a trained model on labelled examples of a task it has statistics for.
+pub fn evaluate(
+    t: &Trained,
+    key: TaskKey,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<TaskEval, PredictorError> {
+    let inputs: Vec<_> = examples.iter().map(|e| (&*e.features, e.gflops)).collect();
+    let pred = t.predict(key, &inputs, batch_size)?;
+    let truth: Vec<f64> = examples.iter().map(|e| e.value).collect();
+    Ok(TaskEval {
+        task: key,
+        n: examples.len(),
+        spearman: spearman(&pred, &truth),
+        kendall: kendall(&pred, &truth),
+        mae: mae(&pred, &truth),
+    })
+}
+
+/// Run a pretraining as configured.
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    quiet: bool,
+    device: &Device,
+) -> Result<(Trained, PretrainReport), PredictorError> {
+    if cfg.tasks.is_empty() {
+        return Err(PredictorError::Config("no tasks to pretrain on".into()));
+    }
+    cfg.model.validate()?;
+    let seed = cfg.train.seed;
+    let mut rng = Rng::new(seed ^ 0x5eed_da7a);
+    let fc = cfg.model.features();
+    let start = std::time::Instant::now();
+    let mut sets = Vec::with_capacity(cfg.tasks.len());
+    for &key in &cfg.tasks {
+        let set = load_task(key, &fc, cfg.max_per_task, &mut rng.fork())?;
+        let (kept, test) = split(set.examples, cfg.test_fraction, &mut rng.fork());
+        sets.push((key, set.higher_is_better, kept, test));
+    }
+    let prepare_seconds = start.elapsed().as_secs_f64();
+
+    let mut t = Trained::init(&cfg.model, seed, device)?;
+    let mut samples = Vec::new();
+    for (key, hib, kept, _) in &sets {
+        let y: Vec<f64> = kept.iter().map(|e| e.value).collect();
+        let f: Vec<f64> = kept.iter().map(|e| e.gflops).collect();
+        let s = TaskScaler::fit(&y, &f, *hib)?;
+        t.meta.stats.insert(*key, s);
+        samples.extend(kept.iter().map(|e| Sample {
+            features: e.features.clone(),
+            target: s.forward(e.value, e.gflops) as f32,
+        }));
+    }
+    t.meta.data_hash = data_hash(sets.iter().map(|(k, _, kept, _)| (*k, &kept[..])));
+    t.meta.train = Some(cfg.train.clone());
+
+    let vars = sorted_vars(&t.map);
+    let report = train(&t.model, &vars, &samples, &cfg.train, quiet, device)?;
+    let mut test = Vec::with_capacity(sets.len());
+    for (key, _, _, held) in &sets {
+        if !held.is_empty() {
+            test.push(evaluate(&t, *key, held, 256)?);
+        }
+    }
+    let report = PretrainReport {
+        prepare_seconds,
+        train: report,
+        test,
+    };
+    t.meta.report = Some(
+        serde_json::to_value(&report).map_err(|source| PredictorError::Json {
+            path: "report".into(),
+            source,
+        })?,
+    );
+    Ok((t, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predictor::model::tests::tiny_config;
+
+    #[test]
+    fn default_config_round_trips_and_names_nb201() {
+        let c = PretrainConfig::default();
+        let j = serde_json::to_string(&c).unwrap();
+        assert!(j.contains("\"nb201/cifar10\""), "{j}");
+        assert_eq!(serde_json::from_str::<PretrainConfig>(&j).unwrap(), c);
+        assert!(serde_json::from_str::<PretrainConfig>(r#"{"epochs": 3}"#).is_err());
+    }
+
+    #[test]
+    fn tiny_pretrain_runs_end_to_end() {
+        let cfg = PretrainConfig {
+            tasks: vec!["nb201/cifar10".parse().unwrap()],
+            max_per_task: Some(40),
+            test_fraction: 0.25,
+            model: tiny_config(),
+            train: TrainConfig {
+                epochs: 2,
+                batch_size: 8,
+                ..TrainConfig::default()
+            },
+        };
+        let (t, r) = pretrain(&cfg, true, &Device::Cpu).unwrap();
+        assert_eq!(r.test.len(), 1);
+        assert_eq!(r.test[0].n, 10);
+        assert_eq!(r.train.train_size + r.train.dev_size, 30);
+        assert_eq!(t.meta.stats.len(), 1);
+        assert_eq!(t.meta.data_hash.len(), 32);
+    }
+}

@@ -1,0 +1,154 @@
+//! AIO-P's label transform: FLOPs scaling (Eq. 5) then per-task standardisation (Eq. 4), and
+//! its exact inverse back to the task's units.
+//!
+//! Forward: `y_F = s·y / (log10(F + 1) + 1)` with `F` the network's GFLOPs for that task (MACs
+//! convention, `graph.flops(Convention::Macs) / 1e9`), then `z = (y_F − μ) / σ` with μ and σ
+//! the mean and *population* standard deviation of `y_F` over the task's fitting set.
+//! Direction: `s = +1` when higher labels are better and `s = −1` when lower are better (a loss,
+//! an error rate), so that a larger `z` always means a better network across all tasks a model
+//! is pretrained on; the inverse multiplies by `s` again. A constant fitting set (σ = 0) gets
+//! σ = 1 so the transform stays invertible.
+//!
+//! Invariants: `inverse(forward(y, F), F) == y` up to floating-point rounding for every finite
+//! `y` and `F ≥ 0`; statistics are plain numbers serialised into checkpoints.
+
+use serde::{Deserialize, Serialize};
+
+use super::PredictorError;
+use crate::graph::{Convention, Graph};
+
+/// GFLOPs of a graph in the convention the transform uses.
+pub fn gflops(g: &Graph) -> f64 {
+    g.flops(Convention::Macs) as f64 / 1e9
+}
+
+/// The FLOPs divisor of Eq. 5: `log10(F + 1) + 1` (≥ 1 for `F ≥ 0`).
+pub fn flops_divisor(gflops: f64) -> f64 {
+    (gflops.max(0.0) + 1.0).log10() + 1.0
+}
+
+/// μ, σ and direction of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskScaler {
+    pub mu: f64,
+    pub sigma: f64,
+    pub higher_is_better: bool,
+}
+
+impl TaskScaler {
+    fn sign(&self) -> f64 {
+        if self.higher_is_better {
+            1.0
+        } else {
+            -1.0
+        }
+    }
+
+    /// Fit μ and σ on labels `y` of networks with `gflops` (same length, at least one).
+    pub fn fit(
+        y: &[f64],
+        gflops: &[f64],
+        higher_is_better: bool,
+    ) -> Result<TaskScaler, PredictorError> {
+        if y.is_empty() || y.len() != gflops.len() {
+            return Err(PredictorError::Data(format!(
+                "fitting label statistics needs as many FLOPs as labels (at least one): {} labels, {} FLOPs",
+                y.len(),
+                gflops.len()
+            )));
+        }
+        let s = if higher_is_better { 1.0 } else { -1.0 };
+        let yf: Vec<f64> = y
+            .iter()
+            .zip(gflops)
+            .map(|(&y, &f)| s * y / flops_divisor(f))
+            .collect();
+        let n = yf.len() as f64;
+        let mu = yf.iter().sum::<f64>() / n;
+        let var = yf.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n;
+        let sigma = var.sqrt();
+        if !mu.is_finite() || !sigma.is_finite() {
+            return Err(PredictorError::Data("labels are not finite".into()));
+        }
+        Ok(TaskScaler {
+            mu,
+            sigma: if sigma > 1e-12 { sigma } else { 1.0 },
+            higher_is_better,
+        })
+    }
+
+    /// Task units → standardised target.
+    pub fn forward(&self, y: f64, gflops: f64) -> f64 {
+        (self.sign() * y / flops_divisor(gflops) - self.mu) / self.sigma
+    }
+
+    /// Standardised prediction → task units.
+    pub fn inverse(&self, z: f64, gflops: f64) -> f64 {
+        self.sign() * (z * self.sigma + self.mu) * flops_divisor(gflops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_standardises() {
+        let y = [90.0, 80.0, 70.0];
+        let f = [0.0, 0.0, 0.0];
+        let s = TaskScaler::fit(&y, &f, true).unwrap();
+        assert!((s.mu - 80.0).abs() < 1e-12);
+        // population std of {90, 80, 70}
+        assert!((s.sigma - (200.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        let z: Vec<f64> = y.iter().map(|&v| s.forward(v, 0.0)).collect();
+        assert!(z.iter().sum::<f64>().abs() < 1e-12);
+        assert!(z[0] > z[1] && z[1] > z[2]);
+    }
+
+    #[test]
+    fn flops_scaling_matches_eq5() {
+        // F = 9 GFLOPs: divisor log10(10) + 1 = 2.
+        assert!((flops_divisor(9.0) - 2.0).abs() < 1e-12);
+        let s = TaskScaler {
+            mu: 0.0,
+            sigma: 1.0,
+            higher_is_better: true,
+        };
+        assert!((s.forward(80.0, 9.0) - 40.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn round_trip_is_exact_both_directions() {
+        let y = [93.1, 12.5, 47.25, 60.0, 0.0];
+        let f = [0.08, 0.2, 1.5, 30.0, 0.0];
+        for hib in [true, false] {
+            let s = TaskScaler::fit(&y, &f, hib).unwrap();
+            for (&v, &g) in y.iter().zip(&f) {
+                let back = s.inverse(s.forward(v, g), g);
+                assert!((back - v).abs() <= 1e-12 * v.abs().max(1.0), "{v} → {back}");
+            }
+        }
+    }
+
+    #[test]
+    fn lower_is_better_flips_the_order() {
+        let loss = [0.1, 0.5, 0.9];
+        let f = [0.1, 0.1, 0.1];
+        let s = TaskScaler::fit(&loss, &f, false).unwrap();
+        let z: Vec<f64> = loss.iter().map(|&v| s.forward(v, 0.1)).collect();
+        assert!(
+            z[0] > z[1] && z[1] > z[2],
+            "the lowest loss gets the highest z"
+        );
+        assert!((s.inverse(z[0], 0.1) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn constant_labels_keep_unit_sigma() {
+        let s = TaskScaler::fit(&[5.0, 5.0], &[1.0, 1.0], true).unwrap();
+        assert_eq!(s.sigma, 1.0);
+        assert!(TaskScaler::fit(&[], &[], true).is_err());
+        assert!(TaskScaler::fit(&[1.0], &[], true).is_err());
+    }
+}
