@@ -2,12 +2,25 @@
 //!
 //! Rooms, with imports pointing down only: [`graph`] (the computational graph, shapes, FLOPs,
 //! hash, JSON) ← [`spaces`] (benchmark search spaces, architecture strings, mutations, labels)
-//! ← [`predictor`] (the AIO-P GNN: features, training, checkpoints).
+//! ← [`predictor`] (the AIO-P GNN: features, training, checkpoints) and [`search`] (architecture
+//! searches; [`stats`] their rank statistics) ← [`taskfile`] (user task definitions) ← [`store`]
+//! (the daemon's sled database) ← [`jobs`] (fine-tuning work on dedicated threads; the predictor
+//! plugs in there) ← [`watch`] (the task folder watcher) and [`api`] (HTTP) ← [`serve`] (the
+//! daemon's wiring). [`config`] is the daemon's settings, read by `main` and handed down;
+//! [`client`] talks HTTP to a running daemon.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod graph;
+pub mod jobs;
 pub mod predictor;
 pub mod rng;
 pub mod search;
+pub mod serve;
 pub mod spaces;
 pub mod stats;
+pub mod store;
+pub mod taskfile;
+pub mod watch;

@@ -41,6 +41,13 @@ enum Command {
     /// Measure speed (release builds; see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the daemon: watch the tasks folder, serve the HTTP API.
+    Serve(cmd::serve::ServeArgs),
+    /// Ask a running daemon for its health and tasks.
+    Status(cmd::serve::StatusArgs),
+    /// Export or import the daemon's store as JSON lines (with the daemon stopped).
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,9 +64,13 @@ enum BenchCommand {
     Predictor(cmd::predictor::BenchPredictorArgs),
 }
 
-/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data.
+/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
+/// 78 bad configuration (EX_CONFIG).
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.is::<aiop::config::ConfigError>() {
+            return 78;
+        }
         if cause.is::<aiop::spaces::SpaceError>()
             || cause.is::<aiop::graph::GraphError>()
             || cause.is::<cmd::DataError>()
@@ -89,6 +100,9 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Predictor(a)) => cmd::predictor::bench(a),
         Command::Pretrain(a) => cmd::predictor::pretrain(a),
         Command::Predict(a) => cmd::predictor::predict(a),
+        Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
+        Command::Status(a) => cmd::serve::status(a),
+        Command::Store(c) => cmd::store::store(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

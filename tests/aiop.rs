@@ -3,6 +3,7 @@
 
 mod cg;
 mod cli;
+mod daemon;
 mod predictor;
 mod props;
 mod search;

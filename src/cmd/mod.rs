@@ -7,6 +7,8 @@ pub mod experiment;
 pub mod graph;
 pub mod predictor;
 pub mod search;
+pub mod serve;
+pub mod store;
 
 /// Input that could not be processed (some lines of a batch failed); maps to exit code 65.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,66 @@
+//! `aiop store export|import`: the daemon's store as JSON lines, for backups and moves. Both
+//! open the store themselves, so the daemon using that state directory must be stopped (the
+//! store's lock says so otherwise).
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use aiop::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write every record of the store as JSON lines (stdout, or --output FILE).
+    Export(ExportArgs),
+    /// Load an export into an empty store.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// State directory of the (stopped) daemon.
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// State directory to create or fill (its store must be empty).
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
+    /// The export file.
+    pub file: PathBuf,
+}
+
+pub fn store(c: StoreCommand) -> anyhow::Result<()> {
+    match c {
+        StoreCommand::Export(a) => {
+            let store = Store::open(&a.state)?;
+            let n = match &a.output {
+                Some(f) => {
+                    let file = std::fs::File::create(f)
+                        .with_context(|| format!("creating {}", f.display()))?;
+                    store.export(std::io::BufWriter::new(file))?
+                }
+                None => store.export(std::io::BufWriter::new(std::io::stdout().lock()))?,
+            };
+            eprintln!("aiop: exported {n} record(s) from {}", a.state.display());
+        }
+        StoreCommand::Import(a) => {
+            std::fs::create_dir_all(&a.state)
+                .with_context(|| format!("creating {}", a.state.display()))?;
+            let store = Store::open(&a.state)?;
+            let file = std::fs::File::open(&a.file)
+                .with_context(|| format!("reading {}", a.file.display()))?;
+            let n = store
+                .import(BufReader::new(file))
+                .with_context(|| format!("{}", a.file.display()))?;
+            eprintln!("aiop: imported {n} record(s) into {}", a.state.display());
+        }
+    }
+    Ok(())
+}

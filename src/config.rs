@@ -1,0 +1,381 @@
+//! Daemon configuration: every setting of `aiop serve` in one [`Config`], and where it comes from.
+//!
+//! Load order, later sources overriding earlier ones field by field: embedded defaults
+//! ([`Config::default`]) < a TOML file (`--config FILE`, else `config/aiop.toml` when it exists
+//! in the working directory) < `AIOP_*` environment variables < command-line flags (applied by
+//! the caller through [`Overrides`]). Invariants: an unknown key in a file is an error naming the
+//! key, the file and the line; a malformed `AIOP_*` value is an error naming the variable; a
+//! loaded [`Config`] has passed [`Config::validate`] (positive limits, a known log format).
+//! `config/aiop.toml` documents every key with its default and must parse to [`Config::default`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The file read when no `--config` is given, relative to the working directory.
+pub const DEFAULT_FILE: &str = "config/aiop.toml";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line, for journald or log shippers.
+    Json,
+}
+
+/// Every setting of the daemon. Field names are the TOML keys; `AIOP_<KEY>` (upper case) is the
+/// environment variable of each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store (sled) and the address file live.
+    pub state_dir: PathBuf,
+    /// The watched folder of task files; `<state_dir>/tasks` when unset.
+    pub tasks_dir: Option<PathBuf>,
+    /// Address the HTTP API listens on (port 0 picks a free port; see `<state_dir>/aiop.addr`).
+    pub listen: SocketAddr,
+    /// Fine-tuning and search jobs run at once.
+    pub max_concurrent_jobs: usize,
+    /// Largest accepted HTTP request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Most graphs (and later predictions) one request may ask for.
+    pub max_predictions_per_request: usize,
+    /// When set, mutating and compute endpoints require `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    pub log_format: LogFormat,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    /// Quiet time before a changed task file is read, in milliseconds.
+    pub watch_debounce_ms: u64,
+    /// Largest task definition (TOML) file, in bytes.
+    pub max_task_file_bytes: u64,
+    /// Largest samples CSV (and each JSON graph file), in bytes.
+    pub max_samples_file_bytes: u64,
+    /// Seconds a single HTTP request may take before it is answered 408.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            state_dir: PathBuf::from("state"),
+            tasks_dir: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            max_concurrent_jobs: 1,
+            body_limit_bytes: 1 << 20,
+            max_predictions_per_request: 1000,
+            token: None,
+            log_format: LogFormat::Text,
+            shutdown_grace_secs: 10,
+            watch_debounce_ms: 300,
+            max_task_file_bytes: 1 << 20,
+            max_samples_file_bytes: 16 << 20,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+/// Command-line values, which win over every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub tasks_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+/// Errors of loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {error}")]
+    Read { file: String, error: std::io::Error },
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("environment variable {var}='{value}': {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("environment variable {0} is not a known setting (known: {known})", known = ENV_KEYS.join(", "))]
+    UnknownEnv(String),
+    #[error("setting '{key}': {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// 1-based line of a byte offset in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The environment variables read, one per [`Config`] field.
+pub const ENV_KEYS: [&str; 13] = [
+    "AIOP_STATE_DIR",
+    "AIOP_TASKS_DIR",
+    "AIOP_LISTEN",
+    "AIOP_MAX_CONCURRENT_JOBS",
+    "AIOP_BODY_LIMIT_BYTES",
+    "AIOP_MAX_PREDICTIONS_PER_REQUEST",
+    "AIOP_TOKEN",
+    "AIOP_LOG_FORMAT",
+    "AIOP_SHUTDOWN_GRACE_SECS",
+    "AIOP_WATCH_DEBOUNCE_MS",
+    "AIOP_MAX_TASK_FILE_BYTES",
+    "AIOP_MAX_SAMPLES_FILE_BYTES",
+    "AIOP_REQUEST_TIMEOUT_SECS",
+];
+
+/// `AIOP_*` variables that belong to other parts of aiop (not settings of the daemon).
+const ENV_OTHER: [&str; 1] = ["AIOP_LOG"];
+
+impl Config {
+    /// Parse a TOML document; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            message: e.message().trim().to_string(),
+        })
+    }
+
+    /// Everything but the flags' values: defaults < file < environment, validated.
+    pub fn load(
+        ov: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match &ov.config_file {
+            Some(f) => Config::from_file(f)?,
+            None if Path::new(DEFAULT_FILE).is_file() => {
+                Config::from_file(Path::new(DEFAULT_FILE))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        if let Some(s) = &ov.state_dir {
+            cfg.state_dir = s.clone();
+        }
+        if let Some(t) = &ov.tasks_dir {
+            cfg.tasks_dir = Some(t.clone());
+        }
+        if let Some(l) = ov.listen {
+            cfg.listen = l;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            error: source,
+        })?;
+        Config::from_toml(&text, &file)
+    }
+
+    /// Apply `AIOP_*` variables; other variables are ignored, unknown `AIOP_*` ones are errors.
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in env {
+            let Some(_) = var.strip_prefix("AIOP_") else {
+                continue;
+            };
+            let bad = |message: String| ConfigError::Env {
+                var: var.clone(),
+                value: value.clone(),
+                message,
+            };
+            fn num<T: std::str::FromStr>(v: &str) -> Result<T, String>
+            where
+                T::Err: std::fmt::Display,
+            {
+                v.trim().parse::<T>().map_err(|e| e.to_string())
+            }
+            match var.as_str() {
+                "AIOP_STATE_DIR" => self.state_dir = PathBuf::from(&value),
+                "AIOP_TASKS_DIR" => self.tasks_dir = Some(PathBuf::from(&value)),
+                "AIOP_LISTEN" => self.listen = num(&value).map_err(bad)?,
+                "AIOP_MAX_CONCURRENT_JOBS" => {
+                    self.max_concurrent_jobs = num(&value).map_err(bad)?
+                }
+                "AIOP_BODY_LIMIT_BYTES" => self.body_limit_bytes = num(&value).map_err(bad)?,
+                "AIOP_MAX_PREDICTIONS_PER_REQUEST" => {
+                    self.max_predictions_per_request = num(&value).map_err(bad)?
+                }
+                "AIOP_TOKEN" => self.token = Some(value.clone()).filter(|t| !t.is_empty()),
+                "AIOP_LOG_FORMAT" => {
+                    self.log_format = match value.trim() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => return Err(bad("expected 'text' or 'json'".into())),
+                    }
+                }
+                "AIOP_SHUTDOWN_GRACE_SECS" => {
+                    self.shutdown_grace_secs = num(&value).map_err(bad)?
+                }
+                "AIOP_WATCH_DEBOUNCE_MS" => self.watch_debounce_ms = num(&value).map_err(bad)?,
+                "AIOP_MAX_TASK_FILE_BYTES" => {
+                    self.max_task_file_bytes = num(&value).map_err(bad)?
+                }
+                "AIOP_MAX_SAMPLES_FILE_BYTES" => {
+                    self.max_samples_file_bytes = num(&value).map_err(bad)?
+                }
+                "AIOP_REQUEST_TIMEOUT_SECS" => {
+                    self.request_timeout_secs = num(&value).map_err(bad)?
+                }
+                v if ENV_OTHER.contains(&v) => {}
+                _ => return Err(ConfigError::UnknownEnv(var.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the limits are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("max_concurrent_jobs", self.max_concurrent_jobs as u64)?;
+        positive("body_limit_bytes", self.body_limit_bytes as u64)?;
+        positive(
+            "max_predictions_per_request",
+            self.max_predictions_per_request as u64,
+        )?;
+        positive("watch_debounce_ms", self.watch_debounce_ms)?;
+        positive("max_task_file_bytes", self.max_task_file_bytes)?;
+        positive("max_samples_file_bytes", self.max_samples_file_bytes)?;
+        positive("request_timeout_secs", self.request_timeout_secs)?;
+        if self.token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid {
+                key: "token",
+                message: "an empty token would accept any request: remove the key instead".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The watched folder: `tasks_dir`, else `<state_dir>/tasks`.
+    pub fn tasks_dir(&self) -> PathBuf {
+        self.tasks_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tasks"))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn watch_debounce(&self) -> Duration {
+        Duration::from_millis(self.watch_debounce_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shipped_file_documents_the_defaults() {
+        let text = include_str!("../config/aiop.toml");
+        let cfg = Config::from_toml(text, "config/aiop.toml").unwrap();
+        assert_eq!(cfg, Config::default());
+        // Every field appears in the shipped file, commented out or not.
+        let json = serde_json::to_value(Config::default()).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(text.contains(&format!("{key} =")), "{key} undocumented");
+        }
+        assert_eq!(json.as_object().unwrap().len(), ENV_KEYS.len());
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let e = Config::from_toml("listen = \"127.0.0.1:1\"\nlisten_adr = 3\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.toml:2:"), "{e}");
+        assert!(e.contains("listen_adr"), "{e}");
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        std::fs::write(&f, "state_dir = \"/from/file\"\nwatch_debounce_ms = 7\n").unwrap();
+        let ov = Overrides {
+            config_file: Some(f.clone()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&ov, env(&[("AIOP_WATCH_DEBOUNCE_MS", "9"), ("HOME", "/x")])).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.watch_debounce_ms, 9);
+        assert_eq!(c.tasks_dir(), PathBuf::from("/from/file/tasks"));
+        let ov = Overrides {
+            config_file: Some(f),
+            state_dir: Some("/flag".into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&ov, env(&[("AIOP_STATE_DIR", "/env")])).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/flag"));
+        assert_eq!(c.listen.port(), 0);
+    }
+
+    #[test]
+    fn bad_env_is_named() {
+        let mut c = Config::default();
+        let e = c
+            .apply_env(env(&[("AIOP_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AIOP_LISTEN"), "{e}");
+        let e = c
+            .apply_env(env(&[("AIOP_LISEN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AIOP_LISEN"), "{e}");
+        c.apply_env(env(&[("AIOP_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn zero_limits_rejected() {
+        let c = Config {
+            body_limit_bytes: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("body_limit_bytes"));
+    }
+}

@@ -1,0 +1,303 @@
+//! Jobs: the fine-tuning work a task version needs once it is accepted, run on dedicated
+//! threads, with the store as the record of where each task stands.
+//!
+//! The predictor plugs in through [`Finetuner`]; this module owns only the queue, the workers and
+//! the status transitions. Invariants: at most `workers` jobs run at once, each on its own
+//! thread, never on an async worker; a job is for one task *version*: a job whose version is no
+//! longer the task's current one, or not queued (a duplicate), is skipped, and a status update for an old version is ignored
+//! by the store, so a slow job never overwrites a newer version's state; transitions are
+//! queued → tuning → ready (with the model version) or failed (with the error); tasks queued when
+//! the pool starts (e.g. before a restart), and tasks left `tuning` by an interrupted job, are
+//! enqueued again; [`Jobs::stop`] lets running jobs
+//! finish and drops the queued ones (they stay `queued` in the store and are picked up at the
+//! next start).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::store::{Store, StoreError, TaskStatus};
+
+/// What fine-tunes the predictor on a task version. Implemented by the predictor room.
+pub trait Finetuner: Send + Sync + 'static {
+    /// Fine-tune on `snapshot` (see [`crate::taskfile::TaskSpec::snapshot`]); returns the
+    /// version of the model produced, or a message saying why it failed.
+    fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<String, String>;
+}
+
+/// One unit of work: fine-tune `task` at `version` (a spec hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub task: String,
+    pub version: String,
+}
+
+/// Errors of starting the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("registering job metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("starting a job thread: {0}")]
+    Thread(std::io::Error),
+}
+
+#[derive(Clone)]
+struct Metrics {
+    finished: IntCounterVec,
+    running: IntGauge,
+}
+
+impl Metrics {
+    fn register(reg: &Registry) -> Result<Metrics, prometheus::Error> {
+        let m = Metrics {
+            finished: IntCounterVec::new(
+                Opts::new("aiop_jobs_finished_total", "Fine-tuning jobs finished"),
+                &["outcome"],
+            )?,
+            running: IntGauge::new("aiop_jobs_running", "Fine-tuning jobs running now")?,
+        };
+        reg.register(Box::new(m.finished.clone()))?;
+        reg.register(Box::new(m.running.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Hands jobs to the pool; cheap to clone (the watcher holds one).
+#[derive(Clone)]
+pub struct Submitter(Sender<Job>);
+
+impl Submitter {
+    /// Queue a job; false when the pool has stopped.
+    pub fn submit(&self, job: Job) -> bool {
+        self.0.send(job).is_ok()
+    }
+}
+
+/// The worker pool.
+pub struct Jobs {
+    tx: Option<Sender<Job>>,
+    stop: Sender<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Jobs {
+    /// Start `workers` threads running jobs with `runner`, and enqueue every task the store has
+    /// as queued.
+    pub fn start(
+        workers: usize,
+        store: Store,
+        runner: Arc<dyn Finetuner>,
+        registry: &Registry,
+    ) -> Result<Jobs, JobsError> {
+        let metrics = Metrics::register(registry)?;
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        for t in store.tasks()? {
+            if t.status == TaskStatus::Tuning {
+                // Interrupted by a stop or a crash: run it again.
+                store.set_task_status(&t.name, &t.spec_hash, TaskStatus::Queued, None)?;
+            }
+            if matches!(t.status, TaskStatus::Queued | TaskStatus::Tuning) && t.removed_at.is_none()
+            {
+                let _ = tx.send(Job {
+                    task: t.name,
+                    version: t.spec_hash,
+                });
+            }
+        }
+        let mut handles = Vec::with_capacity(workers);
+        for k in 0..workers.max(1) {
+            let (rx, stop_rx, store, runner, metrics) = (
+                rx.clone(),
+                stop_rx.clone(),
+                store.clone(),
+                runner.clone(),
+                metrics.clone(),
+            );
+            let h = std::thread::Builder::new()
+                .name(format!("aiop-job-{k}"))
+                .spawn(move || worker(rx, stop_rx, store, runner.as_ref(), metrics))
+                .map_err(JobsError::Thread)?;
+            handles.push(h);
+        }
+        Ok(Jobs {
+            tx: Some(tx),
+            stop,
+            workers: handles,
+        })
+    }
+
+    pub fn submitter(&self) -> Submitter {
+        Submitter(self.tx.clone().expect("running pool"))
+    }
+
+    /// Let running jobs finish, drop queued ones, join the threads.
+    pub fn stop(mut self) {
+        self.tx = None;
+        drop(self.stop);
+        for h in self.workers {
+            if h.join().is_err() {
+                tracing::error!("a job thread panicked");
+            }
+        }
+    }
+}
+
+fn worker(
+    rx: Receiver<Job>,
+    stop: Receiver<()>,
+    store: Store,
+    runner: &dyn Finetuner,
+    metrics: Metrics,
+) {
+    loop {
+        let job = crossbeam_channel::select! {
+            recv(stop) -> _ => return,
+            recv(rx) -> j => match j { Ok(j) => j, Err(_) => return },
+        };
+        if let Err(e) = run_one(&job, &store, runner, &metrics) {
+            tracing::error!(task = %job.task, version = %job.version, error = %e, "job failed in the store");
+        }
+    }
+}
+
+fn run_one(
+    job: &Job,
+    store: &Store,
+    runner: &dyn Finetuner,
+    metrics: &Metrics,
+) -> Result<(), StoreError> {
+    // Only a queued current version moves to `tuning`: outdated, duplicate and removed are dropped.
+    if store.start_tuning(&job.task, &job.version)?.is_none() {
+        metrics.finished.with_label_values(&["skipped"]).inc();
+        return Ok(());
+    }
+    let Some(snapshot) = store.task_spec(&job.task, &job.version)? else {
+        store.set_task_status(
+            &job.task,
+            &job.version,
+            TaskStatus::Failed,
+            Some("the store has no snapshot of this version".into()),
+        )?;
+        metrics.finished.with_label_values(&["failed"]).inc();
+        return Ok(());
+    };
+    metrics.running.inc();
+    tracing::info!(task = %job.task, version = %job.version, "fine-tuning started");
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner.finetune(&job.task, &snapshot)
+    }))
+    .unwrap_or_else(|_| Err("the fine-tuning job panicked".into()));
+    metrics.running.dec();
+    match out {
+        Ok(model) => {
+            store.set_task_ready(&job.task, &job.version, &model)?;
+            metrics.finished.with_label_values(&["ready"]).inc();
+            tracing::info!(task = %job.task, version = %job.version, %model, "fine-tuning done");
+        }
+        Err(e) => {
+            store.set_task_status(&job.task, &job.version, TaskStatus::Failed, Some(e.clone()))?;
+            metrics.finished.with_label_values(&["failed"]).inc();
+            tracing::warn!(task = %job.task, version = %job.version, error = %e, "fine-tuning failed");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::taskfile::{self, Limits};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// A test double: records what it was asked, answers from the task name.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, usize)>>);
+
+    impl Finetuner for Recorder {
+        fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<String, String> {
+            let n = snapshot["samples"].as_array().map_or(0, |s| s.len());
+            self.0.lock().unwrap().push((task.to_string(), n));
+            match task {
+                "bad" => Err("diverged".into()),
+                "boom" => panic!("kaboom"),
+                _ => Ok(format!("model-{task}")),
+            }
+        }
+    }
+
+    fn add(store: &Store, dir: &std::path::Path, name: &str) -> String {
+        let csv = "arch,value\n\
+            |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
+            |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
+        std::fs::write(dir.join("s.csv"), csv).unwrap();
+        let t = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &t,
+            format!(
+                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n"
+            ),
+        )
+        .unwrap();
+        let spec = taskfile::load(&t, &Limits::default()).unwrap();
+        store.record_task(&spec, &t).unwrap();
+        spec.hash
+    }
+
+    fn wait_status(store: &Store, name: &str, want: TaskStatus) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while store.task(name).unwrap().unwrap().status != want {
+            assert!(Instant::now() < end, "{name} never became {want:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn queued_tasks_run_to_ready_or_failed() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        add(&store, files.path(), "good");
+        add(&store, files.path(), "bad");
+        let runner = Arc::new(Recorder::default());
+        let reg = Registry::new();
+        let jobs = Jobs::start(2, store.clone(), runner.clone(), &reg).unwrap();
+        wait_status(&store, "good", TaskStatus::Ready);
+        wait_status(&store, "bad", TaskStatus::Failed);
+        assert_eq!(
+            store.task("good").unwrap().unwrap().model.as_deref(),
+            Some("model-good")
+        );
+        assert_eq!(
+            store.task("bad").unwrap().unwrap().error.as_deref(),
+            Some("diverged")
+        );
+        // A submitted job; a panicking runner fails the task, not the pool.
+        let v = add(&store, files.path(), "boom");
+        assert!(jobs.submitter().submit(Job {
+            task: "boom".into(),
+            version: v
+        }));
+        wait_status(&store, "boom", TaskStatus::Failed);
+        // A job for an outdated version is skipped.
+        assert!(jobs.submitter().submit(Job {
+            task: "good".into(),
+            version: "0".repeat(32)
+        }));
+        let v = add(&store, files.path(), "after");
+        assert!(jobs.submitter().submit(Job {
+            task: "after".into(),
+            version: v
+        }));
+        wait_status(&store, "after", TaskStatus::Ready);
+        jobs.stop();
+        let calls = runner.0.lock().unwrap();
+        assert_eq!(calls.iter().filter(|(t, _)| t == "good").count(), 1);
+        assert!(calls.iter().all(|(_, n)| *n == 2));
+    }
+}

@@ -1,0 +1,305 @@
+//! The daemon's wiring: store, task folder watcher and HTTP API, from start-up to drained exit.
+//!
+//! [`run`] takes a bound listener and a shutdown future (injected, mini-redis style, so tests
+//! drive it). Invariants: the store is open and the watcher started before the API answers; the
+//! address actually bound is written to `<state_dir>/aiop.addr` (atomically) and systemd is told
+//! `READY=1` only once the listener accepts; on shutdown the listener stops accepting at once,
+//! in-flight requests get the grace period, then the watcher is stopped, the job pool (when there
+//! is a predictor) stopped, the store flushed, the address file removed, and `run` returns `Ok`
+//! (exit 0). Every component registers its own metrics in the one registry handed in.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiConfig, ApiError};
+use crate::config::Config;
+use crate::jobs::{Finetuner, Jobs, JobsError};
+use crate::store::{Store, StoreError};
+use crate::taskfile::Limits;
+use crate::watch::{self, WatchConfig, WatchError, Watcher};
+
+/// The file holding the address the API listens on (one line, `host:port`).
+pub const ADDR_FILE: &str = "aiop.addr";
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{what} {path}: {error}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("the HTTP server failed: {0}")]
+    Server(std::io::Error),
+    #[error("a daemon task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ServeError + 'a {
+    move |source| ServeError::Io {
+        what,
+        path: path.to_path_buf(),
+        error: source,
+    }
+}
+
+/// Write `<state_dir>/aiop.addr` via a temporary file and a rename.
+fn write_addr_file(state_dir: &Path, addr: std::net::SocketAddr) -> Result<(), ServeError> {
+    let path = state_dir.join(ADDR_FILE);
+    let tmp = state_dir.join(format!(".{ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n")).map_err(io_err("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("writing", &path))
+}
+
+/// Run the daemon on `listener` until `shutdown` completes, then drain and return. Accepted task
+/// versions are fine-tuned by `finetuner` on `max_concurrent_jobs` threads; without one (no
+/// predictor in this build) they stay queued.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    registry: Registry,
+    finetuner: Option<Arc<dyn Finetuner>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(io_err("creating", &state_dir))?;
+    let dir = state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+    // Only now, holding the store's lock, is a leftover address file surely stale.
+    let addr_file = state_dir.join(ADDR_FILE);
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!(state = %state_dir.display(), tasks = store.tasks()?.len(), "store open");
+
+    let jobs = match finetuner {
+        Some(f) => Some(Jobs::start(
+            config.max_concurrent_jobs,
+            store.clone(),
+            f,
+            &registry,
+        )?),
+        None => {
+            tracing::info!(
+                "no predictor in this build: accepted tasks stay queued until one is plugged in"
+            );
+            None
+        }
+    };
+    let watcher = Watcher::start(
+        WatchConfig {
+            dir: config.tasks_dir(),
+            debounce: config.watch_debounce(),
+            limits: Limits {
+                max_toml_bytes: config.max_task_file_bytes,
+                max_samples_bytes: config.max_samples_file_bytes,
+            },
+        },
+        store.clone(),
+        watch::Metrics::register(&registry)?,
+        jobs.as_ref().map(Jobs::submitter),
+    )?;
+
+    let app = api::router(
+        store.clone(),
+        &registry,
+        ApiConfig {
+            body_limit_bytes: config.body_limit_bytes,
+            max_items: config.max_predictions_per_request,
+            token: config.token.clone(),
+            request_timeout: std::time::Duration::from_secs(config.request_timeout_secs),
+        },
+    )?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_err("reading the listener address of", &state_dir))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    write_addr_file(&state_dir, addr)?;
+    tracing::info!(%addr, "listening on {addr}");
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
+
+    let early = tokio::select! {
+        r = &mut server => Some(r),
+        () = shutdown => None,
+    };
+    let result = match early {
+        Some(r) => {
+            tracing::error!("the HTTP server stopped on its own");
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Server(e)),
+                Err(e) => Err(ServeError::Join(e)),
+            }
+        }
+        None => {
+            let grace = config.shutdown_grace();
+            tracing::info!(
+                ?grace,
+                "shutting down: no new connections, draining in-flight requests"
+            );
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(ServeError::Server(e)),
+                Ok(Err(e)) => Err(ServeError::Join(e)),
+                Err(_) => {
+                    tracing::warn!(
+                        ?grace,
+                        "grace period over: dropping the requests still in flight"
+                    );
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || watcher.stop()).await?;
+    if let Some(jobs) = jobs {
+        // Running jobs get the grace period too; one still running after it is abandoned (its
+        // task stays `tuning` and is queued again at the next start).
+        let stopping = tokio::task::spawn_blocking(move || jobs.stop());
+        if tokio::time::timeout(config.shutdown_grace(), stopping)
+            .await
+            .is_err()
+        {
+            tracing::warn!("fine-tuning jobs still running after the grace period: abandoned");
+        }
+    }
+    store.flush()?;
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!("stopped");
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::request;
+    use std::time::Duration;
+
+    /// A test double standing in for the predictor: a model named after the sample count.
+    struct Counter;
+
+    impl Finetuner for Counter {
+        fn finetune(&self, _task: &str, snapshot: &serde_json::Value) -> Result<String, String> {
+            Ok(format!(
+                "test-{}",
+                snapshot["samples"].as_array().map_or(0, |s| s.len())
+            ))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_and_drains_on_shutdown() {
+        let state = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: state.path().to_path_buf(),
+            token: Some("sekrit".into()),
+            body_limit_bytes: 4096,
+            max_predictions_per_request: 2,
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(
+            config,
+            listener,
+            Registry::new(),
+            Some(Arc::new(Counter)),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let a = addr.clone();
+        let st = state.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let t = Duration::from_secs(5);
+            let end = std::time::Instant::now() + t;
+            while !st.join(ADDR_FILE).exists() {
+                assert!(std::time::Instant::now() < end, "no address file");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(std::fs::read_to_string(st.join(ADDR_FILE)).unwrap().trim(), a);
+            let r = request(&a, "GET", "/healthz", &[], None, t).unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            let arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
+            let body = serde_json::json!({"space": "nb201", "task": "cifar10", "arch": arch}).to_string();
+            let r = request(&a, "POST", "/v1/graph", &[], Some(body.as_bytes()), t).unwrap();
+            assert_eq!(r.status, 401);
+            assert_eq!(r.json()["error"]["code"], "unauthorized");
+            let auth = [("Authorization", "Bearer sekrit"), ("Content-Type", "application/json")];
+            let r = request(&a, "POST", "/v1/graph", &auth, Some(body.as_bytes()), t).unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            let g = &r.json()["graphs"][0];
+            assert!(g["mflops"].as_f64().unwrap() > 0.0 && g["hash"].as_str().unwrap().len() == 32);
+            let three = serde_json::json!({"space": "nb201", "task": "cifar10", "archs": [arch, arch, arch]}).to_string();
+            let r = request(&a, "POST", "/v1/graph", &auth, Some(three.as_bytes()), t).unwrap();
+            assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("too_many_items")));
+            let big = vec![b' '; 10_000];
+            let r = request(&a, "POST", "/v1/graph", &auth, Some(&big), t).unwrap();
+            assert_eq!(r.status, 413, "{}", r.text());
+            let r = request(&a, "POST", "/v1/graph", &auth, Some(b"{not json"), t).unwrap();
+            assert_eq!(r.status, 400, "{}", r.text());
+            let r = request(&a, "GET", "/v1/tasks/nope", &[], None, t).unwrap();
+            assert_eq!((r.status, r.json()["error"]["code"].as_str()), (404, Some("not_found")));
+            let r = request(&a, "DELETE", "/v1/tasks", &[], None, t).unwrap();
+            assert_eq!(r.status, 405);
+            let r = request(&a, "GET", "/metrics", &[], None, t).unwrap();
+            let text = r.text();
+            assert!(text.contains("aiop_http_requests_total") && text.contains("aiop_task_files_accepted_total"), "{text}");
+            let r = request(&a, "GET", "/v1/spaces", &[], None, t).unwrap();
+            assert_eq!(r.json()["spaces"][0]["space"], "nb201");
+            // A task file goes through the job pool to `ready`.
+            let tasks = st.join("tasks");
+            let csv = format!("arch,value\n{arch},90.4\n|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n");
+            std::fs::write(tasks.join("s.csv"), csv).unwrap();
+            std::fs::write(tasks.join("t.toml"), "name = \"t\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n").unwrap();
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = request(&a, "GET", "/v1/tasks/t", &[], None, t).unwrap();
+                if r.json()["status"] == "ready" {
+                    assert_eq!(r.json()["model"], "test-2");
+                    break;
+                }
+                assert!(std::time::Instant::now() < end, "{}", r.text());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .expect("drains within the grace period")
+            .unwrap()
+            .unwrap();
+        assert!(!state.path().join(ADDR_FILE).exists());
+    }
+}

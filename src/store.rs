@@ -1,0 +1,886 @@
+//! The daemon's durable state: a sled database under `<state_dir>/db`.
+//!
+//! Trees: `meta` (schema version), `tasks` (name → [`TaskRecord`] JSON), `task_specs`
+//! (`name/hash` → the self-contained spec snapshot of that version), `searches` (id →
+//! [`SearchRecord`] JSON), `checkpoints` (search id → opaque bytes), `predictions`
+//! (`model_version\0graph_hash` → f64 little-endian).
+//!
+//! Invariants: the schema version is checked at [`Store::open`]: a newer one is refused, an older
+//! one is upgraded through [`MIGRATIONS`] (one function per version step) before anything else
+//! reads the store. Writes that belong together (a task record and its version's snapshot; a
+//! search's progress and its checkpoint) happen in one sled transaction, and the store is flushed
+//! to disk after each transition a restart must see (new task version, status change, removal).
+//! A task name is owned by one source file at a time. Removing a task file keeps its record,
+//! versions and results (`removed_at` is set). [`Store::export`] / [`Store::import`] round-trip
+//! every tree as JSON lines.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::graph::hash::GraphHash;
+use crate::taskfile::TaskSpec;
+
+/// Schema version written by this build.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A step upgrading the store from version `i + 1` to `i + 2` (index `i` of [`MIGRATIONS`]).
+pub type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+
+/// The upgrade path; `MIGRATIONS.len() == SCHEMA_VERSION - 1`. Version 1 is the first schema.
+pub const MIGRATIONS: &[Migration] = &[];
+const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION - 1);
+
+const TREES: [&str; 5] = [
+    "tasks",
+    "task_specs",
+    "searches",
+    "checkpoints",
+    "predictions",
+];
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the store at {path}: {error} (is another aiop using this state directory?)")]
+    Open { path: PathBuf, error: sled::Error },
+    #[error("the store at {path} has schema version {found}, newer than the {supported} this aiop understands: run a newer aiop or use another --state")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("the store's schema version is unreadable or invalid: {0}")]
+    Schema(String),
+    #[error("store: {0}")]
+    Db(#[from] sled::Error),
+    #[error("store record {tree}/{key}: {message}")]
+    Decode {
+        tree: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("task name '{name}' is already defined by {file}")]
+    NameTaken { name: String, file: String },
+    #[error("no task '{0}'")]
+    NoTask(String),
+    #[error("no search '{0}'")]
+    NoSearch(String),
+    #[error("import line {line}: {message}")]
+    Import { line: usize, message: String },
+    #[error("export/import: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> StoreError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Db(e),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting for a fine-tuning job.
+    Queued,
+    /// A fine-tuning job is running.
+    Tuning,
+    /// A model for the current version exists.
+    Ready,
+    /// The last job failed (see `error`).
+    Failed,
+}
+
+/// One accepted content of a task file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskVersion {
+    /// The spec's content hash.
+    pub hash: String,
+    pub created_at: u64,
+    pub space: String,
+    pub samples: usize,
+}
+
+/// A task as the daemon knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub name: String,
+    pub status: TaskStatus,
+    pub error: Option<String>,
+    /// The task file it was read from.
+    pub source: String,
+    /// Hash of the current version (the last of `versions`).
+    pub spec_hash: String,
+    /// Every accepted version, oldest first.
+    pub versions: Vec<TaskVersion>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// Set when its file was deleted; results are kept.
+    pub removed_at: Option<u64>,
+    /// The last model fine-tuned for this task (possibly for an older version).
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// What [`Store::record_task`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// A task never seen before.
+    New,
+    /// Known task, new content: a new version, queued.
+    NewVersion,
+    /// Known task whose file was removed, back with content already known.
+    Restored,
+    /// Nothing changed.
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+/// An architecture search and what it found so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchRecord {
+    pub id: String,
+    pub task: String,
+    /// The search parameters as submitted.
+    pub spec: serde_json::Value,
+    pub status: SearchStatus,
+    /// Fraction of the budget spent, 0..=1.
+    pub progress: f64,
+    pub results: serde_json::Value,
+    pub error: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// Handle to the store; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tasks: sled::Tree,
+    task_specs: sled::Tree,
+    searches: sled::Tree,
+    checkpoints: sled::Tree,
+    predictions: sled::Tree,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    key: &[u8],
+    v: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Decode {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialise")
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn prediction_key(model: &str, graph: GraphHash) -> Vec<u8> {
+    format!("{model}\0{graph}").into_bytes()
+}
+
+/// Bring a store at schema `from` to `to` with `table` (index `i` upgrades `i+1 → i+2`).
+fn migrate(db: &sled::Db, from: u32, to: u32, table: &[Migration]) -> Result<(), StoreError> {
+    for v in from..to {
+        let step = table
+            .get(v as usize - 1)
+            .ok_or_else(|| StoreError::Schema(format!("no migration from version {v}")))?;
+        step(db)?;
+        db.insert("schema_version", (v + 1).to_be_bytes().to_vec())?;
+        db.flush()?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Open (or create) the store under `state_dir/db`, checking and upgrading its schema.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(state_dir, SCHEMA_VERSION, MIGRATIONS)
+    }
+
+    fn open_with(state_dir: &Path, current: u32, table: &[Migration]) -> Result<Store, StoreError> {
+        let path = state_dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                error: source,
+            })?;
+        // The version lives in the default tree under `schema_version`.
+        match db.get("schema_version")? {
+            None => {
+                let fresh = TREES
+                    .iter()
+                    .all(|t| db.open_tree(t).map(|t| t.is_empty()).unwrap_or(false));
+                if !fresh {
+                    return Err(StoreError::Schema(
+                        "records but no schema_version key".into(),
+                    ));
+                }
+                db.insert("schema_version", current.to_be_bytes().to_vec())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Schema(format!("{} bytes", v.len())))?,
+                );
+                if found > current {
+                    return Err(StoreError::TooNew {
+                        path,
+                        found,
+                        supported: current,
+                    });
+                }
+                if found == 0 {
+                    return Err(StoreError::Schema("version 0".into()));
+                }
+                migrate(&db, found, current, table)?;
+            }
+        }
+        Ok(Store {
+            tasks: db.open_tree("tasks")?,
+            task_specs: db.open_tree("task_specs")?,
+            searches: db.open_tree("searches")?,
+            checkpoints: db.open_tree("checkpoints")?,
+            predictions: db.open_tree("predictions")?,
+            db,
+        })
+    }
+
+    /// The schema version on disk.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let v = self
+            .db
+            .get("schema_version")?
+            .ok_or_else(|| StoreError::Schema("missing".into()))?;
+        Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StoreError::Schema(format!("{} bytes", v.len()))
+        })?))
+    }
+
+    /// Write everything to disk now.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Record a validated task read from `source`: a new task, a new version (queued), a task
+    /// back from removal, or nothing when the content is unchanged. Task record and version
+    /// snapshot are written in one transaction, then flushed.
+    pub fn record_task(
+        &self,
+        spec: &TaskSpec,
+        source: &Path,
+    ) -> Result<(TaskRecord, Recorded), StoreError> {
+        let src = source.display().to_string();
+        let now = now_ms();
+        let snapshot = encode(&spec.snapshot());
+        let spec_key = format!("{}/{}", spec.name, spec.hash);
+        let version = TaskVersion {
+            hash: spec.hash.clone(),
+            created_at: now,
+            space: spec.space.name().to_string(),
+            samples: spec.samples.len(),
+        };
+        let out = (&self.tasks, &self.task_specs).transaction(|(tasks, specs)| {
+            let old: Option<TaskRecord> = match tasks.get(spec.name.as_bytes())? {
+                Some(v) => Some(decode("tasks", spec.name.as_bytes(), &v).map_err(abort)?),
+                None => None,
+            };
+            let (rec, what) = match old {
+                None => (
+                    TaskRecord {
+                        name: spec.name.clone(),
+                        status: TaskStatus::Queued,
+                        error: None,
+                        source: src.clone(),
+                        spec_hash: spec.hash.clone(),
+                        versions: vec![version.clone()],
+                        created_at: now,
+                        updated_at: now,
+                        removed_at: None,
+                        model: None,
+                    },
+                    Recorded::New,
+                ),
+                Some(old) if old.removed_at.is_none() && old.source != src => {
+                    return Err(abort(StoreError::NameTaken {
+                        name: spec.name.clone(),
+                        file: old.source,
+                    }))
+                }
+                Some(old) if old.spec_hash == spec.hash => {
+                    if old.removed_at.is_none() && old.source == src {
+                        return Ok((old, Recorded::Unchanged));
+                    }
+                    let mut rec = old;
+                    rec.removed_at = None;
+                    rec.source = src.clone();
+                    rec.updated_at = now;
+                    (rec, Recorded::Restored)
+                }
+                Some(mut rec) => {
+                    rec.status = TaskStatus::Queued;
+                    rec.error = None;
+                    rec.source = src.clone();
+                    rec.spec_hash = spec.hash.clone();
+                    rec.removed_at = None;
+                    rec.updated_at = now;
+                    if !rec.versions.iter().any(|v| v.hash == spec.hash) {
+                        rec.versions.push(version.clone());
+                    }
+                    (rec, Recorded::NewVersion)
+                }
+            };
+            tasks.insert(spec.name.as_bytes(), encode(&rec))?;
+            specs.insert(spec_key.as_bytes(), snapshot.as_slice())?;
+            Ok((rec, what))
+        })?;
+        if out.1 != Recorded::Unchanged {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    fn update_task(
+        &self,
+        name: &str,
+        f: impl Fn(&mut TaskRecord) -> bool,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let out = self.tasks.transaction(|tasks| {
+            let Some(v) = tasks.get(name.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut rec: TaskRecord = decode("tasks", name.as_bytes(), &v).map_err(abort)?;
+            if !f(&mut rec) {
+                return Ok(None);
+            }
+            rec.updated_at = now_ms();
+            tasks.insert(name.as_bytes(), encode(&rec))?;
+            Ok(Some(rec))
+        })?;
+        if out.is_some() {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    /// Mark the task read from `source` as removed (its file was deleted). Returns the record
+    /// when one was changed.
+    pub fn mark_removed(&self, source: &Path) -> Result<Option<TaskRecord>, StoreError> {
+        let src = source.display().to_string();
+        let Some(rec) = self
+            .tasks()?
+            .into_iter()
+            .find(|r| r.source == src && r.removed_at.is_none())
+        else {
+            return Ok(None);
+        };
+        self.update_task(&rec.name, |r| {
+            if r.source != src || r.removed_at.is_some() {
+                return false;
+            }
+            r.removed_at = Some(now_ms());
+            true
+        })
+    }
+
+    /// Set a task's status (the jobs' side: tuning, ready, failed with an error) for the
+    /// version `hash`; a stale update for an older version is ignored (returns `None`).
+    pub fn set_task_status(
+        &self,
+        name: &str,
+        hash: &str,
+        status: TaskStatus,
+        error: Option<String>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        if self.tasks.get(name.as_bytes())?.is_none() {
+            return Err(StoreError::NoTask(name.to_string()));
+        }
+        self.update_task(name, |r| {
+            if r.spec_hash != hash {
+                return false;
+            }
+            r.status = status;
+            r.error = error.clone();
+            true
+        })
+    }
+
+    /// Claim the version `hash` of a task for a fine-tuning job: queued → tuning. `None` when the
+    /// task is not queued at that version (already claimed, outdated, or removed).
+    pub fn start_tuning(&self, name: &str, hash: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.update_task(name, |r| {
+            if r.spec_hash != hash || r.status != TaskStatus::Queued || r.removed_at.is_some() {
+                return false;
+            }
+            r.status = TaskStatus::Tuning;
+            r.error = None;
+            true
+        })
+    }
+
+    /// A job produced `model` for the version `hash`: the task is ready (ignored when the task
+    /// has moved on to another version meanwhile).
+    pub fn set_task_ready(
+        &self,
+        name: &str,
+        hash: &str,
+        model: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.update_task(name, |r| {
+            if r.spec_hash != hash {
+                return false;
+            }
+            r.status = TaskStatus::Ready;
+            r.error = None;
+            r.model = Some(model.to_string());
+            true
+        })
+    }
+
+    pub fn task(&self, name: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.tasks
+            .get(name.as_bytes())?
+            .map(|v| decode("tasks", name.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// All tasks, by name.
+    pub fn tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.tasks
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("tasks", &k, &v)
+            })
+            .collect()
+    }
+
+    /// The snapshot ([`TaskSpec::snapshot`]) of a task version.
+    pub fn task_spec(
+        &self,
+        name: &str,
+        hash: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let key = format!("{name}/{hash}");
+        self.task_specs
+            .get(key.as_bytes())?
+            .map(|v| decode("task_specs", key.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Create or replace a search record.
+    pub fn put_search(&self, rec: &SearchRecord) -> Result<(), StoreError> {
+        self.searches.insert(rec.id.as_bytes(), encode(rec))?;
+        self.flush()
+    }
+
+    pub fn search(&self, id: &str) -> Result<Option<SearchRecord>, StoreError> {
+        self.searches
+            .get(id.as_bytes())?
+            .map(|v| decode("searches", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn searches(&self) -> Result<Vec<SearchRecord>, StoreError> {
+        self.searches
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("searches", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Save a search's progress, results and checkpoint together (one transaction).
+    pub fn save_search_progress(
+        &self,
+        id: &str,
+        status: SearchStatus,
+        progress: f64,
+        results: &serde_json::Value,
+        checkpoint: &[u8],
+    ) -> Result<SearchRecord, StoreError> {
+        let rec = (&self.searches, &self.checkpoints).transaction(|(searches, cps)| {
+            let v = searches
+                .get(id.as_bytes())?
+                .ok_or_else(|| abort(StoreError::NoSearch(id.to_string())))?;
+            let mut rec: SearchRecord = decode("searches", id.as_bytes(), &v).map_err(abort)?;
+            rec.status = status;
+            rec.progress = progress;
+            rec.results = results.clone();
+            rec.updated_at = now_ms();
+            searches.insert(id.as_bytes(), encode(&rec))?;
+            cps.insert(id.as_bytes(), checkpoint)?;
+            Ok(rec)
+        })?;
+        if status != SearchStatus::Running {
+            self.flush()?;
+        }
+        Ok(rec)
+    }
+
+    pub fn checkpoint(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.checkpoints.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// A cached prediction of `model` for the graph `graph`.
+    pub fn cached_prediction(
+        &self,
+        model: &str,
+        graph: GraphHash,
+    ) -> Result<Option<f64>, StoreError> {
+        let key = prediction_key(model, graph);
+        self.predictions
+            .get(&key)?
+            .map(|v| {
+                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Decode {
+                    tree: "predictions",
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: format!("{} bytes, expected 8", v.len()),
+                })?;
+                Ok(f64::from_le_bytes(b))
+            })
+            .transpose()
+    }
+
+    pub fn cache_prediction(
+        &self,
+        model: &str,
+        graph: GraphHash,
+        value: f64,
+    ) -> Result<(), StoreError> {
+        self.predictions
+            .insert(prediction_key(model, graph), value.to_le_bytes().to_vec())?;
+        Ok(())
+    }
+
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        match name {
+            "tasks" => Some(&self.tasks),
+            "task_specs" => Some(&self.task_specs),
+            "searches" => Some(&self.searches),
+            "checkpoints" => Some(&self.checkpoints),
+            "predictions" => Some(&self.predictions),
+            _ => None,
+        }
+    }
+
+    /// Write the whole store as JSON lines: a header, then `{"tree", "key", "value"}` per record
+    /// (JSON trees as JSON, checkpoints as hex, predictions as numbers).
+    pub fn export(&self, mut w: impl Write) -> Result<usize, StoreError> {
+        let header = serde_json::json!({"aiop_store": SCHEMA_VERSION});
+        writeln!(w, "{header}")?;
+        let mut n = 0;
+        for name in TREES {
+            let tree = self.tree(name).expect("known tree");
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let value = match name {
+                    "checkpoints" => serde_json::Value::String(hex(&v)),
+                    "predictions" => {
+                        let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Decode {
+                            tree: "predictions",
+                            key: key.clone(),
+                            message: "not 8 bytes".into(),
+                        })?;
+                        serde_json::json!(f64::from_le_bytes(b))
+                    }
+                    _ => serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
+                        tree: "export",
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?,
+                };
+                let line = serde_json::json!({"tree": name, "key": key, "value": value});
+                writeln!(w, "{line}")?;
+                n += 1;
+            }
+        }
+        w.flush()?;
+        Ok(n)
+    }
+
+    /// Load an [`export`](Store::export) into this store, which must be empty. Every line is
+    /// checked before anything is written; then all records go in one batch per tree.
+    pub fn import(&self, r: impl BufRead) -> Result<usize, StoreError> {
+        if TREES
+            .iter()
+            .any(|t| !self.tree(t).expect("known tree").is_empty())
+        {
+            return Err(StoreError::Import {
+                line: 0,
+                message: "the store is not empty; import into a fresh --state".into(),
+            });
+        }
+        let mut batches: Vec<(&'static str, sled::Batch)> =
+            TREES.iter().map(|t| (*t, sled::Batch::default())).collect();
+        let mut n = 0;
+        for (k, line) in r.lines().enumerate() {
+            let line_no = k + 1;
+            let line = line?;
+            let err = |message: String| StoreError::Import {
+                line: line_no,
+                message,
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| err(e.to_string()))?;
+            if line_no == 1 {
+                match v.get("aiop_store").and_then(|x| x.as_u64()) {
+                    Some(s) if s == SCHEMA_VERSION as u64 => continue,
+                    Some(s) => {
+                        return Err(err(format!(
+                            "export has schema version {s}, this aiop writes {SCHEMA_VERSION}"
+                        )))
+                    }
+                    None => return Err(err("not an aiop store export (no header)".into())),
+                }
+            }
+            let tree = v.get("tree").and_then(|t| t.as_str()).unwrap_or_default();
+            let key = v
+                .get("key")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| err("no key".into()))?;
+            let value = v.get("value").ok_or_else(|| err("no value".into()))?;
+            let bytes = match tree {
+                "checkpoints" => unhex(value.as_str().unwrap_or_default())
+                    .ok_or_else(|| err("checkpoint is not hex".into()))?,
+                "predictions" => value
+                    .as_f64()
+                    .ok_or_else(|| err("prediction is not a number".into()))?
+                    .to_le_bytes()
+                    .to_vec(),
+                "tasks" => encode(
+                    &serde_json::from_value::<TaskRecord>(value.clone())
+                        .map_err(|e| err(e.to_string()))?,
+                ),
+                "searches" => encode(
+                    &serde_json::from_value::<SearchRecord>(value.clone())
+                        .map_err(|e| err(e.to_string()))?,
+                ),
+                "task_specs" => encode(value),
+                other => return Err(err(format!("unknown tree '{other}'"))),
+            };
+            let b = batches
+                .iter_mut()
+                .find(|(t, _)| *t == tree)
+                .expect("tree checked above");
+            b.1.insert(key.as_bytes(), bytes);
+            n += 1;
+        }
+        for (t, b) in batches {
+            self.tree(t).expect("known tree").apply_batch(b)?;
+        }
+        self.flush()?;
+        Ok(n)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::taskfile::{self, Limits};
+
+    const CSV: &str = "arch,value\n\
+        |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
+        |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
+
+    fn spec(dir: &Path, name: &str, csv: &str) -> (TaskSpec, PathBuf) {
+        std::fs::write(dir.join(format!("{name}.csv")), csv).unwrap();
+        let t = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &t,
+            format!("name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"{name}.csv\"\n"),
+        )
+        .unwrap();
+        (taskfile::load(&t, &Limits::default()).unwrap(), t)
+    }
+
+    #[test]
+    fn task_versions_survive_reopen() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let (s1, src) = spec(files.path(), "a", CSV);
+        {
+            let st = Store::open(state.path()).unwrap();
+            assert_eq!(st.record_task(&s1, &src).unwrap().1, Recorded::New);
+            assert_eq!(st.record_task(&s1, &src).unwrap().1, Recorded::Unchanged);
+            let (s2, _) = spec(files.path(), "a", &CSV.replace("90.39", "91"));
+            let (rec, what) = st.record_task(&s2, &src).unwrap();
+            assert_eq!(what, Recorded::NewVersion);
+            assert_eq!(rec.versions.len(), 2);
+            assert_eq!(rec.status, TaskStatus::Queued);
+            // A stale status update (old version) is ignored; a current one applies.
+            assert!(st
+                .set_task_status("a", &s1.hash, TaskStatus::Ready, None)
+                .unwrap()
+                .is_none());
+            st.set_task_status("a", &s2.hash, TaskStatus::Failed, Some("boom".into()))
+                .unwrap()
+                .unwrap();
+            assert!(st.task_spec("a", &s1.hash).unwrap().is_some());
+        }
+        let st = Store::open(state.path()).unwrap();
+        let rec = st.task("a").unwrap().unwrap();
+        assert_eq!(rec.versions.len(), 2);
+        assert_eq!(rec.status, TaskStatus::Failed);
+        assert_eq!(rec.error.as_deref(), Some("boom"));
+        assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
+        // Removal keeps the record; the same content brings it back.
+        let removed = st.mark_removed(&src).unwrap().unwrap();
+        assert!(removed.removed_at.is_some());
+        let (s2, _) = spec(files.path(), "a", &CSV.replace("90.39", "91"));
+        assert_eq!(st.record_task(&s2, &src).unwrap().1, Recorded::Restored);
+    }
+
+    #[test]
+    fn a_name_belongs_to_one_file() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        let (s, src) = spec(files.path(), "a", CSV);
+        st.record_task(&s, &src).unwrap();
+        let e = st
+            .record_task(&s, &files.path().join("other.toml"))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NameTaken { .. }), "{e}");
+    }
+
+    #[test]
+    fn newer_schema_refused_and_migrations_run() {
+        let state = tempfile::tempdir().unwrap();
+        {
+            let st = Store::open(state.path()).unwrap();
+            st.db
+                .insert("schema_version", 99u32.to_be_bytes().to_vec())
+                .unwrap();
+            st.flush().unwrap();
+        }
+        let e = Store::open(state.path()).err().unwrap();
+        assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+
+        let state = tempfile::tempdir().unwrap();
+        drop(Store::open(state.path()).unwrap());
+        fn add_marker(db: &sled::Db) -> Result<(), StoreError> {
+            db.insert("migrated", "yes")?;
+            Ok(())
+        }
+        let st = Store::open_with(state.path(), 2, &[add_marker]).unwrap();
+        assert_eq!(st.schema_version().unwrap(), 2);
+        assert!(st.db.get("migrated").unwrap().is_some());
+    }
+
+    #[test]
+    fn searches_predictions_and_export_roundtrip() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        let (s, src) = spec(files.path(), "a", CSV);
+        st.record_task(&s, &src).unwrap();
+        let rec = SearchRecord {
+            id: "s1".into(),
+            task: "a".into(),
+            spec: serde_json::json!({"budget": 10}),
+            status: SearchStatus::Queued,
+            progress: 0.0,
+            results: serde_json::Value::Null,
+            error: None,
+            created_at: 1,
+            updated_at: 1,
+        };
+        st.put_search(&rec).unwrap();
+        let r = st
+            .save_search_progress(
+                "s1",
+                SearchStatus::Running,
+                0.5,
+                &serde_json::json!([1]),
+                b"\x00\xff",
+            )
+            .unwrap();
+        assert_eq!(r.progress, 0.5);
+        assert!(st
+            .save_search_progress(
+                "nope",
+                SearchStatus::Running,
+                0.5,
+                &serde_json::Value::Null,
+                b""
+            )
+            .is_err());
+        let h = GraphHash(0xabc);
+        st.cache_prediction("m1", h, 93.5).unwrap();
+        assert_eq!(st.cached_prediction("m1", h).unwrap(), Some(93.5));
+        assert_eq!(st.cached_prediction("m2", h).unwrap(), None);
+
+        let mut out = Vec::new();
+        let n = st.export(&mut out).unwrap();
+        assert_eq!(n, 5);
+        let other = tempfile::tempdir().unwrap();
+        let st2 = Store::open(other.path()).unwrap();
+        assert_eq!(st2.import(out.as_slice()).unwrap(), 5);
+        assert_eq!(st2.tasks().unwrap(), st.tasks().unwrap());
+        assert_eq!(st2.search("s1").unwrap(), st.search("s1").unwrap());
+        assert_eq!(st2.checkpoint("s1").unwrap().unwrap(), b"\x00\xff");
+        assert_eq!(st2.cached_prediction("m1", h).unwrap(), Some(93.5));
+        assert!(st2.task_spec("a", &s.hash).unwrap().is_some());
+        // Importing twice is refused; garbage names its line.
+        assert!(st2.import(out.as_slice()).is_err());
+        let third = tempfile::tempdir().unwrap();
+        let st3 = Store::open(third.path()).unwrap();
+        let e = st3
+            .import("{\"aiop_store\": 1}\nnot json\n".as_bytes())
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Import { line: 2, .. }), "{e}");
+    }
+}

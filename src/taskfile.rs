@@ -1,0 +1,915 @@
+//! Task definition files: the TOML (plus a samples CSV, plus JSON graphs for `space = "graph"`)
+//! that users drop into the watched folder or pass to `aiop finetune --task FILE.toml`.
+//! The format is documented in `docs/task-format.md`.
+//!
+//! Invariants: [`load`] either returns a fully validated [`TaskSpec`] or one [`TaskFileError`]
+//! naming the file at fault, and where it applies the line and the field. No file is read before
+//! its size is checked against [`Limits`]; binary and non-UTF-8 files are rejected; every path a
+//! task names is relative and resolves (symlinks included) inside the folder of its TOML. A spec
+//! has at least two samples, no duplicate architecture (or graph), and only finite labels.
+//! [`TaskSpec::hash`] depends on the normalised content only (not on file names, key order,
+//! whitespace or architecture spelling), so it is the task's version.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::graph::{hash::GraphHash, json, Graph};
+use crate::spaces::{Arch, SpaceId, Task};
+
+/// Longest task name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Fewest labelled samples a task may have.
+pub const MIN_SAMPLES: usize = 2;
+
+/// File size limits, checked before any byte is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_toml_bytes: u64,
+    /// Samples CSV and each JSON graph file.
+    pub max_samples_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_toml_bytes: 1 << 20,
+            max_samples_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Why a task file was rejected. Every variant names the file at fault (the TOML, the CSV or a
+/// JSON graph); `field` is the TOML key or CSV column concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskFileError {
+    /// A whole-file problem: unreadable, missing, too large, binary, not UTF-8, outside the folder.
+    #[error("{}: {}{message}", file.display(), field_prefix(field))]
+    File {
+        file: PathBuf,
+        field: Option<String>,
+        message: String,
+    },
+    /// A problem at a line that no single field owns (TOML syntax, CSV structure).
+    #[error("{}:{line}: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A field (TOML key or CSV column) with a bad value.
+    #[error("{}:{line}: field '{field}': {message}", file.display())]
+    Field {
+        file: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}
+
+fn field_prefix(field: &Option<String>) -> String {
+    field
+        .as_ref()
+        .map(|f| format!("field '{f}': "))
+        .unwrap_or_default()
+}
+
+impl TaskFileError {
+    pub fn file(&self) -> &Path {
+        match self {
+            TaskFileError::File { file, .. }
+            | TaskFileError::Syntax { file, .. }
+            | TaskFileError::Field { file, .. } => file,
+        }
+    }
+
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            TaskFileError::File { .. } => None,
+            TaskFileError::Syntax { line, .. } | TaskFileError::Field { line, .. } => Some(*line),
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            TaskFileError::File { field, .. } => field.as_deref(),
+            TaskFileError::Syntax { .. } => None,
+            TaskFileError::Field { field, .. } => Some(field),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            TaskFileError::File { message, .. }
+            | TaskFileError::Syntax { message, .. }
+            | TaskFileError::Field { message, .. } => message,
+        }
+    }
+}
+
+/// What the networks of a task are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TaskSpace {
+    /// A built-in space; graphs are built with the network head of `head`.
+    Builtin { space: SpaceId, head: Task },
+    /// Networks given as JSON graph files.
+    Graph,
+}
+
+impl TaskSpace {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskSpace::Builtin { space, .. } => space.name(),
+            TaskSpace::Graph => "graph",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Fine-tune the predictor on the samples (the default).
+    Finetune,
+    /// Use the pretrained predictor as is; samples only evaluate it.
+    ZeroShot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Evolution,
+    Random,
+    Flops,
+}
+
+/// The optional `[search]` table. Unset fields take the search's own defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchSpec {
+    pub algorithm: Algorithm,
+    pub budget: Option<u64>,
+    pub population: Option<u64>,
+    pub sample: Option<u64>,
+    pub max_mflops: Option<f64>,
+    pub max_mparams: Option<f64>,
+    pub seed: Option<u64>,
+    /// Canonical architecture string to start from.
+    pub start: Option<String>,
+    pub tolerance: Option<f64>,
+}
+
+/// One network of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleInput {
+    Arch(Arch),
+    /// A JSON graph file, by its path relative to the task folder as written in the CSV.
+    Graph {
+        path: String,
+        graph: Graph,
+    },
+}
+
+/// One labelled network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub input: SampleInput,
+    pub value: f64,
+    /// Line of the samples CSV it came from.
+    pub line: usize,
+}
+
+impl Sample {
+    /// The content key of the network: canonical architecture string, or graph hash.
+    pub fn key(&self) -> String {
+        match &self.input {
+            SampleInput::Arch(a) => a.to_string(),
+            SampleInput::Graph { graph, .. } => graph.hash().to_string(),
+        }
+    }
+}
+
+/// A validated task definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub space: TaskSpace,
+    pub higher_is_better: bool,
+    pub mode: Mode,
+    /// The samples path as written in the TOML.
+    pub samples_file: String,
+    pub samples: Vec<Sample>,
+    pub search: Option<SearchSpec>,
+    /// Content hash of the normalised spec and samples: the task version (32 hex digits).
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct Normalised<'a> {
+    format: u32,
+    name: &'a str,
+    space: &'a TaskSpace,
+    higher_is_better: bool,
+    mode: Mode,
+    search: &'a Option<SearchSpec>,
+    samples: Vec<(String, f64)>,
+}
+
+impl TaskSpec {
+    fn content_hash(&self) -> String {
+        let n = Normalised {
+            format: 1,
+            name: &self.name,
+            space: &self.space,
+            higher_is_better: self.higher_is_better,
+            mode: self.mode,
+            search: &self.search,
+            samples: self.samples.iter().map(|s| (s.key(), s.value)).collect(),
+        };
+        let bytes = serde_json::to_vec(&n).expect("normalised spec serialises");
+        format!(
+            "{:032x}",
+            xxhash_rust::xxh3::xxh3_128_with_seed(&bytes, 0x6169_6f70)
+        )
+    }
+
+    /// A self-contained JSON copy of the spec (graphs inlined in the interchange format), what
+    /// the store keeps per version so that jobs never re-read a file that may have changed.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let samples: Vec<serde_json::Value> = self
+            .samples
+            .iter()
+            .map(|s| match &s.input {
+                SampleInput::Arch(a) => {
+                    serde_json::json!({"arch": a.to_string(), "value": s.value})
+                }
+                SampleInput::Graph { path, graph } => serde_json::json!({
+                    "graph_file": path,
+                    "graph": serde_json::from_str::<serde_json::Value>(&json::to_json(graph))
+                        .unwrap_or(serde_json::Value::Null),
+                    "value": s.value,
+                }),
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "space": self.space,
+            "higher_is_better": self.higher_is_better,
+            "mode": self.mode,
+            "search": self.search,
+            "samples_file": self.samples_file,
+            "samples": samples,
+            "hash": self.hash,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Spanned<String>,
+    space: Spanned<String>,
+    head: Option<Spanned<String>>,
+    samples: Spanned<String>,
+    higher_is_better: Option<bool>,
+    mode: Option<Spanned<String>>,
+    search: Option<RawSearch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSearch {
+    algorithm: Option<Spanned<String>>,
+    budget: Option<Spanned<i64>>,
+    population: Option<Spanned<i64>>,
+    sample: Option<Spanned<i64>>,
+    max_mflops: Option<Spanned<f64>>,
+    max_mparams: Option<Spanned<f64>>,
+    seed: Option<Spanned<i64>>,
+    start: Option<Spanned<String>>,
+    tolerance: Option<Spanned<f64>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Read a whole text file after checking its size; binary or non-UTF-8 content is an error.
+fn read_text(path: &Path, limit: u64, field: Option<&str>) -> Result<String, TaskFileError> {
+    let err = |message: String| TaskFileError::File {
+        file: path.to_path_buf(),
+        field: field.map(str::to_string),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(err(format!(
+            "file is {} bytes, over the limit of {limit} bytes",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(err(format!(
+            "file grew over the limit of {limit} bytes while being read"
+        )));
+    }
+    if let Some(pos) = bytes.iter().position(|&b| b == 0) {
+        return Err(err(format!(
+            "binary file (NUL byte at line {}), expected UTF-8 text",
+            bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        err(format!("not UTF-8 text (invalid byte at line {line})"))
+    })
+}
+
+/// Resolve `rel` (as written in a file) inside `folder` (canonical), refusing any escape.
+fn resolve_inside(folder: &Path, rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    if rel.trim().is_empty() {
+        return Err("empty path".into());
+    }
+    if p.is_absolute() {
+        return Err(format!(
+            "'{rel}' is an absolute path; give a path relative to the task folder"
+        ));
+    }
+    let joined = folder.join(p);
+    let canonical = joined
+        .canonicalize()
+        .map_err(|e| format!("'{rel}' not found in the task folder: {e}"))?;
+    if !canonical.starts_with(folder) {
+        return Err(format!(
+            "'{rel}' leads outside the task folder {} (.. or a symlink)",
+            folder.display()
+        ));
+    }
+    Ok(canonical)
+}
+
+/// Guess the key a TOML error is about: from "unknown/missing field `x`", else the key written
+/// on the error's line.
+fn toml_error_field(message: &str, line_text: &str) -> Option<String> {
+    for marker in ["unknown field `", "missing field `", "duplicate key `"] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            return rest.split('`').next().map(str::to_string);
+        }
+    }
+    let key = line_text.split('=').next()?.trim();
+    (!key.is_empty()
+        && line_text.contains('=')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then(|| key.to_string())
+}
+
+/// Load and validate the task file at `toml_path`.
+pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError> {
+    let file = toml_path.to_path_buf();
+    let file_err = |message: String| TaskFileError::File {
+        file: file.clone(),
+        field: None,
+        message,
+    };
+    let folder = toml_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .map_err(|e| file_err(format!("cannot resolve the task folder: {e}")))?;
+    // A task file that is a symlink must not lead out of its folder either.
+    let real = toml_path
+        .canonicalize()
+        .map_err(|e| file_err(format!("cannot read: {e}")))?;
+    if !real.starts_with(&folder) {
+        return Err(file_err(format!(
+            "a symlink leading outside the task folder {}",
+            folder.display()
+        )));
+    }
+    let text = read_text(toml_path, limits.max_toml_bytes, None)?;
+    let raw: RawTask = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(&text, s.start));
+        let line_text = text.lines().nth(line - 1).unwrap_or("");
+        let message = e.message().trim().to_string();
+        match toml_error_field(&message, line_text) {
+            Some(field) => TaskFileError::Field {
+                file: file.clone(),
+                line,
+                field,
+                message,
+            },
+            None => TaskFileError::Syntax {
+                file: file.clone(),
+                line,
+                message,
+            },
+        }
+    })?;
+    let field_err =
+        |field: &str, span: std::ops::Range<usize>, message: String| TaskFileError::Field {
+            file: file.clone(),
+            line: line_of(&text, span.start),
+            field: field.to_string(),
+            message,
+        };
+
+    let name = raw.name.get_ref().clone();
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(field_err(
+            "name",
+            raw.name.span(),
+            format!(
+                "'{name}' is not a task name: 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -"
+            ),
+        ));
+    }
+
+    let space = match raw.space.get_ref().as_str() {
+        "graph" => {
+            if let Some(h) = &raw.head {
+                return Err(field_err(
+                    "head",
+                    h.span(),
+                    "not used when space = \"graph\" (the JSON graphs are whole networks); remove it".into(),
+                ));
+            }
+            TaskSpace::Graph
+        }
+        s => {
+            let space = SpaceId::from_name(s).map_err(|e| {
+                field_err(
+                    "space",
+                    raw.space.span(),
+                    format!("{e}, or 'graph' for JSON graph files"),
+                )
+            })?;
+            let Some(h) = &raw.head else {
+                return Err(field_err(
+                    "head",
+                    raw.space.span(),
+                    format!(
+                        "missing: space {s} needs the task whose network head to build (one of: {})",
+                        space.tasks().iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            let head = space
+                .task(h.get_ref())
+                .map_err(|e| field_err("head", h.span(), e.to_string()))?;
+            TaskSpace::Builtin { space, head }
+        }
+    };
+
+    let mode = match &raw.mode {
+        None => Mode::Finetune,
+        Some(m) => match m.get_ref().as_str() {
+            "finetune" => Mode::Finetune,
+            "zero-shot" => Mode::ZeroShot,
+            other => {
+                return Err(field_err(
+                    "mode",
+                    m.span(),
+                    format!("unknown mode '{other}' (expected 'finetune' or 'zero-shot')"),
+                ))
+            }
+        },
+    };
+
+    let search = raw
+        .search
+        .map(|s| parse_search(s, &space, &field_err))
+        .transpose()?;
+
+    let samples_rel = raw.samples.get_ref().clone();
+    let csv_path = resolve_inside(&folder, &samples_rel)
+        .map_err(|m| field_err("samples", raw.samples.span(), m))?;
+    let samples = read_samples(&csv_path, &folder, &space, limits)?;
+    if samples.len() < MIN_SAMPLES {
+        return Err(field_err(
+            "samples",
+            raw.samples.span(),
+            format!(
+                "'{samples_rel}' has {} labelled sample(s); at least {MIN_SAMPLES} are needed",
+                samples.len()
+            ),
+        ));
+    }
+
+    let mut spec = TaskSpec {
+        name,
+        space,
+        higher_is_better: raw.higher_is_better.unwrap_or(true),
+        mode,
+        samples_file: samples_rel,
+        samples,
+        search,
+        hash: String::new(),
+    };
+    spec.hash = spec.content_hash();
+    Ok(spec)
+}
+
+fn parse_search(
+    s: RawSearch,
+    space: &TaskSpace,
+    field_err: &impl Fn(&str, std::ops::Range<usize>, String) -> TaskFileError,
+) -> Result<SearchSpec, TaskFileError> {
+    let algorithm = match &s.algorithm {
+        None => Algorithm::Evolution,
+        Some(a) => match a.get_ref().as_str() {
+            "evolution" => Algorithm::Evolution,
+            "random" => Algorithm::Random,
+            "flops" => Algorithm::Flops,
+            other => {
+                return Err(field_err(
+                    "search.algorithm",
+                    a.span(),
+                    format!("unknown algorithm '{other}' (expected evolution, random or flops)"),
+                ))
+            }
+        },
+    };
+    let count = |name: &str, v: &Option<Spanned<i64>>, min: i64| match v {
+        None => Ok(None),
+        Some(x) if *x.get_ref() >= min => Ok(Some(*x.get_ref() as u64)),
+        Some(x) => Err(field_err(
+            name,
+            x.span(),
+            format!("{} is below the minimum of {min}", x.get_ref()),
+        )),
+    };
+    let positive = |name: &str, v: &Option<Spanned<f64>>, allow_zero: bool| match v {
+        None => Ok(None),
+        Some(x)
+            if x.get_ref().is_finite()
+                && (*x.get_ref() > 0.0 || (allow_zero && *x.get_ref() == 0.0)) =>
+        {
+            Ok(Some(*x.get_ref()))
+        }
+        Some(x) => Err(field_err(
+            name,
+            x.span(),
+            format!(
+                "{} must be a finite number {}",
+                x.get_ref(),
+                if allow_zero { "≥ 0" } else { "> 0" }
+            ),
+        )),
+    };
+    let budget = count("search.budget", &s.budget, 1)?;
+    let population = count("search.population", &s.population, 1)?;
+    let sample = count("search.sample", &s.sample, 1)?;
+    if let (Some(p), Some(k), Some(span)) =
+        (population, sample, s.sample.as_ref().map(|x| x.span()))
+    {
+        if k > p {
+            return Err(field_err(
+                "search.sample",
+                span,
+                format!("tournament sample {k} exceeds the population {p}"),
+            ));
+        }
+    }
+    let seed = count("search.seed", &s.seed, 0)?;
+    let start =
+        match (&s.start, space) {
+            (None, _) => None,
+            (Some(x), TaskSpace::Graph) => return Err(field_err(
+                "search.start",
+                x.span(),
+                "a search needs a built-in space; space = \"graph\" has no architecture strings"
+                    .into(),
+            )),
+            (Some(x), TaskSpace::Builtin { space, .. }) => Some(
+                Arch::parse(*space, x.get_ref())
+                    .map_err(|e| field_err("search.start", x.span(), e.to_string()))?
+                    .to_string(),
+            ),
+        };
+    if let (TaskSpace::Graph, Some(span)) = (space, s.algorithm.as_ref().map(|a| a.span())) {
+        return Err(field_err(
+            "search.algorithm",
+            span,
+            "a search needs a built-in space; space = \"graph\" has no architecture strings".into(),
+        ));
+    }
+    Ok(SearchSpec {
+        algorithm,
+        budget,
+        population,
+        sample,
+        max_mflops: positive("search.max_mflops", &s.max_mflops, false)?,
+        max_mparams: positive("search.max_mparams", &s.max_mparams, false)?,
+        seed,
+        start,
+        tolerance: positive("search.tolerance", &s.tolerance, true)?,
+    })
+}
+
+fn read_samples(
+    csv_path: &Path,
+    folder: &Path,
+    space: &TaskSpace,
+    limits: &Limits,
+) -> Result<Vec<Sample>, TaskFileError> {
+    let text = read_text(csv_path, limits.max_samples_bytes, Some("samples"))?;
+    let at = |line: usize, field: &str, message: String| TaskFileError::Field {
+        file: csv_path.to_path_buf(),
+        line,
+        field: field.to_string(),
+        message,
+    };
+    let key_col = match space {
+        TaskSpace::Builtin { .. } => "arch",
+        TaskSpace::Graph => "graph",
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = rdr.headers().map_err(|e| TaskFileError::Syntax {
+        file: csv_path.to_path_buf(),
+        line: 1,
+        message: e.to_string(),
+    })?;
+    let names: Vec<&str> = headers.iter().collect();
+    if names != [key_col, "value"] {
+        return Err(at(
+            1,
+            "header",
+            format!(
+                "header is '{}', expected '{key_col},value' for space {}",
+                names.join(","),
+                space.name()
+            ),
+        ));
+    }
+    let mut samples = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen_graphs: HashMap<GraphHash, usize> = HashMap::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| TaskFileError::Syntax {
+            file: csv_path.to_path_buf(),
+            line: e.position().map_or(0, |p| p.line() as usize),
+            message: e.to_string(),
+        })?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let (key, v) = (&rec[0], &rec[1]);
+        let value: f64 = v
+            .parse()
+            .map_err(|_| at(line, "value", format!("'{v}' is not a number")))?;
+        if !value.is_finite() {
+            return Err(at(line, "value", format!("'{v}' is not a finite number")));
+        }
+        let input = match space {
+            TaskSpace::Builtin { space, .. } => {
+                let arch = Arch::parse(*space, key).map_err(|e| at(line, "arch", e.to_string()))?;
+                let canon = arch.to_string();
+                if let Some(first) = seen.insert(canon.clone(), line) {
+                    return Err(at(
+                        line,
+                        "arch",
+                        format!("duplicate architecture {canon} (first at line {first})"),
+                    ));
+                }
+                SampleInput::Arch(arch)
+            }
+            TaskSpace::Graph => {
+                let gpath = resolve_inside(folder, key).map_err(|m| at(line, "graph", m))?;
+                let gtext = read_text(&gpath, limits.max_samples_bytes, Some("graph"))?;
+                let graph = json::from_json(&gtext).map_err(|e| TaskFileError::File {
+                    file: gpath.clone(),
+                    field: Some("graph".into()),
+                    message: format!("invalid JSON graph (samples line {line}): {e}"),
+                })?;
+                if let Some(first) = seen_graphs.insert(graph.hash(), line) {
+                    return Err(at(
+                        line,
+                        "graph",
+                        format!("'{key}' is the same network as line {first}"),
+                    ));
+                }
+                SampleInput::Graph {
+                    path: key.to_string(),
+                    graph,
+                }
+            }
+        };
+        samples.push(Sample { input, value, line });
+    }
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [&str; 3] = [
+        "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|",
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+        "|avg_pool_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|",
+    ];
+
+    fn setup(toml: &str, csv: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.csv"), csv).unwrap();
+        let t = dir.path().join("t.toml");
+        std::fs::write(&t, toml).unwrap();
+        (dir, t)
+    }
+
+    fn good_csv() -> String {
+        format!(
+            "arch,value\n{},81.9\n{},90.39\n{},81.93\n",
+            A[0], A[1], A[2]
+        )
+    }
+
+    const GOOD: &str =
+        "name = \"seg\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+
+    fn err(toml: &str, csv: &str) -> TaskFileError {
+        let (_d, t) = setup(toml, csv);
+        load(&t, &Limits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn valid_task_loads_with_stable_hash() {
+        let (_d, t) = setup(GOOD, &good_csv());
+        let s = load(&t, &Limits::default()).unwrap();
+        assert_eq!(s.samples.len(), 3);
+        assert_eq!(s.mode, Mode::Finetune);
+        assert!(s.higher_is_better);
+        assert_eq!(s.hash.len(), 32);
+        // Same content, other spelling and key order: same version.
+        let reordered = "samples = 's.csv'\nhead = \"cifar10\"\n\nspace = \"nb201\"\nname = \"seg\"\nhigher_is_better = true\n";
+        let (_d2, t2) = setup(reordered, &good_csv());
+        assert_eq!(load(&t2, &Limits::default()).unwrap().hash, s.hash);
+        // A changed label is a new version.
+        let (_d3, t3) = setup(GOOD, &good_csv().replace("90.39", "90.4"));
+        assert_ne!(load(&t3, &Limits::default()).unwrap().hash, s.hash);
+        assert_eq!(s.snapshot()["samples"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn toml_errors_name_line_and_field() {
+        let e = err("name = \"x\"\nspace = \n", &good_csv());
+        assert_eq!((e.line(), e.field()), (Some(2), Some("space")), "{e}");
+        let e = err("name = \"x\"\n[[[\n", &good_csv());
+        assert!(matches!(e, TaskFileError::Syntax { line: 2, .. }), "{e}");
+        let e = err(&format!("{GOOD}colour = 3\n"), &good_csv());
+        assert_eq!((e.line(), e.field()), (Some(5), Some("colour")), "{e}");
+        let e = err(&GOOD.replace("nb201", "nb999"), &good_csv());
+        assert_eq!((e.line(), e.field()), (Some(2), Some("space")), "{e}");
+        let e = err(&GOOD.replace("cifar10", "jigsaw"), &good_csv());
+        assert_eq!(e.field(), Some("head"), "{e}");
+        let e = err(&GOOD.replace("seg", "a b"), &good_csv());
+        assert_eq!(e.field(), Some("name"), "{e}");
+        let e = err(&format!("{GOOD}higher_is_better = \"yes\"\n"), &good_csv());
+        assert_eq!(e.field(), Some("higher_is_better"), "{e}");
+        let e = err(&format!("{GOOD}[search]\nbudget = 0\n"), &good_csv());
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.budget")),
+            "{e}"
+        );
+        let e = err(
+            "name = \"x\"\nspace = \"nb201\"\nhead = \"cifar10\"\n",
+            &good_csv(),
+        );
+        assert_eq!(e.field(), Some("samples"), "{e}");
+    }
+
+    #[test]
+    fn samples_errors_name_csv_line() {
+        let e = err(GOOD, &good_csv().replace("90.39", "ninety"));
+        assert!(e.file().ends_with("s.csv"));
+        assert_eq!((e.line(), e.field()), (Some(3), Some("value")), "{e}");
+        let e = err(GOOD, &good_csv().replace("90.39", "inf"));
+        assert_eq!((e.line(), e.field()), (Some(3), Some("value")), "{e}");
+        let e = err(
+            GOOD,
+            &good_csv().replace("nor_conv_3x3~0|+", "conv_9x9~0|+"),
+        );
+        assert_eq!((e.line(), e.field()), (Some(3), Some("arch")), "{e}");
+        let e = err(GOOD, &format!("{}{},1\n", good_csv(), A[0]));
+        assert_eq!((e.line(), e.field()), (Some(5), Some("arch")), "{e}");
+        assert!(e.message().contains("line 2"), "{e}");
+        let e = err(GOOD, &format!("arch,value\n{},1\n", A[0]));
+        assert_eq!(e.field(), Some("samples"), "{e}");
+        let e = err(GOOD, "arch,acc\n");
+        assert_eq!(e.field(), Some("header"), "{e}");
+    }
+
+    #[test]
+    fn paths_may_not_escape() {
+        let outer = tempfile::tempdir().unwrap();
+        let inner = outer.path().join("tasks");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(outer.path().join("s.csv"), good_csv()).unwrap();
+        let t = inner.join("t.toml");
+        for (samples, what) in [
+            ("../s.csv", "outside"),
+            ("/etc/passwd", "absolute"),
+            ("nope.csv", "not found"),
+        ] {
+            std::fs::write(&t, GOOD.replace("s.csv", samples)).unwrap();
+            let e = load(&t, &Limits::default()).unwrap_err();
+            assert_eq!(e.field(), Some("samples"), "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        std::os::unix::fs::symlink(outer.path().join("t.toml"), inner.join("out.toml")).unwrap();
+        std::fs::write(outer.path().join("t.toml"), GOOD).unwrap();
+        let e = load(&inner.join("out.toml"), &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("outside the task folder"), "{e}");
+        std::os::unix::fs::symlink(outer.path().join("s.csv"), inner.join("link.csv")).unwrap();
+        std::fs::write(&t, GOOD.replace("s.csv", "link.csv")).unwrap();
+        let e = load(&t, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn size_binary_and_encoding_checked() {
+        let (_d, t) = setup(GOOD, &good_csv());
+        let small = Limits {
+            max_toml_bytes: 10,
+            ..Limits::default()
+        };
+        assert!(load(&t, &small)
+            .unwrap_err()
+            .to_string()
+            .contains("over the limit"));
+        let small = Limits {
+            max_samples_bytes: 10,
+            ..Limits::default()
+        };
+        let e = load(&t, &small).unwrap_err();
+        assert_eq!(e.field(), Some("samples"), "{e}");
+        std::fs::write(&t, b"name = \"a\"\0\n").unwrap();
+        assert!(load(&t, &Limits::default())
+            .unwrap_err()
+            .to_string()
+            .contains("binary"));
+        std::fs::write(&t, b"name = \"\xff\"\n").unwrap();
+        assert!(load(&t, &Limits::default())
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
+    }
+
+    #[test]
+    fn graph_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("graph,value\n");
+        for (k, a) in A.iter().enumerate() {
+            let g = Arch::parse(SpaceId::Nb201, a)
+                .unwrap()
+                .build(Task::Cifar10)
+                .unwrap();
+            std::fs::write(dir.path().join(format!("g{k}.json")), json::to_json(&g)).unwrap();
+            csv.push_str(&format!("g{k}.json,{k}\n"));
+        }
+        std::fs::write(dir.path().join("s.csv"), &csv).unwrap();
+        let t = dir.path().join("t.toml");
+        std::fs::write(&t, "name = \"g\"\nspace = \"graph\"\nsamples = \"s.csv\"\n").unwrap();
+        let s = load(&t, &Limits::default()).unwrap();
+        assert_eq!(s.samples.len(), 3);
+        std::fs::write(dir.path().join("g1.json"), "{\"nodes\": [{\"id\": \"x\"}]}").unwrap();
+        let e = load(&t, &Limits::default()).unwrap_err();
+        assert!(e.file().ends_with("g1.json"), "{e}");
+        assert_eq!(e.field(), Some("graph"));
+        std::fs::write(
+            &t,
+            "name = \"g\"\nspace = \"graph\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(&t, &Limits::default()).unwrap_err().field(),
+            Some("head")
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! The task folder watcher: turns files dropped into the tasks folder into task records.
+//!
+//! One dedicated thread owns a notify watcher on the folder (created if missing) and debounces
+//! its events. Invariants: hidden and temporary files (`.`-prefixed, `~`-suffixed, `.swp`,
+//! `.tmp`) and the watcher's own `.error` files are ignored; a file is read only once it is
+//! complete: closed after writing, or unchanged (size and mtime) for the debounce time. A `*.toml`
+//! is validated ([`crate::taskfile`]); an invalid one gets `<file>.error` beside it (file, line,
+//! field, message), a log line and `aiop_task_files_rejected_total`; a valid one loses any stale
+//! `.error`, is recorded in the store (a new version, queued, when its hash changed) and counts
+//! in `aiop_task_files_accepted_total`. A change to any other file (a samples CSV, a graph)
+//! re-validates every task file. A deleted task file marks its task removed, keeping its results.
+//! Files present at start-up are picked up, and tasks whose file vanished while the daemon was
+//! down are marked removed. Nothing a file contains can stop the thread: every failure is
+//! reported and the loop goes on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+use prometheus::{IntCounter, Registry};
+
+use crate::jobs::{Job, Submitter};
+use crate::store::{Recorded, Store, StoreError, TaskStatus};
+use crate::taskfile::{self, Limits, TaskFileError};
+
+/// Errors of starting the watcher (running it cannot fail).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("tasks folder {path}: {error}")]
+    Dir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("watching the tasks folder: {0}")]
+    Notify(#[from] notify::Error),
+    #[error("registering watcher metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("starting the watcher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters of the watcher, registered in the daemon's registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub accepted: IntCounter,
+    pub rejected: IntCounter,
+    pub removed: IntCounter,
+}
+
+impl Metrics {
+    pub fn register(reg: &Registry) -> Result<Metrics, prometheus::Error> {
+        let m = Metrics {
+            accepted: IntCounter::new(
+                "aiop_task_files_accepted_total",
+                "Task files validated and recorded",
+            )?,
+            rejected: IntCounter::new(
+                "aiop_task_files_rejected_total",
+                "Task files rejected (an .error file was written beside them)",
+            )?,
+            removed: IntCounter::new(
+                "aiop_task_files_removed_total",
+                "Task files deleted from the folder (their tasks are marked removed)",
+            )?,
+        };
+        reg.register(Box::new(m.accepted.clone()))?;
+        reg.register(Box::new(m.rejected.clone()))?;
+        reg.register(Box::new(m.removed.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Settings of the watcher.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub dir: PathBuf,
+    pub debounce: Duration,
+    pub limits: Limits,
+}
+
+enum Msg {
+    Fs(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// The running watcher. [`Watcher::stop`] ends it; dropping it without `stop` also ends the
+/// thread (its channel closes) but does not wait.
+pub struct Watcher {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+    _notify: RecommendedWatcher,
+}
+
+/// Whether the watcher ignores a file name.
+pub fn ignored(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".tmp")
+        || name.ends_with(".error")
+}
+
+fn is_task_file(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "toml")
+}
+
+/// The `.error` file beside a task file.
+pub fn error_path(task_file: &Path) -> PathBuf {
+    let mut s = task_file.as_os_str().to_owned();
+    s.push(".error");
+    PathBuf::from(s)
+}
+
+type Signature = Option<(u64, Option<SystemTime>)>;
+
+fn signature(p: &Path) -> Signature {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
+}
+
+struct Pending {
+    due: Instant,
+    sig: Signature,
+}
+
+struct Worker {
+    dir: PathBuf,
+    debounce: Duration,
+    limits: Limits,
+    store: Store,
+    metrics: Metrics,
+    jobs: Option<Submitter>,
+    pending: HashMap<PathBuf, Pending>,
+}
+
+impl Watcher {
+    /// Create the folder if needed, start watching it, pick up the files already there. Task
+    /// versions left queued are handed to `jobs` when there is a job pool.
+    pub fn start(
+        cfg: WatchConfig,
+        store: Store,
+        metrics: Metrics,
+        jobs: Option<Submitter>,
+    ) -> Result<Watcher, WatchError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| WatchError::Dir {
+            path: cfg.dir.clone(),
+            error: source,
+        })?;
+        let dir = cfg.dir.canonicalize().map_err(|source| WatchError::Dir {
+            path: cfg.dir.clone(),
+            error: source,
+        })?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let fs_tx = tx.clone();
+        let mut notify = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let _ = fs_tx.send(Msg::Fs(ev));
+        })?;
+        notify.watch(&dir, RecursiveMode::NonRecursive)?;
+        let mut worker = Worker {
+            dir,
+            debounce: cfg.debounce,
+            limits: cfg.limits,
+            store,
+            metrics,
+            jobs,
+            pending: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("aiop-watch".into())
+            .spawn(move || {
+                worker.startup();
+                worker.run(rx);
+            })
+            .map_err(WatchError::Thread)?;
+        Ok(Watcher {
+            tx,
+            thread: Some(thread),
+            _notify: notify,
+        })
+    }
+
+    /// Stop watching and wait for the thread (it finishes the file it is reading, if any).
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the watcher thread panicked");
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn task_files(&self) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            tracing::error!(dir = %self.dir.display(), "cannot list the tasks folder");
+            return Vec::new();
+        };
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                is_task_file(p)
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| !ignored(n))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn startup(&mut self) {
+        let files = self.task_files();
+        tracing::info!(dir = %self.dir.display(), files = files.len(), "watching the tasks folder");
+        for f in &files {
+            self.process(f);
+        }
+        // Tasks whose file vanished while the daemon was down.
+        match self.store.tasks() {
+            Ok(tasks) => {
+                for t in tasks {
+                    let src = Path::new(&t.source);
+                    if t.removed_at.is_none()
+                        && src.parent() == Some(self.dir.as_path())
+                        && !src.exists()
+                    {
+                        self.process(src);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading tasks from the store"),
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<Msg>) {
+        loop {
+            let timeout = self
+                .pending
+                .values()
+                .map(|p| p.due.saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or(Duration::from_secs(3600));
+            match rx.recv_timeout(timeout) {
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Msg::Fs(Ok(ev))) => self.on_event(ev),
+                Ok(Msg::Fs(Err(e))) => tracing::warn!(error = %e, "file watch error"),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.flush_due();
+        }
+        tracing::info!("tasks folder watcher stopped");
+    }
+
+    fn arm(&mut self, path: PathBuf, now: bool) {
+        let due = if now {
+            Instant::now()
+        } else {
+            Instant::now() + self.debounce
+        };
+        let sig = signature(&path);
+        self.pending.insert(path, Pending { due, sig });
+    }
+
+    fn on_event(&mut self, ev: notify::Event) {
+        let closed = matches!(
+            ev.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if matches!(ev.kind, EventKind::Access(_)) && !closed {
+            return;
+        }
+        for p in ev.paths {
+            if p.parent() != Some(self.dir.as_path()) {
+                continue;
+            }
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if ignored(name) {
+                continue;
+            }
+            if is_task_file(&p) {
+                self.arm(p, closed);
+            } else {
+                // A samples or graph file changed: every task may depend on it.
+                for f in self.task_files() {
+                    if !self.pending.contains_key(&f) {
+                        self.arm(f, false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for path in due {
+            let Some(p) = self.pending.remove(&path) else {
+                continue;
+            };
+            let sig = signature(&path);
+            if sig != p.sig {
+                // Still being written: wait for another quiet period.
+                self.pending.insert(
+                    path,
+                    Pending {
+                        due: now + self.debounce,
+                        sig,
+                    },
+                );
+                continue;
+            }
+            self.process(&path);
+        }
+    }
+
+    fn process(&mut self, path: &Path) {
+        let err_file = error_path(path);
+        if !path.exists() {
+            let _ = std::fs::remove_file(&err_file);
+            match self.store.mark_removed(path) {
+                Ok(Some(t)) => {
+                    self.metrics.removed.inc();
+                    tracing::info!(task = %t.name, file = %path.display(), "task file deleted: task marked removed, results kept");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "marking a task removed")
+                }
+            }
+            return;
+        }
+        let spec = match taskfile::load(path, &self.limits) {
+            Ok(spec) => spec,
+            Err(e) => return self.reject(path, &e.to_string(), &ErrorReport::from(&e)),
+        };
+        let mut recorded = self.store.record_task(&spec, path);
+        if let Err(StoreError::NameTaken { file, .. }) = &recorded {
+            // The owner was renamed or deleted and its event is not processed yet: take over.
+            let owner = PathBuf::from(file);
+            if !owner.exists() {
+                if let Err(e) = self.store.mark_removed(&owner) {
+                    tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
+                }
+                recorded = self.store.record_task(&spec, path);
+            }
+        }
+        match recorded {
+            Ok((rec, what)) => {
+                if err_file.exists() {
+                    let _ = std::fs::remove_file(&err_file);
+                }
+                self.metrics.accepted.inc();
+                if let (Some(jobs), TaskStatus::Queued) = (&self.jobs, rec.status) {
+                    jobs.submit(Job {
+                        task: rec.name.clone(),
+                        version: rec.spec_hash.clone(),
+                    });
+                }
+                let what = match what {
+                    Recorded::New => "new task",
+                    Recorded::NewVersion => "new version",
+                    Recorded::Restored => "task restored",
+                    Recorded::Unchanged => {
+                        tracing::debug!(task = %rec.name, file = %path.display(), "task file re-read: unchanged");
+                        return;
+                    }
+                };
+                tracing::info!(task = %rec.name, version = %rec.spec_hash, samples = spec.samples.len(), status = ?rec.status, file = %path.display(), "task file accepted: {what}");
+            }
+            Err(e @ StoreError::NameTaken { .. }) => {
+                let report = ErrorReport {
+                    file: path.to_path_buf(),
+                    line: None,
+                    field: Some("name".into()),
+                };
+                self.reject(path, &e.to_string(), &report)
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "recording a valid task file failed")
+            }
+        }
+    }
+
+    fn reject(&mut self, path: &Path, message: &str, r: &ErrorReport) {
+        self.metrics.rejected.inc();
+        tracing::warn!(file = %path.display(), error = %message, "task file rejected");
+        let mut text = format!("file: {}\n", r.file.display());
+        if let Some(l) = r.line {
+            text.push_str(&format!("line: {l}\n"));
+        }
+        if let Some(f) = &r.field {
+            text.push_str(&format!("field: {f}\n"));
+        }
+        text.push_str(&format!("error: {message}\n"));
+        if r.file != path {
+            text.push_str(&format!("task file: {}\n", path.display()));
+        }
+        let target = error_path(path);
+        // Written beside, then renamed: readers never see half a report.
+        let tmp = self.dir.join(format!(
+            ".{}.tmp",
+            target.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        ));
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &target)) {
+            tracing::error!(file = %target.display(), error = %e, "cannot write the .error file");
+        }
+    }
+}
+
+struct ErrorReport {
+    file: PathBuf,
+    line: Option<usize>,
+    field: Option<String>,
+}
+
+impl From<&TaskFileError> for ErrorReport {
+    fn from(e: &TaskFileError) -> ErrorReport {
+        ErrorReport {
+            file: e.file().to_path_buf(),
+            line: e.line(),
+            field: e.field().map(str::to_string),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignored_names() {
+        for n in [".x.toml", "x.toml~", "x.toml.swp", "x.tmp", "x.toml.error"] {
+            assert!(ignored(n), "{n}");
+        }
+        assert!(!ignored("x.toml"));
+        assert_eq!(
+            error_path(Path::new("/a/x.toml")),
+            PathBuf::from("/a/x.toml.error")
+        );
+    }
+
+    fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn picks_up_rejects_accepts_and_removes() {
+        let state = tempfile::tempdir().unwrap();
+        let tasks = state.path().join("tasks");
+        std::fs::create_dir(&tasks).unwrap();
+        let csv = "arch,value\n\
+            |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
+            |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
+        std::fs::write(tasks.join("s.csv"), csv).unwrap();
+        let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+        std::fs::write(tasks.join("a.toml"), good).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let reg = Registry::new();
+        let m = Metrics::register(&reg).unwrap();
+        let w = Watcher::start(
+            WatchConfig {
+                dir: tasks.clone(),
+                debounce: Duration::from_millis(50),
+                limits: Limits::default(),
+            },
+            store.clone(),
+            m.clone(),
+            None,
+        )
+        .unwrap();
+        assert!(
+            wait_for(|| store.task("a").unwrap().is_some()),
+            "start-up pick-up"
+        );
+        std::fs::write(
+            tasks.join("b.toml"),
+            good.replace("nb201", "nb999").replace("\"a\"", "\"b\""),
+        )
+        .unwrap();
+        let err = tasks.join("b.toml.error");
+        assert!(wait_for(|| err.exists()));
+        let report = std::fs::read_to_string(&err).unwrap();
+        assert!(
+            report.contains("field: space") && report.contains("b.toml"),
+            "{report}"
+        );
+        assert!(m.rejected.get() >= 1);
+        // Fixing the file removes the report.
+        std::fs::write(tasks.join("b.toml"), good.replace("\"a\"", "\"b\"")).unwrap();
+        assert!(wait_for(
+            || !err.exists() && store.task("b").unwrap().is_some()
+        ));
+        // A renamed task file keeps its task (whatever order the two events are handled in).
+        std::fs::rename(tasks.join("b.toml"), tasks.join("b2.toml")).unwrap();
+        assert!(wait_for(|| store
+            .task("b")
+            .unwrap()
+            .is_some_and(
+                |t| t.source.ends_with("b2.toml") && t.removed_at.is_none()
+            )));
+        assert!(!tasks.join("b2.toml.error").exists());
+        // Ignored files are never read.
+        std::fs::write(tasks.join(".hidden.toml"), "garbage").unwrap();
+        std::fs::write(tasks.join("c.toml.swp"), "garbage").unwrap();
+        std::fs::remove_file(tasks.join("a.toml")).unwrap();
+        assert!(wait_for(|| store
+            .task("a")
+            .unwrap()
+            .unwrap()
+            .removed_at
+            .is_some()));
+        assert!(!tasks.join(".hidden.toml.error").exists());
+        w.stop();
+        assert_eq!(store.tasks().unwrap().len(), 2);
+    }
+}
