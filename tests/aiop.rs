@@ -3,6 +3,7 @@
 
 mod cg;
 mod cli;
+mod common;
 mod daemon;
 mod predictor;
 mod props;

@@ -19,6 +19,8 @@ use aiop::spaces::{Arch, SpaceId, Task};
 pub enum FitnessKind {
     /// The benchmark table's true labels (baselines and experiments; every score is a "query").
     Oracle,
+    /// The AIO-P predictor checkpoint given by --model (it must know the task's statistics).
+    Predictor,
 }
 
 #[derive(Debug, Args)]
@@ -32,8 +34,11 @@ pub struct SearchArgs {
     #[arg(long, default_value = "evolution", value_parser = parse_algorithm)]
     pub algorithm: Algorithm,
     /// What scores candidates.
-    #[arg(long, value_enum, default_value = "oracle")]
+    #[arg(long, value_enum, default_value = "predictor")]
     pub fitness: FitnessKind,
+    /// Predictor checkpoint directory (for --fitness predictor).
+    #[arg(long, default_value = "state/predictor")]
+    pub model: PathBuf,
     /// Fitness evaluations allowed.
     #[arg(long, default_value_t = 1000)]
     pub budget: usize,
@@ -132,6 +137,17 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
                 anyhow::bail!("the oracle fitness needs --space and --task");
             };
             Box::new(search::TableFitness::load(space, task)?)
+        }
+        FitnessKind::Predictor => {
+            let (Some(space), Some(task)) = (space, task) else {
+                anyhow::bail!("the predictor fitness needs --space and --task");
+            };
+            let model = aiop::predictor::checkpoint::Trained::load(
+                &a.model,
+                &aiop::predictor::default_device(),
+            )
+            .with_context(|| format!("loading the predictor from {}", a.model.display()))?;
+            Box::new(search::PredictorFitness::new(model, space, task)?)
         }
     };
     let bar = progress_bar(a.quiet, spec.budget as u64);

@@ -60,7 +60,8 @@ impl Conv {
         self.bias = b;
         self
     }
-    fn attrs(&self) -> Attrs {
+    /// The node attributes of this spec.
+    pub(crate) fn attrs(&self) -> Attrs {
         Attrs {
             kernel: [self.kernel; 2],
             stride: [self.stride; 2],

@@ -11,7 +11,7 @@
 //! output are removed; the graph's input and output shapes never change.
 
 use super::builder::Conv;
-use super::{Attrs, Graph, GraphBuilder, GraphError, Node, NodeId, Op, Shape};
+use super::{Graph, GraphBuilder, GraphError, Node, NodeId, Op, Shape};
 
 /// One edit of a graph. Node indices refer to the graph the edit was listed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -201,7 +201,7 @@ fn rewrite(g: &Graph, target: u32, action: Action) -> Result<Graph, GraphError> 
                 };
                 let d = b.push(
                     Op::DepthwiseConv,
-                    conv_attrs(&dw),
+                    dw.attrs(),
                     &[ins[0]],
                     Some(Shape::new(c, 0, 0)),
                     1,
@@ -226,27 +226,8 @@ fn rewrite(g: &Graph, target: u32, action: Action) -> Result<Graph, GraphError> 
     Ok(b.finish())
 }
 
-fn conv_attrs(s: &Conv) -> Attrs {
-    Attrs {
-        kernel: [s.kernel; 2],
-        stride: [s.stride; 2],
-        padding: [s.padding; 2],
-        dilation: [s.dilation; 2],
-        groups: s.groups,
-        output_padding: [s.output_padding; 2],
-        bias: s.bias,
-        affine: true,
-    }
-}
-
 fn push_conv(b: &mut GraphBuilder, op: Op, x: NodeId, spec: Conv) -> Result<NodeId, GraphError> {
-    b.push(
-        op,
-        conv_attrs(&spec),
-        &[x],
-        Some(Shape::new(spec.out, 0, 0)),
-        1,
-    )
+    b.push(op, spec.attrs(), &[x], Some(Shape::new(spec.out, 0, 0)), 1)
 }
 
 /// Re-create a node on new inputs whose channel counts may have changed.

@@ -5,7 +5,7 @@
 //! → [`batch`] (many graphs packed into constant tensors) → [`model`] (node embedding, k-GNN
 //! [`gnn::GraphConv`] layers, pooling, MLP head) trained by [`train`] on labels scaled by
 //! [`transform`] (FLOPs scaling then per-task standardisation), stored by [`checkpoint`].
-//! [`data`] turns the shipped label tables into samples; [`metrics`] ranks predictions;
+//! [`data`] turns the shipped label tables into samples (ranked with [`crate::stats`]);
 //! [`pretrain`] runs the whole pretraining; [`adapters`] (K-Adapters over a frozen encoder) and
 //! [`transfer`] (zero-shot or fine-tuned on a few labelled networks) carry a pretrained model to
 //! new tasks.
@@ -23,7 +23,6 @@ pub mod data;
 pub mod features;
 pub mod gnn;
 pub mod init;
-pub mod metrics;
 pub mod model;
 pub mod pretrain;
 pub mod train;

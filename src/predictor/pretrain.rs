@@ -14,13 +14,13 @@ use candle_core::Device;
 use super::checkpoint::Trained;
 use super::data::{data_hash, load_task, split, Example, TaskKey};
 use super::init::sorted_vars;
-use super::metrics::{kendall, mae, spearman};
 use super::model::Config;
 use super::train::{train, Sample, TrainConfig, TrainReport};
 use super::transform::TaskScaler;
 use super::PredictorError;
 use crate::rng::Rng;
 use crate::spaces::SpaceId;
+use crate::stats::{kendall, mae, spearman};
 
 /// What to pretrain on and how. Every field has a default (see [`PretrainConfig::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -65,3 +65,48 @@ impl Fitness for TableFitness {
             .collect()
     }
 }
+
+/// The AIO-P predictor as a fitness: predicted performance in the task's units (higher is
+/// better for every shipped metric; the checkpoint's label statistics carry the direction).
+pub struct PredictorFitness {
+    model: crate::predictor::checkpoint::Trained,
+    key: crate::predictor::data::TaskKey,
+    features: crate::predictor::features::FeatureConfig,
+    /// Graphs per forward pass.
+    pub batch_size: usize,
+}
+
+impl PredictorFitness {
+    /// A fitness for (space, task) from a trained checkpoint that has that task's statistics.
+    pub fn new(
+        model: crate::predictor::checkpoint::Trained,
+        space: SpaceId,
+        task: Task,
+    ) -> Result<PredictorFitness, SearchError> {
+        let key = crate::predictor::data::TaskKey::new(space, task);
+        model
+            .scaler(key)
+            .map_err(|e| SearchError::Fitness(e.to_string()))?;
+        let features = model.model.config.features();
+        Ok(PredictorFitness {
+            model,
+            key,
+            features,
+            batch_size: 256,
+        })
+    }
+}
+
+impl Fitness for PredictorFitness {
+    fn score(&mut self, batch: &[Candidate<'_>]) -> Result<Vec<f64>, SearchError> {
+        use crate::predictor::{features::extract, transform::gflops};
+        let feats: Vec<_> = batch
+            .iter()
+            .map(|c| (extract(c.graph, &self.features), gflops(c.graph)))
+            .collect();
+        let inputs: Vec<_> = feats.iter().map(|(f, g)| (f, *g)).collect();
+        self.model
+            .predict(self.key, &inputs, self.batch_size)
+            .map_err(|e| SearchError::Fitness(e.to_string()))
+    }
+}

@@ -18,7 +18,7 @@ pub mod fitness;
 pub mod pareto;
 pub mod state;
 
-pub use fitness::{Fitness, TableFitness};
+pub use fitness::{Fitness, PredictorFitness, TableFitness};
 pub use state::{
     run, step, Algorithm, Evaluated, Genome, Outcome, ResultRow, SearchSpec, SearchState, Start,
 };

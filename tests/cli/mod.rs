@@ -1,25 +1,7 @@
 //! The `aiop` binary as a user runs it: `aiop spaces`, `aiop graph` on stdin, one arch, DOT,
 //! the interchange format and back, and bad input with a precise error and exit code 65.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn aiop(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use crate::common::aiop;
 
 const A: &str =
     "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";

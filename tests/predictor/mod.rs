@@ -1,25 +1,7 @@
 //! `aiop pretrain` then `aiop predict` as a user runs them: a tiny model trained for one epoch,
 //! predictions as JSON lines in input order, a bad line reported with exit code 65.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn aiop(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use crate::common::aiop;
 
 const A: &str =
     "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
@@ -83,4 +65,52 @@ fn pretrain_then_predict_in_input_order() {
         &format!("{A}\n"),
     );
     assert!(!o.status.success());
+
+    // The same model as the fitness of a search: predictions are the scores, the oracle column
+    // holds the table's true label, and the result file exports.
+    let res = dir.path().join("r.json");
+    let o = aiop(
+        &[
+            "search",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--fitness",
+            "predictor",
+            "--model",
+            m,
+            "--budget",
+            "40",
+            "--population",
+            "16",
+            "--sample",
+            "4",
+            "--seed",
+            "1",
+            "--json",
+            res.to_str().unwrap(),
+            "--quiet",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    assert!(file["evaluations"].as_u64().unwrap() <= 40);
+    let results = file["results"].as_array().unwrap();
+    assert!(!results.is_empty());
+    let top = results[0]["arch"].as_str().unwrap();
+    let o = aiop(
+        &[
+            "predict", "--space", "nb201", "--task", "cifar10", "--model", m,
+        ],
+        &format!("{top}\n"),
+    );
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (a, b) = (
+        p["prediction"].as_f64().unwrap(),
+        results[0]["predicted"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    assert!(results[0]["oracle"].as_f64().is_some());
 }
