@@ -414,6 +414,25 @@ pub(crate) fn parse_int_tuple(s: &str) -> Option<Vec<i64>> {
         .collect()
 }
 
+/// Shared helper: every array that differs from `ops` in exactly one position, set to another
+/// of `choices` (the 1-edit neighbours of a cell written as one op per edge), position by position.
+pub(crate) fn one_op_edits<T: Copy + PartialEq, const N: usize>(
+    ops: &[T; N],
+    choices: &[T],
+) -> Vec<[T; N]> {
+    let mut out = Vec::with_capacity(N * choices.len().saturating_sub(1));
+    for (k, &current) in ops.iter().enumerate() {
+        for &c in choices {
+            if c != current {
+                let mut n = *ops;
+                n[k] = c;
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 /// Shared helper: format integers as a NASLib tuple `(a, b, c)`.
 pub(crate) fn format_int_tuple(xs: impl IntoIterator<Item = i64>) -> String {
     let v: Vec<String> = xs.into_iter().map(|x| x.to_string()).collect();

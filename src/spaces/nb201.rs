@@ -9,7 +9,10 @@
 //! Invariants: the architecture is stored as 6 ops in the API string's edge order
 //! (1←0, 2←0, 2←1, 3←0, 3←1, 3←2).
 
-use super::{format_int_tuple, graph_err, parse_int_tuple, SearchSpace, SpaceError, SpaceId, Task};
+use super::{
+    format_int_tuple, graph_err, one_op_edits, parse_int_tuple, SearchSpace, SpaceError, SpaceId,
+    Task,
+};
 use crate::graph::builder::Conv;
 use crate::graph::{Graph, GraphBuilder, GraphError, NodeId};
 use crate::rng::Rng;
@@ -266,17 +269,10 @@ impl SearchSpace for Nb201 {
     }
 
     fn neighbours(a: &Nb201Arch) -> Vec<Nb201Arch> {
-        let mut out = Vec::with_capacity(24);
-        for k in 0..6 {
-            for op in EdgeOp::ALL {
-                if op != a.0[k] {
-                    let mut n = *a;
-                    n.0[k] = op;
-                    out.push(n);
-                }
-            }
-        }
-        out
+        one_op_edits(&a.0, &EdgeOp::ALL)
+            .into_iter()
+            .map(Nb201Arch)
+            .collect()
     }
 
     fn build(a: &Nb201Arch, task: Task) -> Result<Graph, SpaceError> {

@@ -20,7 +20,10 @@
 
 use std::collections::HashSet;
 
-use super::{format_int_tuple, graph_err, parse_int_tuple, SearchSpace, SpaceError, SpaceId, Task};
+use super::{
+    format_int_tuple, graph_err, one_op_edits, parse_int_tuple, SearchSpace, SpaceError, SpaceId,
+    Task,
+};
 use crate::graph::builder::Conv;
 use crate::graph::{Graph, GraphBuilder, GraphError, NodeId};
 use crate::rng::Rng;
@@ -519,17 +522,10 @@ impl SearchSpace for Micro {
     }
 
     fn neighbours(a: &MicroArch) -> Vec<MicroArch> {
-        let mut out = Vec::with_capacity(18);
-        for k in 0..6 {
-            for op in MicroOp::ALL {
-                if op != a.0[k] {
-                    let mut n = *a;
-                    n.0[k] = op;
-                    out.push(n);
-                }
-            }
-        }
-        out
+        one_op_edits(&a.0, &MicroOp::ALL)
+            .into_iter()
+            .map(MicroArch)
+            .collect()
     }
 
     fn build(a: &MicroArch, task: Task) -> Result<Graph, SpaceError> {
