@@ -111,15 +111,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-/// 1-based line of a byte offset in `text`.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
+use crate::taskfile::line_of;
 
 /// The environment variables read, one per [`Config`] field.
 pub const ENV_KEYS: [&str; 13] = [

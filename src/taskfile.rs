@@ -292,7 +292,8 @@ struct RawSearch {
     tolerance: Option<Spanned<f64>>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// 1-based line of a byte offset in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
