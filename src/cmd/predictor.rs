@@ -62,9 +62,9 @@ pub struct PredictArgs {
     /// Task to predict (the model needs label statistics for space/task).
     #[arg(long)]
     pub task: String,
-    /// Checkpoint directory.
-    #[arg(long, default_value = DEFAULT_MODEL_DIR)]
-    pub model: PathBuf,
+    /// Checkpoint directory (default: the pretrained model embedded in the binary).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Graphs per forward pass.
     #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
@@ -153,12 +153,25 @@ struct PredictionLine<'a> {
     prediction: f64,
 }
 
+/// The checkpoint in `dir`, or the embedded default model when none is given.
+pub fn load_model(
+    dir: Option<&std::path::Path>,
+    device: &aiop::predictor::Device,
+) -> anyhow::Result<Trained> {
+    use anyhow::Context;
+    match dir {
+        Some(d) => Trained::load(d, device)
+            .with_context(|| format!("loading the predictor from {}", d.display())),
+        None => Ok(aiop::predictor::shipped::load(device)?),
+    }
+}
+
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let space = SpaceId::from_name(&a.space)?;
     let task = space.task(&a.task)?;
     let key = TaskKey::new(space, task);
     let device = default_device();
-    let t = Trained::load(&a.model, &device)?;
+    let t = load_model(a.model.as_deref(), &device)?;
     t.scaler(key)?;
     let fc = t.model.config.features();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

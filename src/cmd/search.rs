@@ -36,9 +36,9 @@ pub struct SearchArgs {
     /// What scores candidates.
     #[arg(long, value_enum, default_value = "predictor")]
     pub fitness: FitnessKind,
-    /// Predictor checkpoint directory (for --fitness predictor).
-    #[arg(long, default_value = "state/predictor")]
-    pub model: PathBuf,
+    /// Predictor checkpoint directory (for --fitness predictor; default: the embedded model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Fitness evaluations allowed.
     #[arg(long, default_value_t = 1000)]
     pub budget: usize,
@@ -142,11 +142,10 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
             let (Some(space), Some(task)) = (space, task) else {
                 anyhow::bail!("the predictor fitness needs --space and --task");
             };
-            let model = aiop::predictor::checkpoint::Trained::load(
-                &a.model,
+            let model = crate::cmd::predictor::load_model(
+                a.model.as_deref(),
                 &aiop::predictor::default_device(),
-            )
-            .with_context(|| format!("loading the predictor from {}", a.model.display()))?;
+            )?;
             Box::new(search::PredictorFitness::new(model, space, task)?)
         }
     };

@@ -116,15 +116,51 @@ impl Trained {
     pub fn load(dir: &Path, device: &Device) -> Result<Trained, PredictorError> {
         let m = dir.join(META_FILE);
         let text = std::fs::read_to_string(&m).map_err(io_err(&m))?;
+        let mut t = Trained::from_meta(&text, &m, device)?;
+        let w = dir.join(WEIGHTS_FILE);
+        if !w.exists() {
+            return Err(ckpt_err(&w, "no such file"));
+        }
+        t.map.load(&w).map_err(|e| ckpt_err(&w, e))?;
+        Ok(t)
+    }
+
+    /// A checkpoint from its two files' contents (`origin` names them in errors): how the
+    /// model embedded in the binary ([`super::shipped`]) is read.
+    pub fn from_bytes(
+        meta: &str,
+        weights: &[u8],
+        origin: &Path,
+        device: &Device,
+    ) -> Result<Trained, PredictorError> {
+        let t = Trained::from_meta(meta, &origin.join(META_FILE), device)?;
+        let w = origin.join(WEIGHTS_FILE);
+        let tensors =
+            candle_core::safetensors::load_buffer(weights, device).map_err(|e| ckpt_err(&w, e))?;
+        {
+            let data = t.map.data().lock().expect("var map lock");
+            for (name, var) in data.iter() {
+                let v = tensors
+                    .get(name)
+                    .ok_or_else(|| ckpt_err(&w, format!("no weights named {name}")))?;
+                var.set(v)
+                    .map_err(|e| ckpt_err(&w, format!("weights {name}: {e}")))?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// A model shaped by the sidecar `text` (read from `m`), its weights not yet loaded.
+    fn from_meta(text: &str, m: &Path, device: &Device) -> Result<Trained, PredictorError> {
         let probe: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| PredictorError::Json {
+            serde_json::from_str(text).map_err(|source| PredictorError::Json {
                 path: m.display().to_string(),
                 source,
             })?;
         let version = probe.get("format_version").and_then(|v| v.as_u64());
         if version != Some(FORMAT_VERSION as u64) {
             return Err(ckpt_err(
-                &m,
+                m,
                 format!("format version {version:?}, this build reads {FORMAT_VERSION}"),
             ));
         }
@@ -144,11 +180,6 @@ impl Trained {
             )?);
         }
         t.meta = meta;
-        let w = dir.join(WEIGHTS_FILE);
-        if !w.exists() {
-            return Err(ckpt_err(&w, "no such file"));
-        }
-        t.map.load(&w).map_err(|e| ckpt_err(&w, e))?;
         Ok(t)
     }
 

@@ -25,11 +25,12 @@ pub mod gnn;
 pub mod init;
 pub mod model;
 pub mod pretrain;
+pub mod shipped;
 pub mod train;
 pub mod transfer;
 pub mod transform;
 
-use candle_core::Device;
+pub use candle_core::Device;
 
 /// Errors of the predictor module.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,54 @@
+//! The default pretrained predictor, embedded in the binary so that `aiop predict`, `aiop
+//! search --fitness predictor` and the daemon work from a fresh clone with no file at hand.
+//!
+//! The files live in `search_spaces/predictor/` (weights and sidecar, written by `aiop
+//! pretrain`; the command that reproduces them is in `search_spaces/SOURCES.md`).
+//! Invariant: [`load`] gives exactly the model `Trained::load("search_spaces/predictor")` gives.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::checkpoint::Trained;
+use super::PredictorError;
+
+/// Where the embedded files come from, relative to the repository root (used in messages).
+pub const DIR: &str = "search_spaces/predictor";
+
+const META: &str = include_str!("../../search_spaces/predictor/model.json");
+const WEIGHTS: &[u8] = include_bytes!("../../search_spaces/predictor/model.safetensors");
+
+/// The embedded default model on `device`.
+pub fn load(device: &Device) -> Result<Trained, PredictorError> {
+    Trained::from_bytes(META, WEIGHTS, Path::new(DIR), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predictor::data::TaskKey;
+    use crate::predictor::features::extract;
+    use crate::predictor::transform::gflops;
+    use crate::spaces::{Arch, SpaceId};
+
+    #[test]
+    fn embedded_model_equals_the_files_and_knows_every_pretraining_task() {
+        let dev = Device::Cpu;
+        let a = load(&dev).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR);
+        let b = Trained::load(&root, &dev).unwrap();
+        let key: TaskKey = "nb201/cifar10".parse().unwrap();
+        let arch: Arch = Arch::parse(
+            SpaceId::Nb201,
+            "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+        )
+        .unwrap();
+        let g = arch.build(key.task).unwrap();
+        let f = extract(&g, &a.model.config.features());
+        let pa = a.predict(key, &[(&f, gflops(&g))], 1).unwrap();
+        let pb = b.predict(key, &[(&f, gflops(&g))], 1).unwrap();
+        assert_eq!(pa, pb);
+        assert!(pa[0].is_finite());
+        assert!(a.meta.stats.len() >= 17, "{:?}", a.meta.stats.keys());
+    }
+}
