@@ -38,6 +38,9 @@ enum Command {
     Pretrain(cmd::predictor::PretrainArgs),
     /// Predict the performance of architecture strings on stdin, one JSON line each.
     Predict(cmd::predictor::PredictArgs),
+    /// Evaluate the predictor: unseen-task, unseen-space or sample-efficiency protocol, with
+    /// baselines (FLOPs rank, params rank, no label transform, from scratch).
+    Eval(cmd::eval::EvalArgs),
     /// Measure speed (release builds; see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -54,6 +57,9 @@ enum Command {
 enum ExperimentCommand {
     /// Sample efficiency of searches: true label of the returned architecture after k queries.
     Search(cmd::experiment::ExperimentArgs),
+    /// FLOP reduction from the table's best architecture, scored by the predictor fine-tuned on
+    /// 20 labelled networks: FLOPs saved, predicted and TRUE drop.
+    Flops(cmd::experiment::FlopsExperimentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,10 +102,12 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::search::search(a),
         Command::Export(a) => cmd::search::export(a),
         Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
+        Command::Experiment(ExperimentCommand::Flops(a)) => cmd::experiment::flops_experiment(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
         Command::Bench(BenchCommand::Predictor(a)) => cmd::predictor::bench(a),
         Command::Pretrain(a) => cmd::predictor::pretrain(a),
         Command::Predict(a) => cmd::predictor::predict(a),
+        Command::Eval(a) => cmd::eval::eval(a),
         Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
         Command::Status(a) => cmd::serve::status(a),
         Command::Store(c) => cmd::store::store(c),

@@ -2,8 +2,13 @@
 //! tables, over many seeds, as BENCHMARKS.md reports it. Every number is a TRUE label from the
 //! table of the architecture the method returns after at most k true queries.
 //!
-//! Methods: `random` (the best of k random architectures) and `evolution` (regularized evolution
-//! whose fitness is the true label, k queries). Both return the best architecture they queried.
+//! Methods: `random` (the best of k random architectures), `evolution` (regularized evolution
+//! whose fitness is the true label, k queries) and `predictor` (an active search: the AIO-P
+//! predictor of `--model`, fine-tuned round after round on the true labels bought so far, ranks
+//! the candidates of an evolution and the best predicted unqueried ones are queried, 10 per
+//! round after 10 random ones). All return the best architecture they queried; `predictor` runs
+//! once to the largest k and reports its best after the first k queries for every k (the first
+//! k queries of a longer run are exactly those of a run stopped at k).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,9 +34,16 @@ pub struct ExperimentArgs {
     pub queries: Vec<usize>,
     #[arg(long, default_value_t = 10)]
     pub seeds: u64,
-    /// Methods, comma-separated: random, evolution.
+    /// Methods, comma-separated: random, evolution, predictor.
     #[arg(long, value_delimiter = ',', default_value = "random,evolution")]
     pub methods: Vec<String>,
+    /// Pretrained predictor for the `predictor` method (default: the embedded model). It must
+    /// never have seen a task of the searched space (checked).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Fine-tuning updates per round of the `predictor` method.
+    #[arg(long, default_value_t = 400)]
+    pub surrogate_steps: usize,
     /// Write all runs as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -101,8 +113,64 @@ fn true_search(
     Ok((a.to_string(), truth))
 }
 
+/// The `predictor` method: best true label after each of `ks` queries of one active search.
+fn predictor_search(
+    space: SpaceId,
+    task: Task,
+    ks: &[usize],
+    seed: u64,
+    model: &aiop::predictor::checkpoint::Trained,
+    steps: usize,
+    table: &TableFitness,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    use aiop::search::active::{active_search, ActiveSpec};
+    use aiop::search::surrogate::{PredictorSurrogate, SurrogateConfig};
+    let k_max = ks.iter().copied().max().unwrap_or(0);
+    let spec = ActiveSpec {
+        space: Some(space),
+        task: Some(task),
+        queries: k_max,
+        seed,
+        ..ActiveSpec::default()
+    };
+    let cfg = SurrogateConfig {
+        steps,
+        seed,
+        ..SurrogateConfig::default()
+    };
+    let mut surrogate = PredictorSurrogate::new(model, cfg)?;
+    let mut oracle = table.clone();
+    let r = active_search(&spec, &mut surrogate, &mut oracle, &AtomicBool::new(false))?;
+    ks.iter()
+        .map(|&k| {
+            let q = r.queried[..k.min(r.queried.len())]
+                .iter()
+                .max_by(|a, b| a.label.total_cmp(&b.label))
+                .context("nothing was queried")?;
+            Ok((q.arch.to_string(), q.label))
+        })
+        .collect()
+}
+
 pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     let space = SpaceId::from_name(&a.space)?;
+    let model = if a.methods.iter().any(|m| m == "predictor") {
+        let t = crate::cmd::predictor::load_model(
+            a.model.as_deref(),
+            &aiop::predictor::default_device(),
+        )?;
+        if let Some(k) = t.meta.stats.keys().find(|k| k.space == space) {
+            anyhow::bail!(
+                "the predictor was pretrained on {k}: a model for searching {} must not have \
+                 seen that space's labels (pretrain one without it, e.g. `aiop eval \
+                 --pretrained DIR` of the unseen-space protocol, or `aiop pretrain --tasks`)",
+                space.name()
+            );
+        }
+        Some(t)
+    } else {
+        None
+    };
     let mut runs = Vec::new();
     let mut summaries = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -120,10 +188,30 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
             .map(|r| r.value)
             .fold(f64::NEG_INFINITY, f64::max);
         for method in &a.methods {
-            for &k in &a.queries {
+            // Per seed, the best (arch, true label) at every k.
+            let mut per_seed: Vec<Vec<(String, f64)>> = Vec::new();
+            for seed in 0..a.seeds {
+                per_seed.push(match (method.as_str(), &model) {
+                    ("predictor", Some(m)) => predictor_search(
+                        space,
+                        task,
+                        &a.queries,
+                        seed,
+                        m,
+                        a.surrogate_steps,
+                        &table,
+                    )?,
+                    _ => a
+                        .queries
+                        .iter()
+                        .map(|&k| true_search(space, task, method, k, seed, &table))
+                        .collect::<anyhow::Result<_>>()?,
+                });
+            }
+            for (ki, &k) in a.queries.iter().enumerate() {
                 let mut bests = Vec::new();
                 for seed in 0..a.seeds {
-                    let (arch, v) = true_search(space, task, method, k, seed, &table)?;
+                    let (arch, v) = per_seed[seed as usize][ki].clone();
                     bests.push(v);
                     runs.push(Run {
                         space: space.name(),
@@ -157,6 +245,184 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
         let doc = serde_json::json!({ "summaries": summaries, "runs": runs });
         std::fs::write(p, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct FlopsExperimentArgs {
+    #[arg(long)]
+    pub space: String,
+    /// Tasks, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub task: Vec<String>,
+    /// Pretrained predictor (default: the embedded model). It must never have seen the task
+    /// (checked); it is fine-tuned on `--samples` random labelled networks of the task per seed,
+    /// as a user's task file would.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Labelled networks of the task the predictor is fine-tuned on (FT-20).
+    #[arg(long, default_value_t = 20)]
+    pub samples: usize,
+    /// Largest predicted drop allowed (task units, points for accuracies).
+    #[arg(long, default_value_t = 0.5)]
+    pub tolerance: f64,
+    /// Predictor evaluations per reduction.
+    #[arg(long, default_value_t = 2000)]
+    pub budget: usize,
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// Write all runs as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct FlopsRun {
+    task: &'static str,
+    seed: u64,
+    start: String,
+    start_mflops: f64,
+    start_true: f64,
+    start_predicted: f64,
+    found: String,
+    found_mflops: f64,
+    found_predicted: f64,
+    found_true: Option<f64>,
+    reduction: f64,
+    predicted_drop: f64,
+    true_drop: Option<f64>,
+    evaluations: usize,
+}
+
+/// `aiop experiment flops`: from the table's best architecture of a task, the FLOP-reducing
+/// search scored by the AIO-P predictor fine-tuned on 20 labelled networks of that task; the
+/// cheapest network found whose predicted score is within the tolerance of the start's, with its
+/// TRUE drop from the table.
+pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
+    use aiop::predictor::data::{load_task, TaskKey};
+    use aiop::predictor::transfer::{transfer, TransferConfig};
+    use aiop::search::{PredictorFitness, Start};
+
+    let space = SpaceId::from_name(&a.space)?;
+    let device = aiop::predictor::default_device();
+    let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
+    let mut runs = Vec::new();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<14} {:<16} {:>16} {:>16} {:>16} {:>8}",
+        "space", "task", "FLOPs cut %", "predicted drop", "true drop", "ok≤tol"
+    )?;
+    for t in &a.task {
+        let task = space.task(t)?;
+        let key = TaskKey::new(space, task);
+        if base.meta.stats.contains_key(&key) {
+            anyhow::bail!(
+                "the predictor was pretrained on {key}: use a model that never saw it \
+                 (e.g. one saved by `aiop eval --pretrained DIR`)"
+            );
+        }
+        let table = TableFitness::load(space, task)?;
+        let set = load_task(
+            key,
+            &base.model.config.features(),
+            None,
+            &mut aiop::rng::Rng::new(0),
+        )?;
+        let best = set
+            .examples
+            .iter()
+            .max_by(|x, y| x.value.total_cmp(&y.value))
+            .context("the task has no labels")?;
+        let start = best.arch.clone();
+        let mut rows = Vec::new();
+        for seed in 0..a.seeds {
+            // FT-20 on random labelled networks (never the start itself).
+            let mut rng = aiop::rng::Rng::new(seed ^ 0xf10b5);
+            let mut pool: Vec<_> = set
+                .examples
+                .iter()
+                .filter(|e| e.arch != start)
+                .cloned()
+                .collect();
+            rng.shuffle(&mut pool);
+            pool.truncate(a.samples);
+            let mut model = base.duplicate()?;
+            let tc = TransferConfig {
+                samples: a.samples,
+                fine_tune: true,
+                seed,
+                ..TransferConfig::default()
+            };
+            transfer(&mut model, key, set.higher_is_better, pool, &tc, true)?;
+            let mut fitness = PredictorFitness::new(model, space, task)?;
+            let spec = SearchSpec {
+                space: Some(space),
+                task: Some(task),
+                algorithm: Algorithm::Flops,
+                budget: a.budget,
+                start: Some(Start::Arch(start.to_string())),
+                tolerance: a.tolerance,
+                seed,
+                ..SearchSpec::default()
+            };
+            let mut s = SearchState::new(spec)?;
+            search::run(&mut s, &mut fitness, &AtomicBool::new(false), |_| Ok(()))?;
+            let results = s.results();
+            let first = &s.history[0];
+            let cheapest = results
+                .iter()
+                .min_by(|x, y| x.mflops.total_cmp(&y.mflops))
+                .context("a reduction returns at least its start")?;
+            let found = cheapest.arch.clone().unwrap_or_default();
+            let found_true = aiop::spaces::Arch::parse(space, &found)
+                .ok()
+                .and_then(|x| table.lookup(&x));
+            let run = FlopsRun {
+                task: task.name(),
+                seed,
+                start: start.to_string(),
+                start_mflops: first.mflops,
+                start_true: best.value,
+                start_predicted: first.score,
+                found,
+                found_mflops: cheapest.mflops,
+                found_predicted: cheapest.predicted,
+                found_true,
+                reduction: 1.0 - cheapest.mflops / first.mflops,
+                predicted_drop: first.score - cheapest.predicted,
+                true_drop: found_true.map(|v| best.value - v),
+                evaluations: s.evaluations,
+            };
+            rows.push(run);
+        }
+        let red: Vec<f64> = rows.iter().map(|r| 100.0 * r.reduction).collect();
+        let pd: Vec<f64> = rows.iter().map(|r| r.predicted_drop).collect();
+        let td: Vec<f64> = rows.iter().filter_map(|r| r.true_drop).collect();
+        let ok = rows
+            .iter()
+            .filter(|r| r.true_drop.is_some_and(|d| d <= a.tolerance))
+            .count();
+        writeln!(
+            out,
+            "{:<14} {:<16} {:>8.1} ± {:<5.1} {:>8.3} ± {:<5.3} {:>8.3} ± {:<5.3} {:>5}/{}",
+            space.name(),
+            task.name(),
+            stats::mean(&red),
+            stats::std(&red),
+            stats::mean(&pd),
+            stats::std(&pd),
+            stats::mean(&td),
+            stats::std(&td),
+            ok,
+            rows.len()
+        )?;
+        runs.extend(rows);
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&runs)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())

@@ -183,6 +183,44 @@ impl Trained {
         Ok(t)
     }
 
+    /// Whether the model was trained on FLOPs-scaled labels (Eq. 5): what its statistics say,
+    /// true when it has none.
+    pub fn flops_scaling(&self) -> bool {
+        self.meta
+            .stats
+            .values()
+            .next()
+            .is_none_or(|s| s.flops_scaling)
+    }
+
+    /// A deep copy: new variables holding the same values, so training the copy leaves `self`
+    /// untouched (a `VarMap` clone would share its variables).
+    pub fn duplicate(&self) -> Result<Trained, PredictorError> {
+        let mut t = Trained::init(&self.meta.config, self.meta.seed, &self.device)?;
+        if let Some(a) = &self.meta.adapters {
+            t.adapted = Some(adapters::build(
+                &t.model.encoder,
+                &self.meta.config,
+                &a.config,
+                a.tasks.len(),
+                &t.map,
+                self.meta.seed,
+            )?);
+        }
+        {
+            let src = self.map.data().lock().expect("var map lock");
+            let dst = t.map.data().lock().expect("var map lock");
+            for (name, var) in dst.iter() {
+                let v = src.get(name).ok_or_else(|| {
+                    PredictorError::Data(format!("duplicate: no variable {name} in the source"))
+                })?;
+                var.set(&v.as_tensor().copy()?)?;
+            }
+        }
+        t.meta = self.meta.clone();
+        Ok(t)
+    }
+
     /// Statistics of a task, or an error saying the checkpoint has none.
     pub fn scaler(&self, key: TaskKey) -> Result<TaskScaler, PredictorError> {
         self.meta.stats.get(&key).copied().ok_or_else(|| {
@@ -240,6 +278,7 @@ mod tests {
                 mu: 40.0,
                 sigma: 3.0,
                 higher_is_better: true,
+                flops_scaling: true,
             },
         );
         t.meta.data_hash = "abc".into();

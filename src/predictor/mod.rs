@@ -20,6 +20,7 @@ pub mod adapters;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod features;
 pub mod gnn;
 pub mod init;

@@ -34,6 +34,8 @@ pub struct PretrainConfig {
     pub max_per_task: Option<usize>,
     /// Fraction of each task's networks held out for the test report.
     pub test_fraction: f64,
+    /// Apply Eq. 5's FLOPs scaling before standardising (AIO-P; false = plain z-scores).
+    pub flops_scaling: bool,
     pub model: Config,
     pub train: TrainConfig,
 }
@@ -47,6 +49,7 @@ impl Default for PretrainConfig {
                 .collect(),
             max_per_task: None,
             test_fraction: 0.1,
+            flops_scaling: true,
             model: Config::default(),
             train: TrainConfig::default(),
         }
@@ -118,7 +121,7 @@ pub fn pretrain(
     for (key, hib, kept, _) in &sets {
         let y: Vec<f64> = kept.iter().map(|e| e.value).collect();
         let f: Vec<f64> = kept.iter().map(|e| e.gflops).collect();
-        let s = TaskScaler::fit(&y, &f, *hib)?;
+        let s = TaskScaler::fit_with(&y, &f, *hib, cfg.flops_scaling)?;
         t.meta.stats.insert(*key, s);
         samples.extend(kept.iter().map(|e| Sample {
             features: e.features.clone(),
@@ -173,6 +176,7 @@ mod tests {
             max_per_task: Some(40),
             test_fraction: 0.25,
             model: tiny_config(),
+            flops_scaling: true,
             train: TrainConfig {
                 epochs: 2,
                 batch_size: 8,

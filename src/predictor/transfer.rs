@@ -85,7 +85,7 @@ pub fn transfer(
     debug_assert_eq!(fit.len(), cfg.samples);
     let y: Vec<f64> = fit.iter().map(|e| e.value).collect();
     let f: Vec<f64> = fit.iter().map(|e| e.gflops).collect();
-    let scaler = TaskScaler::fit(&y, &f, higher_is_better)?;
+    let scaler = TaskScaler::fit_with(&y, &f, higher_is_better, t.flops_scaling())?;
     t.meta.stats.insert(key, scaler);
 
     let fine_tune = if cfg.fine_tune {

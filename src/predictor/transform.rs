@@ -1,7 +1,9 @@
 //! AIO-P's label transform: FLOPs scaling (Eq. 5) then per-task standardisation (Eq. 4), and
 //! its exact inverse back to the task's units.
 //!
-//! Forward: `y_F = s·y / (log10(F + 1) + 1)` with `F` the network's GFLOPs for that task (MACs
+//! Forward: `y_F = s·y / (log10(F + 1) + 1)` (for `s·y < 0`, a negative label such as
+//! room_layout's negative L2 loss, `y_F = s·y · (log10(F + 1) + 1)` instead, so that more FLOPs
+//! always lower the scaled label as Eq. 5 intends; see [`scale`]) with `F` the network's GFLOPs for that task (MACs
 //! convention, `graph.flops(Convention::Macs) / 1e9`), then `z = (y_F − μ) / σ` with μ and σ
 //! the mean and *population* standard deviation of `y_F` over the task's fitting set.
 //! Direction: `s = +1` when higher labels are better and `s = −1` when lower are better (a loss,
@@ -27,6 +29,33 @@ pub fn flops_divisor(gflops: f64) -> f64 {
     (gflops.max(0.0) + 1.0).log10() + 1.0
 }
 
+/// Eq. 5 on a directed label `v` (higher is better): `v / d(F)` when `v ≥ 0`, `v · d(F)` when
+/// `v < 0`, with `d(F) = log10(F + 1) + 1 ≥ 1`. Both branches lower the score of a network as
+/// its FLOPs grow, which is what Eq. 5 does for the non-negative labels it was written for; a
+/// plain division would *raise* a negative label (room_layout's negative L2 loss, a negated
+/// error) towards zero, rewarding FLOPs instead. For `v ≥ 0` this is exactly Eq. 5. It is
+/// strictly increasing in `v` for a fixed `F` and continuous at 0, so it inverts exactly.
+fn scale(flops_scaling: bool, v: f64, gflops: f64) -> f64 {
+    if !flops_scaling {
+        v
+    } else if v >= 0.0 {
+        v / flops_divisor(gflops)
+    } else {
+        v * flops_divisor(gflops)
+    }
+}
+
+/// The inverse of [`scale`] (the sign of `v` is the sign of its image).
+fn unscale(flops_scaling: bool, v: f64, gflops: f64) -> f64 {
+    if !flops_scaling {
+        v
+    } else if v >= 0.0 {
+        v * flops_divisor(gflops)
+    } else {
+        v / flops_divisor(gflops)
+    }
+}
+
 /// μ, σ and direction of one task.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +63,14 @@ pub struct TaskScaler {
     pub mu: f64,
     pub sigma: f64,
     pub higher_is_better: bool,
+    /// Whether Eq. 5's FLOPs scaling is applied (true for AIO-P; false gives plain per-task
+    /// standardisation, the "GNN without the label transform" baseline).
+    #[serde(default = "yes")]
+    pub flops_scaling: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TaskScaler {
@@ -51,6 +88,16 @@ impl TaskScaler {
         gflops: &[f64],
         higher_is_better: bool,
     ) -> Result<TaskScaler, PredictorError> {
+        TaskScaler::fit_with(y, gflops, higher_is_better, true)
+    }
+
+    /// [`TaskScaler::fit`], with or without the FLOPs scaling.
+    pub fn fit_with(
+        y: &[f64],
+        gflops: &[f64],
+        higher_is_better: bool,
+        flops_scaling: bool,
+    ) -> Result<TaskScaler, PredictorError> {
         if y.is_empty() || y.len() != gflops.len() {
             return Err(PredictorError::Data(format!(
                 "fitting label statistics needs as many FLOPs as labels (at least one): {} labels, {} FLOPs",
@@ -62,7 +109,7 @@ impl TaskScaler {
         let yf: Vec<f64> = y
             .iter()
             .zip(gflops)
-            .map(|(&y, &f)| s * y / flops_divisor(f))
+            .map(|(&y, &f)| scale(flops_scaling, s * y, f))
             .collect();
         let n = yf.len() as f64;
         let mu = yf.iter().sum::<f64>() / n;
@@ -75,17 +122,18 @@ impl TaskScaler {
             mu,
             sigma: if sigma > 1e-12 { sigma } else { 1.0 },
             higher_is_better,
+            flops_scaling,
         })
     }
 
     /// Task units → standardised target.
     pub fn forward(&self, y: f64, gflops: f64) -> f64 {
-        (self.sign() * y / flops_divisor(gflops) - self.mu) / self.sigma
+        (scale(self.flops_scaling, self.sign() * y, gflops) - self.mu) / self.sigma
     }
 
     /// Standardised prediction → task units.
     pub fn inverse(&self, z: f64, gflops: f64) -> f64 {
-        self.sign() * (z * self.sigma + self.mu) * flops_divisor(gflops)
+        self.sign() * unscale(self.flops_scaling, z * self.sigma + self.mu, gflops)
     }
 }
 
@@ -114,14 +162,25 @@ mod tests {
             mu: 0.0,
             sigma: 1.0,
             higher_is_better: true,
+            flops_scaling: true,
         };
         assert!((s.forward(80.0, 9.0) - 40.0).abs() < 1e-12);
+        let plain = TaskScaler {
+            flops_scaling: false,
+            ..s
+        };
+        assert!((plain.forward(80.0, 9.0) - 80.0).abs() < 1e-12);
+        assert!((plain.inverse(80.0, 9.0) - 80.0).abs() < 1e-12);
+        // Sidecars written before the field existed read as scaled.
+        let old: TaskScaler =
+            serde_json::from_str(r#"{"mu": 0.0, "sigma": 1.0, "higher_is_better": true}"#).unwrap();
+        assert!(old.flops_scaling);
     }
 
     #[test]
     fn round_trip_is_exact_both_directions() {
-        let y = [93.1, 12.5, 47.25, 60.0, 0.0];
-        let f = [0.08, 0.2, 1.5, 30.0, 0.0];
+        let y = [93.1, 12.5, 47.25, 60.0, 0.0, -1.09, -0.6];
+        let f = [0.08, 0.2, 1.5, 30.0, 0.0, 2.0, 0.3];
         for hib in [true, false] {
             let s = TaskScaler::fit(&y, &f, hib).unwrap();
             for (&v, &g) in y.iter().zip(&f) {
@@ -142,6 +201,29 @@ mod tests {
             "the lowest loss gets the highest z"
         );
         assert!((s.inverse(z[0], 0.1) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn more_flops_never_raise_a_scaled_label_whatever_its_sign() {
+        let s = TaskScaler {
+            mu: 0.0,
+            sigma: 1.0,
+            higher_is_better: true,
+            flops_scaling: true,
+        };
+        for y in [-1.09, -0.6, 0.0, 0.05, 93.7] {
+            let small = s.forward(y, 0.1);
+            let big = s.forward(y, 50.0);
+            assert!(big <= small, "y {y}: {small} at 0.1 GFLOPs, {big} at 50");
+            assert!((s.inverse(big, 50.0) - y).abs() < 1e-12);
+        }
+        // Eq. 5 exactly for non-negative labels; multiplied for negative ones (F = 9: d = 2).
+        assert!((s.forward(80.0, 9.0) - 40.0).abs() < 1e-12);
+        assert!((s.forward(-0.5, 9.0) + 1.0).abs() < 1e-12);
+        // Monotone in y across zero for a fixed F.
+        let ys = [-2.0, -0.1, 0.0, 0.1, 2.0];
+        let zs: Vec<f64> = ys.iter().map(|&y| s.forward(y, 3.0)).collect();
+        assert!(zs.windows(2).all(|w| w[0] < w[1]), "{zs:?}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod active;
 pub mod fitness;
 pub mod pareto;
 pub mod state;
+pub mod surrogate;
 
 pub use fitness::{Fitness, PredictorFitness, TableFitness};
 pub use state::{

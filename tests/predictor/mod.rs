@@ -114,3 +114,96 @@ fn pretrain_then_predict_in_input_order() {
     assert!((a - b).abs() < 1e-4 * a.abs().max(1.0), "{a} vs {b}");
     assert!(results[0]["oracle"].as_f64().is_some());
 }
+
+/// `aiop eval` end to end on a tiny configuration: pretraining that excludes the target, every
+/// method and baseline reported per seed, the JSON report written, the pretrained models saved
+/// and then reused (the second run pretrains nothing and reproduces the first run's numbers).
+#[test]
+fn eval_reports_every_method_and_reuses_its_pretrained_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("eval.json");
+    std::fs::write(
+        &cfg,
+        r#"{"seeds": 2, "pretrain_max_per_task": 12, "pretrain": {"epochs": 1, "batch_size": 8},
+            "model": {"layers": 2, "head": [8]}, "fine_tune": {"epochs": 2, "batch_size": 1,
+            "dev_fraction": 0.0}, "max_eval": 40, "targets": ["tnb101_macro/normal"],
+            "threads": 2}"#,
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let pre = dir.path().join("pre");
+    let args = [
+        "eval",
+        "--protocol",
+        "unseen-space",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+        "--pretrained",
+        pre.to_str().unwrap(),
+    ];
+    let o = aiop(&args, "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(table.contains("tnb101_macro/normal"), "{table}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["protocol"], "unseen-space");
+    let pretrain: Vec<&str> = r["pretrain_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(pretrain.contains(&"tnb101_micro/normal"));
+    assert!(pretrain.iter().all(|t| !t.starts_with("tnb101_macro/")));
+    let methods = r["rows"][0]["methods"].as_object().unwrap();
+    for m in [
+        "aio-p zero-shot",
+        "aio-p ft-20",
+        "no-transform zero-shot",
+        "no-transform ft-20",
+        "scratch-20",
+        "flops rank",
+        "params rank",
+    ] {
+        let s = &methods[m];
+        assert_eq!(s["per_seed"].as_array().unwrap().len(), 2, "{m}");
+        assert_eq!(s["per_seed"][0]["n"], 40, "{m}");
+        let sp = s["spearman"]["mean"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&sp), "{m}: {sp}");
+    }
+    assert!(methods["flops rank"]["mae"].is_null());
+    assert!(methods["aio-p ft-20"]["mae"]["mean"].as_f64().unwrap() > 0.0);
+    assert!(pre.join("aio/model.json").exists() && pre.join("plain/model.json").exists());
+
+    let o = aiop(&args, "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("pretraining"));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        again["rows"], r["rows"],
+        "same seeds, same models, same numbers"
+    );
+
+    // A pretrained model that saw a target is refused.
+    let o = aiop(
+        &[
+            "eval",
+            "--protocol",
+            "unseen-task",
+            "--quick",
+            "--pretrained",
+            pre.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("a target of unseen-task"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -1,0 +1,83 @@
+//! `aiop eval`: the predictor's evaluation protocols (unseen task, unseen space, sample
+//! efficiency) with their baselines, as a table on stdout and a JSON report.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use aiop::predictor::checkpoint::Trained;
+use aiop::predictor::eval::{self, EvalConfig, Pretrained, Protocol};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// unseen-task, unseen-space or sample-efficiency.
+    #[arg(long)]
+    pub protocol: String,
+    /// Seeds (default 5; 1 with --quick).
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// The small version (one seed, small pretraining, short fine-tuning, two targets).
+    #[arg(long)]
+    pub quick: bool,
+    /// A JSON EvalConfig (every field optional) instead of the defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Reuse the protocol's pretrained models from this folder (`aio/`, `plain/`) when present,
+    /// and save them there when not. They are checked never to have seen a target.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Worker threads for independent runs (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let protocol: Protocol = a.protocol.parse()?;
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<EvalConfig>(&text)
+                .with_context(|| format!("{}: not an evaluation config", p.display()))?
+        }
+        None if a.quick => EvalConfig::quick(protocol),
+        None => EvalConfig::default(),
+    };
+    if let Some(s) = a.seeds {
+        cfg.seeds = s;
+    }
+    if let Some(t) = a.threads {
+        cfg.threads = t;
+    }
+    let device = aiop::predictor::default_device();
+    let mut given = Pretrained::default();
+    if let Some(dir) = &a.pretrained {
+        for (name, slot) in [("aio", &mut given.aio), ("plain", &mut given.plain)] {
+            let d = dir.join(name);
+            if d.join(aiop::predictor::checkpoint::META_FILE).exists() {
+                let t = Trained::load(&d, &device)?;
+                eval::check_pretrained(&t, protocol, &cfg)?;
+                *slot = Some(t);
+            }
+        }
+    }
+    let log = |s: &str| eprintln!("aiop eval: {s}");
+    let (report, models) = eval::run(protocol, &cfg, given, &device, &log)?;
+    if let Some(dir) = &a.pretrained {
+        for (name, t) in [("aio", &models.aio), ("plain", &models.plain)] {
+            if let Some(t) = t {
+                t.save(&dir.join(name))?;
+            }
+        }
+    }
+    print!("{}", eval::table(&report));
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

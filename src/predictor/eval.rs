@@ -1,0 +1,863 @@
+//! The evaluation protocols of the predictor, on the real benchmark labels we ship: how well a
+//! pretrained AIO-P model transfers to tasks (`unseen-task`) and search spaces (`unseen-space`)
+//! it never saw, zero-shot and fine-tuned on 20 labelled networks (FT-20), next to the baselines
+//! (rank by FLOPs, rank by parameters, the same GNN without the FLOPs label transform, the GNN
+//! trained from scratch on the same 20), and how many labels it needs (`sample-efficiency`).
+//!
+//! Invariants: a target task's labels never reach pretraining (the pretraining task list is
+//! checked against the targets); for every (target, seed) the 20 fitting networks are one seeded
+//! choice shared by every method and left out of that seed's evaluation set; all numbers are in
+//! the target's units (MAE) or ranks of those (Spearman, Kendall); the report is a function of
+//! the [`EvalConfig`] (seeds included) and the shipped tables.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use candle_core::Device;
+
+use super::checkpoint::Trained;
+use super::data::{load_task, Example, TaskKey};
+use super::init::sorted_vars;
+use super::model::Config;
+use super::pretrain::{pretrain, PretrainConfig};
+use super::train::{predict_batched, train, Sample, TrainConfig};
+use super::transform::TaskScaler;
+use super::PredictorError;
+use crate::rng::Rng;
+use crate::spaces::{SpaceId, Task};
+use crate::stats::{kendall, mae, mean, spearman, std};
+
+/// Which protocol to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    UnseenTask,
+    UnseenSpace,
+    SampleEfficiency,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::UnseenTask => "unseen-task",
+            Protocol::UnseenSpace => "unseen-space",
+            Protocol::SampleEfficiency => "sample-efficiency",
+        }
+    }
+
+    /// The target tasks of the protocol.
+    pub fn targets(self) -> Vec<TaskKey> {
+        use SpaceId::{Nb201, Tnb101Macro, Tnb101Micro};
+        match self {
+            Protocol::UnseenTask => [Tnb101Micro, Tnb101Macro]
+                .into_iter()
+                .flat_map(|s| {
+                    [Task::SegmentSemantic, Task::Normal, Task::Autoencoder]
+                        .map(|t| TaskKey::new(s, t))
+                })
+                .collect(),
+            Protocol::UnseenSpace => TaskKey::all_of(Tnb101Macro),
+            Protocol::SampleEfficiency => vec![TaskKey::new(Nb201, Task::Cifar10)],
+        }
+    }
+
+    /// Pretraining tasks: every labelled task of NB-201 and TNB-101 micro and macro, less what
+    /// the protocol holds out (the target tasks in both TNB spaces; the whole macro space; NB-201
+    /// CIFAR-10).
+    pub fn pretrain_tasks(self) -> Vec<TaskKey> {
+        let all = [SpaceId::Nb201, SpaceId::Tnb101Micro, SpaceId::Tnb101Macro]
+            .into_iter()
+            .flat_map(TaskKey::all_of);
+        match self {
+            Protocol::UnseenTask => all
+                .filter(|k| {
+                    !matches!(
+                        k.task,
+                        Task::SegmentSemantic | Task::Normal | Task::Autoencoder
+                    )
+                })
+                .collect(),
+            Protocol::UnseenSpace => all.filter(|k| k.space != SpaceId::Tnb101Macro).collect(),
+            Protocol::SampleEfficiency => all
+                .filter(|k| *k != TaskKey::new(SpaceId::Nb201, Task::Cifar10))
+                .collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = PredictorError;
+    fn from_str(s: &str) -> Result<Protocol, PredictorError> {
+        match s {
+            "unseen-task" => Ok(Protocol::UnseenTask),
+            "unseen-space" => Ok(Protocol::UnseenSpace),
+            "sample-efficiency" => Ok(Protocol::SampleEfficiency),
+            _ => Err(PredictorError::Config(format!(
+                "unknown protocol '{s}' (unseen-task, unseen-space, sample-efficiency)"
+            ))),
+        }
+    }
+}
+
+/// Everything a protocol run depends on. Defaults: the full protocol as documented in
+/// BENCHMARKS.md; [`EvalConfig::quick`] is the small version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    pub seeds: usize,
+    /// Labelled target networks per seed (μ/σ and the fine-tuning set).
+    pub samples: usize,
+    /// Pretraining: at most this many networks per pretraining task (seeded subsample).
+    pub pretrain_max_per_task: Option<usize>,
+    pub pretrain: TrainConfig,
+    pub model: Config,
+    /// Fine-tuning on the 20 (AIO-P: 100 epochs, batch 1, Adam lr 1e-4, everything trainable).
+    pub fine_tune: TrainConfig,
+    /// Learning rate of the from-scratch baseline (same epochs and batch as `fine_tune`).
+    pub scratch_lr: f64,
+    /// Evaluate on at most this many of a target's other networks (a seeded subsample; all when
+    /// unset).
+    pub max_eval: Option<usize>,
+    /// Restrict the protocol to these targets (all of the protocol's when empty).
+    pub targets: Vec<TaskKey>,
+    /// Sample efficiency: training set sizes.
+    pub sizes: Vec<usize>,
+    /// Sample efficiency: graphs seen per training run (epochs = this / size, at least 1, at
+    /// most `max_epochs`).
+    pub graph_steps: usize,
+    pub max_epochs: usize,
+    /// Sample efficiency: learning rate of both from-scratch and fine-tuning runs.
+    pub size_lr: f64,
+    /// Worker threads for independent runs (0 = available parallelism).
+    pub threads: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> EvalConfig {
+        EvalConfig {
+            seeds: 5,
+            samples: 20,
+            pretrain_max_per_task: Some(1000),
+            pretrain: TrainConfig {
+                epochs: 10,
+                batch_size: 32,
+                lr: 1e-3,
+                seed: 0,
+                ..TrainConfig::default()
+            },
+            model: Config::default(),
+            fine_tune: TrainConfig {
+                epochs: 100,
+                batch_size: 1,
+                lr: 1e-4,
+                dev_fraction: 0.0,
+                ..TrainConfig::default()
+            },
+            scratch_lr: 1e-3,
+            max_eval: None,
+            targets: Vec::new(),
+            sizes: vec![78, 156, 469, 781, 1563],
+            graph_steps: 20_000,
+            max_epochs: 200,
+            size_lr: 1e-3,
+            threads: 0,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// The small version for CI: one seed, small pretraining, short fine-tuning, a capped
+    /// evaluation set and two targets (one size for sample efficiency).
+    pub fn quick(protocol: Protocol) -> EvalConfig {
+        let d = EvalConfig::default();
+        EvalConfig {
+            seeds: 1,
+            pretrain_max_per_task: Some(150),
+            pretrain: TrainConfig {
+                epochs: 3,
+                ..d.pretrain.clone()
+            },
+            fine_tune: TrainConfig {
+                epochs: 10,
+                ..d.fine_tune.clone()
+            },
+            max_eval: Some(500),
+            targets: protocol.targets().into_iter().take(2).collect(),
+            sizes: vec![78],
+            graph_steps: 2000,
+            ..d
+        }
+    }
+}
+
+/// Mean and population standard deviation over seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanStd {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl MeanStd {
+    fn of(xs: &[f64]) -> MeanStd {
+        MeanStd {
+            mean: mean(xs),
+            std: std(xs),
+        }
+    }
+}
+
+/// One method's scores on one target, per seed and summarised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodScores {
+    pub spearman: MeanStd,
+    pub kendall: MeanStd,
+    /// In the target's units; absent for the rank-only baselines.
+    pub mae: Option<MeanStd>,
+    pub per_seed: Vec<SeedScore>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SeedScore {
+    pub seed: u64,
+    pub n: usize,
+    pub spearman: f64,
+    pub kendall: f64,
+    pub mae: Option<f64>,
+}
+
+/// One row of a report: a target (and, for sample efficiency, a training size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub target: TaskKey,
+    /// Training set size (sample efficiency) or fitting samples (transfer protocols).
+    pub samples: usize,
+    pub methods: BTreeMap<String, MethodScores>,
+}
+
+/// What a protocol run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub protocol: Protocol,
+    pub config: EvalConfig,
+    pub pretrain_tasks: Vec<TaskKey>,
+    pub rows: Vec<TargetRow>,
+    /// Mean over rows of each method's mean Spearman (transfer protocols).
+    pub mean_spearman: BTreeMap<String, f64>,
+    pub seconds: f64,
+}
+
+/// Method names, in report order.
+pub const ZERO_SHOT: &str = "aio-p zero-shot";
+pub const FT: &str = "aio-p ft-20";
+pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
+pub const PLAIN_FT: &str = "no-transform ft-20";
+pub const SCRATCH: &str = "scratch-20";
+pub const FLOPS: &str = "flops rank";
+pub const PARAMS: &str = "params rank";
+pub const SE_SCRATCH: &str = "scratch";
+pub const SE_FT: &str = "pretrained ft";
+
+/// A target's labelled networks with the sizes the baselines rank by.
+struct TargetData {
+    key: TaskKey,
+    higher_is_better: bool,
+    examples: Vec<Example>,
+    mflops: Vec<f64>,
+    params: Vec<f64>,
+}
+
+fn load_target(key: TaskKey, cfg: &EvalConfig) -> Result<TargetData, PredictorError> {
+    let set = load_task(key, &cfg.model.features(), None, &mut Rng::new(0))?;
+    let mut mflops = Vec::with_capacity(set.examples.len());
+    let mut params = Vec::with_capacity(set.examples.len());
+    for e in &set.examples {
+        let g = e.arch.build(key.task)?;
+        mflops.push(g.flops(crate::graph::Convention::Macs) as f64 / 1e6);
+        params.push(g.params() as f64);
+    }
+    Ok(TargetData {
+        key,
+        higher_is_better: set.higher_is_better,
+        examples: set.examples,
+        mflops,
+        params,
+    })
+}
+
+/// The seeded split of one (target, seed): `fit` networks and the evaluation set.
+fn choose(n: usize, fit: usize, max_eval: Option<usize>, seed: u64, key: TaskKey) -> Split {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(key.to_string().as_bytes());
+    let mut rng = Rng::new(seed ^ h.digest());
+    let mut idx: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut idx);
+    let fit_idx = idx[..fit.min(n)].to_vec();
+    let mut rest = idx[fit.min(n)..].to_vec();
+    if let Some(m) = max_eval {
+        rest.truncate(m);
+    }
+    rest.sort_unstable();
+    Split {
+        fit: fit_idx,
+        eval: rest,
+    }
+}
+
+struct Split {
+    fit: Vec<usize>,
+    eval: Vec<usize>,
+}
+
+fn score(seed: u64, pred: &[f64], truth: &[f64], with_mae: bool) -> SeedScore {
+    SeedScore {
+        seed,
+        n: truth.len(),
+        spearman: spearman(pred, truth),
+        kendall: kendall(pred, truth),
+        mae: with_mae.then(|| mae(pred, truth)),
+    }
+}
+
+fn summarise(per_seed: Vec<SeedScore>) -> MethodScores {
+    let sp: Vec<f64> = per_seed.iter().map(|s| s.spearman).collect();
+    let kt: Vec<f64> = per_seed.iter().map(|s| s.kendall).collect();
+    let ma: Option<Vec<f64>> = per_seed.iter().map(|s| s.mae).collect();
+    MethodScores {
+        spearman: MeanStd::of(&sp),
+        kendall: MeanStd::of(&kt),
+        mae: ma.map(|m| MeanStd::of(&m)),
+        per_seed,
+    }
+}
+
+/// Standardised predictions of `t` for `examples[idx]`.
+fn z_scores(t: &Trained, examples: &[Example], idx: &[usize]) -> Result<Vec<f32>, PredictorError> {
+    let feats: Vec<_> = idx.iter().map(|&i| &*examples[i].features).collect();
+    let model: &dyn super::model::Regressor = match &t.adapted {
+        Some(a) => a,
+        None => &t.model,
+    };
+    predict_batched(model, &feats, 512, &t.device)
+}
+
+fn to_units(z: &[f32], s: &TaskScaler, examples: &[Example], idx: &[usize]) -> Vec<f64> {
+    z.iter()
+        .zip(idx)
+        .map(|(&z, &i)| s.inverse(z as f64, examples[i].gflops))
+        .collect()
+}
+
+/// Train all of `t`'s variables on `examples[idx]` with targets from `s`.
+fn fit_on(
+    t: &Trained,
+    s: &TaskScaler,
+    examples: &[Example],
+    idx: &[usize],
+    tc: &TrainConfig,
+) -> Result<(), PredictorError> {
+    let samples: Vec<Sample> = idx
+        .iter()
+        .map(|&i| Sample {
+            features: examples[i].features.clone(),
+            target: s.forward(examples[i].value, examples[i].gflops) as f32,
+        })
+        .collect();
+    let vars = sorted_vars(&t.map);
+    train(&t.model, &vars, &samples, tc, true, &t.device)?;
+    Ok(())
+}
+
+/// Run `jobs` on `threads` workers, results in job order.
+fn parallel<T: Send, J: Sync>(
+    jobs: &[J],
+    threads: usize,
+    f: impl Fn(&J) -> Result<T, PredictorError> + Sync,
+) -> Result<Vec<T>, PredictorError> {
+    let next = Mutex::new(0usize);
+    let out: Mutex<Vec<Option<Result<T, PredictorError>>>> =
+        Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|sc| {
+        for _ in 0..threads.max(1).min(jobs.len().max(1)) {
+            sc.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().expect("job counter");
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                if i >= jobs.len() {
+                    break;
+                }
+                let r = f(&jobs[i]);
+                out.lock().expect("job results")[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .expect("job results")
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect()
+}
+
+fn threads(cfg: &EvalConfig) -> usize {
+    if cfg.threads > 0 {
+        cfg.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Pretrain for `protocol` (refusing a task list that touches a target).
+fn pretrain_for(
+    protocol: Protocol,
+    cfg: &EvalConfig,
+    flops_scaling: bool,
+    device: &Device,
+) -> Result<Trained, PredictorError> {
+    let tasks = protocol.pretrain_tasks();
+    let targets = targets_of(protocol, cfg);
+    if let Some(k) = tasks.iter().find(|k| targets.contains(k)) {
+        return Err(PredictorError::Config(format!(
+            "pretraining task {k} is a target of {}",
+            protocol.name()
+        )));
+    }
+    let pc = PretrainConfig {
+        tasks,
+        max_per_task: cfg.pretrain_max_per_task,
+        test_fraction: 0.0,
+        flops_scaling,
+        model: cfg.model.clone(),
+        train: cfg.pretrain.clone(),
+    };
+    Ok(pretrain(&pc, true, device)?.0)
+}
+
+fn targets_of(protocol: Protocol, cfg: &EvalConfig) -> Vec<TaskKey> {
+    if cfg.targets.is_empty() {
+        protocol.targets()
+    } else {
+        cfg.targets.clone()
+    }
+}
+
+/// Check that a pretrained model handed in saw none of the protocol's targets.
+pub fn check_pretrained(
+    t: &Trained,
+    protocol: Protocol,
+    cfg: &EvalConfig,
+) -> Result<(), PredictorError> {
+    let targets = targets_of(protocol, cfg);
+    if let Some(k) = t.meta.stats.keys().find(|k| targets.contains(k)) {
+        return Err(PredictorError::Config(format!(
+            "the pretrained model was trained on {k}, a target of {}",
+            protocol.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Pretrained models a protocol run may reuse (each must satisfy [`check_pretrained`]).
+#[derive(Default)]
+pub struct Pretrained {
+    /// With the FLOPs label transform.
+    pub aio: Option<Trained>,
+    /// Without it (transfer protocols' baseline).
+    pub plain: Option<Trained>,
+}
+
+/// Run a protocol. `log` receives one line per finished step.
+pub fn run(
+    protocol: Protocol,
+    cfg: &EvalConfig,
+    given: Pretrained,
+    device: &Device,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(EvalReport, Pretrained), PredictorError> {
+    let start = std::time::Instant::now();
+    let aio = match given.aio {
+        Some(t) => t,
+        None => {
+            log("pretraining (FLOPs-scaled labels)");
+            pretrain_for(protocol, cfg, true, device)?
+        }
+    };
+    check_pretrained(&aio, protocol, cfg)?;
+    let (rows, plain) = match protocol {
+        Protocol::SampleEfficiency => (sample_efficiency(cfg, &aio, device, log)?, given.plain),
+        _ => {
+            let plain = match given.plain {
+                Some(t) => t,
+                None => {
+                    log("pretraining (plain z-scores, no FLOPs scaling)");
+                    pretrain_for(protocol, cfg, false, device)?
+                }
+            };
+            check_pretrained(&plain, protocol, cfg)?;
+            (
+                transfer_protocol(protocol, cfg, &aio, &plain, device, log)?,
+                Some(plain),
+            )
+        }
+    };
+    let mut mean_spearman = BTreeMap::new();
+    if protocol != Protocol::SampleEfficiency {
+        for name in [
+            ZERO_SHOT,
+            FT,
+            PLAIN_ZERO_SHOT,
+            PLAIN_FT,
+            SCRATCH,
+            FLOPS,
+            PARAMS,
+        ] {
+            let xs: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| r.methods.get(name).map(|m| m.spearman.mean))
+                .collect();
+            mean_spearman.insert(name.to_string(), mean(&xs));
+        }
+    }
+    let report = EvalReport {
+        protocol,
+        config: cfg.clone(),
+        pretrain_tasks: protocol.pretrain_tasks(),
+        rows,
+        mean_spearman,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((
+        report,
+        Pretrained {
+            aio: Some(aio),
+            plain,
+        },
+    ))
+}
+
+/// Scores of one (target, seed) for every method of the transfer protocols.
+type SeedScores = Vec<(&'static str, SeedScore)>;
+
+fn transfer_protocol(
+    protocol: Protocol,
+    cfg: &EvalConfig,
+    aio: &Trained,
+    plain: &Trained,
+    device: &Device,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<TargetRow>, PredictorError> {
+    let mut rows = Vec::new();
+    for key in targets_of(protocol, cfg) {
+        let data = load_target(key, cfg)?;
+        let n = data.examples.len();
+        let all: Vec<usize> = (0..n).collect();
+        // Zero-shot predictions do not depend on the seed: one pass per model.
+        let z_aio = z_scores(aio, &data.examples, &all)?;
+        let z_plain = z_scores(plain, &data.examples, &all)?;
+        let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
+        let per_seed = parallel(&seeds, threads(cfg), |&seed| {
+            one_seed(cfg, &data, aio, plain, &z_aio, &z_plain, seed, device)
+        })?;
+        let mut methods: BTreeMap<String, Vec<SeedScore>> = BTreeMap::new();
+        for scores in per_seed {
+            for (name, s) in scores {
+                methods.entry(name.to_string()).or_default().push(s);
+            }
+        }
+        let row = TargetRow {
+            target: key,
+            samples: cfg.samples,
+            methods: methods
+                .into_iter()
+                .map(|(k, v)| (k, summarise(v)))
+                .collect(),
+        };
+        log(&format!(
+            "{key}: zero-shot {:.3}, ft-20 {:.3}, flops {:.3}",
+            row.methods[ZERO_SHOT].spearman.mean,
+            row.methods[FT].spearman.mean,
+            row.methods[FLOPS].spearman.mean
+        ));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_seed(
+    cfg: &EvalConfig,
+    data: &TargetData,
+    aio: &Trained,
+    plain: &Trained,
+    z_aio: &[f32],
+    z_plain: &[f32],
+    seed: u64,
+    device: &Device,
+) -> Result<SeedScores, PredictorError> {
+    let ex = &data.examples;
+    let sp = choose(ex.len(), cfg.samples, cfg.max_eval, seed, data.key);
+    if sp.fit.len() < cfg.samples || sp.eval.len() < 2 {
+        return Err(PredictorError::Data(format!(
+            "{} has {} labelled networks, too few for {} samples and an evaluation",
+            data.key,
+            ex.len(),
+            cfg.samples
+        )));
+    }
+    let truth: Vec<f64> = sp.eval.iter().map(|&i| ex[i].value).collect();
+    let fit_y: Vec<f64> = sp.fit.iter().map(|&i| ex[i].value).collect();
+    let fit_f: Vec<f64> = sp.fit.iter().map(|&i| ex[i].gflops).collect();
+    let hib = data.higher_is_better;
+    let s_aio = TaskScaler::fit_with(&fit_y, &fit_f, hib, true)?;
+    let s_plain = TaskScaler::fit_with(&fit_y, &fit_f, hib, false)?;
+    let pick = |z: &[f32]| -> Vec<f32> { sp.eval.iter().map(|&i| z[i]).collect() };
+    let mut out: SeedScores = Vec::new();
+
+    // Baselines that rank by size: larger is predicted better when higher is better.
+    let dir = if hib { 1.0 } else { -1.0 };
+    let by = |v: &[f64]| -> Vec<f64> { sp.eval.iter().map(|&i| dir * v[i]).collect() };
+    out.push((FLOPS, score(seed, &by(&data.mflops), &truth, false)));
+    out.push((PARAMS, score(seed, &by(&data.params), &truth, false)));
+
+    let zs = to_units(&pick(z_aio), &s_aio, ex, &sp.eval);
+    out.push((ZERO_SHOT, score(seed, &zs, &truth, true)));
+    let zs = to_units(&pick(z_plain), &s_plain, ex, &sp.eval);
+    out.push((PLAIN_ZERO_SHOT, score(seed, &zs, &truth, true)));
+
+    let ft = TrainConfig {
+        seed,
+        ..cfg.fine_tune.clone()
+    };
+    for (name, base, s) in [(FT, aio, &s_aio), (PLAIN_FT, plain, &s_plain)] {
+        let t = base.duplicate()?;
+        fit_on(&t, s, ex, &sp.fit, &ft)?;
+        let z = z_scores(&t, ex, &sp.eval)?;
+        out.push((
+            name,
+            score(seed, &to_units(&z, s, ex, &sp.eval), &truth, true),
+        ));
+    }
+    let t = Trained::init(&cfg.model, 1000 + seed, device)?;
+    let sc = TrainConfig {
+        lr: cfg.scratch_lr,
+        ..ft
+    };
+    fit_on(&t, &s_aio, ex, &sp.fit, &sc)?;
+    let z = z_scores(&t, ex, &sp.eval)?;
+    out.push((
+        SCRATCH,
+        score(seed, &to_units(&z, &s_aio, ex, &sp.eval), &truth, true),
+    ));
+    Ok(out)
+}
+
+fn sample_efficiency(
+    cfg: &EvalConfig,
+    aio: &Trained,
+    device: &Device,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<TargetRow>, PredictorError> {
+    let mut rows = Vec::new();
+    for key in targets_of(Protocol::SampleEfficiency, cfg) {
+        let data = load_target(key, cfg)?;
+        let ex = &data.examples;
+        for &size in &cfg.sizes {
+            let jobs: Vec<(u64, bool)> = (0..cfg.seeds as u64)
+                .flat_map(|s| [(s, false), (s, true)])
+                .collect();
+            let scores = parallel(&jobs, threads(cfg), |&(seed, pretrained)| {
+                let sp = choose(ex.len(), size, cfg.max_eval, seed, key);
+                if sp.fit.len() < size || sp.eval.len() < 2 {
+                    return Err(PredictorError::Data(format!(
+                        "{key} has {} labelled networks, too few for {size}",
+                        ex.len()
+                    )));
+                }
+                let y: Vec<f64> = sp.fit.iter().map(|&i| ex[i].value).collect();
+                let f: Vec<f64> = sp.fit.iter().map(|&i| ex[i].gflops).collect();
+                let s = TaskScaler::fit(&y, &f, data.higher_is_better)?;
+                let t = if pretrained {
+                    aio.duplicate()?
+                } else {
+                    Trained::init(&cfg.model, 1000 + seed, device)?
+                };
+                let epochs = (cfg.graph_steps / size).clamp(1, cfg.max_epochs.max(1));
+                let tc = TrainConfig {
+                    epochs,
+                    lr: cfg.size_lr,
+                    seed,
+                    ..cfg.pretrain.clone()
+                };
+                fit_on(&t, &s, ex, &sp.fit, &tc)?;
+                let z = z_scores(&t, ex, &sp.eval)?;
+                let truth: Vec<f64> = sp.eval.iter().map(|&i| ex[i].value).collect();
+                let pred = to_units(&z, &s, ex, &sp.eval);
+                Ok((
+                    if pretrained { SE_FT } else { SE_SCRATCH },
+                    score(seed, &pred, &truth, true),
+                ))
+            })?;
+            let mut methods: BTreeMap<String, Vec<SeedScore>> = BTreeMap::new();
+            for (name, s) in scores {
+                methods.entry(name.to_string()).or_default().push(s);
+            }
+            let row = TargetRow {
+                target: key,
+                samples: size,
+                methods: methods
+                    .into_iter()
+                    .map(|(k, v)| (k, summarise(v)))
+                    .collect(),
+            };
+            log(&format!(
+                "{key} n={size}: scratch kendall {:.3}, pretrained ft {:.3}",
+                row.methods[SE_SCRATCH].kendall.mean, row.methods[SE_FT].kendall.mean
+            ));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// The report as a fixed-width table.
+pub fn table(r: &EvalReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({} seeds, {:.0} s; pretrained on {} tasks)",
+        r.protocol.name(),
+        r.config.seeds,
+        r.seconds,
+        r.pretrain_tasks.len()
+    );
+    let _ = writeln!(
+        s,
+        "{:<30} {:>5}  {:<24} {:>15} {:>15} {:>15}",
+        "target", "n", "method", "spearman", "kendall", "mae"
+    );
+    let pm = |m: &MeanStd| format!("{:.3} ± {:.3}", m.mean, m.std);
+    for row in &r.rows {
+        for (name, m) in &row.methods {
+            let _ = writeln!(
+                s,
+                "{:<30} {:>5}  {:<24} {:>15} {:>15} {:>15}",
+                row.target.to_string(),
+                row.samples,
+                name,
+                pm(&m.spearman),
+                pm(&m.kendall),
+                m.mae.as_ref().map_or("-".to_string(), pm)
+            );
+        }
+    }
+    for (name, v) in &r.mean_spearman {
+        let _ = writeln!(s, "mean spearman over targets, {name:<24} {v:.3}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretraining_never_sees_a_target() {
+        for p in [
+            Protocol::UnseenTask,
+            Protocol::UnseenSpace,
+            Protocol::SampleEfficiency,
+        ] {
+            let pre = p.pretrain_tasks();
+            assert!(!pre.is_empty());
+            for t in p.targets() {
+                assert!(
+                    !pre.contains(&t),
+                    "{} pretrains on its target {t}",
+                    p.name()
+                );
+            }
+        }
+        assert_eq!(Protocol::UnseenTask.targets().len(), 6);
+        assert_eq!(Protocol::UnseenTask.pretrain_tasks().len(), 3 + 4 + 4);
+        assert_eq!(Protocol::UnseenSpace.targets().len(), 7);
+        assert_eq!(Protocol::UnseenSpace.pretrain_tasks().len(), 3 + 7);
+        assert!(Protocol::UnseenSpace
+            .pretrain_tasks()
+            .iter()
+            .all(|k| k.space != SpaceId::Tnb101Macro));
+        assert_eq!(
+            "unseen-space".parse::<Protocol>().unwrap(),
+            Protocol::UnseenSpace
+        );
+        assert!("unseen".parse::<Protocol>().is_err());
+    }
+
+    #[test]
+    fn splits_are_seeded_disjoint_and_capped() {
+        let key: TaskKey = "nb201/cifar10".parse().unwrap();
+        let a = choose(100, 20, None, 3, key);
+        let b = choose(100, 20, None, 3, key);
+        assert_eq!(a.fit, b.fit);
+        assert_eq!(a.eval, b.eval);
+        assert_eq!(a.fit.len() + a.eval.len(), 100);
+        assert!(a.fit.iter().all(|i| !a.eval.contains(i)));
+        let c = choose(100, 20, None, 4, key);
+        assert_ne!(a.fit, c.fit);
+        let d = choose(100, 20, Some(30), 3, key);
+        assert_eq!(d.fit, a.fit);
+        assert_eq!(d.eval.len(), 30);
+    }
+
+    #[test]
+    fn a_model_that_saw_a_target_is_refused() {
+        let cfg = EvalConfig::default();
+        let mut t = Trained::init(
+            &crate::predictor::model::tests::tiny_config(),
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        check_pretrained(&t, Protocol::UnseenSpace, &cfg).unwrap();
+        let s = TaskScaler::fit(&[1.0, 2.0], &[0.1, 0.2], true).unwrap();
+        t.meta
+            .stats
+            .insert("tnb101_macro/jigsaw".parse().unwrap(), s);
+        assert!(check_pretrained(&t, Protocol::UnseenSpace, &cfg).is_err());
+        check_pretrained(&t, Protocol::UnseenTask, &cfg).unwrap();
+    }
+
+    #[test]
+    fn duplicate_is_deep() {
+        let t = Trained::init(
+            &crate::predictor::model::tests::tiny_config(),
+            5,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let d = t.duplicate().unwrap();
+        let (name, v) = sorted_vars(&d.map).into_iter().next().unwrap();
+        let before: Vec<f32> = sorted_vars(&t.map)[0]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        v.set(&v.as_tensor().affine(0.0, 7.0).unwrap()).unwrap();
+        let after: Vec<f32> = sorted_vars(&t.map)[0]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            before, after,
+            "changing the copy's {name} changed the original"
+        );
+    }
+}
