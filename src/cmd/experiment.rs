@@ -44,6 +44,9 @@ pub struct ExperimentArgs {
     /// Fine-tuning updates per round of the `predictor` method.
     #[arg(long, default_value_t = 400)]
     pub surrogate_steps: usize,
+    /// Predictor evaluations of each round's evolution (`predictor` method).
+    #[arg(long, default_value_t = 2000)]
+    pub inner_budget: usize,
     /// Write all runs as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -120,7 +123,7 @@ fn predictor_search(
     ks: &[usize],
     seed: u64,
     model: &aiop::predictor::checkpoint::Trained,
-    steps: usize,
+    (steps, inner_budget): (usize, usize),
     table: &TableFitness,
 ) -> anyhow::Result<Vec<(String, f64)>> {
     use aiop::search::active::{active_search, ActiveSpec};
@@ -131,6 +134,7 @@ fn predictor_search(
         task: Some(task),
         queries: k_max,
         seed,
+        inner_budget,
         ..ActiveSpec::default()
     };
     let cfg = SurrogateConfig {
@@ -198,7 +202,7 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
                         &a.queries,
                         seed,
                         m,
-                        a.surrogate_steps,
+                        (a.surrogate_steps, a.inner_budget),
                         &table,
                     )?,
                     _ => a

@@ -115,8 +115,13 @@ pub struct EvalConfig {
     pub model: Config,
     /// Fine-tuning on the 20 (AIO-P: 100 epochs, batch 1, Adam lr 1e-4, everything trainable).
     pub fine_tune: TrainConfig,
+    /// Name prefixes of the variables FT-20 trains (`embed.`, `gnn.`, `head.`).
+    pub trainable: Vec<String>,
     /// Learning rate of the from-scratch baseline (same epochs and batch as `fine_tune`).
     pub scratch_lr: f64,
+    /// Run the trained baselines (no-transform model, from scratch); off, only AIO-P and the
+    /// FLOPs and params ranks are measured and no plain model is pretrained.
+    pub baselines: bool,
     /// Evaluate on at most this many of a target's other networks (a seeded subsample; all when
     /// unset).
     pub max_eval: Option<usize>,
@@ -155,7 +160,9 @@ impl Default for EvalConfig {
                 dev_fraction: 0.0,
                 ..TrainConfig::default()
             },
+            trainable: vec!["embed.".into(), "gnn.".into(), "head.".into()],
             scratch_lr: 1e-3,
+            baselines: true,
             max_eval: None,
             targets: Vec::new(),
             sizes: vec![78, 156, 469, 781, 1563],
@@ -349,13 +356,15 @@ fn to_units(z: &[f32], s: &TaskScaler, examples: &[Example], idx: &[usize]) -> V
         .collect()
 }
 
-/// Train all of `t`'s variables on `examples[idx]` with targets from `s`.
+/// Train `t`'s variables whose names start with one of `trainable` (all when empty) on
+/// `examples[idx]` with targets from `s`.
 fn fit_on(
     t: &Trained,
     s: &TaskScaler,
     examples: &[Example],
     idx: &[usize],
     tc: &TrainConfig,
+    trainable: &[String],
 ) -> Result<(), PredictorError> {
     let samples: Vec<Sample> = idx
         .iter()
@@ -364,7 +373,17 @@ fn fit_on(
             target: s.forward(examples[i].value, examples[i].gflops) as f32,
         })
         .collect();
-    let vars = sorted_vars(&t.map);
+    let vars: Vec<_> = sorted_vars(&t.map)
+        .into_iter()
+        .filter(|(n, _)| {
+            trainable.is_empty() || trainable.iter().any(|p| n.starts_with(p.as_str()))
+        })
+        .collect();
+    if vars.is_empty() {
+        return Err(PredictorError::Config(format!(
+            "no variable matches the trainable prefixes {trainable:?}"
+        )));
+    }
     train(&t.model, &vars, &samples, tc, true, &t.device)?;
     Ok(())
 }
@@ -490,17 +509,18 @@ pub fn run(
         Protocol::SampleEfficiency => (sample_efficiency(cfg, &aio, device, log)?, given.plain),
         _ => {
             let plain = match given.plain {
-                Some(t) => t,
-                None => {
+                Some(t) => Some(t),
+                None if cfg.baselines => {
                     log("pretraining (plain z-scores, no FLOPs scaling)");
-                    pretrain_for(protocol, cfg, false, device)?
+                    Some(pretrain_for(protocol, cfg, false, device)?)
                 }
+                None => None,
             };
-            check_pretrained(&plain, protocol, cfg)?;
-            (
-                transfer_protocol(protocol, cfg, &aio, &plain, device, log)?,
-                Some(plain),
-            )
+            if let Some(p) = &plain {
+                check_pretrained(p, protocol, cfg)?;
+            }
+            let rows = transfer_protocol(protocol, cfg, &aio, plain.as_ref(), device, log)?;
+            (rows, plain)
         }
     };
     let mut mean_spearman = BTreeMap::new();
@@ -518,7 +538,9 @@ pub fn run(
                 .iter()
                 .filter_map(|r| r.methods.get(name).map(|m| m.spearman.mean))
                 .collect();
-            mean_spearman.insert(name.to_string(), mean(&xs));
+            if !xs.is_empty() {
+                mean_spearman.insert(name.to_string(), mean(&xs));
+            }
         }
     }
     let report = EvalReport {
@@ -545,7 +567,7 @@ fn transfer_protocol(
     protocol: Protocol,
     cfg: &EvalConfig,
     aio: &Trained,
-    plain: &Trained,
+    plain: Option<&Trained>,
     device: &Device,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<TargetRow>, PredictorError> {
@@ -556,10 +578,14 @@ fn transfer_protocol(
         let all: Vec<usize> = (0..n).collect();
         // Zero-shot predictions do not depend on the seed: one pass per model.
         let z_aio = z_scores(aio, &data.examples, &all)?;
-        let z_plain = z_scores(plain, &data.examples, &all)?;
+        let z_plain = match plain {
+            Some(p) if cfg.baselines => Some(z_scores(p, &data.examples, &all)?),
+            _ => None,
+        };
         let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
         let per_seed = parallel(&seeds, threads(cfg), |&seed| {
-            one_seed(cfg, &data, aio, plain, &z_aio, &z_plain, seed, device)
+            let plain = plain.zip(z_plain.as_deref());
+            one_seed(cfg, &data, aio, plain, &z_aio, seed, device)
         })?;
         let mut methods: BTreeMap<String, Vec<SeedScore>> = BTreeMap::new();
         for scores in per_seed {
@@ -576,7 +602,7 @@ fn transfer_protocol(
                 .collect(),
         };
         log(&format!(
-            "{key}: zero-shot {:.3}, ft-20 {:.3}, flops {:.3}",
+            "{key}: zero-shot {:.3}, ft-20 {:.3}, flops {:.3} (spearman)",
             row.methods[ZERO_SHOT].spearman.mean,
             row.methods[FT].spearman.mean,
             row.methods[FLOPS].spearman.mean
@@ -591,9 +617,8 @@ fn one_seed(
     cfg: &EvalConfig,
     data: &TargetData,
     aio: &Trained,
-    plain: &Trained,
+    plain: Option<(&Trained, &[f32])>,
     z_aio: &[f32],
-    z_plain: &[f32],
     seed: u64,
     device: &Device,
 ) -> Result<SeedScores, PredictorError> {
@@ -624,28 +649,37 @@ fn one_seed(
 
     let zs = to_units(&pick(z_aio), &s_aio, ex, &sp.eval);
     out.push((ZERO_SHOT, score(seed, &zs, &truth, true)));
-    let zs = to_units(&pick(z_plain), &s_plain, ex, &sp.eval);
-    out.push((PLAIN_ZERO_SHOT, score(seed, &zs, &truth, true)));
+    if let Some((_, z_plain)) = plain {
+        let zs = to_units(&pick(z_plain), &s_plain, ex, &sp.eval);
+        out.push((PLAIN_ZERO_SHOT, score(seed, &zs, &truth, true)));
+    }
 
     let ft = TrainConfig {
         seed,
         ..cfg.fine_tune.clone()
     };
-    for (name, base, s) in [(FT, aio, &s_aio), (PLAIN_FT, plain, &s_plain)] {
+    let mut fine_tuned = vec![(FT, aio, &s_aio)];
+    if let Some((p, _)) = plain {
+        fine_tuned.push((PLAIN_FT, p, &s_plain));
+    }
+    for (name, base, s) in fine_tuned {
         let t = base.duplicate()?;
-        fit_on(&t, s, ex, &sp.fit, &ft)?;
+        fit_on(&t, s, ex, &sp.fit, &ft, &cfg.trainable)?;
         let z = z_scores(&t, ex, &sp.eval)?;
         out.push((
             name,
             score(seed, &to_units(&z, s, ex, &sp.eval), &truth, true),
         ));
     }
+    if !cfg.baselines {
+        return Ok(out);
+    }
     let t = Trained::init(&cfg.model, 1000 + seed, device)?;
     let sc = TrainConfig {
         lr: cfg.scratch_lr,
         ..ft
     };
-    fit_on(&t, &s_aio, ex, &sp.fit, &sc)?;
+    fit_on(&t, &s_aio, ex, &sp.fit, &sc, &[])?;
     let z = z_scores(&t, ex, &sp.eval)?;
     out.push((
         SCRATCH,
@@ -691,7 +725,8 @@ fn sample_efficiency(
                     seed,
                     ..cfg.pretrain.clone()
                 };
-                fit_on(&t, &s, ex, &sp.fit, &tc)?;
+                let all = if pretrained { &cfg.trainable[..] } else { &[] };
+                fit_on(&t, &s, ex, &sp.fit, &tc, all)?;
                 let z = z_scores(&t, ex, &sp.eval)?;
                 let truth: Vec<f64> = sp.eval.iter().map(|&i| ex[i].value).collect();
                 let pred = to_units(&z, &s, ex, &sp.eval);

@@ -207,3 +207,130 @@ fn eval_reports_every_method_and_reuses_its_pretrained_models() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A tiny model pretrained on one TNB-101 task: `aiop experiment flops` and the predictor-guided
+/// `aiop experiment search` run with it on NB-201 and report true labels; the embedded model,
+/// which saw NB-201's labels, is refused for both.
+#[test]
+fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.json");
+    std::fs::write(
+        &cfg,
+        r#"{"tasks": ["tnb101_micro/class_object"], "max_per_task": 16, "test_fraction": 0.0,
+            "model": {"layers": 2, "head": [8]}, "train": {"epochs": 1, "batch_size": 8}}"#,
+    )
+    .unwrap();
+    let model = dir.path().join("m");
+    let m = model.to_str().unwrap();
+    let o = aiop(
+        &["pretrain", "--config", cfg.to_str().unwrap(), "--out", m],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let json = dir.path().join("flops.json");
+    let o = aiop(
+        &[
+            "experiment",
+            "flops",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--model",
+            m,
+            "--samples",
+            "5",
+            "--seeds",
+            "2",
+            "--budget",
+            "40",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        // The start is the table's best CIFAR-10 network.
+        assert!(
+            (r["start_true"].as_f64().unwrap() - 91.57).abs() < 0.01,
+            "{r}"
+        );
+        assert!(r["found_mflops"].as_f64().unwrap() <= r["start_mflops"].as_f64().unwrap());
+        assert!(r["predicted_drop"].as_f64().unwrap() <= 0.5 + 1e-9, "{r}");
+        assert!(r["evaluations"].as_u64().unwrap() <= 40);
+        // NB-201 labels every architecture: the true drop is always known.
+        assert!(r["true_drop"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+
+    let json = dir.path().join("search.json");
+    let o = aiop(
+        &[
+            "experiment",
+            "search",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--methods",
+            "predictor",
+            "--model",
+            m,
+            "--queries",
+            "20,30",
+            "--seeds",
+            "1",
+            "--surrogate-steps",
+            "10",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = doc["summaries"].as_array().unwrap();
+    assert_eq!(s.len(), 2);
+    let (b20, b30) = (
+        s[0]["mean"].as_f64().unwrap(),
+        s[1]["mean"].as_f64().unwrap(),
+    );
+    assert!(b30 >= b20 && b30 <= 91.57 + 1e-9, "{b20} {b30}");
+
+    for args in [
+        &[
+            "experiment",
+            "flops",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--seeds",
+            "1",
+        ][..],
+        &[
+            "experiment",
+            "search",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--methods",
+            "predictor",
+            "--seeds",
+            "1",
+        ][..],
+    ] {
+        let o = aiop(args, "");
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("nb201/"), "{err}");
+    }
+}
