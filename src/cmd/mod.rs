@@ -3,6 +3,7 @@
 //! `anyhow::Result` so that `main` maps every failure to an exit code in one place.
 
 pub mod bench;
+pub mod bench_predictor;
 pub mod experiment;
 pub mod graph;
 pub mod predictor;
