@@ -385,3 +385,59 @@ impl FastPredictor {
         s.v.first().copied().unwrap_or(0.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predictor::batch::Batch;
+    use crate::predictor::features::extract;
+    use crate::predictor::features::tests::small_graph;
+    use crate::predictor::init::var_builder;
+    use crate::predictor::model::Regressor;
+    use crate::predictor::ops::tests::nb201_graphs;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// The candle-free path against the generic candle ops, on a fresh and on the shipped
+    /// (trained) model; and a graph's prediction does not depend on its batch.
+    #[test]
+    fn fast_inference_equals_the_candle_path() {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let fresh = Predictor::new(&Config::default(), var_builder(&map, 9, &dev)).unwrap();
+        let shipped = crate::predictor::shipped::load(&dev).unwrap().model;
+        for m in [&fresh, &shipped] {
+            let fc = m.config.features();
+            let mut feats = nb201_graphs(12, &fc);
+            feats.push(extract(&small_graph(), &fc));
+            let refs: Vec<&GraphFeatures> = feats.iter().collect();
+            let fast = m.infer(&refs, &dev).unwrap();
+            let b = Batch::pack(&refs, &dev).unwrap();
+            let generic: Vec<f32> = m.predict_generic(&b).unwrap().to_vec1().unwrap();
+            let spread = generic.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            assert!(spread > 1e-3);
+            for (a, b) in fast.iter().zip(&generic) {
+                assert!((a - b).abs() <= 1e-5, "fast {a}, candle {b}");
+            }
+            for (g, &y) in refs.iter().zip(&fast) {
+                assert_eq!(m.infer(&[g], &dev).unwrap()[0], y);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_graphs_are_errors() {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let m = Predictor::new(&Config::default(), var_builder(&map, 1, &dev)).unwrap();
+        let f = extract(&small_graph(), &m.config.features());
+        assert!(m.infer(&[], &dev).is_err());
+        assert!(m.infer(&[&f, &GraphFeatures::default()], &dev).is_err());
+        let mut bad = f.clone();
+        bad.kernel[1] = [50, 1];
+        assert!(m.infer(&[&f, &bad], &dev).is_err());
+        let dims = EmbedDims::of(&m.config);
+        assert_eq!(dims.len(), dims.sizes().iter().sum::<usize>());
+        assert!(!dims.is_empty());
+    }
+}

@@ -251,6 +251,16 @@ impl Encoder {
         }
         pool(&x, b, self.pooling)
     }
+
+    /// [`Encoder::forward`] with the generic candle ops only (any device): the reference the
+    /// fused CPU ops are tested against.
+    pub fn forward_generic(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        let mut x = self.embed.forward_generic(b)?;
+        for l in &self.layers {
+            x = self.activation.apply(&l.forward_generic(&x, b)?)?;
+        }
+        super::gnn::pool_generic(&x, b, self.pooling)
+    }
 }
 
 /// An MLP from a graph embedding to one scalar.
@@ -347,6 +357,11 @@ impl Predictor {
             encoder,
             head,
         })
+    }
+
+    /// [`Regressor::predict`] with the generic candle ops only (any device).
+    pub fn predict_generic(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        self.head.forward(&self.encoder.forward_generic(b)?)
     }
 }
 

@@ -28,7 +28,7 @@ use super::kernels::{self, Act, Conv, ConvGrad, WeightGrads};
 /// Rows per parallel block of the row kernels.
 const BLOCK_ROWS: usize = 256;
 /// Rows per block of a weight-gradient partial sum.
-const GRAD_BLOCK_ROWS: usize = 1024;
+const GRAD_BLOCK_ROWS: usize = 256;
 
 /// The kernels' activation for a model's.
 pub fn act_of(a: Activation) -> Act {
@@ -369,4 +369,203 @@ pub fn pool(h: &Tensor, b: &Batch, pooling: Pooling) -> candle_core::Result<Tens
         host: b.host.clone(),
         mean: pooling == Pooling::Mean,
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::predictor::features::tests::small_graph;
+    use crate::predictor::features::{extract, FeatureConfig, GraphFeatures};
+    use crate::predictor::init::{sorted_vars, var_builder};
+    use crate::predictor::model::tests::tiny_config;
+    use crate::predictor::model::{Config, Predictor, Regressor};
+    use crate::rng::Rng;
+    use crate::spaces::{self, SpaceId, Task};
+    use candle_core::Var;
+    use candle_nn::VarMap;
+
+    /// `n` seeded NB-201 CIFAR-10 graphs' features.
+    pub(crate) fn nb201_graphs(n: usize, fc: &FeatureConfig) -> Vec<GraphFeatures> {
+        let mut rng = Rng::new(3);
+        (0..n)
+            .map(|_| {
+                let g = spaces::sample(SpaceId::Nb201, &mut rng)
+                    .build(Task::Cifar10)
+                    .unwrap();
+                extract(&g, fc)
+            })
+            .collect()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Predictions and every variable's gradient of a squared loss, fused or generic.
+    fn outputs(m: &Predictor, map: &VarMap, b: &Batch, fused: bool) -> Vec<Vec<f32>> {
+        let y = if fused {
+            m.predict(b).unwrap()
+        } else {
+            m.predict_generic(b).unwrap()
+        };
+        let t: Vec<f32> = (0..b.num_graphs).map(|i| i as f32 * 0.3 - 0.5).collect();
+        let t = Tensor::from_vec(t, b.num_graphs, &Device::Cpu).unwrap();
+        let loss = (&y - t).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut out = vec![flat(&y)];
+        for (name, v) in sorted_vars(map) {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            out.push(flat(g));
+        }
+        out
+    }
+
+    #[test]
+    fn fused_ops_match_the_generic_candle_ops() {
+        let dev = Device::Cpu;
+        let relu_sum = Config {
+            activation: Activation::Relu,
+            pooling: Pooling::Sum,
+            ..Config::default()
+        };
+        for cfg in [Config::default(), relu_sum, tiny_config()] {
+            let map = VarMap::new();
+            let m = Predictor::new(&cfg, var_builder(&map, 5, &dev)).unwrap();
+            let mut feats = nb201_graphs(3, &cfg.features());
+            feats.push(extract(&small_graph(), &cfg.features()));
+            let refs: Vec<&GraphFeatures> = feats.iter().collect();
+            let b = Batch::pack(&refs, &dev).unwrap();
+            let fused = outputs(&m, &map, &b, true);
+            let generic = outputs(&m, &map, &b, false);
+            for (i, (f, g)) in fused.iter().zip(&generic).enumerate() {
+                let scale = g.iter().fold(0f32, |a, x| a.max(x.abs()));
+                for (a, b) in f.iter().zip(g) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 + 1e-4 * scale,
+                        "{:?} output {i}: fused {a}, generic {b}",
+                        cfg.activation
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_ops_do_not_depend_on_the_thread_count() {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let cfg = Config::default();
+        let m = Predictor::new(&cfg, var_builder(&map, 2, &dev)).unwrap();
+        let feats = nb201_graphs(8, &cfg.features());
+        let refs: Vec<&GraphFeatures> = feats.iter().collect();
+        let b = Batch::pack(&refs, &dev).unwrap();
+        assert!(b.num_nodes > 4 * GRAD_BLOCK_ROWS);
+        let run = || outputs(&m, &map, &b, true);
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        assert_eq!(pool(1).install(run), pool(3).install(run));
+    }
+
+    /// Finite differences against the conv op's backward, for the input and every weight, at
+    /// widths that take the SIMD kernels (8) and the scalar ones (3).
+    #[test]
+    fn conv_op_backward_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let f1 = extract(&small_graph(), &crate::predictor::features::tests::cfg());
+        let f2 = GraphFeatures {
+            src: vec![0, 1, 0],
+            dst: vec![1, 2, 2],
+            ..f1.clone()
+        };
+        let b = Batch::pack(&[&f1, &f2], &dev).unwrap();
+        let n = b.num_nodes;
+        for (k, h) in [(8, 8), (3, 8), (8, 3)] {
+            for act in [Activation::Tanh, Activation::Identity] {
+                let vals = |len: usize, seed: u32| {
+                    let v = crate::predictor::kernels::tests::values(len, seed);
+                    v.into_iter().map(|x| x * 0.8).collect::<Vec<f32>>()
+                };
+                let var = |v: Vec<f32>, shape: (usize, usize)| {
+                    Var::from_tensor(&Tensor::from_vec(v, shape, &dev).unwrap()).unwrap()
+                };
+                let x = var(vals(n * k, 1), (n, k));
+                let root = var(vals(h * k, 2), (h, k));
+                let rel = var(vals(h * k, 3), (h, k));
+                let bias = var(vals(h, 4), (1, h));
+                let r = Tensor::from_vec(vals(n * h, 5), (n, h), &dev).unwrap();
+                let loss = || {
+                    let bias = bias.as_tensor().squeeze(0).unwrap();
+                    let y = graph_conv(
+                        x.as_tensor(),
+                        root.as_tensor(),
+                        rel.as_tensor(),
+                        &bias,
+                        &b,
+                        act,
+                    )
+                    .unwrap();
+                    (y * &r).unwrap().sum_all().unwrap()
+                };
+                let grads = loss().backward().unwrap();
+                let eps = 1e-2f32;
+                for v in [&x, &root, &rel, &bias] {
+                    let g = flat(grads.get(v.as_tensor()).unwrap());
+                    let base = flat(v.as_tensor());
+                    for i in 0..base.len() {
+                        let mut p = base.clone();
+                        let mut at = |d: f32| {
+                            p[i] = base[i] + d;
+                            v.set(&Tensor::from_vec(p.clone(), v.shape(), &dev).unwrap())
+                                .unwrap();
+                            loss().to_scalar::<f32>().unwrap() as f64
+                        };
+                        let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+                        v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev).unwrap())
+                            .unwrap();
+                        assert!(
+                            (fd - g[i] as f64).abs() <= 2e-3 + 1e-2 * fd.abs(),
+                            "k {k} h {h} {act:?}: element {i}: finite difference {fd}, backward {}",
+                            g[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn constants_get_no_gradient_and_bad_indices_are_errors() {
+        let dev = Device::Cpu;
+        let f = extract(&small_graph(), &crate::predictor::features::tests::cfg());
+        let b = Batch::pack(&[&f], &dev).unwrap();
+        let n = b.num_nodes;
+        let x = Tensor::ones((n, 8), DType::F32, &dev).unwrap();
+        let w = Var::ones((8, 8), DType::F32, &dev).unwrap();
+        let bias = Tensor::zeros(8, DType::F32, &dev).unwrap();
+        let y = graph_conv(
+            &x,
+            w.as_tensor(),
+            w.as_tensor(),
+            &bias,
+            &b,
+            Activation::Tanh,
+        )
+        .unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(w.as_tensor()).is_some());
+        // An op index outside the table is an error, not a panic.
+        let dims = EmbedDims::of(&Config::default());
+        let mut bad = f.clone();
+        bad.op[0] = 99;
+        let bb = Batch::pack(&[&bad], &dev).unwrap();
+        let p = Tensor::zeros(dims.len(), DType::F32, &dev).unwrap();
+        assert!(embed(&p, &bb, dims).is_err());
+    }
 }

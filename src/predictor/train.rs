@@ -453,4 +453,45 @@ mod tests {
             .collect();
         assert_eq!(before, after);
     }
+
+    /// The host Adam takes the steps of candle's AdamW (weight decay 0), clipping included.
+    #[test]
+    fn host_adam_matches_candle_adamw() {
+        let dev = Device::Cpu;
+        let init: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();
+        let a = Var::from_vec(init.clone(), (8, 5), &dev).unwrap();
+        let b = Var::from_vec(init, (8, 5), &dev).unwrap();
+        let mut ours = Adam::new(vec![a.clone()], 1e-2).unwrap();
+        let mut theirs = AdamW::new(
+            vec![b.clone()],
+            ParamsAdamW {
+                lr: 1e-2,
+                weight_decay: 0.0,
+                ..ParamsAdamW::default()
+            },
+        )
+        .unwrap();
+        let vars = [("a".to_string(), a.clone())];
+        let vars_b = [("b".to_string(), b.clone())];
+        for step in 0..5 {
+            let k = 1.0 + step as f64;
+            let loss = |v: &Var| {
+                (v.as_tensor().sqr().unwrap() * k)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            };
+            let mut ga = loss(&a).backward().unwrap();
+            let scale = clip_scale(grad_norm(&ga, &vars).unwrap(), 5.0);
+            ours.step(&mut ga, scale).unwrap();
+            let mut gb = loss(&b).backward().unwrap();
+            clip_grad_norm(&mut gb, &vars_b, 5.0).unwrap();
+            theirs.step(&gb).unwrap();
+        }
+        let va: Vec<f32> = a.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = b.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for (x, y) in va.iter().zip(&vb) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+    }
 }
