@@ -1,7 +1,8 @@
 //! `aiop bench predictor`: predictor throughput as BENCHMARKS.md reports it — inference graphs/s
 //! at batch 1, 256 and 4096 (packing included, no gradients: [`Regressor::infer`]) and training
 //! graphs/s at batch 32 (forward, backward, clipping, Adam), medians over rounds, on 4096 seeded
-//! NB-201 CIFAR-10 graphs. `--dump DIR` also writes what the PyTorch twin of
+//! NB-201 CIFAR-10 graphs; also per CPU-second of the process (Linux), a figure that other
+//! processes sharing the cores disturb far less than the wall clock. `--dump DIR` also writes what the PyTorch twin of
 //! `tests/bench/torch_twin.py` needs to run the same model on the same graphs and check it
 //! agrees: the weights, the graphs' features as JSON, aiop's predictions and one training step's
 //! loss and gradients.
@@ -45,6 +46,9 @@ pub struct BenchPredictorArgs {
     /// Also time inference through candle's autograd graph (`Regressor::predict`).
     #[arg(long)]
     pub candle: bool,
+    /// Time only training (for profiling).
+    #[arg(long, conflicts_with = "candle")]
+    pub training_only: bool,
     /// Write the model, the graphs (JSON), aiop's predictions and one training step's gradients
     /// into this directory for the PyTorch twin, then time as usual.
     #[arg(long)]
@@ -57,7 +61,7 @@ pub struct BenchPredictorArgs {
 /// Graphs in the benchmark set.
 const GRAPHS: usize = 4096;
 /// Batch sizes and graphs per round of the inference timings.
-const INFERENCE: [(usize, usize); 3] = [(1, 300), (256, 4096), (4096, 8192)];
+const INFERENCE: [(usize, usize); 3] = [(1, 1000), (256, 4096), (4096, 8192)];
 
 #[derive(Serialize)]
 struct BenchResult {
@@ -68,10 +72,36 @@ struct BenchResult {
     mean_nodes: f64,
     /// (batch, median graphs/s, every round's graphs/s).
     inference: Vec<(usize, f64, Vec<f64>)>,
+    /// (batch, median graphs per CPU-second of the process, every round's), where
+    /// `/proc/self/stat` is readable: robust to other processes sharing the cores.
+    inference_cpu: Vec<(usize, f64, Vec<f64>)>,
     candle_inference: Vec<(usize, f64, Vec<f64>)>,
     train_batch: usize,
     train_graphs_per_s: f64,
     train_rounds: Vec<f64>,
+    train_graphs_per_cpu_s: Option<f64>,
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, in 1/100 s ticks;
+/// `None` elsewhere).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Wall-clock and CPU-time rates of `n` units done since `(wall, cpu)`.
+fn rates(n: usize, start: (Instant, Option<f64>)) -> (f64, Option<f64>) {
+    let wall = n as f64 / start.0.elapsed().as_secs_f64();
+    let cpu = match (start.1, cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => Some(n as f64 / (b - a)),
+        _ => None,
+    };
+    (wall, cpu)
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -80,16 +110,16 @@ fn median(xs: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Graphs/s of `run` over `graphs` in chunks of `batch`, at least `min_graphs` graphs, after one
-/// warm-up chunk.
+/// Graphs/s (wall clock, and per CPU-second) of `run` over `graphs` in chunks of `batch`, at
+/// least `min_graphs` graphs, after one warm-up chunk.
 fn time_batches(
     graphs: &[&GraphFeatures],
     batch: usize,
     min_graphs: usize,
     run: &dyn Fn(&[&GraphFeatures]) -> anyhow::Result<()>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<f64>)> {
     run(&graphs[..batch.min(graphs.len())])?;
-    let start = Instant::now();
+    let start = (Instant::now(), cpu_seconds());
     let mut done = 0usize;
     while done < min_graphs {
         for chunk in graphs.chunks(batch) {
@@ -100,7 +130,7 @@ fn time_batches(
             }
         }
     }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
+    Ok(rates(done, start))
 }
 
 /// Target of training sample `i` (fixed, so that the twin trains on the same batches).
@@ -163,8 +193,10 @@ pub fn bench(a: BenchPredictorArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let mut per = vec![Vec::new(); INFERENCE.len()];
+    let mut per_cpu = vec![Vec::new(); INFERENCE.len()];
     let mut per_candle = vec![Vec::new(); INFERENCE.len()];
     let mut train_rounds = Vec::new();
+    let mut train_cpu = Vec::new();
 
     let tt = copy_of(&t, &device)?;
     let vars = sorted_vars(&tt.map);
@@ -185,20 +217,26 @@ pub fn bench(a: BenchPredictorArgs) -> anyhow::Result<()> {
     let mut next_step = 0usize;
     for _ in 0..rounds {
         for (k, &(batch, min_graphs)) in INFERENCE.iter().enumerate() {
-            per[k].push(time_batches(&refs, batch, min_graphs, &infer)?);
+            if a.training_only {
+                break;
+            }
+            let (wall, cpu) = time_batches(&refs, batch, min_graphs, &infer)?;
+            per[k].push(wall);
+            per_cpu[k].extend(cpu);
             if a.candle {
-                per_candle[k].push(time_batches(&refs, batch, min_graphs, &through_candle)?);
+                per_candle[k].push(time_batches(&refs, batch, min_graphs, &through_candle)?.0);
             }
         }
         step(next_step)?; // warm-up
         next_step += 1;
-        let start = Instant::now();
+        let start = (Instant::now(), cpu_seconds());
         for _ in 0..a.train_steps.max(1) {
             step(next_step)?;
             next_step += 1;
         }
-        train_rounds
-            .push((a.train_steps.max(1) * tc.batch_size) as f64 / start.elapsed().as_secs_f64());
+        let (wall, cpu) = rates(a.train_steps.max(1) * tc.batch_size, start);
+        train_rounds.push(wall);
+        train_cpu.extend(cpu);
     }
     let summary = |per: Vec<Vec<f64>>| -> Vec<(usize, f64, Vec<f64>)> {
         INFERENCE
@@ -215,10 +253,12 @@ pub fn bench(a: BenchPredictorArgs) -> anyhow::Result<()> {
         featurise_graphs_per_s: featurise,
         mean_nodes,
         inference: summary(per),
+        inference_cpu: summary(per_cpu),
         candle_inference: summary(per_candle),
         train_batch: tc.batch_size,
         train_graphs_per_s: median(&train_rounds),
         train_rounds,
+        train_graphs_per_cpu_s: (!train_cpu.is_empty()).then(|| median(&train_cpu)),
     };
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -237,14 +277,22 @@ pub fn bench(a: BenchPredictorArgs) -> anyhow::Result<()> {
         r.featurise_graphs_per_s
     )?;
     for (b, gps, _) in &r.inference {
-        writeln!(out, "  inference, batch {b:<5}       {gps:>10.0} graphs/s")?;
+        let cpu = r.inference_cpu.iter().find(|x| x.0 == *b);
+        let cpu = cpu.map_or(String::new(), |c| format!("  ({:.0} per CPU-second)", c.1));
+        writeln!(
+            out,
+            "  inference, batch {b:<5}       {gps:>10.0} graphs/s{cpu}"
+        )?;
     }
     for (b, gps, _) in &r.candle_inference {
         writeln!(out, "  candle graph, batch {b:<5}    {gps:>10.0} graphs/s")?;
     }
+    let cpu = r
+        .train_graphs_per_cpu_s
+        .map_or(String::new(), |c| format!("  ({c:.0} per CPU-second)"));
     writeln!(
         out,
-        "  training, batch {:<5}        {:>10.0} graphs/s",
+        "  training, batch {:<5}        {:>10.0} graphs/s{cpu}",
         r.train_batch, r.train_graphs_per_s
     )?;
     Ok(())

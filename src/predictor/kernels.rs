@@ -472,6 +472,9 @@ impl WithSimd for GradOp<'_, '_> {
     }
 }
 
+/// Rows per block of the weight-gradient kernel (its inputs then stay in L1).
+const GRAD_TILE_ROWS: usize = 64;
+
 #[inline(always)]
 fn grad_v<S: Simd, const HV: usize>(
     s: S,
@@ -480,60 +483,66 @@ fn grad_v<S: Simd, const HV: usize>(
     g: &mut WeightGrads,
 ) {
     let (k, h) = (c.k, c.h);
-    let mut agg = vec![0f32; 2 * k];
-    let mut i = rows.start;
-    while i < rows.end {
-        let two = i + 1 < rows.end;
-        let r_n = if two { 2 } else { 1 };
-        let dz: [[S::f32s; HV]; 2] = std::array::from_fn(|r| {
-            if r < r_n {
-                let v = S::as_simd_f32s(&c.dz[(i + r) * h..][..h]).0;
-                std::array::from_fn(|j| v[j])
-            } else {
-                [s.splat_f32s(0.0); HV]
-            }
-        });
+    let mut agg = vec![0f32; GRAD_TILE_ROWS * k];
+    let mut lo = rows.start;
+    while lo < rows.end {
+        let hi = (lo + GRAD_TILE_ROWS).min(rows.end);
+        let m = hi - lo;
+        let dz = &c.dz[lo * h..hi * h];
         {
             let gb = S::as_mut_simd_f32s(&mut g.bias).0;
-            for v in 0..HV {
-                gb[v] = s.add_f32s(gb[v], s.add_f32s(dz[0][v], dz[1][v]));
+            for row in pulp::as_arrays::<HV, _>(S::as_simd_f32s(dz).0).0 {
+                for v in 0..HV {
+                    gb[v] = s.add_f32s(gb[v], row[v]);
+                }
             }
         }
-        let x0 = &c.x[i * k..][..k];
-        let x1 = if two { &c.x[(i + 1) * k..][..k] } else { x0 };
-        let scale1 = if two { 1.0 } else { 0.0 };
-        outer2::<S, HV>(s, x0, x1, scale1, &dz, &mut g.w_self);
+        outer_tile::<S, HV>(s, &c.x[lo * k..hi * k], k, dz, &mut g.w_self);
         if let Some(nbr) = c.nbr {
-            let (a0, a1) = agg.split_at_mut(k);
-            neighbour_sum(s, c.x, k, nbr.row(i), a0);
-            if two {
-                neighbour_sum(s, c.x, k, nbr.row(i + 1), a1);
-            } else {
-                a1.fill(0.0);
+            for r in 0..m {
+                neighbour_sum(s, c.x, k, nbr.row(lo + r), &mut agg[r * k..][..k]);
             }
-            outer2::<S, HV>(s, a0, a1, 1.0, &dz, &mut g.w_nbr);
+            outer_tile::<S, HV>(s, &agg[..m * k], k, dz, &mut g.w_nbr);
         }
-        i += r_n;
+        lo = hi;
     }
 }
 
-/// `w[kk] += a0[kk]·dz0 + s1·a1[kk]·dz1` for every input `kk`.
+/// `w[kk] += Σ_r a[r][kk]·dz[r]` (rows in order), three inputs `kk` at a time held in registers.
 #[inline(always)]
-fn outer2<S: Simd, const HV: usize>(
-    s: S,
-    a0: &[f32],
-    a1: &[f32],
-    s1: f32,
-    dz: &[[S::f32s; HV]; 2],
-    w: &mut [f32],
-) {
+fn outer_tile<S: Simd, const HV: usize>(s: S, a: &[f32], k: usize, dz: &[f32], w: &mut [f32]) {
+    let dz = pulp::as_arrays::<HV, _>(S::as_simd_f32s(dz).0).0;
     let wv = pulp::as_arrays_mut::<HV, _>(S::as_mut_simd_f32s(w).0).0;
-    for ((w, &x0), &x1) in wv.iter_mut().zip(a0).zip(a1) {
-        let b0 = s.splat_f32s(x0);
-        let b1 = s.splat_f32s(x1 * s1);
-        for v in 0..HV {
-            w[v] = s.mul_add_e_f32s(b1, dz[1][v], s.mul_add_e_f32s(b0, dz[0][v], w[v]));
+    let mut kk = 0;
+    while kk + 3 <= k {
+        let mut acc0 = wv[kk];
+        let mut acc1 = wv[kk + 1];
+        let mut acc2 = wv[kk + 2];
+        for (row, d) in a.chunks_exact(k).zip(dz) {
+            let b0 = s.splat_f32s(row[kk]);
+            let b1 = s.splat_f32s(row[kk + 1]);
+            let b2 = s.splat_f32s(row[kk + 2]);
+            for v in 0..HV {
+                acc0[v] = s.mul_add_e_f32s(b0, d[v], acc0[v]);
+                acc1[v] = s.mul_add_e_f32s(b1, d[v], acc1[v]);
+                acc2[v] = s.mul_add_e_f32s(b2, d[v], acc2[v]);
+            }
         }
+        wv[kk] = acc0;
+        wv[kk + 1] = acc1;
+        wv[kk + 2] = acc2;
+        kk += 3;
+    }
+    while kk < k {
+        let mut acc = wv[kk];
+        for (row, d) in a.chunks_exact(k).zip(dz) {
+            let b = s.splat_f32s(row[kk]);
+            for v in 0..HV {
+                acc[v] = s.mul_add_e_f32s(b, d[v], acc[v]);
+            }
+        }
+        wv[kk] = acc;
+        kk += 1;
     }
 }
 
