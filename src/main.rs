@@ -67,7 +67,7 @@ enum BenchCommand {
     /// Graphs built per second on one core (plain, and with hash and FLOPs).
     Graph(cmd::bench::BenchGraphArgs),
     /// Predictor inference graphs/s at batch 1, 256, 4096 and training graphs/s at batch 32.
-    Predictor(cmd::predictor::BenchPredictorArgs),
+    Predictor(cmd::bench_predictor::BenchPredictorArgs),
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
         Command::Experiment(ExperimentCommand::Flops(a)) => cmd::experiment::flops_experiment(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
-        Command::Bench(BenchCommand::Predictor(a)) => cmd::predictor::bench(a),
+        Command::Bench(BenchCommand::Predictor(a)) => cmd::bench_predictor::bench(a),
         Command::Pretrain(a) => cmd::predictor::pretrain(a),
         Command::Predict(a) => cmd::predictor::predict(a),
         Command::Eval(a) => cmd::eval::eval(a),

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod bench_predictor;
 pub mod experiment;
 pub mod graph;
 pub mod predictor;

@@ -1,26 +1,20 @@
-//! `aiop pretrain`, `aiop predict` and `aiop bench predictor`: training the AIO-P predictor on
-//! the shipped labels, predicting architectures read from stdin, and measuring its speed.
+//! `aiop pretrain` and `aiop predict`: training the AIO-P predictor on the shipped labels and
+//! predicting architectures read from stdin (`aiop bench predictor` is in
+//! [`super::bench_predictor`]).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
-use candle_nn::Optimizer;
 use clap::Args;
 use serde::Serialize;
 
-use aiop::predictor::batch::Batch;
 use aiop::predictor::checkpoint::Trained;
 use aiop::predictor::data::{prepare, TaskKey};
 use aiop::predictor::features::GraphFeatures;
-use aiop::predictor::init::sorted_vars;
-use aiop::predictor::model::{Config, Regressor};
 use aiop::predictor::pretrain::{pretrain as run_pretrain, PretrainConfig};
-use aiop::predictor::train::{clip_grad_norm, TrainConfig};
 use aiop::predictor::{default_device, PredictorError};
-use aiop::rng::Rng;
-use aiop::spaces::{self, Arch, SpaceId};
+use aiop::spaces::{Arch, SpaceId};
 
 use super::DataError;
 
@@ -68,19 +62,6 @@ pub struct PredictArgs {
     /// Graphs per forward pass.
     #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchPredictorArgs {
-    /// A checkpoint to time (default: a freshly initialised default model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Training steps to time.
-    #[arg(long, default_value_t = 30)]
-    pub train_steps: usize,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
@@ -222,134 +203,5 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     if failed > 0 {
         return Err(DataError(format!("{failed} line(s) of stdin failed")).into());
     }
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct BenchResult {
-    device: String,
-    featurise_graphs_per_s: f64,
-    mean_nodes: f64,
-    inference: Vec<(usize, f64)>,
-    train_batch: usize,
-    train_graphs_per_s: f64,
-}
-
-/// Graphs/s of packing + forward over `graphs` at `batch`, at least `min_graphs` graphs.
-fn time_inference(
-    t: &Trained,
-    graphs: &[&GraphFeatures],
-    batch: usize,
-    min_graphs: usize,
-) -> anyhow::Result<f64> {
-    let run = |chunk: &[&GraphFeatures]| -> anyhow::Result<()> {
-        let b = Batch::pack(chunk, &t.device)?;
-        let y = t.model.predict(&b)?.to_vec1::<f32>()?;
-        anyhow::ensure!(y.len() == chunk.len());
-        Ok(())
-    };
-    run(&graphs[..batch.min(graphs.len())])?; // warm-up
-    let start = Instant::now();
-    let mut done = 0usize;
-    while done < min_graphs {
-        for chunk in graphs.chunks(batch) {
-            run(chunk)?;
-            done += chunk.len();
-            if done >= min_graphs {
-                break;
-            }
-        }
-    }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
-}
-
-pub fn bench(a: BenchPredictorArgs) -> anyhow::Result<()> {
-    let device = default_device();
-    let t = match &a.model {
-        Some(dir) => Trained::load(dir, &device)?,
-        None => Trained::init(&Config::default(), 0, &device)?,
-    };
-    let fc = t.model.config.features();
-    let task = spaces::Task::Cifar10;
-    let mut rng = Rng::new(0);
-    let archs: Vec<Arch> = (0..4096)
-        .map(|_| spaces::sample(SpaceId::Nb201, &mut rng))
-        .collect();
-    let start = Instant::now();
-    let feats: Vec<GraphFeatures> = archs
-        .iter()
-        .map(|arch| prepare(arch, task, &fc).map(|x| x.0))
-        .collect::<Result<_, _>>()?;
-    let featurise = feats.len() as f64 / start.elapsed().as_secs_f64();
-    let refs: Vec<&GraphFeatures> = feats.iter().collect();
-    let mean_nodes = feats.iter().map(|f| f.num_nodes()).sum::<usize>() as f64 / feats.len() as f64;
-
-    let mut inference = Vec::new();
-    for (batch, min_graphs) in [(1usize, 300usize), (256, 4096), (4096, 8192)] {
-        inference.push((batch, time_inference(&t, &refs, batch, min_graphs)?));
-    }
-
-    // Training steps at batch 32 on a copy of the model (weights are changed).
-    let tc = TrainConfig::default();
-    let tt = Trained::init(&t.model.config, 1, &device)?;
-    let vars = sorted_vars(&tt.map);
-    let mut opt = candle_nn::AdamW::new(
-        vars.iter().map(|(_, v)| v.clone()).collect(),
-        candle_nn::ParamsAdamW {
-            lr: tc.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
-    let mut step = |i: usize| -> anyhow::Result<()> {
-        let lo = (i * tc.batch_size) % (refs.len() - tc.batch_size);
-        let chunk = &refs[lo..lo + tc.batch_size];
-        let b = Batch::pack(chunk, &device)?;
-        let target = candle_core::Tensor::zeros(chunk.len(), candle_core::DType::F32, &device)?;
-        let loss = (tt.model.predict(&b)? - target)?.sqr()?.mean_all()?;
-        let mut grads = loss.backward()?;
-        clip_grad_norm(&mut grads, &vars, tc.clip_norm)?;
-        opt.step(&grads)?;
-        loss.to_scalar::<f32>()?;
-        Ok(())
-    };
-    step(0)?;
-    let start = Instant::now();
-    for i in 1..=a.train_steps.max(1) {
-        step(i)?;
-    }
-    let train_gps = (a.train_steps.max(1) * tc.batch_size) as f64 / start.elapsed().as_secs_f64();
-
-    let r = BenchResult {
-        device: format!("{device:?}"),
-        featurise_graphs_per_s: featurise,
-        mean_nodes,
-        inference,
-        train_batch: tc.batch_size,
-        train_graphs_per_s: train_gps,
-    };
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(out, "{}", serde_json::to_string(&r)?)?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "predictor bench on {} (NB-201 CIFAR-10 graphs, {:.0} nodes on average)",
-        r.device, r.mean_nodes
-    )?;
-    writeln!(
-        out,
-        "  build graph + features       {:>10.0} graphs/s",
-        r.featurise_graphs_per_s
-    )?;
-    for (b, gps) in &r.inference {
-        writeln!(out, "  inference, batch {b:<5}       {gps:>10.0} graphs/s")?;
-    }
-    writeln!(
-        out,
-        "  training, batch {:<5}        {:>10.0} graphs/s",
-        r.train_batch, r.train_graphs_per_s
-    )?;
     Ok(())
 }

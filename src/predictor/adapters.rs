@@ -89,7 +89,7 @@ impl Adapter {
         let mut h = states[0].clone();
         for (i, l) in self.layers.iter().enumerate() {
             let x = Tensor::cat(&[&states[i + 1], &h], 1)?;
-            h = self.activation.apply(&l.forward(&x, b)?)?;
+            h = l.forward_act(&x, b, self.activation)?;
         }
         let last = states.last().expect("states");
         let g = Tensor::cat(&[pool(last, b, enc.pooling)?, pool(&h, b, enc.pooling)?], 1)?;

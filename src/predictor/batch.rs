@@ -6,14 +6,70 @@
 //! computed separately for unweighted nodes (`plain`) and weighted nodes (`weighted`) and put back
 //! in node order with `perm`: row `perm[i]` of `[plain rows; weighted rows]` is node `i`.
 //!
+//! The batch also keeps a [`HostBatch`]: the same inputs as plain vectors plus the adjacency in
+//! compressed rows (both directions) and each graph's node range, built once per batch, for the
+//! fused CPU ops of [`super::ops`] (which then need no index tensors at all).
+//!
 //! Invariants: every tensor here is a plain tensor, never a `Var`, so no gradient is ever
 //! computed for it; `src`/`dst` < `num_nodes`; `graph` is non-decreasing and < `num_graphs`;
-//! `counts[g]` ≥ 1 for every packed graph (an empty graph is an error, its mean is undefined).
+//! `counts[g]` ≥ 1 for every packed graph (an empty graph is an error, its mean is undefined);
+//! the host copy describes exactly the nodes, edges and graphs of the tensors.
+
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
 use super::features::{GraphFeatures, RES_DIMS};
+use super::kernels::Csr;
 use super::PredictorError;
+
+/// A batch's inputs as plain vectors, for CPU kernels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostBatch {
+    /// All nodes of the batch as one graph (edges offset like the tensors').
+    pub nodes: GraphFeatures,
+    /// Row `i`: the sources of the edges into node `i` (the messages it sums), in edge order.
+    pub incoming: Csr,
+    /// Row `j`: the destinations of the edges out of node `j`, in edge order.
+    pub outgoing: Csr,
+    /// Graph `g` holds nodes `graph_ptr[g]..graph_ptr[g + 1]`.
+    pub graph_ptr: Vec<u32>,
+}
+
+impl HostBatch {
+    fn from_packed(p: &Packed) -> HostBatch {
+        let n = p.op.len();
+        let mut weighted = vec![false; n];
+        let mut kernel = vec![[0u32; 2]; n];
+        let mut bias = vec![false; n];
+        for (j, &i) in p.weighted.iter().enumerate() {
+            let i = i as usize;
+            weighted[i] = true;
+            kernel[i] = [p.kh[j], p.kw[j]];
+            bias[i] = p.bias[2 * j + 1] > 0.5;
+        }
+        let mut graph_ptr = Vec::with_capacity(p.counts.len() + 1);
+        graph_ptr.push(0u32);
+        for &c in &p.counts {
+            let last = *graph_ptr.last().expect("non-empty");
+            graph_ptr.push(last + c as u32);
+        }
+        HostBatch {
+            incoming: Csr::gather(n, &p.src, &p.dst),
+            outgoing: Csr::gather(n, &p.dst, &p.src),
+            nodes: GraphFeatures {
+                op: p.op.clone(),
+                res: p.res.clone(),
+                weighted,
+                kernel,
+                bias,
+                src: p.src.clone(),
+                dst: p.dst.clone(),
+            },
+            graph_ptr,
+        }
+    }
+}
 
 /// Constant input tensors of one batch.
 #[derive(Debug, Clone)]
@@ -43,6 +99,8 @@ pub struct Batch {
     pub graph: Tensor,
     /// Nodes per graph, f32 `[G, 1]`.
     pub counts: Tensor,
+    /// The same inputs as plain vectors, with compressed adjacency.
+    pub host: Arc<HostBatch>,
 }
 
 /// The batch as plain vectors (what [`Batch::pack`] turns into tensors).
@@ -141,6 +199,7 @@ impl Batch {
         let g = p.counts.len();
         let e = p.src.len();
         let nw = p.weighted.len();
+        let host = Arc::new(HostBatch::from_packed(&p));
         Ok(Batch {
             num_graphs: g,
             num_nodes: n,
@@ -161,6 +220,7 @@ impl Batch {
             dst: opt_u32(p.dst, dev)?,
             graph: Tensor::from_vec(p.graph, n, dev)?,
             counts: Tensor::from_vec(p.counts, (g, 1), dev)?,
+            host,
         })
     }
 }
@@ -190,6 +250,16 @@ mod tests {
         }
         let b = Batch::pack(&[&f, &f], &Device::Cpu).unwrap();
         assert_eq!(b.num_graphs, 2);
+        // The host copy: the two graphs' features back to back, edges offset.
+        let h = &b.host;
+        assert_eq!(h.graph_ptr, vec![0, 6, 12]);
+        assert_eq!(h.nodes.op[6..], f.op[..]);
+        assert_eq!(h.nodes.weighted[6..], f.weighted[..]);
+        assert_eq!(h.nodes.kernel[6..], f.kernel[..]);
+        assert_eq!(h.nodes.bias[6..], f.bias[..]);
+        assert_eq!(h.incoming.row(7), &[6]);
+        assert_eq!(h.outgoing.row(6), &[7]);
+        assert_eq!(h.incoming.row(6), &[] as &[u32]);
         assert_eq!(b.res.dims(), &[12, RES_DIMS]);
         assert_eq!(b.counts.dims(), &[2, 1]);
     }

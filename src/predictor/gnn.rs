@@ -6,7 +6,9 @@
 //! Invariants: the neighbour sum is `index_select` over sources then `index_add` into
 //! destinations, pooling is `index_add` into graphs (then a division by node counts for the mean)
 //! — both have correct gradients in candle 0.11.1, unlike `scatter_add`; a batch with no edge
-//! aggregates zeros.
+//! aggregates zeros. On the CPU (f32) a layer with its activation, and pooling, run as the fused
+//! ops of [`super::ops`] instead (same function, hand-written backward); elsewhere as the
+//! generic candle ops here.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::Batch;
 use super::init::linear;
+use super::ops;
 
 /// Element-wise activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,14 @@ pub fn neighbour_sum(x: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
 
 /// Pool node states `[N, d]` into graph embeddings `[G, d]`.
 pub fn pool(h: &Tensor, batch: &Batch, pooling: Pooling) -> candle_core::Result<Tensor> {
+    if ops::fused(h) {
+        return ops::pool(h, batch, pooling);
+    }
+    pool_generic(h, batch, pooling)
+}
+
+/// [`pool`] with generic candle ops (any device).
+pub fn pool_generic(h: &Tensor, batch: &Batch, pooling: Pooling) -> candle_core::Result<Tensor> {
     let d = h.dim(1)?;
     let zeros = Tensor::zeros((batch.num_graphs, d), h.dtype(), h.device())?;
     let sum = zeros.index_add(&batch.graph, h, 0)?;
@@ -78,9 +89,37 @@ impl GraphConv {
         })
     }
 
+    /// The layer's output before any activation.
     pub fn forward(&self, x: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
+        self.forward_act(x, batch, Activation::Identity)
+    }
+
+    /// `act(forward(x))`, one fused op on the CPU.
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        act: Activation,
+    ) -> candle_core::Result<Tensor> {
+        if ops::fused(x) {
+            let bias = match self.rel.bias() {
+                Some(b) => b.clone(),
+                None => Tensor::zeros(self.rel.weight().dim(0)?, x.dtype(), x.device())?,
+            };
+            return ops::graph_conv(x, self.root.weight(), self.rel.weight(), &bias, batch, act);
+        }
+        act.apply(&self.forward_generic(x, batch)?)
+    }
+
+    /// [`GraphConv::forward`] with generic candle ops (any device).
+    pub fn forward_generic(&self, x: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
         let agg = neighbour_sum(x, batch)?;
         self.rel.forward(&agg)? + self.root.forward(x)?
+    }
+
+    /// The weights: `root.weight` `[out, in]`, `rel.weight` `[out, in]`, `rel.bias` `[out]`.
+    pub fn tensors(&self) -> (&Tensor, &Tensor, Option<&Tensor>) {
+        (self.root.weight(), self.rel.weight(), self.rel.bias())
     }
 }
 

@@ -8,7 +8,9 @@
 //! [`data`] turns the shipped label tables into samples (ranked with [`crate::stats`]);
 //! [`pretrain`] runs the whole pretraining; [`adapters`] (K-Adapters over a frozen encoder) and
 //! [`transfer`] (zero-shot or fine-tuned on a few labelled networks) carry a pretrained model to
-//! new tasks.
+//! new tasks. On the CPU, training runs through the fused ops of [`ops`] (embedding, GraphConv
+//! with activation, pooling; hand-written backward over the SIMD [`kernels`]) and inference
+//! through the candle-free [`fast`] path.
 //!
 //! Invariants: every random choice (initial weights, dev split, batch order) comes from a
 //! [`crate::rng::Rng`] seeded by the caller, so a run is repeatable from its seed on one machine;
@@ -21,10 +23,13 @@ pub mod batch;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod fast;
 pub mod features;
 pub mod gnn;
 pub mod init;
+pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod pretrain;
 pub mod shipped;
 pub mod train;

@@ -12,15 +12,21 @@
 //! `embed.kernel`, `embed.bias`, `gnn.layer{i}.{root,rel}`, `head.layer{i}`.
 //! Invariants: both embedding branches have the same width ([`Config::validate`]); the encoder
 //! and head are separate values so a frozen encoder can feed new heads (K-Adapters).
+//! On the CPU the embedding, each layer with its activation, and pooling are fused ops
+//! ([`super::ops`]), and [`Regressor::infer`] of a [`Predictor`] runs without candle
+//! ([`super::fast`]); both compute the function of the generic candle path (kept for other
+//! devices) to float rounding.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::batch::Batch;
-use super::features::{FeatureConfig, Normalisers, RES_DIMS};
+use super::fast::{EmbedDims, FastPredictor};
+use super::features::{FeatureConfig, GraphFeatures, Normalisers, RES_DIMS};
 use super::gnn::{pool, Activation, GraphConv, Pooling};
 use super::init::{embedding, linear};
+use super::ops;
 use super::PredictorError;
 
 /// The architecture of the predictor. Serialised into checkpoints; every field has a default.
@@ -118,6 +124,7 @@ pub struct NodeEmbedding {
     res: Linear,
     kernel: Embedding,
     bias: Linear,
+    dims: EmbedDims,
 }
 
 impl NodeEmbedding {
@@ -128,11 +135,42 @@ impl NodeEmbedding {
             res: linear(RES_DIMS, c.res_dim, true, vb.pp("res"))?,
             kernel: embedding(c.kernel_vocab, c.kernel_dim, vb.pp("kernel"))?,
             bias: linear(2, c.bias_dim, true, vb.pp("bias"))?,
+            dims: EmbedDims::of(c),
         })
+    }
+
+    /// The variables in [`super::fast::EMBED_VARS`] order.
+    pub fn tensors(&self) -> candle_core::Result<[Tensor; 7]> {
+        let bias = |l: &Linear| match l.bias() {
+            Some(b) => Ok(b.clone()),
+            None => candle_core::bail!("embedding linear map without bias"),
+        };
+        Ok([
+            self.op.embeddings().clone(),
+            self.w_op.embeddings().clone(),
+            self.res.weight().clone(),
+            bias(&self.res)?,
+            self.kernel.embeddings().clone(),
+            self.bias.weight().clone(),
+            bias(&self.bias)?,
+        ])
     }
 
     /// `[N, embed_dim]` in node order.
     pub fn forward(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        if ops::fused(self.op.embeddings()) {
+            let parts = self
+                .tensors()?
+                .iter()
+                .map(|t| t.flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return ops::embed(&Tensor::cat(&parts, 0)?, b, self.dims);
+        }
+        self.forward_generic(b)
+    }
+
+    /// [`NodeEmbedding::forward`] with generic candle ops (any device).
+    pub fn forward_generic(&self, b: &Batch) -> candle_core::Result<Tensor> {
         let res = self.res.forward(&b.res)?;
         let mut parts = Vec::with_capacity(2);
         if let Some(p) = &b.plain {
@@ -199,7 +237,7 @@ impl Encoder {
         hs.push(self.embed.forward(b)?);
         for l in &self.layers {
             let x = hs.last().expect("non-empty");
-            let y = self.activation.apply(&l.forward(x, b)?)?;
+            let y = l.forward_act(x, b, self.activation)?;
             hs.push(y);
         }
         Ok(hs)
@@ -209,9 +247,19 @@ impl Encoder {
     pub fn forward(&self, b: &Batch) -> candle_core::Result<Tensor> {
         let mut x = self.embed.forward(b)?;
         for l in &self.layers {
-            x = self.activation.apply(&l.forward(&x, b)?)?;
+            x = l.forward_act(&x, b, self.activation)?;
         }
         pool(&x, b, self.pooling)
+    }
+
+    /// [`Encoder::forward`] with the generic candle ops only (any device): the reference the
+    /// fused CPU ops are tested against.
+    pub fn forward_generic(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        let mut x = self.embed.forward_generic(b)?;
+        for l in &self.layers {
+            x = self.activation.apply(&l.forward_generic(&x, b)?)?;
+        }
+        super::gnn::pool_generic(&x, b, self.pooling)
     }
 }
 
@@ -239,6 +287,16 @@ impl Head {
         Ok(Head { layers, activation })
     }
 
+    /// The linear layers, input side first.
+    pub fn linears(&self) -> &[Linear] {
+        &self.layers
+    }
+
+    /// The activation between layers.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
     /// `[G, in]` → `[G]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
@@ -255,7 +313,24 @@ impl Head {
 
 /// Anything that maps a batch to one prediction per graph (`[G]`).
 pub trait Regressor {
+    /// Predictions `[G]` as a tensor, differentiable in the model's variables.
     fn predict(&self, b: &Batch) -> candle_core::Result<Tensor>;
+
+    /// Predictions for `graphs`, in order, when no gradient is wanted. The default packs them
+    /// into one batch on `dev` and runs [`Regressor::predict`]; a model may have a faster path.
+    fn infer(&self, graphs: &[&GraphFeatures], dev: &Device) -> Result<Vec<f32>, PredictorError> {
+        infer_generic(self, graphs, dev)
+    }
+}
+
+/// [`Regressor::infer`] through [`Regressor::predict`].
+pub fn infer_generic<R: Regressor + ?Sized>(
+    model: &R,
+    graphs: &[&GraphFeatures],
+    dev: &Device,
+) -> Result<Vec<f32>, PredictorError> {
+    let b = Batch::pack(graphs, dev)?;
+    Ok(model.predict(&b)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
 /// The AIO-P predictor.
@@ -283,11 +358,28 @@ impl Predictor {
             head,
         })
     }
+
+    /// [`Regressor::predict`] with the generic candle ops only (any device).
+    pub fn predict_generic(&self, b: &Batch) -> candle_core::Result<Tensor> {
+        self.head.forward(&self.encoder.forward_generic(b)?)
+    }
 }
 
 impl Regressor for Predictor {
     fn predict(&self, b: &Batch) -> candle_core::Result<Tensor> {
         self.head.forward(&self.encoder.forward(b)?)
+    }
+
+    /// On the CPU, the candle-free path of [`super::fast`] (the weights are copied once per
+    /// call).
+    fn infer(&self, graphs: &[&GraphFeatures], dev: &Device) -> Result<Vec<f32>, PredictorError> {
+        if dev.is_cpu() && ops::fused(self.encoder.embed.op.embeddings()) {
+            if graphs.is_empty() {
+                return Err(PredictorError::Data("an empty batch".into()));
+            }
+            return FastPredictor::new(self)?.predict(graphs);
+        }
+        infer_generic(self, graphs, dev)
     }
 }
 
