@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -88,8 +89,12 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let shutdown = shutdown_signal()?;
-        // The predictor is not part of this build yet: no fine-tuning jobs (tasks stay queued).
-        aiop::serve::run(config, listener, registry, None, shutdown).await?;
+        let tuner = aiop::jobs::ModelTuner::new(
+            config.state_dir.join(aiop::serve::MODELS_DIR),
+            aiop::tuned::BaseModel::from_option(config.model.as_deref()),
+            &registry,
+        )?;
+        aiop::serve::run(config, listener, registry, Some(Arc::new(tuner)), shutdown).await?;
         anyhow::Ok(())
     })
 }
