@@ -602,8 +602,8 @@ async fn predict(
         });
     }
     let (store, predictor) = (st.store.clone(), st.backend.predictor.clone());
-    let out = tokio::task::spawn_blocking(move || predict_blocking(&store, &predictor, req))
-        .await??;
+    let out =
+        tokio::task::spawn_blocking(move || predict_blocking(&store, &predictor, req)).await??;
     Ok(Json(out))
 }
 
@@ -703,7 +703,9 @@ fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
     use std::path::Component;
     let path = std::path::Path::new(p);
     if p.is_empty() || p.len() > 255 || path.is_absolute() {
-        return Err(format!("'{p}': give a relative path inside the task folder"));
+        return Err(format!(
+            "'{p}': give a relative path inside the task folder"
+        ));
     }
     for c in path.components() {
         let Component::Normal(n) = c else {

@@ -270,7 +270,10 @@ impl Config {
             }
         };
         positive("max_concurrent_jobs", self.max_concurrent_jobs as u64)?;
-        positive("max_concurrent_searches", self.max_concurrent_searches as u64)?;
+        positive(
+            "max_concurrent_searches",
+            self.max_concurrent_searches as u64,
+        )?;
         positive("max_batch_graphs", self.max_batch_graphs as u64)?;
         positive("body_limit_bytes", self.body_limit_bytes as u64)?;
         positive(

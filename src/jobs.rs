@@ -98,8 +98,8 @@ impl Finetuner for ModelTuner {
             .base
             .load(&self.device)
             .map_err(|e| format!("loading the base model {}: {e}", self.base.describe()))?;
-        let m = tuned::finetune(&spec, base, &self.base.describe(), true)
-            .map_err(|e| e.to_string())?;
+        let m =
+            tuned::finetune(&spec, base, &self.base.describe(), true).map_err(|e| e.to_string())?;
         m.save(&self.models_dir).map_err(|e| e.to_string())?;
         self.duration.observe(start.elapsed().as_secs_f64());
         if let Some(l) = m.meta.final_loss {
@@ -216,7 +216,14 @@ impl Jobs {
             let h = std::thread::Builder::new()
                 .name(format!("aiop-job-{k}"))
                 .spawn(move || {
-                    worker(rx, stop_rx, store, runner.as_ref(), metrics, searches.as_ref())
+                    worker(
+                        rx,
+                        stop_rx,
+                        store,
+                        runner.as_ref(),
+                        metrics,
+                        searches.as_ref(),
+                    )
                 })
                 .map_err(JobsError::Thread)?;
             handles.push(h);

@@ -292,7 +292,9 @@ impl Searches {
 
     /// The cache name of the task model `id`'s predictions (what search records show).
     pub fn model_version(&self, id: &str) -> String {
-        self.inner.predictor.model_version(&ModelRef::Tuned { id: id.to_string() })
+        self.inner
+            .predictor
+            .model_version(&ModelRef::Tuned { id: id.to_string() })
     }
 
     /// Queue a search already in the store.
@@ -335,7 +337,8 @@ impl Searches {
             Ok(all) => all
                 .into_iter()
                 .filter(|s| {
-                    s.task == task && matches!(s.status, SearchStatus::Queued | SearchStatus::Running)
+                    s.task == task
+                        && matches!(s.status, SearchStatus::Queued | SearchStatus::Running)
                 })
                 .map(|s| s.id)
                 .collect(),
@@ -600,9 +603,9 @@ pub fn tuned_task(store: &Store, name: &str) -> Result<TunedTask, SearchesError>
         )));
     };
     let version = id.split_once('/').map_or("", |(_, v)| v);
-    let snap = store
-        .task_spec(name, version)?
-        .ok_or_else(|| SearchesError::NotFound(format!("task '{name}' has no version {version}")))?;
+    let snap = store.task_spec(name, version)?.ok_or_else(|| {
+        SearchesError::NotFound(format!("task '{name}' has no version {version}"))
+    })?;
     let space: TaskSpace = serde_json::from_value(snap["space"].clone())
         .map_err(|e| invalid(format!("task '{name}': {e}")))?;
     Ok(TunedTask {
@@ -685,7 +688,9 @@ pub fn task_search_record(
     let id = task_search_id(&spec.name, &spec.hash);
     let origin = format!("task file version {}", spec.hash);
     let stored = match spec.space {
-        TaskSpace::Builtin { space, head } => resolve_with(&req, space, head, model_id, spec, &origin),
+        TaskSpace::Builtin { space, head } => {
+            resolve_with(&req, space, head, model_id, spec, &origin)
+        }
         TaskSpace::Graph => Err(invalid(
             "a search needs a built-in space; space = \"graph\" has no architecture strings",
         )),
@@ -783,7 +788,10 @@ fn build_spec(
         beam: d.beam,
         top_k: req.top_k.unwrap_or(d.top_k),
     };
-    for (k, v) in [("max_mflops", spec.max_mflops), ("max_mparams", spec.max_mparams)] {
+    for (k, v) in [
+        ("max_mflops", spec.max_mflops),
+        ("max_mparams", spec.max_mparams),
+    ] {
         if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
             return Err(invalid(format!("{k} must be a positive number")));
         }

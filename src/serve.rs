@@ -234,9 +234,12 @@ pub async fn run(
     };
     tokio::task::spawn_blocking(move || watcher.stop()).await?;
     let s = searches.clone();
-    if tokio::time::timeout(left(deadline), tokio::task::spawn_blocking(move || s.stop()))
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        left(deadline),
+        tokio::task::spawn_blocking(move || s.stop()),
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("a search generation still running at the end of the grace period: it resumes from its last checkpoint");
     }
@@ -244,12 +247,19 @@ pub async fn run(
         // A job still running after the grace period is abandoned (its task stays `tuning` and
         // is queued again at the next start).
         let stopping = tokio::task::spawn_blocking(move || jobs.stop());
-        if tokio::time::timeout(left(deadline), stopping).await.is_err() {
+        if tokio::time::timeout(left(deadline), stopping)
+            .await
+            .is_err()
+        {
             tracing::warn!("fine-tuning jobs still running after the grace period: abandoned");
         }
     }
     let p = predictor.clone();
-    let _ = tokio::time::timeout(left(deadline), tokio::task::spawn_blocking(move || p.stop())).await;
+    let _ = tokio::time::timeout(
+        left(deadline),
+        tokio::task::spawn_blocking(move || p.stop()),
+    )
+    .await;
     store.flush()?;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
@@ -272,7 +282,10 @@ mod tests {
             snapshot: &serde_json::Value,
         ) -> Result<crate::jobs::Finetuned, String> {
             Ok(crate::jobs::Finetuned {
-                model: format!("test-{}", snapshot["samples"].as_array().map_or(0, |s| s.len())),
+                model: format!(
+                    "test-{}",
+                    snapshot["samples"].as_array().map_or(0, |s| s.len())
+                ),
                 meta: serde_json::Value::Null,
             })
         }

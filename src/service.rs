@@ -586,12 +586,19 @@ mod tests {
         // score exactly as an uninterrupted one, whatever other requests share its batches).
         let base = BaseModel::Embedded.load(&Device::Cpu).unwrap();
         let its = items(&svc);
-        let s = base.scaler(TaskKey::new(SpaceId::Nb201, Task::Cifar10)).unwrap();
-        let alone = base.predict_scaled(&s, &[(&its[0].features, its[0].gflops)], 8).unwrap();
+        let s = base
+            .scaler(TaskKey::new(SpaceId::Nb201, Task::Cifar10))
+            .unwrap();
+        let alone = base
+            .predict_scaled(&s, &[(&its[0].features, its[0].gflops)], 8)
+            .unwrap();
         let both = base
             .predict_scaled(
                 &s,
-                &[(&its[1].features, its[1].gflops), (&its[0].features, its[0].gflops)],
+                &[
+                    (&its[1].features, its[1].gflops),
+                    (&its[0].features, its[0].gflops),
+                ],
                 8,
             )
             .unwrap();
@@ -626,10 +633,13 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ServiceError::Model { .. }), "{e}");
         svc.stop();
-        assert!(matches!(
-            svc.predict(&m, vec![items(&svc).remove(0)], Source::Api),
-            Ok(_)
-        ), "cached values are still answered");
+        assert!(
+            matches!(
+                svc.predict(&m, vec![items(&svc).remove(0)], Source::Api),
+                Ok(_)
+            ),
+            "cached values are still answered"
+        );
         let mut fresh = items(&svc).remove(0);
         fresh.hash = GraphHash(1);
         assert!(matches!(

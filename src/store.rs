@@ -629,9 +629,11 @@ impl Store {
     /// Create a search record; an error when the id is taken. Flushed: a search is on disk
     /// before it runs.
     pub fn insert_search(&self, rec: &SearchRecord) -> Result<(), StoreError> {
-        let swapped =
-            self.searches
-                .compare_and_swap(rec.id.as_bytes(), None as Option<&[u8]>, Some(encode(rec)))?;
+        let swapped = self.searches.compare_and_swap(
+            rec.id.as_bytes(),
+            None as Option<&[u8]>,
+            Some(encode(rec)),
+        )?;
         if swapped.is_err() {
             return Err(StoreError::SearchExists(rec.id.clone()));
         }
@@ -724,12 +726,13 @@ impl Store {
         results: &serde_json::Value,
         checkpoint: &[u8],
     ) -> Result<SearchRecord, StoreError> {
-        let rec = self.update_search(id, Some(checkpoint), status != SearchStatus::Running, |r| {
-            r.status = status;
-            r.progress = progress;
-            r.results = results.clone();
-            true
-        })?;
+        let rec =
+            self.update_search(id, Some(checkpoint), status != SearchStatus::Running, |r| {
+                r.status = status;
+                r.progress = progress;
+                r.results = results.clone();
+                true
+            })?;
         Ok(rec.expect("the update always applies"))
     }
 
@@ -931,7 +934,10 @@ impl StoreCollector {
         Ok(StoreCollector {
             store,
             tasks: IntGaugeVec::new(
-                Opts::new("aiop_tasks", "Tasks by status (queued, tuning, ready, failed)"),
+                Opts::new(
+                    "aiop_tasks",
+                    "Tasks by status (queued, tuning, ready, failed)",
+                ),
                 &["status"],
             )?,
             searches: IntGaugeVec::new(
@@ -971,7 +977,9 @@ impl prometheus::core::Collector for StoreCollector {
         }
         if let Ok(tasks) = self.store.tasks() {
             for t in tasks.iter().filter(|t| t.removed_at.is_none()) {
-                self.tasks.with_label_values(&[name(&t.status).as_str()]).inc();
+                self.tasks
+                    .with_label_values(&[name(&t.status).as_str()])
+                    .inc();
             }
         }
         for s in [
@@ -1103,8 +1111,8 @@ mod tests {
             db.insert("migrated", "yes")?;
             Ok(())
         }
-        let st = Store::open_with(state.path(), SCHEMA_VERSION + 1, &[v1_to_v2, add_marker])
-            .unwrap();
+        let st =
+            Store::open_with(state.path(), SCHEMA_VERSION + 1, &[v1_to_v2, add_marker]).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION + 1);
         assert!(st.db.get("migrated").unwrap().is_some());
     }
@@ -1119,7 +1127,10 @@ mod tests {
                 "progress": 0.5, "results": null, "error": null, "created_at": 1, "updated_at": 2});
             v1.searches.insert("s", encode(&rec)).unwrap();
             v1.checkpoints
-                .insert("s", br#"{"generation": 7, "evaluations": 56, "spec": {"budget": 112}}"#.to_vec())
+                .insert(
+                    "s",
+                    br#"{"generation": 7, "evaluations": 56, "spec": {"budget": 112}}"#.to_vec(),
+                )
                 .unwrap();
             v1.flush().unwrap();
         }
@@ -1152,7 +1163,10 @@ mod tests {
             .unwrap();
         assert!(created && rec.status == TaskStatus::Ready);
         assert_eq!(st.model_meta(&id).unwrap(), Some(meta.clone()));
-        assert_eq!(st.search("t-a").unwrap().unwrap().status, SearchStatus::Queued);
+        assert_eq!(
+            st.search("t-a").unwrap().unwrap().status,
+            SearchStatus::Queued
+        );
         // Ready again (a re-run after a crash): the search is not created twice.
         let (_, created) = st
             .set_task_ready("a", &s.hash, &id, Some(&meta), Some(&search))

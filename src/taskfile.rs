@@ -318,7 +318,10 @@ impl TaskSpec {
     /// Read back a [`TaskSpec::snapshot`], checking that its content still hashes to its
     /// version (a snapshot that does not is refused, never used).
     pub fn from_snapshot(v: &serde_json::Value) -> Result<TaskSpec, String> {
-        fn field<T: for<'de> Deserialize<'de>>(v: &serde_json::Value, k: &str) -> Result<T, String> {
+        fn field<T: for<'de> Deserialize<'de>>(
+            v: &serde_json::Value,
+            k: &str,
+        ) -> Result<T, String> {
             serde_json::from_value(v.get(k).cloned().unwrap_or(serde_json::Value::Null))
                 .map_err(|e| format!("snapshot field '{k}': {e}"))
         }
@@ -337,8 +340,10 @@ impl TaskSpec {
                 }
                 TaskSpace::Graph => SampleInput::Graph {
                     path: field(r, "graph_file")?,
-                    graph: json::from_json(&r.get("graph").cloned().unwrap_or_default().to_string())
-                        .map_err(|e| format!("snapshot sample {k}: {e}"))?,
+                    graph: json::from_json(
+                        &r.get("graph").cloned().unwrap_or_default().to_string(),
+                    )
+                    .map_err(|e| format!("snapshot sample {k}: {e}"))?,
                 },
             };
             samples.push(Sample { input, value, line });

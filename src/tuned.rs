@@ -245,11 +245,7 @@ impl TaskModel {
         let dir = id_dir(models, &self.meta.id())?;
         let parent = dir.parent().expect("an id folder has a parent");
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let tmp = parent.join(format!(
-            ".{}.tmp-{}",
-            self.meta.version,
-            std::process::id()
-        ));
+        let tmp = parent.join(format!(".{}.tmp-{}", self.meta.version, std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         self.trained
             .save(&tmp)
@@ -495,7 +491,12 @@ mod tests {
         assert_eq!(p, a.predict(&[(&f, gflops(&g))], 1).unwrap());
         assert!(p[0] > 0.0 && p[0] < 100.0, "{p:?} in accuracy units");
         // Ids cannot lead outside the models folder.
-        for bad in ["../x/0123", "c10", &format!("../{}", spec.hash), &format!(".x/{}", spec.hash)] {
+        for bad in [
+            "../x/0123",
+            "c10",
+            &format!("../{}", spec.hash),
+            &format!(".x/{}", spec.hash),
+        ] {
             assert!(id_dir(&models, bad).is_err(), "{bad}");
         }
         assert!(matches!(
