@@ -49,7 +49,7 @@ pub enum TunedError {
     Predictor {
         task: String,
         #[source]
-        source: PredictorError,
+        source: Box<PredictorError>,
     },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
@@ -59,6 +59,13 @@ pub enum TunedError {
     NotFound { name: String, dir: PathBuf },
     #[error("'{0}' is not a task model id (expected <task name>/<32 hex digits>)")]
     BadId(String),
+}
+
+fn predictor_err(task: &str, e: PredictorError) -> TunedError {
+    TunedError::Predictor {
+        task: task.to_string(),
+        source: Box::new(e),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TunedError + '_ {
@@ -213,10 +220,7 @@ impl TaskModel {
             path: m.clone(),
             message: e.to_string(),
         })?;
-        let trained = Trained::load(dir, device).map_err(|source| TunedError::Predictor {
-            task: meta.task.clone(),
-            source,
-        })?;
+        let trained = Trained::load(dir, device).map_err(|e| predictor_err(&meta.task, e))?;
         Ok(TaskModel { trained, meta })
     }
 
@@ -233,10 +237,7 @@ impl TaskModel {
     ) -> Result<Vec<f64>, TunedError> {
         self.trained
             .predict_scaled(&self.meta.scaler, graphs, batch_size)
-            .map_err(|source| TunedError::Predictor {
-                task: self.meta.task.clone(),
-                source,
-            })
+            .map_err(|e| predictor_err(&self.meta.task, e))
     }
 
     /// Write the model under `models/<name>/<version>/`, replacing a model of the same id.
@@ -249,10 +250,7 @@ impl TaskModel {
         let _ = std::fs::remove_dir_all(&tmp);
         self.trained
             .save(&tmp)
-            .map_err(|source| TunedError::Predictor {
-                task: self.meta.task.clone(),
-                source,
-            })?;
+            .map_err(|e| predictor_err(&self.meta.task, e))?;
         let side = tmp.join(SIDECAR);
         let json = serde_json::to_string_pretty(&self.meta).expect("the sidecar serialises");
         std::fs::write(&side, json + "\n").map_err(io_err(&side))?;
@@ -348,10 +346,7 @@ pub fn finetune(
     quiet: bool,
 ) -> Result<TaskModel, TunedError> {
     let start = Instant::now();
-    let perr = |source: PredictorError| TunedError::Predictor {
-        task: spec.name.clone(),
-        source,
-    };
+    let perr = |e: PredictorError| predictor_err(&spec.name, e);
     let base_fingerprint = fingerprint(&base).map_err(perr)?;
     let data = prepare(spec, &base)?;
     let y: Vec<f64> = data.iter().map(|d| d.2).collect();

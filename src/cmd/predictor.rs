@@ -251,8 +251,8 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
 
 /// What predicts: the base (or given) model for a benchmark task, or a task model.
 enum Predictor {
-    Base(Trained, TaskKey),
-    Tuned(TaskModel),
+    Base(Box<Trained>, TaskKey),
+    Tuned(Box<TaskModel>),
 }
 
 impl Predictor {
@@ -282,7 +282,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 TaskSpace::Builtin { space, head } => Some((space, head)),
                 TaskSpace::Graph => None,
             };
-            (Predictor::Tuned(m), sh)
+            (Predictor::Tuned(Box::new(m)), sh)
         }
         (None, Some(space), Some(task)) => {
             let space = SpaceId::from_name(space)?;
@@ -290,7 +290,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             let key = TaskKey::new(space, task);
             let t = load_model(a.model.as_deref(), &device)?;
             t.scaler(key)?;
-            (Predictor::Base(t, key), Some((space, task)))
+            (Predictor::Base(Box::new(t), key), Some((space, task)))
         }
         _ => anyhow::bail!("give --tuned NAME, or --space and --task"),
     };
