@@ -741,7 +741,7 @@ fn parse_search(
         )),
     };
     let budget = count("search.budget", &s.budget, 1)?;
-    let population = count("search.population", &s.population, 1)?;
+    let population = count("search.population", &s.population, 2)?;
     let sample = count("search.sample", &s.sample, 1)?;
     let batch = count("search.batch", &s.batch, 1)?;
     if let (Some(p), Some(k), Some(span)) =
@@ -771,6 +771,13 @@ fn parse_search(
                     .to_string(),
             ),
         };
+    if let (Algorithm::Flops, None, Some(a)) = (algorithm, &start, &s.algorithm) {
+        return Err(field_err(
+            "search.algorithm",
+            a.span(),
+            "a FLOP-reducing search needs a start network: add search.start".into(),
+        ));
+    }
     if let (TaskSpace::Graph, Some(span)) = (space, s.algorithm.as_ref().map(|a| a.span())) {
         return Err(field_err(
             "search.algorithm",
@@ -964,6 +971,51 @@ mod tests {
             &good_csv(),
         );
         assert_eq!(e.field(), Some("samples"), "{e}");
+        let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
+        assert_eq!(e.field(), Some("search.population"), "{e}");
+        let e = err(
+            &format!("{GOOD}[search]\nalgorithm = \"flops\"\n"),
+            &good_csv(),
+        );
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.algorithm")),
+            "{e}"
+        );
+        for (bad, field) in [
+            ("epochs = 0", "finetune.epochs"),
+            ("batch_size = 5000", "finetune.batch_size"),
+            ("lr = nan", "finetune.lr"),
+            ("seed = -1", "finetune.seed"),
+        ] {
+            let e = err(&format!("{GOOD}[finetune]\n{bad}\n"), &good_csv());
+            assert_eq!((e.line(), e.field()), (Some(6), Some(field)), "{e}");
+        }
+    }
+
+    #[test]
+    fn finetune_table_is_part_of_the_version_and_the_snapshot() {
+        let (_d, t) = setup(GOOD, &good_csv());
+        let plain = load(&t, &Limits::default()).unwrap();
+        assert_eq!(plain.finetune, None);
+        assert_eq!(plain.finetune.unwrap_or_default().resolved().epochs, 100);
+        let (_d2, t2) = setup(
+            &format!("{GOOD}[finetune]\nepochs = 3\nlr = 0.001\n[search]\nbatch = 4\n"),
+            &good_csv(),
+        );
+        let tuned = load(&t2, &Limits::default()).unwrap();
+        assert_ne!(tuned.hash, plain.hash);
+        let f = tuned.finetune.unwrap().resolved();
+        assert_eq!((f.epochs, f.batch_size, f.lr, f.seed), (3, 1, 0.001, 0));
+        // A snapshot reads back to the same spec; a tampered one is refused.
+        for spec in [&plain, &tuned] {
+            assert_eq!(&TaskSpec::from_snapshot(&spec.snapshot()).unwrap(), spec);
+        }
+        let mut snap = tuned.snapshot();
+        snap["samples"][0]["value"] = serde_json::json!(1.0);
+        assert!(TaskSpec::from_snapshot(&snap)
+            .unwrap_err()
+            .contains("not to its version"));
     }
 
     #[test]
