@@ -160,6 +160,27 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
         "{text}"
     );
 
+    // Every series the shipped Grafana dashboard plots is one the daemon exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let exported = d.metrics();
+    let mut plotted = 0;
+    for w in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if w.starts_with("aiop_") {
+            plotted += 1;
+            assert!(
+                exported
+                    .keys()
+                    .any(|k| k == w || k.starts_with(&format!("{w}{{"))),
+                "the dashboard plots {w}, which /metrics lacks"
+            );
+        }
+    }
+    assert!(plotted >= 25, "{plotted}");
+
     d.signal("-TERM");
     assert_eq!(
         d.wait_exit(Duration::from_secs(GRACE_SECS + 3)).code(),
