@@ -399,9 +399,27 @@ impl Searches {
             .lock()
             .expect("running lock")
             .insert(id.to_string(), cancel.clone());
-        let out = self.claim_and_run(id, &cancel);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.claim_and_run(id, &cancel)
+        }));
         self.inner.running.lock().expect("running lock").remove(id);
-        out
+        match out {
+            Ok(r) => r,
+            Err(_) => {
+                // A bug, not the search's input: record it; the worker goes on with the next.
+                self.inner
+                    .metrics
+                    .finished
+                    .with_label_values(&["failed"])
+                    .inc();
+                self.inner.store.update_search(id, None, true, |r| {
+                    r.status = SearchStatus::Failed;
+                    r.error = Some("the search panicked (a bug: see the daemon's log); its last checkpoint is kept".into());
+                    true
+                })?;
+                Ok(())
+            }
+        }
     }
 
     fn claim_and_run(&self, id: &str, cancel: &Cancel) -> Result<(), StoreError> {
@@ -451,7 +469,15 @@ impl Searches {
             model: &stored.model,
             sign,
         };
+        // Counted as running until this frame ends, unwinding included.
+        struct Running<'a>(&'a IntGauge);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
         m.running.inc();
+        let running = Running(&m.running);
         let outcome = loop {
             if state.done {
                 break Ok(SearchStatus::Done);
@@ -478,7 +504,7 @@ impl Searches {
                 m.best.with_label_values(&[id]).set(b.score * sign);
             }
         };
-        m.running.dec();
+        drop(running);
         match outcome {
             Ok(SearchStatus::Done) => {
                 m.finished.with_label_values(&["done"]).inc();
@@ -802,9 +828,22 @@ fn build_spec(
     if spec.top_k == 0 || spec.top_k > 1000 {
         return Err(invalid("top_k must be within 1..=1000"));
     }
+    for (k, v, max) in [
+        ("batch", spec.batch, MAX_BATCH),
+        ("population", spec.population, MAX_POPULATION),
+        ("sample", spec.sample, MAX_POPULATION),
+    ] {
+        if v > max {
+            return Err(invalid(format!("{k} {v} is over the limit of {max}")));
+        }
+    }
     spec.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
 }
 
 /// Most evaluations one search may ask for.
 pub const MAX_BUDGET: usize = 1_000_000;
+/// Most candidates per generation.
+pub const MAX_BATCH: usize = 4096;
+/// Largest evolution population (and tournament).
+pub const MAX_POPULATION: usize = 100_000;

@@ -92,6 +92,9 @@ pub enum ServiceError {
     Model { model: String, message: String },
     #[error("the predictor service has stopped")]
     Stopped,
+    /// The forward pass this request was part of panicked (a bug; the service goes on).
+    #[error("the predictor failed on this batch (see the daemon's log)")]
+    Failed,
     #[error("loading the base model {base}: {message}")]
     Base { base: String, message: String },
     #[error(transparent)]
@@ -326,7 +329,7 @@ impl PredictorService {
                     reply,
                 }))
                 .map_err(|_| ServiceError::Stopped)?;
-            let values = answer.recv().map_err(|_| ServiceError::Stopped)??;
+            let values = answer.recv().map_err(|_| ServiceError::Failed)??;
             let pairs: Vec<(GraphHash, f64)> = hashes.into_iter().zip(values).collect();
             self.inner.store.cache_predictions(&key, &pairs)?;
             for (&i, (_, v)) in miss_at.iter().zip(&pairs) {
@@ -397,7 +400,11 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.serve(batch);
+            // A panic fails the requests of this batch (their reply channels drop), not the service.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(batch))).is_err()
+            {
+                tracing::error!("the predictor panicked on a batch; its requests failed");
+            }
             if stop {
                 break;
             }

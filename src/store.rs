@@ -535,7 +535,8 @@ impl Store {
 
     /// A job produced `model` (its metadata `meta`) for the version `hash`: the task is ready,
     /// the model's metadata is recorded, and `search` (the search the task file asks for) is
-    /// created unless a search of that id exists, all in one transaction. `None` (and nothing
+    /// created unless a search of that id exists or the task's file was deleted meanwhile, all
+    /// in one transaction. `None` (and nothing
     /// written) when the task has moved on to another version meanwhile; otherwise the record
     /// and whether `search` was created.
     pub fn set_task_ready(
@@ -566,7 +567,7 @@ impl Store {
                     models.insert(model.as_bytes(), m.as_slice())?;
                 }
                 let mut created = false;
-                if let (Some(s), Some(b)) = (search, &search_bytes) {
+                if let (Some(s), Some(b), None) = (search, &search_bytes, rec.removed_at) {
                     if searches.get(s.id.as_bytes())?.is_none() {
                         searches.insert(s.id.as_bytes(), b.as_slice())?;
                         created = true;
