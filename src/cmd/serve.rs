@@ -288,7 +288,7 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
         .thread_name("aiop-async")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
+    let out = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -300,7 +300,12 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
         )?;
         aiop::serve::run(config, listener, registry, Some(Arc::new(tuner)), shutdown).await?;
         anyhow::Ok(())
-    })
+    });
+    // `run` has drained and flushed within the grace period; work it abandoned (a fine-tuning job
+    // still running, queued again at the next start) must not hold the exit, as dropping the
+    // runtime would (it waits for blocking tasks).
+    rt.shutdown_background();
+    out
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {

@@ -269,6 +269,7 @@ fn sigterm_mid_search_exits_within_the_grace_period_and_the_search_resumes() {
         v["status"] == "running" && v["generation"].as_u64().unwrap() >= 2
     });
 
+    let before_stop = d.get(&format!("/v1/searches/{id}")).json();
     let t0 = Instant::now();
     d.signal("-TERM");
     let status = d.wait_exit(Duration::from_secs(GRACE_SECS + 3));
@@ -280,11 +281,25 @@ fn sigterm_mid_search_exits_within_the_grace_period_and_the_search_resumes() {
     );
     drop(d);
 
+    // The record on disk (read with the daemon down): queued again, at its checkpoint.
+    let dump = crate::common::aiop(&["store", "export", "--state", state.to_str().unwrap()], "");
+    assert!(dump.status.success());
+    let stopped: serde_json::Value = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["tree"] == "searches" && l["key"] == id.as_str())
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(stopped["status"], "queued", "{stopped}");
+    let g = stopped["generation"].as_u64().unwrap();
+    assert!(
+        g >= before_stop["generation"].as_u64().unwrap(),
+        "{stopped} {before_stop}"
+    );
+
     // At the next start the search carries on from the checkpoint written at the stop.
     let d = Daemon::start(&state);
-    let stopped = d.get(&format!("/v1/searches/{id}")).json();
-    let g = stopped["generation"].as_u64().unwrap();
-    assert!(g >= 2, "{stopped}");
     let seen = watch_search(&d, &id, |v| {
         v["resumes"] == 1 && v["generation"].as_u64().unwrap() > g
     });
