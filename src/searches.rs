@@ -30,7 +30,7 @@ use crate::search::fitness::Candidate;
 use crate::search::{self, Fitness, SearchError, SearchSpec, SearchState, Start};
 use crate::service::{ModelRef, PredictorService, Source};
 use crate::spaces::{Arch, SpaceId};
-use crate::store::{now_ms, SearchRecord, SearchStatus, Store, StoreError};
+use crate::store::{now_ms, Checkpoint, SearchRecord, SearchStatus, Store, StoreError};
 use crate::taskfile::{self, TaskSpace, TaskSpec};
 
 /// A search as submitted (`POST /v1/searches`, `aiop submit FILE.json`, or a task file's
@@ -442,13 +442,14 @@ impl Searches {
             Ok(s) => s,
             Err(e) => return fail(format!("the stored search spec is unreadable: {e}")),
         };
-        let (mut state, resumed) = match store.checkpoint(id)? {
-            Some(bytes) => match serde_json::from_slice::<SearchState>(&bytes) {
-                Ok(s) => (s, true),
+        // `saved`: history entries already in the store's history tree.
+        let (mut state, resumed, mut saved) = match store.search_checkpoint(id)? {
+            Some((head, history)) => match load_state(&head, history) {
+                Ok((s, n)) => (s, true, n),
                 Err(e) => return fail(format!("the search checkpoint is unreadable: {e}")),
             },
             None => match SearchState::new(stored.search.clone()) {
-                Ok(s) => (s, false),
+                Ok(s) => (s, false, 0),
                 Err(e) => return fail(e.to_string()),
             },
         };
@@ -499,7 +500,7 @@ impl Searches {
             } else {
                 SearchStatus::Running
             };
-            self.save(id, &state, status, sign, None)?;
+            self.save(id, &mut state, &mut saved, status, sign, None)?;
             if let Some(b) = state.best() {
                 m.best.with_label_values(&[id]).set(b.score * sign);
             }
@@ -519,7 +520,7 @@ impl Searches {
                 } else {
                     tracing::info!(search = %id, generation = state.generation, "search stopped at its checkpoint; it resumes at the next start");
                 }
-                self.save(id, &state, status, sign, reason)
+                self.save(id, &mut state, &mut saved, status, sign, reason)
             }
             Err(e) => {
                 // The last checkpoint stays: the failure is recorded with what was found.
@@ -528,16 +529,28 @@ impl Searches {
         }
     }
 
-    /// Write the record's progress and the checkpoint in one transaction, flushed.
+    /// Write the record's progress and the checkpoint (the state's head, and the history
+    /// entries from `saved` on) in one transaction, flushed.
     fn save(
         &self,
         id: &str,
-        state: &SearchState,
+        state: &mut SearchState,
+        saved: &mut usize,
         status: SearchStatus,
         sign: f64,
         error: Option<String>,
     ) -> Result<(), StoreError> {
-        let checkpoint = serde_json::to_vec(state).expect("search states serialise");
+        let history = std::mem::take(&mut state.history);
+        let head = serde_json::to_vec(&serde_json::json!({
+            "history_len": history.len(),
+            "state": &*state,
+        }))
+        .expect("search states serialise");
+        state.history = history;
+        let added: Vec<Vec<u8>> = state.history[*saved..]
+            .iter()
+            .map(|e| serde_json::to_vec(e).expect("candidates serialise"))
+            .collect();
         let results: Vec<serde_json::Value> = state
             .results()
             .into_iter()
@@ -557,9 +570,15 @@ impl Searches {
             })
         });
         let budget = state.spec.budget.max(1) as f64;
-        self.inner
-            .store
-            .update_search(id, Some(&checkpoint), true, |r| {
+        self.inner.store.update_search(
+            id,
+            Some(Checkpoint {
+                head: &head,
+                history_from: *saved,
+                history: &added,
+            }),
+            true,
+            |r| {
                 r.status = status;
                 r.evaluations = state.evaluations as u64;
                 r.generation = state.generation;
@@ -575,9 +594,36 @@ impl Searches {
                     r.error = error.clone();
                 }
                 true
-            })?;
+            },
+        )?;
+        *saved = state.history.len();
         Ok(())
     }
+}
+
+/// A search state from a checkpoint: its head (`{"history_len", "state"}`) and the history
+/// entries stored beside it; a schema-1 checkpoint is the whole state (then no entry is in the
+/// history tree yet). Returns the state and how many of its history entries the tree holds.
+fn load_state(head: &[u8], history: Vec<Vec<u8>>) -> Result<(SearchState, usize), String> {
+    let v: serde_json::Value = serde_json::from_slice(head).map_err(|e| e.to_string())?;
+    let Some(st) = v.get("state") else {
+        return Ok((serde_json::from_value(v).map_err(|e| e.to_string())?, 0));
+    };
+    let n = v["history_len"]
+        .as_u64()
+        .ok_or("the checkpoint has no history_len")? as usize;
+    if history.len() < n {
+        return Err(format!(
+            "the checkpoint names {n} evaluated candidates, the store has {}",
+            history.len()
+        ));
+    }
+    let mut state: SearchState = serde_json::from_value(st.clone()).map_err(|e| e.to_string())?;
+    state.history = history[..n]
+        .iter()
+        .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
+        .collect::<Result<_, String>>()?;
+    Ok((state, n))
 }
 
 /// The predictor service as a search fitness (higher is better: predictions times `sign`).
@@ -847,3 +893,47 @@ pub const MAX_BUDGET: usize = 1_000_000;
 pub const MAX_BATCH: usize = 4096;
 /// Largest evolution population (and tournament).
 pub const MAX_POPULATION: usize = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::TableFitness;
+    use crate::spaces::Task;
+
+    #[test]
+    fn checkpoints_read_back_in_both_layouts() {
+        let spec = SearchSpec {
+            space: Some(SpaceId::Nb201),
+            task: Some(Task::Cifar10),
+            budget: 40,
+            population: 8,
+            sample: 2,
+            batch: 4,
+            seed: 3,
+            ..SearchSpec::default()
+        };
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut st = SearchState::new(spec).unwrap();
+        for _ in 0..4 {
+            search::step(&mut st, &mut fit).unwrap();
+        }
+        // Schema 1: the whole state.
+        let whole = serde_json::to_vec(&st).unwrap();
+        let (back, n) = load_state(&whole, Vec::new()).unwrap();
+        assert_eq!((back, n), (st.clone(), 0));
+        // Schema 2: the head, and the history beside it.
+        let mut head_state = st.clone();
+        let history = std::mem::take(&mut head_state.history);
+        let head = serde_json::to_vec(
+            &serde_json::json!({"history_len": history.len(), "state": head_state}),
+        )
+        .unwrap();
+        let entries: Vec<Vec<u8>> = history
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap())
+            .collect();
+        let (back, n) = load_state(&head, entries.clone()).unwrap();
+        assert_eq!((back, n), (st.clone(), st.history.len()));
+        assert!(load_state(&head, entries[..1].to_vec()).is_err());
+    }
+}

@@ -2,9 +2,11 @@
 //!
 //! Trees: `meta` (schema version), `tasks` (name → [`TaskRecord`] JSON), `task_specs`
 //! (`name/hash` → the self-contained spec snapshot of that version), `searches` (id →
-//! [`SearchRecord`] JSON), `checkpoints` (search id → opaque bytes: the serialised search
-//! state), `predictions` (`model_version\0graph_hash` → f64 little-endian), `models` (task model
-//! id `name/hash` → its sidecar, [`crate::tuned::TunedMeta`] JSON).
+//! [`SearchRecord`] JSON), `checkpoints` (search id → opaque bytes: the serialised search state
+//! without its history), `search_history` (`id/index` → one evaluated candidate of a search's
+//! history, appended as the search goes, so a checkpoint costs what the generation added, not
+//! the whole history), `predictions` (`model_version\0graph_hash` → f64 little-endian),
+//! `models` (task model id `name/hash` → its sidecar, [`crate::tuned::TunedMeta`] JSON).
 //!
 //! Invariants: the schema version is checked at [`Store::open`]: a newer one is refused, an older
 //! one is upgraded through [`MIGRATIONS`] (one function per version step) before anything else
@@ -38,13 +40,16 @@ pub type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 pub const MIGRATIONS: &[Migration] = &[v1_to_v2];
 
 /// Version 2: search records carry their progress (evaluations, budget, generation, best,
-/// model, resumptions) explicitly, and a `models` tree holds task models' metadata. Every v1
-/// search record is rewritten with the new fields (zero, or taken from its checkpoint when it
-/// has one); the `models` tree starts empty (v1 never fine-tuned).
+/// model, resumptions) explicitly, a `models` tree holds task models' metadata, and a
+/// `search_history` tree the searches' histories. Every v1 search record is rewritten with the
+/// new fields (zero, or taken from its checkpoint when it has one); a v1 checkpoint (the whole
+/// state, history included) stays as it is and is read as such; the new trees start empty
+/// (v1 never fine-tuned).
 fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
     let searches = db.open_tree("searches")?;
     let checkpoints = db.open_tree("checkpoints")?;
     db.open_tree("models")?;
+    db.open_tree("search_history")?;
     for kv in searches.iter() {
         let (k, v) = kv?;
         let mut rec: SearchRecord = decode("searches", &k, &v)?;
@@ -61,11 +66,12 @@ fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
 }
 const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION - 1);
 
-const TREES: [&str; 6] = [
+const TREES: [&str; 7] = [
     "tasks",
     "task_specs",
     "searches",
     "checkpoints",
+    "search_history",
     "predictions",
     "models",
 ];
@@ -260,8 +266,23 @@ pub struct Store {
     task_specs: sled::Tree,
     searches: sled::Tree,
     checkpoints: sled::Tree,
+    search_history: sled::Tree,
     predictions: sled::Tree,
     models: sled::Tree,
+}
+
+/// What a search generation writes besides its record: the state's head (everything but the
+/// history) and the history entries added since the last checkpoint (`history_from` is the
+/// index of the first).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint<'a> {
+    pub head: &'a [u8],
+    pub history_from: usize,
+    pub history: &'a [Vec<u8>],
+}
+
+fn history_key(id: &str, index: usize) -> String {
+    format!("{id}/{index:012}")
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(
@@ -354,6 +375,7 @@ impl Store {
             task_specs: db.open_tree("task_specs")?,
             searches: db.open_tree("searches")?,
             checkpoints: db.open_tree("checkpoints")?,
+            search_history: db.open_tree("search_history")?,
             predictions: db.open_tree("predictions")?,
             models: db.open_tree("models")?,
             db,
@@ -659,16 +681,17 @@ impl Store {
     }
 
     /// Change a search record with `f` (which returns false to leave it as it is) and, when
-    /// given, replace its checkpoint, in one transaction; flushed when `flush`. Returns the
-    /// record after the change, or `None` when `f` declined.
+    /// given, write its checkpoint (head replaced, history appended), in one transaction;
+    /// flushed when `flush`. Returns the record after the change, or `None` when `f` declined.
     pub fn update_search(
         &self,
         id: &str,
-        checkpoint: Option<&[u8]>,
+        checkpoint: Option<Checkpoint<'_>>,
         flush: bool,
         f: impl Fn(&mut SearchRecord) -> bool,
     ) -> Result<Option<SearchRecord>, StoreError> {
-        let rec = (&self.searches, &self.checkpoints).transaction(|(searches, cps)| {
+        let trees = (&self.searches, &self.checkpoints, &self.search_history);
+        let rec = trees.transaction(|(searches, cps, history)| {
             let v = searches
                 .get(id.as_bytes())?
                 .ok_or_else(|| abort(StoreError::NoSearch(id.to_string())))?;
@@ -679,7 +702,13 @@ impl Store {
             rec.updated_at = now_ms();
             searches.insert(id.as_bytes(), encode(&rec))?;
             if let Some(cp) = checkpoint {
-                cps.insert(id.as_bytes(), cp)?;
+                cps.insert(id.as_bytes(), cp.head)?;
+                for (k, e) in cp.history.iter().enumerate() {
+                    history.insert(
+                        history_key(id, cp.history_from + k).as_bytes(),
+                        e.as_slice(),
+                    )?;
+                }
             }
             Ok(Some(rec))
         })?;
@@ -727,18 +756,39 @@ impl Store {
         results: &serde_json::Value,
         checkpoint: &[u8],
     ) -> Result<SearchRecord, StoreError> {
-        let rec =
-            self.update_search(id, Some(checkpoint), status != SearchStatus::Running, |r| {
-                r.status = status;
-                r.progress = progress;
-                r.results = results.clone();
-                true
-            })?;
+        let cp = Checkpoint {
+            head: checkpoint,
+            history_from: 0,
+            history: &[],
+        };
+        let rec = self.update_search(id, Some(cp), status != SearchStatus::Running, |r| {
+            r.status = status;
+            r.progress = progress;
+            r.results = results.clone();
+            true
+        })?;
         Ok(rec.expect("the update always applies"))
     }
 
+    /// The head of a search's checkpoint.
     pub fn checkpoint(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.checkpoints.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// A search's checkpoint: its head and every history entry, in order.
+    pub fn search_checkpoint(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, StoreError> {
+        let Some(head) = self.checkpoints.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let history = self
+            .search_history
+            .scan_prefix(format!("{id}/").as_bytes())
+            .map(|kv| kv.map(|(_, v)| v.to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((head.to_vec(), history)))
     }
 
     /// A cached prediction of `model` for the graph `graph`.
@@ -803,6 +853,7 @@ impl Store {
             "task_specs" => Some(&self.task_specs),
             "searches" => Some(&self.searches),
             "checkpoints" => Some(&self.checkpoints),
+            "search_history" => Some(&self.search_history),
             "predictions" => Some(&self.predictions),
             "models" => Some(&self.models),
             _ => None,
@@ -902,7 +953,7 @@ impl Store {
                     &serde_json::from_value::<SearchRecord>(value.clone())
                         .map_err(|e| err(e.to_string()))?,
                 ),
-                "task_specs" | "models" => encode(value),
+                "task_specs" | "models" | "search_history" => encode(value),
                 other => return Err(err(format!("unknown tree '{other}'"))),
             };
             let b = batches
@@ -1140,6 +1191,44 @@ mod tests {
         let r = st.search("s").unwrap().unwrap();
         assert_eq!((r.generation, r.evaluations, r.budget), (7, 56, 112));
         assert_eq!(r.status, SearchStatus::Running);
+    }
+
+    #[test]
+    fn search_history_is_appended_with_each_checkpoint() {
+        let state = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        for id in ["s", "s2"] {
+            st.insert_search(&SearchRecord::queued(id, "t", serde_json::json!({}), 9))
+                .unwrap();
+        }
+        let e = |k: u8| vec![b'0' + k];
+        let gen = |from: usize, n: u8, head: &'static [u8]| {
+            let entries: Vec<Vec<u8>> = (from as u8..n).map(e).collect();
+            st.update_search(
+                "s",
+                Some(Checkpoint {
+                    head,
+                    history_from: from,
+                    history: &entries,
+                }),
+                true,
+                |r| {
+                    r.generation += 1;
+                    true
+                },
+            )
+            .unwrap()
+            .unwrap()
+        };
+        gen(0, 3, b"h1");
+        // Thirteen entries: keys sort numerically (zero-padded indices).
+        let r = gen(3, 13, b"h2");
+        assert_eq!(r.generation, 2);
+        let (head, hist) = st.search_checkpoint("s").unwrap().unwrap();
+        assert_eq!(head, b"h2");
+        assert_eq!(hist, (0..13).map(e).collect::<Vec<_>>());
+        // Another search's history is its own ("s2" shares the prefix "s").
+        assert_eq!(st.search_checkpoint("s2").unwrap(), None);
     }
 
     #[test]
