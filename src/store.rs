@@ -281,6 +281,9 @@ pub struct Checkpoint<'a> {
     pub history: &'a [Vec<u8>],
 }
 
+/// A checkpoint as read back: the head and the history entries, in order.
+pub type StoredCheckpoint = (Vec<u8>, Vec<Vec<u8>>);
+
 fn history_key(id: &str, index: usize) -> String {
     format!("{id}/{index:012}")
 }
@@ -776,10 +779,7 @@ impl Store {
     }
 
     /// A search's checkpoint: its head and every history entry, in order.
-    pub fn search_checkpoint(
-        &self,
-        id: &str,
-    ) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, StoreError> {
+    pub fn search_checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
         let Some(head) = self.checkpoints.get(id.as_bytes())? else {
             return Ok(None);
         };
