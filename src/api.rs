@@ -1,22 +1,25 @@
-//! The HTTP API (axum): health, metrics, spaces, tasks, and graph statistics.
+//! The HTTP API (axum): health, metrics, spaces, tasks, graph statistics, predictions and
+//! searches.
 //!
 //! Routes: `GET /healthz`, `GET /metrics` (Prometheus text), `GET /v1/spaces`, `GET /v1/tasks`,
-//! `GET /v1/tasks/{name}`, `POST /v1/graph`. Invariants: every error is JSON
-//! `{"error": {"code", "message"}}` with a fitting status (unknown routes and methods, bad JSON
-//! and oversized bodies included); bodies over the configured limit are refused with 413;
-//! requests over the time limit get 408; every `POST` under `/v1` requires
-//! `Authorization: Bearer <token>` when a token is configured; CPU work (building graphs) runs on
-//! the blocking pool, never on the async workers; handlers read the store, never write it (the
-//! watcher and the jobs own the writes).
-//!
-//! Seam for the predictor: `POST /v1/predict` and the `/v1/searches` routes belong in
-//! `protected_routes` once the predictor and the search jobs exist; they are not mounted before.
+//! `POST /v1/tasks` (submit a task file), `GET /v1/tasks/{name}`, `POST /v1/graph`,
+//! `POST /v1/predict`, `GET|POST /v1/searches`, `GET|DELETE /v1/searches/{id}`.
+//! Invariants: every error is JSON `{"error": {"code", "message"}}` with a fitting status
+//! (unknown routes and methods, bad JSON and oversized bodies included); bodies over the
+//! configured limit are refused with 413; requests over the time limit get 408; every `POST` and
+//! `DELETE` requires `Authorization: Bearer <token>` when a token is configured (checked before
+//! the body is read); CPU work (building graphs, features) and store scans run on the blocking
+//! pool, never on the async workers, and predictions go through the shared
+//! [`PredictorService`]; handlers never write the store themselves: searches are created and
+//! cancelled by [`Searches`], and a submitted task file is validated in a hidden staging folder
+//! and then moved into the watched folder, where the watcher records it like any dropped file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,8 +29,22 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Regi
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{json, Convention, Graph};
-use crate::spaces::{labels, Arch, SpaceId};
-use crate::store::{Store, TaskRecord, TaskStatus};
+use crate::searches::{tuned_task, SearchRequest, Searches, SearchesError};
+use crate::service::{Item, ModelRef, PredictorService, ServiceError, Source};
+use crate::spaces::{labels, Arch, SpaceId, Task};
+use crate::store::{SearchRecord, SearchStatus, Store, TaskRecord, TaskStatus};
+use crate::taskfile::{self, Limits, TaskSpace};
+
+/// The daemon's parts the API drives.
+#[derive(Clone)]
+pub struct Backend {
+    pub predictor: PredictorService,
+    pub searches: Searches,
+    /// The watched folder, where submitted task files go.
+    pub tasks_dir: std::path::PathBuf,
+    /// Size limits of task files (submitted ones too).
+    pub limits: Limits,
+}
 
 /// Settings of the API.
 #[derive(Debug, Clone)]
@@ -48,6 +65,10 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("method not allowed")]
@@ -68,6 +89,8 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -114,6 +137,40 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<SearchesError> for ApiError {
+    fn from(e: SearchesError) -> ApiError {
+        match e {
+            SearchesError::Invalid(m) => ApiError::Unprocessable {
+                code: "invalid_search",
+                message: m,
+            },
+            SearchesError::NotFound(m) => ApiError::NotFound(m),
+            SearchesError::NotReady(m) => ApiError::Conflict(m),
+            SearchesError::Stopped => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::Model { .. } => ApiError::Unprocessable {
+                code: "model_error",
+                message: e.to_string(),
+            },
+            ServiceError::Stopped => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        ApiError::Internal(format!("a blocking task failed: {e}"))
+    }
+}
+
 #[derive(Clone)]
 struct Metrics {
     requests: IntCounterVec,
@@ -153,37 +210,40 @@ struct AppState {
     registry: Registry,
     cfg: Arc<ApiConfig>,
     metrics: Metrics,
+    backend: Backend,
 }
 
 /// Build the router; registers the API's metrics in `registry`.
-pub fn router(store: Store, registry: &Registry, cfg: ApiConfig) -> Result<Router, ApiError> {
+pub fn router(
+    store: Store,
+    registry: &Registry,
+    cfg: ApiConfig,
+    backend: Backend,
+) -> Result<Router, ApiError> {
     let metrics = Metrics::register(registry)?;
     let state = AppState {
         store,
         registry: registry.clone(),
         cfg: Arc::new(cfg.clone()),
         metrics,
+        backend,
     };
-    let open = Router::new()
+    // POST and DELETE handlers take [`Authorized`]: the bearer token, when one is configured.
+    Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/spaces", get(spaces))
-        .route("/v1/tasks", get(tasks))
-        .route("/v1/tasks/{name}", get(task));
-    Ok(open
-        .merge(protected_routes(state.clone()))
+        .route("/v1/tasks", get(tasks).post(submit_task))
+        .route("/v1/tasks/{name}", get(task))
+        .route("/v1/graph", post(graph))
+        .route("/v1/predict", post(predict))
+        .route("/v1/searches", get(list_searches).post(create_search))
+        .route("/v1/searches/{id}", get(get_search).delete(cancel_search))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(cfg.body_limit_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state))
-}
-
-/// Compute and mutating routes: behind the bearer token when one is configured.
-fn protected_routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/v1/graph", post(graph))
-        .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
 /// Time limit, request counting and latency, per matched route.
@@ -215,23 +275,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(
-    State(st): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(token) = &st.cfg.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
-            return Err(ApiError::Unauthorized);
+/// Proof that a request carries the configured bearer token (always, when none is configured).
+/// An extractor of the request head, so it is checked before any body is read.
+struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = &st.cfg.token {
+            let given = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+                return Err(ApiError::Unauthorized);
+            }
         }
+        Ok(Authorized)
     }
-    Ok(next.run(req).await)
 }
 
 async fn healthz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -394,6 +458,7 @@ fn build_graphs(req: GraphRequest) -> Result<Vec<GraphStats>, ApiError> {
 
 async fn graph(
     State(st): State<AppState>,
+    _auth: Authorized,
     body: Result<Json<GraphRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
@@ -414,4 +479,340 @@ async fn graph(
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     st.metrics.graphs.inc_by(out.len() as u64);
     Ok(Json(serde_json::json!({"graphs": out})))
+}
+
+/// `POST /v1/predict`: a benchmark task with the base model (`space` + `task`) or a task's own
+/// model (`tuned`), for architecture strings and/or JSON graphs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    space: Option<String>,
+    task: Option<String>,
+    tuned: Option<String>,
+    arch: Option<String>,
+    #[serde(default)]
+    archs: Vec<String>,
+    #[serde(default)]
+    graphs: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct Prediction {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<String>,
+    /// The graph's hash, for JSON graphs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    graph: Option<String>,
+    prediction: f64,
+}
+
+/// Which model answers, and the space and head architectures are built with (if any).
+fn predict_model(
+    store: &Store,
+    req: &PredictRequest,
+) -> Result<(ModelRef, Option<(SpaceId, Task)>), ApiError> {
+    match (&req.tuned, &req.space, &req.task) {
+        (Some(name), None, None) => {
+            let t = tuned_task(store, name)?;
+            let sh = match t.space {
+                TaskSpace::Builtin { space, head } => Some((space, head)),
+                TaskSpace::Graph => None,
+            };
+            Ok((ModelRef::Tuned { id: t.model_id }, sh))
+        }
+        (None, Some(space), Some(task)) => {
+            let space = SpaceId::from_name(space).map_err(|e| unprocessable(e.to_string()))?;
+            let task = space.task(task).map_err(|e| unprocessable(e.to_string()))?;
+            Ok((ModelRef::Base { space, task }, Some((space, task))))
+        }
+        _ => Err(unprocessable(
+            "give either 'tuned' (a task's name) or 'space' and 'task' (a benchmark task)".into(),
+        )),
+    }
+}
+
+fn predict_blocking(
+    store: &Store,
+    predictor: &PredictorService,
+    mut req: PredictRequest,
+) -> Result<serde_json::Value, ApiError> {
+    let (model, space_head) = predict_model(store, &req)?;
+    let mut archs = std::mem::take(&mut req.archs);
+    archs.extend(req.arch.take());
+    let mut items: Vec<Item> = Vec::with_capacity(archs.len() + req.graphs.len());
+    let mut rows: Vec<Prediction> = Vec::with_capacity(items.capacity());
+    if !archs.is_empty() {
+        let Some((space, head)) = space_head else {
+            return Err(unprocessable(
+                "this task's networks are JSON graphs: send 'graphs', not architecture strings"
+                    .into(),
+            ));
+        };
+        for (k, s) in archs.iter().enumerate() {
+            let arch =
+                Arch::parse(space, s).map_err(|e| unprocessable(format!("archs[{k}]: {e}")))?;
+            let g = arch
+                .build(head)
+                .map_err(|e| unprocessable(format!("archs[{k}]: {e}")))?;
+            items.push(predictor.item(&g));
+            rows.push(Prediction {
+                arch: Some(arch.to_string()),
+                graph: None,
+                prediction: f64::NAN,
+            });
+        }
+    }
+    for (k, v) in req.graphs.iter().enumerate() {
+        let g = json::from_json(&v.to_string())
+            .map_err(|e| unprocessable(format!("graphs[{k}]: {e}")))?;
+        let it = predictor.item(&g);
+        rows.push(Prediction {
+            arch: None,
+            graph: Some(it.hash.to_string()),
+            prediction: f64::NAN,
+        });
+        items.push(it);
+    }
+    let values = predictor.predict(&model, items, Source::Api)?;
+    for (r, v) in rows.iter_mut().zip(values) {
+        r.prediction = v;
+    }
+    Ok(serde_json::json!({"model": predictor.model_version(&model), "predictions": rows}))
+}
+
+async fn predict(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    body: Result<Json<PredictRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    let n = req.archs.len() + usize::from(req.arch.is_some()) + req.graphs.len();
+    if n == 0 {
+        return Err(unprocessable(
+            "nothing to predict: give 'arch', 'archs' or 'graphs'".into(),
+        ));
+    }
+    if n > st.cfg.max_items {
+        return Err(ApiError::Unprocessable {
+            code: "too_many_items",
+            message: format!(
+                "{n} predictions asked, at most {} per request",
+                st.cfg.max_items
+            ),
+        });
+    }
+    let (store, predictor) = (st.store.clone(), st.backend.predictor.clone());
+    let out =
+        tokio::task::spawn_blocking(move || predict_blocking(&store, &predictor, req)).await??;
+    Ok(Json(out))
+}
+
+/// A search record as the API shows it: progress always, the spec and results in the detail
+/// view once the search has ended (results so far are in `best` while it runs).
+fn search_view(r: &SearchRecord, detail: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": r.id,
+        "task": r.task,
+        "status": r.status,
+        "error": r.error,
+        "model": r.model,
+        "progress": r.progress,
+        "evaluations": r.evaluations,
+        "budget": r.budget,
+        "generation": r.generation,
+        "best": r.best,
+        "resumes": r.resumes,
+        "resumed_from_generation": r.resumed_from_generation,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    });
+    if detail {
+        v["spec"] = r.spec.clone();
+        let ended = matches!(
+            r.status,
+            SearchStatus::Done | SearchStatus::Cancelled | SearchStatus::Failed
+        );
+        if ended {
+            v["results"] = r.results.clone();
+        }
+    }
+    v
+}
+
+async fn list_searches(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = st.store.clone();
+    let mut all = tokio::task::spawn_blocking(move || store.searches()).await??;
+    all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    let v: Vec<serde_json::Value> = all.iter().map(|r| search_view(r, false)).collect();
+    Ok(Json(serde_json::json!({"searches": v})))
+}
+
+async fn get_search(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = st.store.clone();
+    let rec = tokio::task::spawn_blocking(move || store.search(&id).map(|r| (id, r))).await??;
+    match rec {
+        (_, Some(r)) => Ok(Json(search_view(&r, true))),
+        (id, None) => Err(ApiError::NotFound(format!("no search '{id}'"))),
+    }
+}
+
+async fn create_search(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    body: Result<Json<SearchRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(req) = body?;
+    let searches = st.backend.searches.clone();
+    let rec = tokio::task::spawn_blocking(move || searches.submit(req)).await??;
+    Ok((StatusCode::CREATED, Json(search_view(&rec, true))))
+}
+
+async fn cancel_search(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let searches = st.backend.searches.clone();
+    let rec = tokio::task::spawn_blocking(move || {
+        searches.cancel(&id, Some("cancelled through the API"))
+    })
+    .await??;
+    Ok((StatusCode::ACCEPTED, Json(search_view(&rec, true))))
+}
+
+/// `POST /v1/tasks`: a task file and the files it names, as `{"files": [{"path", "content"}]}`
+/// with paths relative to the task folder (exactly one `*.toml` at the top level).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitTask {
+    files: Vec<SubmitFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitFile {
+    path: String,
+    content: String,
+}
+
+/// A submitted path: relative, plain components, nothing the watcher would ignore.
+fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let path = std::path::Path::new(p);
+    if p.is_empty() || p.len() > 255 || path.is_absolute() {
+        return Err(format!(
+            "'{p}': give a relative path inside the task folder"
+        ));
+    }
+    for c in path.components() {
+        let Component::Normal(n) = c else {
+            return Err(format!("'{p}': only plain names (no '..', '.' or root)"));
+        };
+        let n = n.to_str().unwrap_or(".");
+        if n.starts_with('.')
+            || n.ends_with('~')
+            || [".swp", ".tmp", ".error"].iter().any(|s| n.ends_with(s))
+        {
+            return Err(format!(
+                "'{p}': hidden and temporary names are ignored by the task folder"
+            ));
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
+fn submit_blocking(
+    store: &Store,
+    backend: &Backend,
+    req: SubmitTask,
+) -> Result<serde_json::Value, ApiError> {
+    let bad = |m: String| ApiError::Unprocessable {
+        code: "invalid_task",
+        message: m,
+    };
+    let mut paths = Vec::with_capacity(req.files.len());
+    let mut toml = None;
+    for (k, f) in req.files.iter().enumerate() {
+        let p = safe_relative(&f.path).map_err(|m| bad(format!("files[{k}]: {m}")))?;
+        if paths.contains(&p) {
+            return Err(bad(format!("files[{k}]: '{}' given twice", f.path)));
+        }
+        if p.extension().is_some_and(|e| e == "toml") {
+            if p.components().count() != 1 || toml.is_some() {
+                return Err(bad(
+                    "exactly one task file (*.toml), at the top level of the folder".into(),
+                ));
+            }
+            toml = Some(k);
+        }
+        paths.push(p);
+    }
+    let Some(toml) = toml else {
+        return Err(bad("no task file (*.toml) among the files".into()));
+    };
+    let dir = backend
+        .tasks_dir
+        .canonicalize()
+        .map_err(|e| ApiError::Internal(format!("the tasks folder: {e}")))?;
+    // Staged under a hidden name inside the watched folder (same file system: moves are renames).
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let stage = dir.join(format!(
+        ".submit-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let io = |e: std::io::Error| ApiError::Internal(format!("staging the task: {e}"));
+    let result = (|| {
+        for (f, p) in req.files.iter().zip(&paths) {
+            let target = stage.join(p);
+            std::fs::create_dir_all(target.parent().expect("staged files have a folder"))
+                .map_err(io)?;
+            std::fs::write(&target, &f.content).map_err(io)?;
+        }
+        let staged_toml = stage.join(&paths[toml]);
+        let spec = taskfile::load(&staged_toml, &backend.limits).map_err(|e| {
+            let stage_s = format!("{}/", stage.display());
+            bad(e.to_string().replace(&stage_s, ""))
+        })?;
+        let final_toml = dir.join(&paths[toml]);
+        if let Some(t) = store.task(&spec.name)? {
+            if t.removed_at.is_none() && std::path::Path::new(&t.source) != final_toml {
+                return Err(ApiError::Conflict(format!(
+                    "task name '{}' is already defined by {}",
+                    spec.name, t.source
+                )));
+            }
+        }
+        // The files the task names first, the task file last.
+        let mut order: Vec<usize> = (0..paths.len()).filter(|&i| i != toml).collect();
+        order.push(toml);
+        for i in order {
+            let target = dir.join(&paths[i]);
+            std::fs::create_dir_all(target.parent().expect("task files have a folder"))
+                .map_err(io)?;
+            std::fs::rename(stage.join(&paths[i]), &target).map_err(io)?;
+        }
+        Ok(serde_json::json!({
+            "task": spec.name,
+            "version": spec.hash,
+            "file": final_toml.display().to_string(),
+            "samples": spec.samples.len(),
+        }))
+    })();
+    let _ = std::fs::remove_dir_all(&stage);
+    result
+}
+
+async fn submit_task(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    body: Result<Json<SubmitTask>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(req) = body?;
+    let (store, backend) = (st.store.clone(), st.backend.clone());
+    let out = tokio::task::spawn_blocking(move || submit_blocking(&store, &backend, req)).await??;
+    Ok((StatusCode::ACCEPTED, Json(out)))
 }

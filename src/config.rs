@@ -38,8 +38,15 @@ pub struct Config {
     pub tasks_dir: Option<PathBuf>,
     /// Address the HTTP API listens on (port 0 picks a free port; see `<state_dir>/aiop.addr`).
     pub listen: SocketAddr,
-    /// Fine-tuning and search jobs run at once.
+    /// Fine-tuning jobs run at once.
     pub max_concurrent_jobs: usize,
+    /// Searches run at once (each on its own thread; queued ones wait).
+    pub max_concurrent_searches: usize,
+    /// The pretrained base model: a checkpoint directory written by `aiop pretrain`; the model
+    /// embedded in the binary when unset.
+    pub model: Option<PathBuf>,
+    /// Most graphs the predictor service puts in one forward pass.
+    pub max_batch_graphs: usize,
     /// Largest accepted HTTP request body, in bytes.
     pub body_limit_bytes: usize,
     /// Most graphs (and later predictions) one request may ask for.
@@ -66,6 +73,9 @@ impl Default for Config {
             tasks_dir: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
             max_concurrent_jobs: 1,
+            max_concurrent_searches: 2,
+            model: None,
+            max_batch_graphs: 4096,
             body_limit_bytes: 1 << 20,
             max_predictions_per_request: 1000,
             token: None,
@@ -114,11 +124,14 @@ pub enum ConfigError {
 use crate::taskfile::line_of;
 
 /// The environment variables read, one per [`Config`] field.
-pub const ENV_KEYS: [&str; 13] = [
+pub const ENV_KEYS: [&str; 16] = [
     "AIOP_STATE_DIR",
     "AIOP_TASKS_DIR",
     "AIOP_LISTEN",
     "AIOP_MAX_CONCURRENT_JOBS",
+    "AIOP_MAX_CONCURRENT_SEARCHES",
+    "AIOP_MODEL",
+    "AIOP_MAX_BATCH_GRAPHS",
     "AIOP_BODY_LIMIT_BYTES",
     "AIOP_MAX_PREDICTIONS_PER_REQUEST",
     "AIOP_TOKEN",
@@ -205,6 +218,13 @@ impl Config {
                 "AIOP_MAX_CONCURRENT_JOBS" => {
                     self.max_concurrent_jobs = num(&value).map_err(bad)?
                 }
+                "AIOP_MAX_CONCURRENT_SEARCHES" => {
+                    self.max_concurrent_searches = num(&value).map_err(bad)?
+                }
+                "AIOP_MODEL" => {
+                    self.model = Some(PathBuf::from(&value)).filter(|p| !p.as_os_str().is_empty())
+                }
+                "AIOP_MAX_BATCH_GRAPHS" => self.max_batch_graphs = num(&value).map_err(bad)?,
                 "AIOP_BODY_LIMIT_BYTES" => self.body_limit_bytes = num(&value).map_err(bad)?,
                 "AIOP_MAX_PREDICTIONS_PER_REQUEST" => {
                     self.max_predictions_per_request = num(&value).map_err(bad)?
@@ -250,6 +270,11 @@ impl Config {
             }
         };
         positive("max_concurrent_jobs", self.max_concurrent_jobs as u64)?;
+        positive(
+            "max_concurrent_searches",
+            self.max_concurrent_searches as u64,
+        )?;
+        positive("max_batch_graphs", self.max_batch_graphs as u64)?;
         positive("body_limit_bytes", self.body_limit_bytes as u64)?;
         positive(
             "max_predictions_per_request",

@@ -1,8 +1,11 @@
 //! Jobs: the fine-tuning work a task version needs once it is accepted, run on dedicated
 //! threads, with the store as the record of where each task stands.
 //!
-//! The predictor plugs in through [`Finetuner`]; this module owns only the queue, the workers and
-//! the status transitions. Invariants: at most `workers` jobs run at once, each on its own
+//! The predictor plugs in through [`Finetuner`]; [`ModelTuner`] is the real one (task models of
+//! [`crate::tuned`], written under `<state>/models`). This module owns the queue, the workers and
+//! the status transitions; when a version turns ready its model's metadata is recorded and the
+//! search its `[search]` table asks for is created in the same store transaction, then handed to
+//! the search pool. Invariants: at most `workers` jobs run at once, each on its own
 //! thread, never on an async worker; a job is for one task *version*: a job whose version is no
 //! longer the task's current one, or not queued (a duplicate), is skipped, and a status update for an old version is ignored
 //! by the store, so a slow job never overwrites a newer version's state; transitions are
@@ -12,19 +15,102 @@
 //! finish and drops the queued ones (they stay `queued` in the store and are picked up at the
 //! next start).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
+use crate::predictor::{default_device, Device};
+use crate::searches::{self, Searches};
 use crate::store::{Store, StoreError, TaskStatus};
+use crate::taskfile::TaskSpec;
+use crate::tuned::{self, BaseModel};
 
-/// What fine-tunes the predictor on a task version. Implemented by the predictor room.
+/// A model a fine-tuning job produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finetuned {
+    /// Its id (`name/version` for task models): what the task record and searches name.
+    pub model: String,
+    /// Its metadata, recorded in the store (`Null` when there is none).
+    pub meta: serde_json::Value,
+}
+
+/// What fine-tunes the predictor on a task version.
 pub trait Finetuner: Send + Sync + 'static {
-    /// Fine-tune on `snapshot` (see [`crate::taskfile::TaskSpec::snapshot`]); returns the
-    /// version of the model produced, or a message saying why it failed.
-    fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<String, String>;
+    /// Fine-tune on `snapshot` (see [`crate::taskfile::TaskSpec::snapshot`]); returns the model
+    /// produced, or a message saying why it failed.
+    fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String>;
+}
+
+/// The real [`Finetuner`]: [`tuned::finetune`] from a fresh copy of the base model, the model
+/// saved under `models_dir`; registers `aiop_finetune_duration_seconds` and
+/// `aiop_finetune_final_loss{task}`.
+pub struct ModelTuner {
+    models_dir: PathBuf,
+    base: BaseModel,
+    device: Device,
+    duration: Histogram,
+    final_loss: GaugeVec,
+}
+
+impl ModelTuner {
+    pub fn new(
+        models_dir: PathBuf,
+        base: BaseModel,
+        registry: &Registry,
+    ) -> Result<ModelTuner, JobsError> {
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "aiop_finetune_duration_seconds",
+                "Time to fine-tune (or fit zero-shot) a task model",
+            )
+            .buckets(prometheus::exponential_buckets(0.05, 2.0, 16)?),
+        )?;
+        let final_loss = GaugeVec::new(
+            Opts::new(
+                "aiop_finetune_final_loss",
+                "Training MSE (standardised units) of the last fine-tuning epoch, per task",
+            ),
+            &["task"],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(final_loss.clone()))?;
+        Ok(ModelTuner {
+            models_dir,
+            base,
+            device: default_device(),
+            duration,
+            final_loss,
+        })
+    }
+}
+
+impl Finetuner for ModelTuner {
+    fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String> {
+        let start = Instant::now();
+        let spec = TaskSpec::from_snapshot(snapshot)?;
+        let base = self
+            .base
+            .load(&self.device)
+            .map_err(|e| format!("loading the base model {}: {e}", self.base.describe()))?;
+        let m =
+            tuned::finetune(&spec, base, &self.base.describe(), true).map_err(|e| e.to_string())?;
+        m.save(&self.models_dir).map_err(|e| e.to_string())?;
+        self.duration.observe(start.elapsed().as_secs_f64());
+        if let Some(l) = m.meta.final_loss {
+            self.final_loss.with_label_values(&[task]).set(l);
+        }
+        tracing::info!(task, model = %m.meta.id(), seconds = m.meta.seconds, final_loss = ?m.meta.final_loss, spearman = m.meta.fit.spearman, "task model saved");
+        Ok(Finetuned {
+            model: m.meta.id(),
+            meta: serde_json::to_value(&m.meta).map_err(|e| e.to_string())?,
+        })
+    }
 }
 
 /// One unit of work: fine-tune `task` at `version` (a spec hash).
@@ -49,6 +135,7 @@ pub enum JobsError {
 struct Metrics {
     finished: IntCounterVec,
     running: IntGauge,
+    recovered: IntCounter,
 }
 
 impl Metrics {
@@ -59,9 +146,14 @@ impl Metrics {
                 &["outcome"],
             )?,
             running: IntGauge::new("aiop_jobs_running", "Fine-tuning jobs running now")?,
+            recovered: IntCounter::new(
+                "aiop_jobs_recovered_total",
+                "Fine-tuning jobs queued again at start-up (left queued or interrupted)",
+            )?,
         };
         reg.register(Box::new(m.finished.clone()))?;
         reg.register(Box::new(m.running.clone()))?;
+        reg.register(Box::new(m.recovered.clone()))?;
         Ok(m)
     }
 }
@@ -86,12 +178,13 @@ pub struct Jobs {
 
 impl Jobs {
     /// Start `workers` threads running jobs with `runner`, and enqueue every task the store has
-    /// as queued.
+    /// as queued. Ready versions' searches go to `searches` when given.
     pub fn start(
         workers: usize,
         store: Store,
         runner: Arc<dyn Finetuner>,
         registry: &Registry,
+        searches: Option<Searches>,
     ) -> Result<Jobs, JobsError> {
         let metrics = Metrics::register(registry)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
@@ -103,6 +196,7 @@ impl Jobs {
             }
             if matches!(t.status, TaskStatus::Queued | TaskStatus::Tuning) && t.removed_at.is_none()
             {
+                metrics.recovered.inc();
                 let _ = tx.send(Job {
                     task: t.name,
                     version: t.spec_hash,
@@ -111,16 +205,26 @@ impl Jobs {
         }
         let mut handles = Vec::with_capacity(workers);
         for k in 0..workers.max(1) {
-            let (rx, stop_rx, store, runner, metrics) = (
+            let (rx, stop_rx, store, runner, metrics, searches) = (
                 rx.clone(),
                 stop_rx.clone(),
                 store.clone(),
                 runner.clone(),
                 metrics.clone(),
+                searches.clone(),
             );
             let h = std::thread::Builder::new()
                 .name(format!("aiop-job-{k}"))
-                .spawn(move || worker(rx, stop_rx, store, runner.as_ref(), metrics))
+                .spawn(move || {
+                    worker(
+                        rx,
+                        stop_rx,
+                        store,
+                        runner.as_ref(),
+                        metrics,
+                        searches.as_ref(),
+                    )
+                })
                 .map_err(JobsError::Thread)?;
             handles.push(h);
         }
@@ -153,13 +257,14 @@ fn worker(
     store: Store,
     runner: &dyn Finetuner,
     metrics: Metrics,
+    searches: Option<&Searches>,
 ) {
     loop {
         let job = crossbeam_channel::select! {
             recv(stop) -> _ => return,
             recv(rx) -> j => match j { Ok(j) => j, Err(_) => return },
         };
-        if let Err(e) = run_one(&job, &store, runner, &metrics) {
+        if let Err(e) = run_one(&job, &store, runner, &metrics, searches) {
             tracing::error!(task = %job.task, version = %job.version, error = %e, "job failed in the store");
         }
     }
@@ -170,6 +275,7 @@ fn run_one(
     store: &Store,
     runner: &dyn Finetuner,
     metrics: &Metrics,
+    searches: Option<&Searches>,
 ) -> Result<(), StoreError> {
     // Only a queued current version moves to `tuning`: outdated, duplicate and removed are dropped.
     if store.start_tuning(&job.task, &job.version)?.is_none() {
@@ -194,10 +300,25 @@ fn run_one(
     .unwrap_or_else(|_| Err("the fine-tuning job panicked".into()));
     metrics.running.dec();
     match out {
-        Ok(model) => {
-            store.set_task_ready(&job.task, &job.version, &model)?;
+        Ok(Finetuned { model, meta }) => {
+            // The search the task file asks for, created with the ready state in one write.
+            let search = searches.and_then(|s| {
+                let spec = TaskSpec::from_snapshot(&snapshot).ok()?;
+                let version = s.model_version(&model);
+                searches::task_search_record(&spec, &model, &version)
+            });
+            let meta = (!meta.is_null()).then_some(&meta);
+            let ready =
+                store.set_task_ready(&job.task, &job.version, &model, meta, search.as_ref())?;
             metrics.finished.with_label_values(&["ready"]).inc();
             tracing::info!(task = %job.task, version = %job.version, %model, "fine-tuning done");
+            if let (Some(s), Some((_, true)), Some(rec)) = (searches, ready, &search) {
+                if rec.status == crate::store::SearchStatus::Queued {
+                    if let Err(e) = s.enqueue(&rec.id) {
+                        tracing::warn!(search = %rec.id, error = %e, "the task's search stays queued until the next start");
+                    }
+                }
+            }
         }
         Err(e) => {
             store.set_task_status(&job.task, &job.version, TaskStatus::Failed, Some(e.clone()))?;
@@ -220,13 +341,16 @@ mod tests {
     struct Recorder(Mutex<Vec<(String, usize)>>);
 
     impl Finetuner for Recorder {
-        fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<String, String> {
+        fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String> {
             let n = snapshot["samples"].as_array().map_or(0, |s| s.len());
             self.0.lock().unwrap().push((task.to_string(), n));
             match task {
                 "bad" => Err("diverged".into()),
                 "boom" => panic!("kaboom"),
-                _ => Ok(format!("model-{task}")),
+                _ => Ok(Finetuned {
+                    model: format!("model-{task}"),
+                    meta: serde_json::Value::Null,
+                }),
             }
         }
     }
@@ -266,7 +390,7 @@ mod tests {
         add(&store, files.path(), "bad");
         let runner = Arc::new(Recorder::default());
         let reg = Registry::new();
-        let jobs = Jobs::start(2, store.clone(), runner.clone(), &reg).unwrap();
+        let jobs = Jobs::start(2, store.clone(), runner.clone(), &reg, None).unwrap();
         wait_status(&store, "good", TaskStatus::Ready);
         wait_status(&store, "bad", TaskStatus::Failed);
         assert_eq!(

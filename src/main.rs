@@ -36,7 +36,11 @@ enum Command {
     Experiment(ExperimentCommand),
     /// Pretrain the AIO-P predictor on the shipped labels and write a checkpoint.
     Pretrain(cmd::predictor::PretrainArgs),
-    /// Predict the performance of architecture strings on stdin, one JSON line each.
+    /// Fine-tune (or fit zero-shot) the predictor on a task file; writes a task model under
+    /// <STATE>/models and prints a JSON summary.
+    Finetune(cmd::predictor::FinetuneArgs),
+    /// Predict the performance of architecture strings (or JSON graph files, --graphs) on
+    /// stdin, one JSON line each.
     Predict(cmd::predictor::PredictArgs),
     /// Evaluate the predictor: unseen-task, unseen-space or sample-efficiency protocol, with
     /// baselines (FLOPs rank, params rank, no label transform, from scratch).
@@ -48,6 +52,10 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Ask a running daemon for its health and tasks.
     Status(cmd::serve::StatusArgs),
+    /// List a running daemon's searches, show one, or cancel one.
+    Searches(cmd::serve::SearchesArgs),
+    /// Send a search spec (JSON) or a task file (TOML, with its samples) to a running daemon.
+    Submit(cmd::serve::SubmitArgs),
     /// Export or import the daemon's store as JSON lines (with the daemon stopped).
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
@@ -68,6 +76,8 @@ enum BenchCommand {
     Graph(cmd::bench::BenchGraphArgs),
     /// Predictor inference graphs/s at batch 1, 256, 4096 and training graphs/s at batch 32.
     Predictor(cmd::bench_predictor::BenchPredictorArgs),
+    /// Load test of a running daemon: concurrent clients sending POST /v1/predict.
+    Api(cmd::bench::BenchApiArgs),
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
@@ -79,6 +89,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<aiop::spaces::SpaceError>()
             || cause.is::<aiop::graph::GraphError>()
+            || cause.is::<aiop::taskfile::TaskFileError>()
+            || matches!(
+                cause.downcast_ref::<aiop::tuned::TunedError>(),
+                Some(aiop::tuned::TunedError::Sample { .. })
+            )
             || cause.is::<cmd::DataError>()
             || matches!(
                 cause.downcast_ref::<aiop::predictor::PredictorError>(),
@@ -105,11 +120,15 @@ fn main() -> ExitCode {
         Command::Experiment(ExperimentCommand::Flops(a)) => cmd::experiment::flops_experiment(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
         Command::Bench(BenchCommand::Predictor(a)) => cmd::bench_predictor::bench(a),
+        Command::Bench(BenchCommand::Api(a)) => cmd::bench::api(a),
         Command::Pretrain(a) => cmd::predictor::pretrain(a),
+        Command::Finetune(a) => cmd::predictor::finetune(a),
         Command::Predict(a) => cmd::predictor::predict(a),
         Command::Eval(a) => cmd::eval::eval(a),
         Command::Serve(a) => cmd::serve::serve(a, prometheus::Registry::new()),
         Command::Status(a) => cmd::serve::status(a),
+        Command::Searches(a) => cmd::serve::searches(a),
+        Command::Submit(a) => cmd::serve::submit(a),
         Command::Store(c) => cmd::store::store(c),
     };
     match result {

@@ -1,26 +1,37 @@
-//! The daemon's wiring: store, task folder watcher and HTTP API, from start-up to drained exit.
+//! The daemon's wiring: store, predictor service, search pool, fine-tuning jobs, task folder
+//! watcher and HTTP API, from start-up to drained exit.
 //!
 //! [`run`] takes a bound listener and a shutdown future (injected, mini-redis style, so tests
-//! drive it). Invariants: the store is open and the watcher started before the API answers; the
-//! address actually bound is written to `<state_dir>/aiop.addr` (atomically) and systemd is told
-//! `READY=1` only once the listener accepts; on shutdown the listener stops accepting at once,
-//! in-flight requests get the grace period, then the watcher is stopped, the job pool (when there
-//! is a predictor) stopped, the store flushed, the address file removed, and `run` returns `Ok`
-//! (exit 0). Every component registers its own metrics in the one registry handed in.
+//! drive it). Invariants: the store is open, the base model loaded, interrupted searches and
+//! jobs queued again and the watcher started before the API answers; the address actually bound
+//! is written to `<state_dir>/aiop.addr` (atomically) and systemd is told `READY=1` only once
+//! the listener accepts; on shutdown the listener stops accepting and every running search is
+//! told to stop at once, then, all within one grace period: in-flight requests finish, searches
+//! checkpoint their current generation and stay queued, the watcher stops, running fine-tuning
+//! jobs finish (or are abandoned, to run again at the next start), the predictor service stops,
+//! the store is flushed, the address file removed, and `run` returns `Ok` (exit 0). Every
+//! component registers its own metrics in the one registry handed in.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiConfig, ApiError};
+use crate::api::{self, ApiConfig, ApiError, Backend};
 use crate::config::Config;
 use crate::jobs::{Finetuner, Jobs, JobsError};
+use crate::searches::{Searches, SearchesError};
+use crate::service::{PredictorService, ServiceConfig, ServiceError};
 use crate::store::{Store, StoreError};
 use crate::taskfile::Limits;
+use crate::tuned::BaseModel;
 use crate::watch::{self, WatchConfig, WatchError, Watcher};
+
+/// Where task models live under the state directory.
+pub const MODELS_DIR: &str = "models";
 
 /// The file holding the address the API listens on (one line, `host:port`).
 pub const ADDR_FILE: &str = "aiop.addr";
@@ -41,6 +52,10 @@ pub enum ServeError {
     #[error(transparent)]
     Jobs(#[from] JobsError),
     #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Searches(#[from] SearchesError),
+    #[error(transparent)]
     Api(#[from] ApiError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -48,6 +63,11 @@ pub enum ServeError {
     Server(std::io::Error),
     #[error("a daemon task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// Time left until `deadline` (zero when past).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 fn io_err<'a>(
@@ -70,8 +90,10 @@ fn write_addr_file(state_dir: &Path, addr: std::net::SocketAddr) -> Result<(), S
 }
 
 /// Run the daemon on `listener` until `shutdown` completes, then drain and return. Accepted task
-/// versions are fine-tuned by `finetuner` on `max_concurrent_jobs` threads; without one (no
-/// predictor in this build) they stay queued.
+/// versions are fine-tuned by `finetuner` (normally a [`crate::jobs::ModelTuner`]) on
+/// `max_concurrent_jobs` threads; without one they stay queued. Predictions and searches use
+/// the base model of `config.model` (the embedded one when unset) and the task models under
+/// `<state_dir>/models`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -87,6 +109,23 @@ pub async fn run(
     let addr_file = state_dir.join(ADDR_FILE);
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!(state = %state_dir.display(), tasks = store.tasks()?.len(), "store open");
+    store.register_metrics(&registry)?;
+
+    let service_cfg = ServiceConfig {
+        models_dir: state_dir.join(MODELS_DIR),
+        base: BaseModel::from_option(config.model.as_deref()),
+        max_batch_graphs: config.max_batch_graphs,
+    };
+    let (st, reg) = (store.clone(), registry.clone());
+    let predictor =
+        tokio::task::spawn_blocking(move || PredictorService::start(service_cfg, st, &reg))
+            .await??;
+    let searches = Searches::start(
+        config.max_concurrent_searches,
+        store.clone(),
+        predictor.clone(),
+        &registry,
+    )?;
 
     let jobs = match finetuner {
         Some(f) => Some(Jobs::start(
@@ -94,6 +133,7 @@ pub async fn run(
             store.clone(),
             f,
             &registry,
+            Some(searches.clone()),
         )?),
         None => {
             tracing::info!(
@@ -114,6 +154,7 @@ pub async fn run(
         store.clone(),
         watch::Metrics::register(&registry)?,
         jobs.as_ref().map(Jobs::submitter),
+        Some(searches.clone()),
     )?;
 
     let app = api::router(
@@ -124,6 +165,15 @@ pub async fn run(
             max_items: config.max_predictions_per_request,
             token: config.token.clone(),
             request_timeout: std::time::Duration::from_secs(config.request_timeout_secs),
+        },
+        Backend {
+            predictor: predictor.clone(),
+            searches: searches.clone(),
+            tasks_dir: config.tasks_dir(),
+            limits: Limits {
+                max_toml_bytes: config.max_task_file_bytes,
+                max_samples_bytes: config.max_samples_file_bytes,
+            },
         },
     )?;
     let addr = listener
@@ -147,6 +197,8 @@ pub async fn run(
         r = &mut server => Some(r),
         () = shutdown => None,
     };
+    // One grace period for the whole drain, from the moment shutdown begins.
+    let deadline = Instant::now() + config.shutdown_grace();
     let result = match early {
         Some(r) => {
             tracing::error!("the HTTP server stopped on its own");
@@ -160,11 +212,12 @@ pub async fn run(
             let grace = config.shutdown_grace();
             tracing::info!(
                 ?grace,
-                "shutting down: no new connections, draining in-flight requests"
+                "shutting down: no new connections, draining in-flight requests, searches checkpointing"
             );
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            searches.signal_stop();
             let _ = stop_tx.send(());
-            match tokio::time::timeout(grace, &mut server).await {
+            match tokio::time::timeout(left(deadline), &mut server).await {
                 Ok(Ok(Ok(()))) => Ok(()),
                 Ok(Ok(Err(e))) => Err(ServeError::Server(e)),
                 Ok(Err(e)) => Err(ServeError::Join(e)),
@@ -180,17 +233,33 @@ pub async fn run(
         }
     };
     tokio::task::spawn_blocking(move || watcher.stop()).await?;
+    let s = searches.clone();
+    if tokio::time::timeout(
+        left(deadline),
+        tokio::task::spawn_blocking(move || s.stop()),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("a search generation still running at the end of the grace period: it resumes from its last checkpoint");
+    }
     if let Some(jobs) = jobs {
-        // Running jobs get the grace period too; one still running after it is abandoned (its
-        // task stays `tuning` and is queued again at the next start).
+        // A job still running after the grace period is abandoned (its task stays `tuning` and
+        // is queued again at the next start).
         let stopping = tokio::task::spawn_blocking(move || jobs.stop());
-        if tokio::time::timeout(config.shutdown_grace(), stopping)
+        if tokio::time::timeout(left(deadline), stopping)
             .await
             .is_err()
         {
             tracing::warn!("fine-tuning jobs still running after the grace period: abandoned");
         }
     }
+    let p = predictor.clone();
+    let _ = tokio::time::timeout(
+        left(deadline),
+        tokio::task::spawn_blocking(move || p.stop()),
+    )
+    .await;
     store.flush()?;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
@@ -207,11 +276,18 @@ mod tests {
     struct Counter;
 
     impl Finetuner for Counter {
-        fn finetune(&self, _task: &str, snapshot: &serde_json::Value) -> Result<String, String> {
-            Ok(format!(
-                "test-{}",
-                snapshot["samples"].as_array().map_or(0, |s| s.len())
-            ))
+        fn finetune(
+            &self,
+            _task: &str,
+            snapshot: &serde_json::Value,
+        ) -> Result<crate::jobs::Finetuned, String> {
+            Ok(crate::jobs::Finetuned {
+                model: format!(
+                    "test-{}",
+                    snapshot["samples"].as_array().map_or(0, |s| s.len())
+                ),
+                meta: serde_json::Value::Null,
+            })
         }
     }
 

@@ -2,14 +2,20 @@
 //!
 //! Trees: `meta` (schema version), `tasks` (name → [`TaskRecord`] JSON), `task_specs`
 //! (`name/hash` → the self-contained spec snapshot of that version), `searches` (id →
-//! [`SearchRecord`] JSON), `checkpoints` (search id → opaque bytes), `predictions`
-//! (`model_version\0graph_hash` → f64 little-endian).
+//! [`SearchRecord`] JSON), `checkpoints` (search id → opaque bytes: the serialised search state
+//! without its history), `search_history` (`id/index` → one evaluated candidate of a search's
+//! history, appended as the search goes, so a checkpoint costs what the generation added, not
+//! the whole history), `predictions` (`model_version\0graph_hash` → f64 little-endian),
+//! `models` (task model id `name/hash` → its sidecar, [`crate::tuned::TunedMeta`] JSON).
 //!
 //! Invariants: the schema version is checked at [`Store::open`]: a newer one is refused, an older
 //! one is upgraded through [`MIGRATIONS`] (one function per version step) before anything else
 //! reads the store. Writes that belong together (a task record and its version's snapshot; a
-//! search's progress and its checkpoint) happen in one sled transaction, and the store is flushed
-//! to disk after each transition a restart must see (new task version, status change, removal).
+//! task turning ready, its model's metadata and the search its file asks for; a search's progress
+//! and its checkpoint) happen in one sled transaction, and the store is flushed to disk after
+//! each transition a restart must see (new task version, status change, removal, every search
+//! generation). Search status moves are conditional (queued → running is claimed once; only a
+//! queued search is cancelled here, a running one by its worker), so two writers never race.
 //! A task name is owned by one source file at a time. Removing a task file keeps its record,
 //! versions and results (`removed_at` is set). [`Store::export`] / [`Store::import`] round-trip
 //! every tree as JSON lines.
@@ -25,21 +31,49 @@ use crate::graph::hash::GraphHash;
 use crate::taskfile::TaskSpec;
 
 /// Schema version written by this build.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A step upgrading the store from version `i + 1` to `i + 2` (index `i` of [`MIGRATIONS`]).
 pub type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// The upgrade path; `MIGRATIONS.len() == SCHEMA_VERSION - 1`. Version 1 is the first schema.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[v1_to_v2];
+
+/// Version 2: search records carry their progress (evaluations, budget, generation, best,
+/// model, resumptions) explicitly, a `models` tree holds task models' metadata, and a
+/// `search_history` tree the searches' histories. Every v1 search record is rewritten with the
+/// new fields (zero, or taken from its checkpoint when it has one); a v1 checkpoint (the whole
+/// state, history included) stays as it is and is read as such; the new trees start empty
+/// (v1 never fine-tuned).
+fn v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
+    let searches = db.open_tree("searches")?;
+    let checkpoints = db.open_tree("checkpoints")?;
+    db.open_tree("models")?;
+    db.open_tree("search_history")?;
+    for kv in searches.iter() {
+        let (k, v) = kv?;
+        let mut rec: SearchRecord = decode("searches", &k, &v)?;
+        if let Some(cp) = checkpoints.get(&k)? {
+            if let Ok(state) = serde_json::from_slice::<serde_json::Value>(&cp) {
+                rec.generation = state["generation"].as_u64().unwrap_or(0);
+                rec.evaluations = state["evaluations"].as_u64().unwrap_or(0);
+                rec.budget = state["spec"]["budget"].as_u64().unwrap_or(0);
+            }
+        }
+        searches.insert(k, encode(&rec))?;
+    }
+    Ok(())
+}
 const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION - 1);
 
-const TREES: [&str; 5] = [
+const TREES: [&str; 7] = [
     "tasks",
     "task_specs",
     "searches",
     "checkpoints",
+    "search_history",
     "predictions",
+    "models",
 ];
 
 /// Errors of the store.
@@ -69,6 +103,8 @@ pub enum StoreError {
     NoTask(String),
     #[error("no search '{0}'")]
     NoSearch(String),
+    #[error("a search with id '{0}' exists already")]
+    SearchExists(String),
     #[error("import line {line}: {message}")]
     Import { line: usize, message: String },
     #[error("export/import: {0}")]
@@ -169,10 +205,57 @@ pub struct SearchRecord {
     pub status: SearchStatus,
     /// Fraction of the budget spent, 0..=1.
     pub progress: f64,
+    /// The current result set (ranking or front), in the task's units.
     pub results: serde_json::Value,
     pub error: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Fitness evaluations spent (schema 2).
+    #[serde(default)]
+    pub evaluations: u64,
+    /// Fitness evaluations allowed.
+    #[serde(default)]
+    pub budget: u64,
+    /// Generations done.
+    #[serde(default)]
+    pub generation: u64,
+    /// The best candidate so far, in the task's units.
+    #[serde(default)]
+    pub best: Option<serde_json::Value>,
+    /// The model scoring candidates (its cache name).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How often the search was resumed from a checkpoint after a stop or a crash.
+    #[serde(default)]
+    pub resumes: u32,
+    /// The generation of the checkpoint the last resumption started from.
+    #[serde(default)]
+    pub resumed_from_generation: Option<u64>,
+}
+
+impl SearchRecord {
+    /// A new queued search.
+    pub fn queued(id: &str, task: &str, spec: serde_json::Value, budget: u64) -> SearchRecord {
+        let now = now_ms();
+        SearchRecord {
+            id: id.to_string(),
+            task: task.to_string(),
+            spec,
+            status: SearchStatus::Queued,
+            progress: 0.0,
+            results: serde_json::Value::Null,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            evaluations: 0,
+            budget,
+            generation: 0,
+            best: None,
+            model: None,
+            resumes: 0,
+            resumed_from_generation: None,
+        }
+    }
 }
 
 /// Handle to the store; cheap to clone, usable from any thread.
@@ -183,7 +266,26 @@ pub struct Store {
     task_specs: sled::Tree,
     searches: sled::Tree,
     checkpoints: sled::Tree,
+    search_history: sled::Tree,
     predictions: sled::Tree,
+    models: sled::Tree,
+}
+
+/// What a search generation writes besides its record: the state's head (everything but the
+/// history) and the history entries added since the last checkpoint (`history_from` is the
+/// index of the first).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint<'a> {
+    pub head: &'a [u8],
+    pub history_from: usize,
+    pub history: &'a [Vec<u8>],
+}
+
+/// A checkpoint as read back: the head and the history entries, in order.
+pub type StoredCheckpoint = (Vec<u8>, Vec<Vec<u8>>);
+
+fn history_key(id: &str, index: usize) -> String {
+    format!("{id}/{index:012}")
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(
@@ -276,7 +378,9 @@ impl Store {
             task_specs: db.open_tree("task_specs")?,
             searches: db.open_tree("searches")?,
             checkpoints: db.open_tree("checkpoints")?,
+            search_history: db.open_tree("search_history")?,
             predictions: db.open_tree("predictions")?,
+            models: db.open_tree("models")?,
             db,
         })
     }
@@ -454,23 +558,61 @@ impl Store {
         })
     }
 
-    /// A job produced `model` for the version `hash`: the task is ready (ignored when the task
-    /// has moved on to another version meanwhile).
+    /// A job produced `model` (its metadata `meta`) for the version `hash`: the task is ready,
+    /// the model's metadata is recorded, and `search` (the search the task file asks for) is
+    /// created unless a search of that id exists or the task's file was deleted meanwhile, all
+    /// in one transaction. `None` (and nothing
+    /// written) when the task has moved on to another version meanwhile; otherwise the record
+    /// and whether `search` was created.
     pub fn set_task_ready(
         &self,
         name: &str,
         hash: &str,
         model: &str,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        self.update_task(name, |r| {
-            if r.spec_hash != hash {
-                return false;
-            }
-            r.status = TaskStatus::Ready;
-            r.error = None;
-            r.model = Some(model.to_string());
-            true
-        })
+        meta: Option<&serde_json::Value>,
+        search: Option<&SearchRecord>,
+    ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
+        let meta = meta.map(encode);
+        let search_bytes = search.map(encode);
+        let out = (&self.tasks, &self.models, &self.searches).transaction(
+            |(tasks, models, searches)| {
+                let Some(v) = tasks.get(name.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut rec: TaskRecord = decode("tasks", name.as_bytes(), &v).map_err(abort)?;
+                if rec.spec_hash != hash {
+                    return Ok(None);
+                }
+                rec.status = TaskStatus::Ready;
+                rec.error = None;
+                rec.model = Some(model.to_string());
+                rec.updated_at = now_ms();
+                tasks.insert(name.as_bytes(), encode(&rec))?;
+                if let Some(m) = &meta {
+                    models.insert(model.as_bytes(), m.as_slice())?;
+                }
+                let mut created = false;
+                if let (Some(s), Some(b), None) = (search, &search_bytes, rec.removed_at) {
+                    if searches.get(s.id.as_bytes())?.is_none() {
+                        searches.insert(s.id.as_bytes(), b.as_slice())?;
+                        created = true;
+                    }
+                }
+                Ok(Some((rec, created)))
+            },
+        )?;
+        if out.is_some() {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    /// The metadata of the task model `id` (`name/hash`), if recorded.
+    pub fn model_meta(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.models
+            .get(id.as_bytes())?
+            .map(|v| decode("models", id.as_bytes(), &v))
+            .transpose()
     }
 
     pub fn task(&self, name: &str) -> Result<Option<TaskRecord>, StoreError> {
@@ -510,6 +652,20 @@ impl Store {
         self.flush()
     }
 
+    /// Create a search record; an error when the id is taken. Flushed: a search is on disk
+    /// before it runs.
+    pub fn insert_search(&self, rec: &SearchRecord) -> Result<(), StoreError> {
+        let swapped = self.searches.compare_and_swap(
+            rec.id.as_bytes(),
+            None as Option<&[u8]>,
+            Some(encode(rec)),
+        )?;
+        if swapped.is_err() {
+            return Err(StoreError::SearchExists(rec.id.clone()));
+        }
+        self.flush()
+    }
+
     pub fn search(&self, id: &str) -> Result<Option<SearchRecord>, StoreError> {
         self.searches
             .get(id.as_bytes())?
@@ -527,6 +683,73 @@ impl Store {
             .collect()
     }
 
+    /// Change a search record with `f` (which returns false to leave it as it is) and, when
+    /// given, write its checkpoint (head replaced, history appended), in one transaction;
+    /// flushed when `flush`. Returns the record after the change, or `None` when `f` declined.
+    pub fn update_search(
+        &self,
+        id: &str,
+        checkpoint: Option<Checkpoint<'_>>,
+        flush: bool,
+        f: impl Fn(&mut SearchRecord) -> bool,
+    ) -> Result<Option<SearchRecord>, StoreError> {
+        let trees = (&self.searches, &self.checkpoints, &self.search_history);
+        let rec = trees.transaction(|(searches, cps, history)| {
+            let v = searches
+                .get(id.as_bytes())?
+                .ok_or_else(|| abort(StoreError::NoSearch(id.to_string())))?;
+            let mut rec: SearchRecord = decode("searches", id.as_bytes(), &v).map_err(abort)?;
+            if !f(&mut rec) {
+                return Ok(None);
+            }
+            rec.updated_at = now_ms();
+            searches.insert(id.as_bytes(), encode(&rec))?;
+            if let Some(cp) = checkpoint {
+                cps.insert(id.as_bytes(), cp.head)?;
+                for (k, e) in cp.history.iter().enumerate() {
+                    history.insert(
+                        history_key(id, cp.history_from + k).as_bytes(),
+                        e.as_slice(),
+                    )?;
+                }
+            }
+            Ok(Some(rec))
+        })?;
+        if flush && rec.is_some() {
+            self.flush()?;
+        }
+        Ok(rec)
+    }
+
+    /// Claim a queued search for a worker: queued → running. `None` when it is not queued.
+    pub fn claim_search(&self, id: &str) -> Result<Option<SearchRecord>, StoreError> {
+        self.update_search(id, None, true, |r| {
+            if r.status != SearchStatus::Queued {
+                return false;
+            }
+            r.status = SearchStatus::Running;
+            r.error = None;
+            true
+        })
+    }
+
+    /// Cancel a search that no worker runs: queued → cancelled (with `reason`). `None` when it
+    /// is not queued.
+    pub fn cancel_queued_search(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<SearchRecord>, StoreError> {
+        self.update_search(id, None, true, |r| {
+            if r.status != SearchStatus::Queued {
+                return false;
+            }
+            r.status = SearchStatus::Cancelled;
+            r.error = reason.map(str::to_string);
+            true
+        })
+    }
+
     /// Save a search's progress, results and checkpoint together (one transaction).
     pub fn save_search_progress(
         &self,
@@ -536,27 +759,36 @@ impl Store {
         results: &serde_json::Value,
         checkpoint: &[u8],
     ) -> Result<SearchRecord, StoreError> {
-        let rec = (&self.searches, &self.checkpoints).transaction(|(searches, cps)| {
-            let v = searches
-                .get(id.as_bytes())?
-                .ok_or_else(|| abort(StoreError::NoSearch(id.to_string())))?;
-            let mut rec: SearchRecord = decode("searches", id.as_bytes(), &v).map_err(abort)?;
-            rec.status = status;
-            rec.progress = progress;
-            rec.results = results.clone();
-            rec.updated_at = now_ms();
-            searches.insert(id.as_bytes(), encode(&rec))?;
-            cps.insert(id.as_bytes(), checkpoint)?;
-            Ok(rec)
+        let cp = Checkpoint {
+            head: checkpoint,
+            history_from: 0,
+            history: &[],
+        };
+        let rec = self.update_search(id, Some(cp), status != SearchStatus::Running, |r| {
+            r.status = status;
+            r.progress = progress;
+            r.results = results.clone();
+            true
         })?;
-        if status != SearchStatus::Running {
-            self.flush()?;
-        }
-        Ok(rec)
+        Ok(rec.expect("the update always applies"))
     }
 
+    /// The head of a search's checkpoint.
     pub fn checkpoint(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.checkpoints.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// A search's checkpoint: its head and every history entry, in order.
+    pub fn search_checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let Some(head) = self.checkpoints.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let history = self
+            .search_history
+            .scan_prefix(format!("{id}/").as_bytes())
+            .map(|kv| kv.map(|(_, v)| v.to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((head.to_vec(), history)))
     }
 
     /// A cached prediction of `model` for the graph `graph`.
@@ -590,13 +822,40 @@ impl Store {
         Ok(())
     }
 
+    /// Cache many predictions of `model` at once (one batch).
+    pub fn cache_predictions(
+        &self,
+        model: &str,
+        values: &[(GraphHash, f64)],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (g, v) in values {
+            b.insert(prediction_key(model, *g), v.to_le_bytes().to_vec());
+        }
+        self.predictions.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Register the store's gauges (tasks and searches by status, size on disk) in `reg`;
+    /// they are read from the store at every scrape.
+    pub fn register_metrics(&self, reg: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        reg.register(Box::new(StoreCollector::new(self.clone())?))
+    }
+
     fn tree(&self, name: &str) -> Option<&sled::Tree> {
         match name {
             "tasks" => Some(&self.tasks),
             "task_specs" => Some(&self.task_specs),
             "searches" => Some(&self.searches),
             "checkpoints" => Some(&self.checkpoints),
+            "search_history" => Some(&self.search_history),
             "predictions" => Some(&self.predictions),
+            "models" => Some(&self.models),
             _ => None,
         }
     }
@@ -694,7 +953,7 @@ impl Store {
                     &serde_json::from_value::<SearchRecord>(value.clone())
                         .map_err(|e| err(e.to_string()))?,
                 ),
-                "task_specs" => encode(value),
+                "task_specs" | "models" | "search_history" => encode(value),
                 other => return Err(err(format!("unknown tree '{other}'"))),
             };
             let b = batches
@@ -709,6 +968,95 @@ impl Store {
         }
         self.flush()?;
         Ok(n)
+    }
+}
+
+/// The store's gauges, computed at scrape time: `aiop_tasks{status}` (fine-tuning jobs by state),
+/// `aiop_searches{status}`, `aiop_store_size_bytes`.
+struct StoreCollector {
+    store: Store,
+    tasks: prometheus::IntGaugeVec,
+    searches: prometheus::IntGaugeVec,
+    size: prometheus::IntGauge,
+}
+
+impl StoreCollector {
+    fn new(store: Store) -> Result<StoreCollector, prometheus::Error> {
+        use prometheus::{IntGauge, IntGaugeVec, Opts};
+        Ok(StoreCollector {
+            store,
+            tasks: IntGaugeVec::new(
+                Opts::new(
+                    "aiop_tasks",
+                    "Tasks by status (queued, tuning, ready, failed)",
+                ),
+                &["status"],
+            )?,
+            searches: IntGaugeVec::new(
+                Opts::new(
+                    "aiop_searches",
+                    "Searches by status (queued, running, done, failed, cancelled)",
+                ),
+                &["status"],
+            )?,
+            size: IntGauge::new("aiop_store_size_bytes", "Size of the sled store on disk")?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for StoreCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.tasks.desc();
+        d.extend(self.searches.desc());
+        d.extend(self.size.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        fn name<T: Serialize>(v: &T) -> String {
+            serde_json::to_value(v)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        }
+        for s in [
+            TaskStatus::Queued,
+            TaskStatus::Tuning,
+            TaskStatus::Ready,
+            TaskStatus::Failed,
+        ] {
+            self.tasks.with_label_values(&[name(&s).as_str()]).set(0);
+        }
+        if let Ok(tasks) = self.store.tasks() {
+            for t in tasks.iter().filter(|t| t.removed_at.is_none()) {
+                self.tasks
+                    .with_label_values(&[name(&t.status).as_str()])
+                    .inc();
+            }
+        }
+        for s in [
+            SearchStatus::Queued,
+            SearchStatus::Running,
+            SearchStatus::Done,
+            SearchStatus::Failed,
+            SearchStatus::Cancelled,
+        ] {
+            self.searches.with_label_values(&[name(&s).as_str()]).set(0);
+        }
+        if let Ok(all) = self.store.searches() {
+            for s in all {
+                self.searches
+                    .with_label_values(&[name(&s.status).as_str()])
+                    .inc();
+            }
+        }
+        if let Ok(n) = self.store.size_on_disk() {
+            self.size.set(n as i64);
+        }
+        let mut out = self.tasks.collect();
+        out.extend(self.searches.collect());
+        out.extend(self.size.collect());
+        out
     }
 }
 
@@ -815,9 +1163,106 @@ mod tests {
             db.insert("migrated", "yes")?;
             Ok(())
         }
-        let st = Store::open_with(state.path(), 2, &[add_marker]).unwrap();
-        assert_eq!(st.schema_version().unwrap(), 2);
+        let st =
+            Store::open_with(state.path(), SCHEMA_VERSION + 1, &[v1_to_v2, add_marker]).unwrap();
+        assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION + 1);
         assert!(st.db.get("migrated").unwrap().is_some());
+    }
+
+    #[test]
+    fn v1_search_records_are_upgraded_from_their_checkpoints() {
+        let state = tempfile::tempdir().unwrap();
+        {
+            let v1 = Store::open_with(state.path(), 1, &[]).unwrap();
+            // A search record as schema 1 wrote it, and its checkpoint.
+            let rec = serde_json::json!({"id": "s", "task": "t", "spec": {}, "status": "running",
+                "progress": 0.5, "results": null, "error": null, "created_at": 1, "updated_at": 2});
+            v1.searches.insert("s", encode(&rec)).unwrap();
+            v1.checkpoints
+                .insert(
+                    "s",
+                    br#"{"generation": 7, "evaluations": 56, "spec": {"budget": 112}}"#.to_vec(),
+                )
+                .unwrap();
+            v1.flush().unwrap();
+        }
+        let st = Store::open(state.path()).unwrap();
+        assert_eq!(st.schema_version().unwrap(), 2);
+        let r = st.search("s").unwrap().unwrap();
+        assert_eq!((r.generation, r.evaluations, r.budget), (7, 56, 112));
+        assert_eq!(r.status, SearchStatus::Running);
+    }
+
+    #[test]
+    fn search_history_is_appended_with_each_checkpoint() {
+        let state = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        for id in ["s", "s2"] {
+            st.insert_search(&SearchRecord::queued(id, "t", serde_json::json!({}), 9))
+                .unwrap();
+        }
+        let e = |k: u8| vec![b'0' + k];
+        let gen = |from: usize, n: u8, head: &'static [u8]| {
+            let entries: Vec<Vec<u8>> = (from as u8..n).map(e).collect();
+            st.update_search(
+                "s",
+                Some(Checkpoint {
+                    head,
+                    history_from: from,
+                    history: &entries,
+                }),
+                true,
+                |r| {
+                    r.generation += 1;
+                    true
+                },
+            )
+            .unwrap()
+            .unwrap()
+        };
+        gen(0, 3, b"h1");
+        // Thirteen entries: keys sort numerically (zero-padded indices).
+        let r = gen(3, 13, b"h2");
+        assert_eq!(r.generation, 2);
+        let (head, hist) = st.search_checkpoint("s").unwrap().unwrap();
+        assert_eq!(head, b"h2");
+        assert_eq!(hist, (0..13).map(e).collect::<Vec<_>>());
+        // Another search's history is its own ("s2" shares the prefix "s").
+        assert_eq!(st.search_checkpoint("s2").unwrap(), None);
+    }
+
+    #[test]
+    fn ready_task_model_and_search_are_one_write() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        let (s, src) = spec(files.path(), "a", CSV);
+        st.record_task(&s, &src).unwrap();
+        let search = SearchRecord::queued("t-a", "a", serde_json::json!({}), 5);
+        let meta = serde_json::json!({"task": "a"});
+        let id = format!("a/{}", s.hash);
+        // An outdated version writes nothing.
+        assert!(st
+            .set_task_ready("a", &"0".repeat(32), &id, Some(&meta), Some(&search))
+            .unwrap()
+            .is_none());
+        assert!(st.search("t-a").unwrap().is_none());
+        let (rec, created) = st
+            .set_task_ready("a", &s.hash, &id, Some(&meta), Some(&search))
+            .unwrap()
+            .unwrap();
+        assert!(created && rec.status == TaskStatus::Ready);
+        assert_eq!(st.model_meta(&id).unwrap(), Some(meta.clone()));
+        assert_eq!(
+            st.search("t-a").unwrap().unwrap().status,
+            SearchStatus::Queued
+        );
+        // Ready again (a re-run after a crash): the search is not created twice.
+        let (_, created) = st
+            .set_task_ready("a", &s.hash, &id, Some(&meta), Some(&search))
+            .unwrap()
+            .unwrap();
+        assert!(!created);
     }
 
     #[test]
@@ -827,18 +1272,16 @@ mod tests {
         let st = Store::open(state.path()).unwrap();
         let (s, src) = spec(files.path(), "a", CSV);
         st.record_task(&s, &src).unwrap();
-        let rec = SearchRecord {
-            id: "s1".into(),
-            task: "a".into(),
-            spec: serde_json::json!({"budget": 10}),
-            status: SearchStatus::Queued,
-            progress: 0.0,
-            results: serde_json::Value::Null,
-            error: None,
-            created_at: 1,
-            updated_at: 1,
-        };
-        st.put_search(&rec).unwrap();
+        let rec = SearchRecord::queued("s1", "a", serde_json::json!({"budget": 10}), 10);
+        st.insert_search(&rec).unwrap();
+        assert!(matches!(
+            st.insert_search(&rec),
+            Err(StoreError::SearchExists(_))
+        ));
+        // Claimed once; a running search is not cancelled here.
+        assert!(st.claim_search("s1").unwrap().is_some());
+        assert!(st.claim_search("s1").unwrap().is_none());
+        assert!(st.cancel_queued_search("s1", None).unwrap().is_none());
         let r = st
             .save_search_progress(
                 "s1",
@@ -879,7 +1322,7 @@ mod tests {
         let third = tempfile::tempdir().unwrap();
         let st3 = Store::open(third.path()).unwrap();
         let e = st3
-            .import("{\"aiop_store\": 1}\nnot json\n".as_bytes())
+            .import(format!("{{\"aiop_store\": {SCHEMA_VERSION}}}\nnot json\n").as_bytes())
             .unwrap_err();
         assert!(matches!(e, StoreError::Import { line: 2, .. }), "{e}");
     }

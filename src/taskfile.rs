@@ -111,7 +111,7 @@ impl TaskFileError {
 }
 
 /// What the networks of a task are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum TaskSpace {
     /// A built-in space; graphs are built with the network head of `head`.
@@ -147,18 +147,58 @@ pub enum Algorithm {
 }
 
 /// The optional `[search]` table. Unset fields take the search's own defaults.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchSpec {
     pub algorithm: Algorithm,
     pub budget: Option<u64>,
     pub population: Option<u64>,
     pub sample: Option<u64>,
+    /// New candidates per generation. Absent from the version hash when unset (added later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
     pub max_mflops: Option<f64>,
     pub max_mparams: Option<f64>,
     pub seed: Option<u64>,
     /// Canonical architecture string to start from.
     pub start: Option<String>,
     pub tolerance: Option<f64>,
+}
+
+/// The optional `[finetune]` table: how the predictor is fine-tuned on the samples. Unset
+/// fields take the defaults of [`FinetuneSpec::resolved`] (AIO-P's: 100 epochs, batch 1,
+/// lr 1e-4, seed 0).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// Fine-tuning settings with every default filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Finetune {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+impl FinetuneSpec {
+    /// The settings, defaults filled in.
+    pub fn resolved(&self) -> Finetune {
+        Finetune {
+            epochs: self.epochs.unwrap_or(100) as usize,
+            batch_size: self.batch_size.unwrap_or(1) as usize,
+            lr: self.lr.unwrap_or(1e-4),
+            seed: self.seed.unwrap_or(0),
+        }
+    }
 }
 
 /// One network of a task.
@@ -202,6 +242,8 @@ pub struct TaskSpec {
     pub samples_file: String,
     pub samples: Vec<Sample>,
     pub search: Option<SearchSpec>,
+    /// The `[finetune]` table, when given.
+    pub finetune: Option<FinetuneSpec>,
     /// Content hash of the normalised spec and samples: the task version (32 hex digits).
     pub hash: String,
 }
@@ -214,6 +256,9 @@ struct Normalised<'a> {
     higher_is_better: bool,
     mode: Mode,
     search: &'a Option<SearchSpec>,
+    /// Left out when unset, so that files written before the table existed keep their version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finetune: &'a Option<FinetuneSpec>,
     samples: Vec<(String, f64)>,
 }
 
@@ -226,6 +271,7 @@ impl TaskSpec {
             higher_is_better: self.higher_is_better,
             mode: self.mode,
             search: &self.search,
+            finetune: &self.finetune,
             samples: self.samples.iter().map(|s| (s.key(), s.value)).collect(),
         };
         let bytes = serde_json::to_vec(&n).expect("normalised spec serialises");
@@ -243,13 +289,14 @@ impl TaskSpec {
             .iter()
             .map(|s| match &s.input {
                 SampleInput::Arch(a) => {
-                    serde_json::json!({"arch": a.to_string(), "value": s.value})
+                    serde_json::json!({"arch": a.to_string(), "value": s.value, "line": s.line})
                 }
                 SampleInput::Graph { path, graph } => serde_json::json!({
                     "graph_file": path,
                     "graph": serde_json::from_str::<serde_json::Value>(&json::to_json(graph))
                         .unwrap_or(serde_json::Value::Null),
                     "value": s.value,
+                    "line": s.line,
                 }),
             })
             .collect();
@@ -259,10 +306,68 @@ impl TaskSpec {
             "higher_is_better": self.higher_is_better,
             "mode": self.mode,
             "search": self.search,
+            "finetune": self.finetune,
             "samples_file": self.samples_file,
             "samples": samples,
             "hash": self.hash,
         })
+    }
+}
+
+impl TaskSpec {
+    /// Read back a [`TaskSpec::snapshot`], checking that its content still hashes to its
+    /// version (a snapshot that does not is refused, never used).
+    pub fn from_snapshot(v: &serde_json::Value) -> Result<TaskSpec, String> {
+        fn field<T: for<'de> Deserialize<'de>>(
+            v: &serde_json::Value,
+            k: &str,
+        ) -> Result<T, String> {
+            serde_json::from_value(v.get(k).cloned().unwrap_or(serde_json::Value::Null))
+                .map_err(|e| format!("snapshot field '{k}': {e}"))
+        }
+        let space: TaskSpace = field(v, "space")?;
+        let rows: Vec<serde_json::Value> = field(v, "samples")?;
+        let mut samples = Vec::with_capacity(rows.len());
+        for (k, r) in rows.iter().enumerate() {
+            let value: f64 = field(r, "value")?;
+            let line = r.get("line").and_then(|l| l.as_u64()).unwrap_or(0) as usize;
+            let input = match space {
+                TaskSpace::Builtin { space, .. } => {
+                    let a: String = field(r, "arch")?;
+                    SampleInput::Arch(
+                        Arch::parse(space, &a).map_err(|e| format!("snapshot sample {k}: {e}"))?,
+                    )
+                }
+                TaskSpace::Graph => SampleInput::Graph {
+                    path: field(r, "graph_file")?,
+                    graph: json::from_json(
+                        &r.get("graph").cloned().unwrap_or_default().to_string(),
+                    )
+                    .map_err(|e| format!("snapshot sample {k}: {e}"))?,
+                },
+            };
+            samples.push(Sample { input, value, line });
+        }
+        let mut spec = TaskSpec {
+            name: field(v, "name")?,
+            space,
+            higher_is_better: field(v, "higher_is_better")?,
+            mode: field(v, "mode")?,
+            samples_file: field(v, "samples_file")?,
+            samples,
+            search: field(v, "search")?,
+            finetune: field(v, "finetune")?,
+            hash: String::new(),
+        };
+        let want: String = field(v, "hash")?;
+        spec.hash = spec.content_hash();
+        if spec.hash != want {
+            return Err(format!(
+                "snapshot of task '{}' hashes to {}, not to its version {want}",
+                spec.name, spec.hash
+            ));
+        }
+        Ok(spec)
     }
 }
 
@@ -276,6 +381,16 @@ struct RawTask {
     higher_is_better: Option<bool>,
     mode: Option<Spanned<String>>,
     search: Option<RawSearch>,
+    finetune: Option<RawFinetune>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFinetune {
+    epochs: Option<Spanned<i64>>,
+    batch_size: Option<Spanned<i64>>,
+    lr: Option<Spanned<f64>>,
+    seed: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +400,7 @@ struct RawSearch {
     budget: Option<Spanned<i64>>,
     population: Option<Spanned<i64>>,
     sample: Option<Spanned<i64>>,
+    batch: Option<Spanned<i64>>,
     max_mflops: Option<Spanned<f64>>,
     max_mparams: Option<Spanned<f64>>,
     seed: Option<Spanned<i64>>,
@@ -505,6 +621,11 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         .map(|s| parse_search(s, &space, &field_err))
         .transpose()?;
 
+    let finetune = raw
+        .finetune
+        .map(|f| parse_finetune(f, &field_err))
+        .transpose()?;
+
     let samples_rel = raw.samples.get_ref().clone();
     let csv_path = resolve_inside(&folder, &samples_rel)
         .map_err(|m| field_err("samples", raw.samples.span(), m))?;
@@ -528,10 +649,48 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         samples_file: samples_rel,
         samples,
         search,
+        finetune,
         hash: String::new(),
     };
     spec.hash = spec.content_hash();
     Ok(spec)
+}
+
+/// Most fine-tuning epochs a task may ask for.
+pub const MAX_EPOCHS: i64 = 100_000;
+
+fn parse_finetune(
+    f: RawFinetune,
+    field_err: &impl Fn(&str, std::ops::Range<usize>, String) -> TaskFileError,
+) -> Result<FinetuneSpec, TaskFileError> {
+    let count = |name: &str, v: &Option<Spanned<i64>>, min: i64, max: i64| match v {
+        None => Ok(None),
+        Some(x) if (min..=max).contains(x.get_ref()) => Ok(Some(*x.get_ref() as u64)),
+        Some(x) => Err(field_err(
+            name,
+            x.span(),
+            format!("{} is outside {min}..={max}", x.get_ref()),
+        )),
+    };
+    let lr = match &f.lr {
+        None => None,
+        Some(x) if x.get_ref().is_finite() && *x.get_ref() > 0.0 && *x.get_ref() <= 1.0 => {
+            Some(*x.get_ref())
+        }
+        Some(x) => {
+            return Err(field_err(
+                "finetune.lr",
+                x.span(),
+                format!("{} must be a finite number in (0, 1]", x.get_ref()),
+            ))
+        }
+    };
+    Ok(FinetuneSpec {
+        epochs: count("finetune.epochs", &f.epochs, 1, MAX_EPOCHS)?,
+        batch_size: count("finetune.batch_size", &f.batch_size, 1, 4096)?,
+        lr,
+        seed: count("finetune.seed", &f.seed, 0, i64::MAX)?,
+    })
 }
 
 fn parse_search(
@@ -582,8 +741,9 @@ fn parse_search(
         )),
     };
     let budget = count("search.budget", &s.budget, 1)?;
-    let population = count("search.population", &s.population, 1)?;
+    let population = count("search.population", &s.population, 2)?;
     let sample = count("search.sample", &s.sample, 1)?;
+    let batch = count("search.batch", &s.batch, 1)?;
     if let (Some(p), Some(k), Some(span)) =
         (population, sample, s.sample.as_ref().map(|x| x.span()))
     {
@@ -611,6 +771,13 @@ fn parse_search(
                     .to_string(),
             ),
         };
+    if let (Algorithm::Flops, None, Some(a)) = (algorithm, &start, &s.algorithm) {
+        return Err(field_err(
+            "search.algorithm",
+            a.span(),
+            "a FLOP-reducing search needs a start network: add search.start".into(),
+        ));
+    }
     if let (TaskSpace::Graph, Some(span)) = (space, s.algorithm.as_ref().map(|a| a.span())) {
         return Err(field_err(
             "search.algorithm",
@@ -623,6 +790,7 @@ fn parse_search(
         budget,
         population,
         sample,
+        batch,
         max_mflops: positive("search.max_mflops", &s.max_mflops, false)?,
         max_mparams: positive("search.max_mparams", &s.max_mparams, false)?,
         seed,
@@ -803,6 +971,51 @@ mod tests {
             &good_csv(),
         );
         assert_eq!(e.field(), Some("samples"), "{e}");
+        let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
+        assert_eq!(e.field(), Some("search.population"), "{e}");
+        let e = err(
+            &format!("{GOOD}[search]\nalgorithm = \"flops\"\n"),
+            &good_csv(),
+        );
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.algorithm")),
+            "{e}"
+        );
+        for (bad, field) in [
+            ("epochs = 0", "finetune.epochs"),
+            ("batch_size = 5000", "finetune.batch_size"),
+            ("lr = nan", "finetune.lr"),
+            ("seed = -1", "finetune.seed"),
+        ] {
+            let e = err(&format!("{GOOD}[finetune]\n{bad}\n"), &good_csv());
+            assert_eq!((e.line(), e.field()), (Some(6), Some(field)), "{e}");
+        }
+    }
+
+    #[test]
+    fn finetune_table_is_part_of_the_version_and_the_snapshot() {
+        let (_d, t) = setup(GOOD, &good_csv());
+        let plain = load(&t, &Limits::default()).unwrap();
+        assert_eq!(plain.finetune, None);
+        assert_eq!(plain.finetune.unwrap_or_default().resolved().epochs, 100);
+        let (_d2, t2) = setup(
+            &format!("{GOOD}[finetune]\nepochs = 3\nlr = 0.001\n[search]\nbatch = 4\n"),
+            &good_csv(),
+        );
+        let tuned = load(&t2, &Limits::default()).unwrap();
+        assert_ne!(tuned.hash, plain.hash);
+        let f = tuned.finetune.unwrap().resolved();
+        assert_eq!((f.epochs, f.batch_size, f.lr, f.seed), (3, 1, 0.001, 0));
+        // A snapshot reads back to the same spec; a tampered one is refused.
+        for spec in [&plain, &tuned] {
+            assert_eq!(&TaskSpec::from_snapshot(&spec.snapshot()).unwrap(), spec);
+        }
+        let mut snap = tuned.snapshot();
+        snap["samples"][0]["value"] = serde_json::json!(1.0);
+        assert!(TaskSpec::from_snapshot(&snap)
+            .unwrap_err()
+            .contains("not to its version"));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! field, message), a log line and `aiop_task_files_rejected_total`; a valid one loses any stale
 //! `.error`, is recorded in the store (a new version, queued, when its hash changed) and counts
 //! in `aiop_task_files_accepted_total`. A change to any other file (a samples CSV, a graph)
-//! re-validates every task file. A deleted task file marks its task removed, keeping its results.
+//! re-validates every task file. A deleted task file marks its task removed, keeping its results,
+//! and cancels its unfinished searches (their results so far are kept too).
 //! Files present at start-up are picked up, and tasks whose file vanished while the daemon was
 //! down are marked removed. Nothing a file contains can stop the thread: every failure is
 //! reported and the loop goes on.
@@ -24,6 +25,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use prometheus::{IntCounter, Registry};
 
 use crate::jobs::{Job, Submitter};
+use crate::searches::Searches;
 use crate::store::{Recorded, Store, StoreError, TaskStatus};
 use crate::taskfile::{self, Limits, TaskFileError};
 
@@ -135,17 +137,20 @@ struct Worker {
     store: Store,
     metrics: Metrics,
     jobs: Option<Submitter>,
+    searches: Option<Searches>,
     pending: HashMap<PathBuf, Pending>,
 }
 
 impl Watcher {
     /// Create the folder if needed, start watching it, pick up the files already there. Task
-    /// versions left queued are handed to `jobs` when there is a job pool.
+    /// versions left queued are handed to `jobs` when there is a job pool; a deleted task's
+    /// searches are cancelled through `searches`.
     pub fn start(
         cfg: WatchConfig,
         store: Store,
         metrics: Metrics,
         jobs: Option<Submitter>,
+        searches: Option<Searches>,
     ) -> Result<Watcher, WatchError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| WatchError::Dir {
             path: cfg.dir.clone(),
@@ -168,6 +173,7 @@ impl Watcher {
             store,
             metrics,
             jobs,
+            searches,
             pending: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -334,6 +340,12 @@ impl Worker {
                 Ok(Some(t)) => {
                     self.metrics.removed.inc();
                     tracing::info!(task = %t.name, file = %path.display(), "task file deleted: task marked removed, results kept");
+                    if let Some(s) = &self.searches {
+                        let n = s.cancel_task(&t.name, "the task file was deleted");
+                        if n > 0 {
+                            tracing::info!(task = %t.name, searches = n, "its searches stopped, results kept");
+                        }
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -485,6 +497,7 @@ mod tests {
             },
             store.clone(),
             m.clone(),
+            None,
             None,
         )
         .unwrap();

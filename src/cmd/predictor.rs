@@ -1,5 +1,6 @@
-//! `aiop pretrain` and `aiop predict`: training the AIO-P predictor on the shipped labels and
-//! predicting architectures read from stdin (`aiop bench predictor` is in
+//! `aiop pretrain`, `aiop finetune` and `aiop predict`: training the AIO-P predictor on the
+//! shipped labels, carrying it to a task file (a task model under `<state>/models`), and
+//! predicting architectures (or JSON graphs) read from stdin (`aiop bench predictor` is in
 //! [`super::bench_predictor`]).
 
 use std::io::{BufRead, Write};
@@ -9,12 +10,16 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use aiop::graph::json;
 use aiop::predictor::checkpoint::Trained;
 use aiop::predictor::data::{prepare, TaskKey};
-use aiop::predictor::features::GraphFeatures;
+use aiop::predictor::features::{extract, GraphFeatures};
 use aiop::predictor::pretrain::{pretrain as run_pretrain, PretrainConfig};
+use aiop::predictor::transform::gflops;
 use aiop::predictor::{default_device, PredictorError};
 use aiop::spaces::{Arch, SpaceId};
+use aiop::taskfile::{self, TaskSpace};
+use aiop::tuned::{self, BaseModel, TaskModel};
 
 use super::DataError;
 
@@ -50,18 +55,45 @@ pub struct PretrainArgs {
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Search space of the architectures on stdin.
-    #[arg(long)]
-    pub space: String,
-    /// Task to predict (the model needs label statistics for space/task).
-    #[arg(long)]
-    pub task: String,
+    /// Search space of the architectures on stdin (with --task; not with --tuned).
+    #[arg(long, requires = "task", conflicts_with = "tuned")]
+    pub space: Option<String>,
+    /// Benchmark task to predict (the model needs label statistics for space/task).
+    #[arg(long, requires = "space", conflicts_with = "tuned")]
+    pub task: Option<String>,
+    /// Predict with the latest task model of this task (written by `aiop finetune` or the
+    /// daemon under <STATE>/models).
+    #[arg(long, value_name = "NAME", required_unless_present = "space")]
+    pub tuned: Option<String>,
+    /// State directory holding the task models (with --tuned).
+    #[arg(long, value_name = "DIR", default_value = "state", requires = "tuned")]
+    pub state: PathBuf,
     /// Checkpoint directory (default: the pretrained model embedded in the binary).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tuned")]
     pub model: Option<PathBuf>,
+    /// Stdin lines are paths of JSON graphs (docs/graph-format.md) instead of architecture
+    /// strings; output lines then have "graph" (the path) in place of "arch".
+    #[arg(long)]
+    pub graphs: bool,
     /// Graphs per forward pass.
     #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// The task file (docs/task-format.md).
+    #[arg(long, value_name = "FILE.toml")]
+    pub task: PathBuf,
+    /// Base checkpoint directory (default: the pretrained model embedded in the binary).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// State directory: the task model goes to <STATE>/models/<name>/<version>/.
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
@@ -130,7 +162,10 @@ pub fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
 
 #[derive(Serialize)]
 struct PredictionLine<'a> {
-    arch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    graph: Option<&'a str>,
     prediction: f64,
 }
 
@@ -147,17 +182,123 @@ pub fn load_model(
     }
 }
 
-pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let space = SpaceId::from_name(&a.space)?;
-    let task = space.task(&a.task)?;
-    let key = TaskKey::new(space, task);
+pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
+    let spec = taskfile::load(&a.task, &taskfile::Limits::default())?;
     let device = default_device();
-    let t = load_model(a.model.as_deref(), &device)?;
-    t.scaler(key)?;
-    let fc = t.model.config.features();
+    let base = BaseModel::from_option(a.model.as_deref());
+    let trained = base
+        .load(&device)
+        .with_context(|| format!("loading the base model {}", base.describe()))?;
+    let settings = spec.finetune.unwrap_or_default().resolved();
+    if !a.quiet {
+        eprintln!(
+            "aiop: {} '{}' ({} samples, {}) from {}",
+            match spec.mode {
+                taskfile::Mode::Finetune => format!(
+                    "fine-tuning on task ({} epochs, batch {}, lr {}, seed {})",
+                    settings.epochs, settings.batch_size, settings.lr, settings.seed
+                ),
+                taskfile::Mode::ZeroShot => "fitting zero-shot statistics of task".into(),
+            },
+            spec.name,
+            spec.samples.len(),
+            spec.space.name(),
+            base.describe()
+        );
+    }
+    let m = tuned::finetune(&spec, trained, &base.describe(), a.quiet)?;
+    let models = a.state.join(aiop::serve::MODELS_DIR);
+    let dir = m.save(&models)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({
+            "task": m.meta.task,
+            "version": m.meta.version,
+            "model": dir.display().to_string(),
+            "mode": m.meta.mode,
+            "samples": m.meta.samples,
+            "finetune": m.meta.finetune,
+            "final_loss": m.meta.final_loss,
+            "fit": m.meta.fit,
+            "scaler": m.meta.scaler,
+            "seconds": m.meta.seconds,
+        })
+    )?;
+    Ok(())
+}
+
+/// What predicts: the base (or given) model for a benchmark task, or a task model.
+enum Predictor {
+    Base(Box<Trained>, TaskKey),
+    Tuned(Box<TaskModel>),
+}
+
+impl Predictor {
+    fn features(&self) -> aiop::predictor::features::FeatureConfig {
+        match self {
+            Predictor::Base(t, _) => t.model.config.features(),
+            Predictor::Tuned(m) => m.trained.model.config.features(),
+        }
+    }
+
+    fn predict(&self, graphs: &[(&GraphFeatures, f64)], batch: usize) -> anyhow::Result<Vec<f64>> {
+        Ok(match self {
+            Predictor::Base(t, key) => t.predict(*key, graphs, batch)?,
+            Predictor::Tuned(m) => m.predict(graphs, batch)?,
+        })
+    }
+}
+
+pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let device = default_device();
+    // The model, and the space and head architecture strings are built with.
+    let (model, space_head) = match (&a.tuned, &a.space, &a.task) {
+        (Some(name), _, _) => {
+            let dir = tuned::latest(&a.state.join(aiop::serve::MODELS_DIR), name)?;
+            let m = TaskModel::load(&dir, &device)?;
+            let sh = match m.meta.space {
+                TaskSpace::Builtin { space, head } => Some((space, head)),
+                TaskSpace::Graph => None,
+            };
+            (Predictor::Tuned(Box::new(m)), sh)
+        }
+        (None, Some(space), Some(task)) => {
+            let space = SpaceId::from_name(space)?;
+            let task = space.task(task)?;
+            let key = TaskKey::new(space, task);
+            let t = load_model(a.model.as_deref(), &device)?;
+            t.scaler(key)?;
+            (Predictor::Base(Box::new(t), key), Some((space, task)))
+        }
+        _ => anyhow::bail!("give --tuned NAME, or --space and --task"),
+    };
+    if !a.graphs && space_head.is_none() {
+        return Err(DataError(
+            "this task's networks are JSON graphs: pass --graphs and give paths of graph files"
+                .into(),
+        )
+        .into());
+    }
+    let fc = model.features();
+    // One stdin line → (label, features, GFLOPs).
+    let read = |s: &str| -> anyhow::Result<(String, GraphFeatures, f64)> {
+        if a.graphs {
+            let text = std::fs::read_to_string(s).with_context(|| format!("reading {s}"))?;
+            let g = json::from_json(&text).map_err(|e| DataError(format!("{s}: {e}")))?;
+            Ok((s.to_string(), extract(&g, &fc), gflops(&g)))
+        } else {
+            let (space, head) = space_head.expect("checked above");
+            let arch = Arch::parse(space, s).map_err(PredictorError::from)?;
+            let (f, gf) = prepare(&arch, head, &fc)?;
+            Ok((arch.to_string(), f, gf))
+        }
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = 0usize;
     let mut pending: Vec<(String, GraphFeatures, f64)> = Vec::new();
+    let graphs = a.graphs;
     let flush = |pending: &mut Vec<(String, GraphFeatures, f64)>,
                  out: &mut dyn Write|
      -> anyhow::Result<()> {
@@ -165,10 +306,11 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let inputs: Vec<_> = pending.iter().map(|(_, f, g)| (f, *g)).collect();
-        let pred = t.predict(key, &inputs, a.batch_size)?;
-        for ((arch, _, _), p) in pending.iter().zip(pred) {
+        let pred = model.predict(&inputs, a.batch_size)?;
+        for ((label, _, _), p) in pending.iter().zip(pred) {
             let line = PredictionLine {
-                arch,
+                arch: (!graphs).then_some(label.as_str()),
+                graph: graphs.then_some(label.as_str()),
                 prediction: p,
             };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
@@ -182,16 +324,13 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         if s.is_empty() {
             continue;
         }
-        match Arch::parse(space, s)
-            .map_err(PredictorError::from)
-            .and_then(|arch| Ok((prepare(&arch, task, &fc)?, arch)))
-        {
-            Ok(((f, gf), arch)) => pending.push((arch.to_string(), f, gf)),
+        match read(s) {
+            Ok(x) => pending.push(x),
             Err(e) => {
                 // Keep output in input order: emit what came before, then report.
                 flush(&mut pending, &mut out)?;
                 failed += 1;
-                eprintln!("aiop: stdin line {}: {e}", k + 1);
+                eprintln!("aiop: stdin line {}: {e:#}", k + 1);
             }
         }
         if pending.len() >= a.batch_size.max(1) {

@@ -1,9 +1,11 @@
-//! `aiop serve` (the daemon) and `aiop status` (its client): configuration, logging, the tokio
-//! runtime and the OS signals live here; the daemon itself is [`aiop::serve::run`].
+//! `aiop serve` (the daemon) and its clients `aiop status`, `aiop searches`, `aiop submit`:
+//! configuration, logging, the tokio runtime and the OS signals live here; the daemon itself is
+//! [`aiop::serve::run`].
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,6 +44,209 @@ pub struct StatusArgs {
     /// Print the raw JSON answers instead of a summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where a client finds the daemon (shared by the client commands).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Address of the daemon [default: the one in <STATE>/aiop.addr with --state, else
+    /// 127.0.0.1:9187].
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// State directory of the daemon, to read the address it listens on from.
+    #[arg(long, value_name = "DIR", conflicts_with = "addr")]
+    pub state: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    pub fn resolve(&self) -> anyhow::Result<String> {
+        daemon_addr(self.addr.as_deref(), self.state.as_deref())
+    }
+}
+
+fn daemon_addr(addr: Option<&str>, state: Option<&std::path::Path>) -> anyhow::Result<String> {
+    Ok(match (addr, state) {
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(state)) => {
+            let f = state.join(aiop::serve::ADDR_FILE);
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {} (is aiop serve running?)", f.display()))?
+                .trim()
+                .to_string()
+        }
+        (None, None) => "127.0.0.1:9187".to_string(),
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct SearchesArgs {
+    /// Show this search in detail (results once it has ended) instead of listing all.
+    pub id: Option<String>,
+    /// Cancel the search ID (its results so far are kept).
+    #[arg(long, requires = "id")]
+    pub cancel: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A search spec (JSON, as `POST /v1/searches` takes it) or a task file (TOML; it is
+    /// checked here, then sent with the files it names).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// The bearer token for mutating requests: `AIOP_TOKEN` when set.
+fn auth_headers(token: &Option<String>) -> Vec<(&'static str, String)> {
+    let mut h = vec![("Content-Type", "application/json".to_string())];
+    if let Some(t) = token {
+        h.push(("Authorization", format!("Bearer {t}")));
+    }
+    h
+}
+
+fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<client::Response> {
+    let token = std::env::var("AIOP_TOKEN").ok().filter(|t| !t.is_empty());
+    let h = auth_headers(&token);
+    let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = client::request(addr, method, path, &headers, body, Duration::from_secs(30))
+        .with_context(|| format!("is aiop serve running at {addr}?"))?;
+    anyhow::ensure!(
+        (200..300).contains(&r.status),
+        "{method} {path}: HTTP {}: {}",
+        r.status,
+        r.text()
+    );
+    Ok(r)
+}
+
+pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
+    let addr = a.daemon.resolve()?;
+    let mut out = std::io::stdout().lock();
+    let Some(id) = &a.id else {
+        let list = call(&addr, "GET", "/v1/searches", None)?.json();
+        if a.json {
+            writeln!(out, "{list}")?;
+            return Ok(());
+        }
+        let rows = list["searches"].as_array().cloned().unwrap_or_default();
+        writeln!(out, "{} search(es)", rows.len())?;
+        for s in rows {
+            writeln!(
+                out,
+                "  {:<28} {:<24} {:<9} {:>5.1}% gen {:<5} best {}",
+                s["id"].as_str().unwrap_or("?"),
+                s["task"].as_str().unwrap_or("?"),
+                s["status"].as_str().unwrap_or("?"),
+                100.0 * s["progress"].as_f64().unwrap_or(0.0),
+                s["generation"],
+                s["best"]["predicted"]
+                    .as_f64()
+                    .map_or("-".into(), |b| format!("{b:.4}")),
+            )?;
+        }
+        return Ok(());
+    };
+    let path = format!("/v1/searches/{id}");
+    let r = if a.cancel {
+        call(&addr, "DELETE", &path, None)?
+    } else {
+        call(&addr, "GET", &path, None)?
+    };
+    let v = r.json();
+    if a.json {
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} ({}): {}, {} of {} evaluations, generation {}{}",
+        v["id"].as_str().unwrap_or("?"),
+        v["task"].as_str().unwrap_or("?"),
+        v["status"].as_str().unwrap_or("?"),
+        v["evaluations"],
+        v["budget"],
+        v["generation"],
+        v["error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    )?;
+    let rows = v["results"]
+        .as_array()
+        .cloned()
+        .or_else(|| v["best"].is_object().then(|| vec![v["best"].clone()]))
+        .unwrap_or_default();
+    for r in rows {
+        writeln!(
+            out,
+            "  {:>10.4} {:>10.3} MFLOPs {:>8.4} M params  {}",
+            r["predicted"].as_f64().unwrap_or(f64::NAN),
+            r["mflops"].as_f64().unwrap_or(f64::NAN),
+            r["mparams"].as_f64().unwrap_or(f64::NAN),
+            r["arch"].as_str().unwrap_or("<graph>")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let addr = a.daemon.resolve()?;
+    let is_toml = a.file.extension().is_some_and(|e| e == "toml");
+    let r = if is_toml {
+        // Checked here first (precise errors without a round trip), then sent with its files.
+        let spec = aiop::taskfile::load(&a.file, &aiop::taskfile::Limits::default())?;
+        let folder = a
+            .file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let mut rel: Vec<String> = vec![spec.samples_file.clone()];
+        for s in &spec.samples {
+            if let aiop::taskfile::SampleInput::Graph { path, .. } = &s.input {
+                rel.push(path.clone());
+            }
+        }
+        let mut files = Vec::with_capacity(rel.len() + 1);
+        for p in rel {
+            let text = std::fs::read_to_string(folder.join(&p))
+                .with_context(|| format!("reading {}", folder.join(&p).display()))?;
+            files.push(serde_json::json!({"path": p, "content": text}));
+        }
+        let name = a
+            .file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the task file has no name")?;
+        let text = std::fs::read_to_string(&a.file)
+            .with_context(|| format!("reading {}", a.file.display()))?;
+        files.push(serde_json::json!({"path": name, "content": text}));
+        let body = serde_json::json!({"files": files}).to_string();
+        call(&addr, "POST", "/v1/tasks", Some(body.as_bytes()))?
+    } else {
+        let text = std::fs::read_to_string(&a.file)
+            .with_context(|| format!("reading {}", a.file.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| super::DataError(format!("{}: not JSON: {e}", a.file.display())))?;
+        call(
+            &addr,
+            "POST",
+            "/v1/searches",
+            Some(v.to_string().as_bytes()),
+        )?
+    };
+    writeln!(std::io::stdout().lock(), "{}", r.text())?;
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -83,30 +288,29 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
         .thread_name("aiop-async")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
+    let out = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let shutdown = shutdown_signal()?;
-        // The predictor is not part of this build yet: no fine-tuning jobs (tasks stay queued).
-        aiop::serve::run(config, listener, registry, None, shutdown).await?;
+        let tuner = aiop::jobs::ModelTuner::new(
+            config.state_dir.join(aiop::serve::MODELS_DIR),
+            aiop::tuned::BaseModel::from_option(config.model.as_deref()),
+            &registry,
+        )?;
+        aiop::serve::run(config, listener, registry, Some(Arc::new(tuner)), shutdown).await?;
         anyhow::Ok(())
-    })
+    });
+    // `run` has drained and flushed within the grace period; work it abandoned (a fine-tuning job
+    // still running, queued again at the next start) must not hold the exit, as dropping the
+    // runtime would (it waits for blocking tasks).
+    rt.shutdown_background();
+    out
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     let t = Duration::from_secs(5);
-    let addr = match (&a.addr, &a.state) {
-        (Some(addr), _) => addr.clone(),
-        (None, Some(state)) => {
-            let f = state.join(aiop::serve::ADDR_FILE);
-            std::fs::read_to_string(&f)
-                .with_context(|| format!("reading {} (is aiop serve running?)", f.display()))?
-                .trim()
-                .to_string()
-        }
-        (None, None) => "127.0.0.1:9187".to_string(),
-    };
+    let addr = daemon_addr(a.addr.as_deref(), a.state.as_deref())?;
     let get = |path: &str| -> anyhow::Result<client::Response> {
         let r = client::request(&addr, "GET", path, &[], None, t)
             .with_context(|| format!("is aiop serve running at {addr}?"))?;

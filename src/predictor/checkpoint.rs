@@ -244,7 +244,18 @@ impl Trained {
         graphs: &[(&GraphFeatures, f64)],
         batch_size: usize,
     ) -> Result<Vec<f64>, PredictorError> {
-        let s = self.scaler(key)?;
+        self.predict_scaled(&self.scaler(key)?, graphs, batch_size)
+    }
+
+    /// Predictions in the units of the task `s` was fitted on, for graphs with their GFLOPs,
+    /// in input order: how tasks that are not a benchmark [`TaskKey`] (a user's task, its
+    /// statistics kept beside the checkpoint) are predicted.
+    pub fn predict_scaled(
+        &self,
+        s: &TaskScaler,
+        graphs: &[(&GraphFeatures, f64)],
+        batch_size: usize,
+    ) -> Result<Vec<f64>, PredictorError> {
         let feats: Vec<&GraphFeatures> = graphs.iter().map(|g| g.0).collect();
         let model: &dyn Regressor = match &self.adapted {
             Some(a) => a,

@@ -1,5 +1,9 @@
 //! The daemon end to end: the real `aiop serve` binary on a temporary state directory, real HTTP
-//! over loopback, task files dropped into the watched folder, signals.
+//! over loopback, task files dropped into the watched folder, signals. `malformed` and `search`
+//! hold the issue's acceptance scenarios; this file the helpers and the life-cycle tests.
+
+mod malformed;
+mod search;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -55,6 +59,56 @@ impl Daemon {
         request(&self.addr, "GET", path, &[], None, T).unwrap()
     }
 
+    fn send(&self, method: &str, path: &str, body: &serde_json::Value) -> Response {
+        let b = body.to_string();
+        request(
+            &self.addr,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            Some(b.as_bytes()),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    }
+
+    /// `GET /metrics` as (series → value), e.g. `aiop_searches{status="done"}`.
+    fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        self.get("/metrics")
+            .text()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Wait until task `name` is ready; returns its record.
+    fn wait_ready(&self, name: &str) -> serde_json::Value {
+        wait_long(&format!("task {name} ready"), || {
+            let r = self.get(&format!("/v1/tasks/{name}"));
+            let v = r.json();
+            assert_ne!(v["status"], "failed", "{v}");
+            (v["status"] == "ready").then_some(v)
+        })
+    }
+
+    /// `POST /v1/predict` of the base model for NB-201 CIFAR-10: the daemon answers.
+    fn assert_predicts(&self) {
+        let r = self.send(
+            "POST",
+            "/v1/predict",
+            &serde_json::json!({"space": "nb201", "task": "cifar10", "archs": [NB201_ARCH]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["predictions"][0]["prediction"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+    }
+
     fn tasks_dir(&self) -> PathBuf {
         self.state.join("tasks")
     }
@@ -101,15 +155,81 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(15);
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_within(what, Duration::from_secs(15), Duration::from_millis(25), f)
+}
+
+/// For fine-tuning and searches, which share 2 cores with other tests in CI.
+fn wait_long<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_within(what, Duration::from_secs(120), Duration::from_millis(10), f)
+}
+
+fn wait_within<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + within;
     loop {
         if let Some(v) = f() {
             return v;
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(every);
     }
+}
+
+const NB201_ARCH: &str =
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
+
+/// `n` TransNAS-Bench-101 macro architectures (every 160th row of the shipped table) with
+/// their real `segmentsemantic` labels, as a samples CSV.
+fn seg_samples(n: usize) -> String {
+    let table = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/search_spaces/tnb101_macro/labels.csv"
+    ))
+    .unwrap();
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let ai = header.iter().position(|h| *h == "arch_str").unwrap();
+    let vi = header.iter().position(|h| *h == "segmentsemantic").unwrap();
+    let mut csv = String::from("arch,value\n");
+    for l in lines.step_by(160).take(n) {
+        let f: Vec<&str> = l.split(',').collect();
+        csv.push_str(&format!("{},{}\n", f[ai], f[vi]));
+    }
+    assert_eq!(csv.lines().count(), n + 1);
+    csv
+}
+
+/// The TNB-101 macro `segmentsemantic` task file (2 fine-tuning epochs: tests stay quick),
+/// with `search` appended (a `[search]` table, or nothing).
+fn seg_task(name: &str, search: &str) -> String {
+    format!(
+        "name = \"{name}\"\nspace = \"tnb101_macro\"\nhead = \"segmentsemantic\"\n\
+         samples = \"seg.csv\"\n\n[finetune]\nepochs = 2\nseed = 7\n{search}"
+    )
+}
+
+/// Poll a search until `done` says so; returns every answer seen, the last one last.
+fn watch_search(
+    d: &Daemon,
+    id: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    wait_long(&format!("search {id}"), || {
+        let r = d.get(&format!("/v1/searches/{id}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_ne!(v["status"], "failed", "{v}");
+        let stop = done(&v);
+        seen.push(v);
+        stop.then_some(())
+    });
+    seen
 }
 
 /// The first `n` NB-201 architectures with their CIFAR-10 labels, as a samples CSV.
@@ -131,12 +251,13 @@ fn nb201_samples(n: usize) -> String {
     csv
 }
 
-/// A malformed task file: its name, its content, extra files beside it, and what its `.error`
-/// report must contain.
-type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>, Vec<&'a str>);
-
 fn task_toml(name: &str, samples: &str) -> String {
     format!("name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"{samples}\"\n")
+}
+
+/// A valid NB-201 task, fine-tuned for 1 epoch only.
+fn quick_task(name: &str, samples: &str) -> String {
+    format!("{}[finetune]\nepochs = 1\n", task_toml(name, samples))
 }
 
 /// Write a file the way careful users do: under a hidden name, then renamed into place.
@@ -144,175 +265,6 @@ fn drop_file(dir: &Path, name: &str, content: &[u8]) {
     let tmp = dir.join(format!(".{name}.partial"));
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-#[test]
-fn daemon_accepts_rejects_and_drains_on_sigterm() {
-    let root = tempfile::tempdir().unwrap();
-    let state = root.path().join("state");
-    let mut d = Daemon::start(&state);
-    let h = d.get("/healthz");
-    assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
-
-    let tasks = d.tasks_dir();
-    assert!(tasks.is_dir(), "the watched folder is created");
-    drop_file(&tasks, "c10.csv", nb201_samples(20).as_bytes());
-    drop_file(
-        &tasks,
-        "c10.toml",
-        task_toml("nb201-c10", "c10.csv").as_bytes(),
-    );
-    let t = wait_for("the task", || d.task("nb201-c10"));
-    assert_eq!(t["status"], "queued");
-    assert_eq!(t["versions"], 1);
-    let rec = d.get("/v1/tasks/nb201-c10").json();
-    assert_eq!(rec["versions"][0]["samples"], 20);
-    assert!(!tasks.join("c10.toml.error").exists());
-
-    // Malformed files: (task file, its content, extra files, what its .error must say).
-    std::fs::write(state.join("outside.csv"), nb201_samples(3)).unwrap();
-    let bad_value = nb201_samples(5).replacen("81.9", "n/a", 1);
-    let bad_arch = nb201_samples(5).replacen("avg_pool_3x3~0", "max_pool_9x9~0", 1);
-    let mut binary = b"name = \"bin\"\n".to_vec();
-    binary.extend_from_slice(&[0, 159, 146, 150, 0, 1, 2]);
-    let cases: Vec<Case> = vec![
-        (
-            "syntax.toml",
-            b"name = \"s\"\nspace = = \"x\"\n".to_vec(),
-            vec![],
-            vec!["syntax.toml", "line: 2"],
-        ),
-        (
-            "space.toml",
-            task_toml("sp", "c10.csv")
-                .replace("nb201", "nb999")
-                .into_bytes(),
-            vec![],
-            vec!["space.toml", "line: 2", "field: space", "nb999"],
-        ),
-        (
-            "nosamples.toml",
-            task_toml("ns", "missing.csv").into_bytes(),
-            vec![],
-            vec!["nosamples.toml", "field: samples", "missing.csv"],
-        ),
-        (
-            "value.toml",
-            task_toml("v", "value.csv").into_bytes(),
-            vec![("value.csv", bad_value)],
-            vec!["value.csv", "line: 2", "field: value", "n/a"],
-        ),
-        (
-            "arch.toml",
-            task_toml("a", "arch.csv").into_bytes(),
-            vec![("arch.csv", bad_arch)],
-            vec!["arch.csv", "line: 2", "field: arch"],
-        ),
-        (
-            "outside.toml",
-            task_toml("o", "../outside.csv").into_bytes(),
-            vec![],
-            vec!["outside.toml", "field: samples", "outside the task folder"],
-        ),
-        (
-            "unknown.toml",
-            format!("{}colour = \"red\"\n", task_toml("u", "c10.csv")).into_bytes(),
-            vec![],
-            vec!["unknown.toml", "line: 5", "field: colour"],
-        ),
-        (
-            "dupname.toml",
-            task_toml("nb201-c10", "c10.csv").into_bytes(),
-            vec![],
-            vec!["dupname.toml", "field: name", "c10.toml"],
-        ),
-        (
-            "binary.toml",
-            binary,
-            vec![],
-            vec!["binary.toml", "binary file"],
-        ),
-    ];
-    for (name, content, extra, _) in &cases {
-        for (f, c) in extra {
-            drop_file(&tasks, f, c.as_bytes());
-        }
-        drop_file(&tasks, name, content);
-    }
-    // A 50 MB task file, rejected by its size before any byte is read.
-    let huge = std::fs::File::create(tasks.join("huge.toml")).unwrap();
-    huge.set_len(50 << 20).unwrap();
-    drop(huge);
-
-    for (name, _, _, expect) in &cases {
-        let report = wait_for(name, || {
-            std::fs::read_to_string(tasks.join(format!("{name}.error"))).ok()
-        });
-        for e in expect {
-            assert!(report.contains(e), "{name}.error lacks '{e}':\n{report}");
-        }
-        assert_eq!(d.get("/healthz").status, 200);
-    }
-    let report = wait_for("huge.toml.error", || {
-        std::fs::read_to_string(tasks.join("huge.toml.error")).ok()
-    });
-    assert!(
-        report.contains("huge.toml") && report.contains("52428800 bytes"),
-        "{report}"
-    );
-    assert_eq!(
-        d.get("/v1/tasks").json()["tasks"].as_array().unwrap().len(),
-        1
-    );
-
-    // Fixing a file clears its report.
-    drop_file(&tasks, "space.toml", task_toml("sp", "c10.csv").as_bytes());
-    wait_for("the fixed task", || d.task("sp"));
-    wait_for("the stale report to go", || {
-        (!tasks.join("space.toml.error").exists()).then_some(())
-    });
-
-    let metrics = d.get("/metrics").text();
-    let rejected: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("aiop_task_files_rejected_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(rejected >= cases.len() as f64 + 1.0, "{metrics}");
-
-    // The graph endpoint answers real statistics.
-    let arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
-    let body =
-        serde_json::json!({"space": "nb201", "task": "cifar10", "archs": [arch]}).to_string();
-    let r = request(
-        &d.addr,
-        "POST",
-        "/v1/graph",
-        &[("Content-Type", "application/json")],
-        Some(body.as_bytes()),
-        T,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.json()["graphs"][0]["mparams"].as_f64().unwrap() > 0.0);
-
-    // The client command.
-    let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
-        .args(["status", "--state"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("nb201-c10") && text.contains("queued"),
-        "{text}"
-    );
-
-    d.signal("-TERM");
-    let status = d.wait_exit(Duration::from_secs(GRACE_SECS + 3));
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    assert!(!state.join("aiop.addr").exists());
 }
 
 #[test]
@@ -327,6 +279,9 @@ fn kill_9_then_restart_keeps_tasks() {
     drop_file(&tasks, "g.toml", task_toml("gone", "g.csv").as_bytes());
     let version = wait_for("the task", || d.task("keep"))["version"].clone();
     wait_for("the second task", || d.task("gone"));
+    wait_for("fine-tuning to start", || {
+        (d.task("keep").unwrap()["status"] == "tuning").then_some(())
+    });
     d.signal("-KILL");
     let status = d.wait_exit(T);
     assert_eq!(status.code(), None, "killed by a signal");
@@ -336,10 +291,10 @@ fn kill_9_then_restart_keeps_tasks() {
     std::fs::remove_file(tasks.join("g.toml")).unwrap();
     let mut d = Daemon::start(&state);
     let t = d.task("keep").expect("the task survives kill -9");
-    assert_eq!(
-        (&t["version"], &t["status"]),
-        (&version, &serde_json::json!("queued"))
-    );
+    // Its fine-tuning (100 epochs) was interrupted: queued again, running again.
+    assert_eq!(t["version"], version);
+    assert!(t["status"] == "queued" || t["status"] == "tuning", "{t}");
+    assert!(d.metrics()["aiop_jobs_recovered_total"] >= 1.0);
     let gone = wait_for("the removed task", || {
         d.task("gone").filter(|t| t["removed"] == true)
     });

@@ -333,4 +333,121 @@ fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("nb201/"), "{err}");
     }
+
+/// Three NB-201 networks exported as JSON graphs with their real CIFAR-10 labels (validation
+/// accuracy from the shipped table): a task of `space = "graph"`.
+fn graph_task(dir: &std::path::Path, epochs: u32) -> std::path::PathBuf {
+    let table = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/search_spaces/nb201/labels.csv"
+    ))
+    .unwrap();
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let ai = header.iter().position(|h| *h == "arch_str").unwrap();
+    let vi = header.iter().position(|h| *h == "val_acc_cifar10").unwrap();
+    let mut csv = String::from("graph,value\n");
+    for (k, l) in lines.take(4).enumerate() {
+        let f: Vec<&str> = l.split(',').collect();
+        let o = aiop(
+            &[
+                "graph", "--space", "nb201", "--task", "cifar10", "--format", "graph",
+            ],
+            &format!("{}\n", f[ai]),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::write(dir.join(format!("net{k}.json")), &o.stdout).unwrap();
+        csv.push_str(&format!("net{k}.json,{}\n", f[vi]));
+    }
+    std::fs::write(dir.join("nets.csv"), csv).unwrap();
+    let t = dir.join("nets.toml");
+    std::fs::write(
+        &t,
+        format!(
+            "name = \"nets\"\nspace = \"graph\"\nsamples = \"nets.csv\"\n[finetune]\nepochs = {epochs}\n"
+        ),
+    )
+    .unwrap();
+    t
+}
+
+#[test]
+fn finetune_then_predict_tuned_graphs() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = graph_task(dir.path(), 2);
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let o = aiop(
+        &[
+            "finetune",
+            "--task",
+            t.to_str().unwrap(),
+            "--state",
+            st,
+            "-q",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["task"], "nets");
+    assert_eq!(summary["samples"], 4);
+    assert_eq!(summary["finetune"]["epochs"], 2);
+    assert!(summary["final_loss"].as_f64().unwrap().is_finite());
+    let version = summary["version"].as_str().unwrap();
+    let model = state.join("models/nets").join(version);
+    assert!(model.join("task.json").exists() && model.join("model.safetensors").exists());
+
+    // Graph files on stdin, in input order, "graph" in place of "arch".
+    let p = |k: usize| {
+        dir.path()
+            .join(format!("net{k}.json"))
+            .display()
+            .to_string()
+    };
+    let input = format!("{}\n{}\nnope.json\n{}\n", p(2), p(0), p(2));
+    let o = aiop(
+        &["predict", "--tuned", "nets", "--state", st, "--graphs"],
+        &input,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 3"));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<String> = lines
+        .iter()
+        .map(|l| l["graph"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec![p(2), p(0), p(2)]);
+    assert!(lines.iter().all(|l| l.get("arch").is_none()));
+    assert_eq!(lines[0]["prediction"], lines[2]["prediction"]);
+    // A graph task has no architecture strings.
+    let o = aiop(&["predict", "--tuned", "nets", "--state", st], "x\n");
+    assert_eq!(o.status.code(), Some(65));
+    // An unknown task model, and a bad task file (exit 65, file, line and field named).
+    let o = aiop(&["predict", "--tuned", "other", "--state", st], "");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'other'"));
+    std::fs::write(
+        &t,
+        "name = \"nets\"\nspace = \"graph\"\nsamples = \"nets.csv\"\n[finetune]\nlr = -1.0\n",
+    )
+    .unwrap();
+    let o = aiop(
+        &["finetune", "--task", t.to_str().unwrap(), "--state", st],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nets.toml:5") && err.contains("finetune.lr"),
+        "{err}"
+    );
 }

@@ -1,0 +1,519 @@
+//! Task models: the pretrained predictor carried to one user task ([`TaskSpec`]) and kept on
+//! disk, what `aiop finetune`, `aiop predict --tuned` and the daemon's fine-tuning jobs share.
+//!
+//! [`finetune`] builds each sample's graph (a built-in space's architecture with the task's
+//! head, or the task's JSON graph), extracts its features and GFLOPs, fits the task's
+//! [`TaskScaler`] (AIO-P's FLOPs transform and standardisation) on all samples, and, unless the
+//! task is zero-shot, fine-tunes the model on them as [`crate::predictor::transfer`] does
+//! (defaults: 100 epochs, batch 1, Adam lr 1e-4; the encoder, embeddings and head trainable, or
+//! the adapters when the base model has K-Adapters). [`TaskModel::save`] writes the checkpoint
+//! plus a sidecar `task.json` ([`TunedMeta`]: task, version, space and head, scaler, base
+//! model, training report) under `<models>/<task name>/<version>/`.
+//!
+//! Invariants: the same spec, base model and seed give the same weights on one machine (every
+//! random choice is seeded by the `[finetune]` seed); zero-shot changes no weight; a model
+//! directory appears complete or not at all (written beside under a hidden name, then renamed);
+//! a sidecar of another format version is refused; a model id is `<name>/<version>`, both parts
+//! checked, so that an id never leads outside the models folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::predictor::checkpoint::Trained;
+use crate::predictor::features::{extract, GraphFeatures};
+use crate::predictor::init::sorted_vars;
+use crate::predictor::train::{train, Sample as TrainSample, TrainConfig, TrainReport};
+use crate::predictor::transform::{gflops, TaskScaler};
+use crate::predictor::{shipped, Device, PredictorError};
+use crate::taskfile::{Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
+
+/// Layout version of `task.json`.
+pub const FORMAT_VERSION: u32 = 1;
+/// The sidecar beside the checkpoint files.
+pub const SIDECAR: &str = "task.json";
+
+/// Errors of task models.
+#[derive(Debug, thiserror::Error)]
+pub enum TunedError {
+    /// A sample's network cannot be built or featurised.
+    #[error("task '{task}': sample at line {line} of its samples file: {message}")]
+    Sample {
+        task: String,
+        line: usize,
+        message: String,
+    },
+    #[error("task '{task}': {source}")]
+    Predictor {
+        task: String,
+        #[source]
+        source: Box<PredictorError>,
+    },
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("task model {path}: {message}")]
+    Sidecar { path: PathBuf, message: String },
+    #[error("no task model '{name}' in {dir} (run `aiop finetune --task FILE.toml` first, with the same --state)")]
+    NotFound { name: String, dir: PathBuf },
+    #[error("'{0}' is not a task model id (expected <task name>/<32 hex digits>)")]
+    BadId(String),
+}
+
+fn predictor_err(task: &str, e: PredictorError) -> TunedError {
+    TunedError::Predictor {
+        task: task.to_string(),
+        source: Box::new(e),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TunedError + '_ {
+    move |e| TunedError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Where the pretrained base model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseModel {
+    /// The model embedded in the binary ([`shipped`]).
+    Embedded,
+    /// A checkpoint directory written by `aiop pretrain`.
+    Dir(PathBuf),
+}
+
+impl BaseModel {
+    /// `Dir` when a directory is given, else the embedded model.
+    pub fn from_option(dir: Option<&Path>) -> BaseModel {
+        dir.map_or(BaseModel::Embedded, |d| BaseModel::Dir(d.to_path_buf()))
+    }
+
+    /// A fresh copy of the base model on `device`.
+    pub fn load(&self, device: &Device) -> Result<Trained, PredictorError> {
+        match self {
+            BaseModel::Embedded => shipped::load(device),
+            BaseModel::Dir(d) => Trained::load(d, device),
+        }
+    }
+
+    /// How it is named in sidecars and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            BaseModel::Embedded => format!("embedded:{}", shipped::DIR),
+            BaseModel::Dir(d) => d.display().to_string(),
+        }
+    }
+}
+
+/// A content fingerprint of a model's weights and configuration (32 hex digits): two models
+/// with the same fingerprint predict the same.
+pub fn fingerprint(t: &Trained) -> Result<String, PredictorError> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let config = serde_json::to_vec(&(&t.meta.config, &t.meta.adapters)).map_err(|e| {
+        PredictorError::Config(format!("the model configuration does not serialise: {e}"))
+    })?;
+    h.update(&config);
+    for (name, var) in sorted_vars(&t.map) {
+        h.update(name.as_bytes());
+        let v: Vec<f32> = var
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        for x in v {
+            h.update(&x.to_le_bytes());
+        }
+    }
+    Ok(format!("{:032x}", h.digest128()))
+}
+
+/// How well the model fits its own samples after transfer (in-sample, for information).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitReport {
+    pub spearman: f64,
+    pub kendall: f64,
+    /// Mean absolute error in the task's units.
+    pub mae: f64,
+}
+
+/// The sidecar `task.json` of a task model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunedMeta {
+    pub format_version: u32,
+    pub task: String,
+    /// The task version (spec hash) the model was made for.
+    pub version: String,
+    pub space: TaskSpace,
+    pub higher_is_better: bool,
+    pub mode: Mode,
+    pub scaler: TaskScaler,
+    /// [`BaseModel::describe`] of the model it started from.
+    pub base_model: String,
+    /// [`fingerprint`] of that base model.
+    pub base_fingerprint: String,
+    pub samples: usize,
+    /// The fine-tuning settings (None when zero-shot).
+    pub finetune: Option<Finetune>,
+    pub train: Option<TrainReport>,
+    /// Training MSE (standardised units) of the last epoch.
+    pub final_loss: Option<f64>,
+    pub fit: FitReport,
+    pub seconds: f64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+impl TunedMeta {
+    /// `<task name>/<version>`: the model's id, its folder under the models folder, and its
+    /// name in the prediction cache.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.task, self.version)
+    }
+}
+
+/// A task model: weights and sidecar.
+pub struct TaskModel {
+    pub trained: Trained,
+    pub meta: TunedMeta,
+}
+
+/// Check a model id (`<name>/<32 hex>`) and return its folder under `models`.
+pub fn id_dir(models: &Path, id: &str) -> Result<PathBuf, TunedError> {
+    let bad = || TunedError::BadId(id.to_string());
+    let (name, version) = id.split_once('/').ok_or_else(bad)?;
+    let name_ok = !name.is_empty()
+        && name.len() <= crate::taskfile::MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let version_ok = version.len() == 32 && version.chars().all(|c| c.is_ascii_hexdigit());
+    if !name_ok || !version_ok {
+        return Err(bad());
+    }
+    Ok(models.join(name).join(version))
+}
+
+impl TaskModel {
+    /// Read a task model folder written by [`TaskModel::save`].
+    pub fn load(dir: &Path, device: &Device) -> Result<TaskModel, TunedError> {
+        let m = dir.join(SIDECAR);
+        let text = std::fs::read_to_string(&m).map_err(io_err(&m))?;
+        let probe: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TunedError::Sidecar {
+                path: m.clone(),
+                message: e.to_string(),
+            })?;
+        let v = probe.get("format_version").and_then(|v| v.as_u64());
+        if v != Some(FORMAT_VERSION as u64) {
+            return Err(TunedError::Sidecar {
+                path: m,
+                message: format!("format version {v:?}, this build reads {FORMAT_VERSION}"),
+            });
+        }
+        let meta: TunedMeta = serde_json::from_value(probe).map_err(|e| TunedError::Sidecar {
+            path: m.clone(),
+            message: e.to_string(),
+        })?;
+        let trained = Trained::load(dir, device).map_err(|e| predictor_err(&meta.task, e))?;
+        Ok(TaskModel { trained, meta })
+    }
+
+    /// The model `id` under `models`.
+    pub fn load_id(models: &Path, id: &str, device: &Device) -> Result<TaskModel, TunedError> {
+        TaskModel::load(&id_dir(models, id)?, device)
+    }
+
+    /// Predictions in the task's units, in input order.
+    pub fn predict(
+        &self,
+        graphs: &[(&GraphFeatures, f64)],
+        batch_size: usize,
+    ) -> Result<Vec<f64>, TunedError> {
+        self.trained
+            .predict_scaled(&self.meta.scaler, graphs, batch_size)
+            .map_err(|e| predictor_err(&self.meta.task, e))
+    }
+
+    /// Write the model under `models/<name>/<version>/`, replacing a model of the same id.
+    /// Returns the folder.
+    pub fn save(&self, models: &Path) -> Result<PathBuf, TunedError> {
+        let dir = id_dir(models, &self.meta.id())?;
+        let parent = dir.parent().expect("an id folder has a parent");
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let tmp = parent.join(format!(".{}.tmp-{}", self.meta.version, std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        self.trained
+            .save(&tmp)
+            .map_err(|e| predictor_err(&self.meta.task, e))?;
+        let side = tmp.join(SIDECAR);
+        let json = serde_json::to_string_pretty(&self.meta).expect("the sidecar serialises");
+        std::fs::write(&side, json + "\n").map_err(io_err(&side))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        Ok(dir)
+    }
+}
+
+/// The newest model (by creation time) of task `name` under `models`.
+pub fn latest(models: &Path, name: &str) -> Result<PathBuf, TunedError> {
+    let not_found = || TunedError::NotFound {
+        name: name.to_string(),
+        dir: models.to_path_buf(),
+    };
+    // The name is checked like an id's, with a placeholder version.
+    let folder = id_dir(models, &format!("{name}/{}", "0".repeat(32)))
+        .map_err(|_| not_found())?
+        .parent()
+        .expect("an id folder has a parent")
+        .to_path_buf();
+    let rd = std::fs::read_dir(&folder).map_err(|_| not_found())?;
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in rd.flatten() {
+        let p = e.path();
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if hidden || !p.is_dir() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(p.join(SIDECAR)) else {
+            continue;
+        };
+        let Ok(meta) = serde_json::from_str::<TunedMeta>(&text) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(t, _)| meta.created_at > *t) {
+            best = Some((meta.created_at, p));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(not_found)
+}
+
+/// Features, GFLOPs and label of every sample of `spec`, in file order.
+fn prepare(
+    spec: &TaskSpec,
+    t: &Trained,
+) -> Result<Vec<(Arc<GraphFeatures>, f64, f64)>, TunedError> {
+    let fc = t.model.config.features();
+    spec.samples
+        .iter()
+        .map(|s| {
+            let built;
+            let g = match (&s.input, spec.space) {
+                (SampleInput::Arch(a), TaskSpace::Builtin { head, .. }) => {
+                    built = a.build(head).map_err(|e| TunedError::Sample {
+                        task: spec.name.clone(),
+                        line: s.line,
+                        message: e.to_string(),
+                    })?;
+                    &built
+                }
+                (SampleInput::Graph { graph, .. }, _) => graph,
+                (SampleInput::Arch(_), TaskSpace::Graph) => {
+                    return Err(TunedError::Sample {
+                        task: spec.name.clone(),
+                        line: s.line,
+                        message: "an architecture string in a task of JSON graphs".into(),
+                    })
+                }
+            };
+            Ok((Arc::new(extract(g, &fc)), gflops(g), s.value))
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Carry `base` (described by `base_name`) to the task `spec`: fit its statistics on the
+/// samples and, unless the task is zero-shot, fine-tune on them. `quiet` hides the progress bar.
+pub fn finetune(
+    spec: &TaskSpec,
+    mut base: Trained,
+    base_name: &str,
+    quiet: bool,
+) -> Result<TaskModel, TunedError> {
+    let start = Instant::now();
+    let perr = |e: PredictorError| predictor_err(&spec.name, e);
+    let base_fingerprint = fingerprint(&base).map_err(perr)?;
+    let data = prepare(spec, &base)?;
+    let y: Vec<f64> = data.iter().map(|d| d.2).collect();
+    let gf: Vec<f64> = data.iter().map(|d| d.1).collect();
+    let scaler = TaskScaler::fit(&y, &gf, spec.higher_is_better).map_err(perr)?;
+    let settings = spec.finetune.unwrap_or_default().resolved();
+    let report = match spec.mode {
+        Mode::ZeroShot => None,
+        Mode::Finetune => {
+            let samples: Vec<TrainSample> = data
+                .iter()
+                .map(|(f, g, v)| TrainSample {
+                    features: f.clone(),
+                    target: scaler.forward(*v, *g) as f32,
+                })
+                .collect();
+            let tc = TrainConfig {
+                epochs: settings.epochs,
+                batch_size: settings.batch_size,
+                lr: settings.lr,
+                dev_fraction: 0.0,
+                seed: settings.seed,
+                ..TrainConfig::default()
+            };
+            let prefixes: &[&str] = if base.adapted.is_some() {
+                &["adapter"]
+            } else {
+                &["embed.", "gnn.", "head."]
+            };
+            let vars: Vec<_> = sorted_vars(&base.map)
+                .into_iter()
+                .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p)))
+                .collect();
+            let r = match &base.adapted {
+                Some(a) => train(a, &vars, &samples, &tc, quiet, &base.device),
+                None => train(&base.model, &vars, &samples, &tc, quiet, &base.device),
+            }
+            .map_err(perr)?;
+            Some(r)
+        }
+    };
+    let inputs: Vec<(&GraphFeatures, f64)> = data.iter().map(|(f, g, _)| (&**f, *g)).collect();
+    let pred = base.predict_scaled(&scaler, &inputs, 256).map_err(perr)?;
+    let fit = FitReport {
+        spearman: crate::stats::spearman(&pred, &y),
+        kendall: crate::stats::kendall(&pred, &y),
+        mae: crate::stats::mae(&pred, &y),
+    };
+    base.meta.report = Some(serde_json::json!({"task": spec.name, "version": spec.hash}));
+    let meta = TunedMeta {
+        format_version: FORMAT_VERSION,
+        task: spec.name.clone(),
+        version: spec.hash.clone(),
+        space: spec.space,
+        higher_is_better: spec.higher_is_better,
+        mode: spec.mode,
+        scaler,
+        base_model: base_name.to_string(),
+        base_fingerprint,
+        samples: spec.samples.len(),
+        finetune: (spec.mode == Mode::Finetune).then_some(settings),
+        final_loss: report
+            .as_ref()
+            .and_then(|r| r.epochs.last())
+            .map(|e| e.train_mse),
+        train: report,
+        fit,
+        seconds: start.elapsed().as_secs_f64(),
+        created_at: now_ms(),
+    };
+    Ok(TaskModel {
+        trained: base,
+        meta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::taskfile::{self, Limits};
+
+    /// Six real NB-201 CIFAR-10 labels (validation accuracy, from the shipped table).
+    fn task(dir: &Path, extra: &str) -> TaskSpec {
+        let table = crate::spaces::labels::load(
+            crate::spaces::SpaceId::Nb201,
+            crate::spaces::Task::Cifar10,
+        )
+        .unwrap();
+        let mut csv = String::from("arch,value\n");
+        for r in table.rows.iter().take(6) {
+            csv.push_str(&format!("{},{}\n", r.arch, r.value));
+        }
+        std::fs::write(dir.join("s.csv"), csv).unwrap();
+        let t = dir.join("t.toml");
+        std::fs::write(
+            &t,
+            format!("name = \"c10\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n{extra}"),
+        )
+        .unwrap();
+        taskfile::load(&t, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn finetune_is_seeded_saved_and_reloaded_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "[finetune]\nepochs = 2\nseed = 5\n");
+        let dev = Device::Cpu;
+        let base = BaseModel::Embedded;
+        let a = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        let b = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        assert_eq!(
+            fingerprint(&a.trained).unwrap(),
+            fingerprint(&b.trained).unwrap()
+        );
+        assert_ne!(
+            fingerprint(&a.trained).unwrap(),
+            a.meta.base_fingerprint,
+            "fine-tuning changed the weights"
+        );
+        assert_eq!(a.meta.train.as_ref().unwrap().epochs.len(), 2);
+        assert!(a.meta.final_loss.unwrap().is_finite());
+        let models = dir.path().join("models");
+        let saved = a.save(&models).unwrap();
+        assert_eq!(saved, models.join("c10").join(&spec.hash));
+        assert_eq!(latest(&models, "c10").unwrap(), saved);
+        let back = TaskModel::load_id(&models, &a.meta.id(), &dev).unwrap();
+        assert_eq!(back.meta, a.meta);
+        let g = crate::spaces::Arch::parse(
+            crate::spaces::SpaceId::Nb201,
+            "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+        )
+        .unwrap()
+        .build(crate::spaces::Task::Cifar10)
+        .unwrap();
+        let f = extract(&g, &back.trained.model.config.features());
+        let p = back.predict(&[(&f, gflops(&g))], 1).unwrap();
+        assert_eq!(p, a.predict(&[(&f, gflops(&g))], 1).unwrap());
+        assert!(p[0] > 0.0 && p[0] < 100.0, "{p:?} in accuracy units");
+        // Ids cannot lead outside the models folder.
+        for bad in [
+            "../x/0123",
+            "c10",
+            &format!("../{}", spec.hash),
+            &format!(".x/{}", spec.hash),
+        ] {
+            assert!(id_dir(&models, bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            latest(&models, "nope"),
+            Err(TunedError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_shot_changes_no_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "mode = \"zero-shot\"\n");
+        let dev = Device::Cpu;
+        let m = finetune(
+            &spec,
+            BaseModel::Embedded.load(&dev).unwrap(),
+            "embedded",
+            true,
+        )
+        .unwrap();
+        assert_eq!(fingerprint(&m.trained).unwrap(), m.meta.base_fingerprint);
+        assert!(m.meta.train.is_none() && m.meta.finetune.is_none());
+        assert!(m.meta.fit.spearman.is_finite());
+    }
+}

@@ -1,0 +1,361 @@
+//! Acceptance: malformed task files, each of another kind, each get a precise `.error` (file,
+//! line, field where they apply) while the daemon stays up and keeps answering predictions; a
+//! fixed file clears its report; `POST /v1/tasks` refuses the same mistakes before they reach the
+//! folder; the CLI client; SIGTERM drains to exit 0.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::*;
+
+/// A malformed task file: its name, its content, extra files beside it, and what its `.error`
+/// report must contain.
+type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>, Vec<&'a str>);
+
+/// The graph-format example of docs/graph-format.md, with `down` declared as `out`.
+fn graph_json(down_out: &str) -> String {
+    format!(
+        r#"{{"format": "aiop-graph", "version": 1, "nodes": [
+  {{"id": "x",    "op": "input",  "out": [3, 32, 32]}},
+  {{"id": "stem", "op": "conv",   "inputs": ["x"], "out": [16, 32, 32], "kernel": 3, "padding": 1}},
+  {{"id": "bn",   "op": "batch_norm", "inputs": ["stem"]}},
+  {{"id": "act",  "op": "relu",   "inputs": ["bn"]}},
+  {{"id": "down", "op": "conv",   "inputs": ["act"], "out": {down_out}, "kernel": 3, "stride": 2, "padding": 1}},
+  {{"id": "gap",  "op": "global_avg_pool", "inputs": ["down"]}},
+  {{"id": "fc",   "op": "linear", "inputs": ["gap"], "out": [10, 1, 1], "bias": true}},
+  {{"id": "y",    "op": "output", "inputs": ["fc"]}}
+]}}"#
+    )
+}
+
+fn graph_task(name: &str, samples: &str) -> String {
+    format!("name = \"{name}\"\nspace = \"graph\"\nsamples = \"{samples}\"\n")
+}
+
+#[test]
+fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let mut d = Daemon::start(&state);
+    let h = d.get("/healthz");
+    assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
+
+    let tasks = d.tasks_dir();
+    assert!(tasks.is_dir(), "the watched folder is created");
+    drop_file(&tasks, "c10.csv", nb201_samples(20).as_bytes());
+    drop_file(
+        &tasks,
+        "c10.toml",
+        quick_task("nb201-c10", "c10.csv").as_bytes(),
+    );
+    let t = wait_for("the task", || d.task("nb201-c10"));
+    assert_eq!(t["versions"], 1);
+    let rec = d.get("/v1/tasks/nb201-c10").json();
+    assert_eq!(rec["versions"][0]["samples"], 20);
+    assert!(!tasks.join("c10.toml.error").exists());
+
+    std::fs::write(state.join("outside.csv"), nb201_samples(3)).unwrap();
+    let five = nb201_samples(5);
+    let second = five.lines().nth(1).unwrap().to_string();
+    let mut binary = b"name = \"bin\"\n".to_vec();
+    binary.extend_from_slice(&[0, 159, 146, 150, 0, 1, 2]);
+    let mut latin1 = b"name = \"caf".to_vec();
+    latin1.extend_from_slice(&[0xe9, b'"', b'\n']);
+    let label = |csv: &str, line: usize, v: &str| -> String {
+        // Replace the label of CSV line `line` (1-based, header = 1) with `v`.
+        csv.lines()
+            .enumerate()
+            .map(|(k, l)| {
+                if k + 1 == line {
+                    format!("{},{v}\n", l.rsplit_once(',').unwrap().0)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    };
+    let cases: Vec<Case> = vec![
+        (
+            "syntax.toml",
+            b"name = \"s\"\nspace = = \"x\"\n".to_vec(),
+            vec![],
+            vec!["syntax.toml", "line: 2"],
+        ),
+        (
+            "space.toml",
+            task_toml("sp", "c10.csv")
+                .replace("nb201", "nb999")
+                .into_bytes(),
+            vec![],
+            vec!["space.toml", "line: 2", "field: space", "nb999"],
+        ),
+        (
+            "head.toml",
+            task_toml("hd", "c10.csv")
+                .replace("cifar10", "jigsaw")
+                .into_bytes(),
+            vec![],
+            vec!["head.toml", "line: 3", "field: head", "jigsaw"],
+        ),
+        (
+            "nosamples.toml",
+            task_toml("ns", "missing.csv").into_bytes(),
+            vec![],
+            vec!["nosamples.toml", "line: 4", "field: samples", "missing.csv"],
+        ),
+        (
+            "value.toml",
+            task_toml("v", "value.csv").into_bytes(),
+            vec![("value.csv", label(&five, 2, "n/a"))],
+            vec!["value.csv", "line: 2", "field: value", "n/a"],
+        ),
+        (
+            "nan.toml",
+            task_toml("nan", "nan.csv").into_bytes(),
+            vec![("nan.csv", label(&five, 3, "NaN"))],
+            vec!["nan.csv", "line: 3", "field: value", "not a finite number"],
+        ),
+        (
+            "inf.toml",
+            task_toml("inf", "inf.csv").into_bytes(),
+            vec![("inf.csv", label(&five, 4, "-inf"))],
+            vec!["inf.csv", "line: 4", "field: value", "-inf"],
+        ),
+        (
+            "overflow.toml",
+            task_toml("ovf", "overflow.csv").into_bytes(),
+            vec![("overflow.csv", label(&five, 5, "1e999"))],
+            vec!["overflow.csv", "line: 5", "field: value", "1e999"],
+        ),
+        (
+            "arch.toml",
+            task_toml("a", "arch.csv").into_bytes(),
+            vec![(
+                "arch.csv",
+                five.replacen("avg_pool_3x3~0", "max_pool_9x9~0", 1),
+            )],
+            vec!["arch.csv", "line: 2", "field: arch"],
+        ),
+        (
+            "duprow.toml",
+            task_toml("dr", "duprow.csv").into_bytes(),
+            vec![("duprow.csv", format!("{five}{second}\n"))],
+            vec!["duprow.csv", "line: 7", "field: arch", "first at line 2"],
+        ),
+        (
+            "header.toml",
+            task_toml("hdr", "header.csv").into_bytes(),
+            vec![("header.csv", five.replacen("arch,value", "arch,acc", 1))],
+            vec!["header.csv", "line: 1", "field: header", "arch,acc"],
+        ),
+        (
+            "empty.toml",
+            task_toml("em", "empty.csv").into_bytes(),
+            vec![("empty.csv", "arch,value\n".into())],
+            vec!["empty.toml", "line: 4", "field: samples", "has 0 labelled"],
+        ),
+        (
+            "outside.toml",
+            task_toml("o", "../outside.csv").into_bytes(),
+            vec![],
+            vec!["outside.toml", "field: samples", "outside the task folder"],
+        ),
+        (
+            "unknown.toml",
+            format!("{}colour = \"red\"\n", task_toml("u", "c10.csv")).into_bytes(),
+            vec![],
+            vec!["unknown.toml", "line: 5", "field: colour"],
+        ),
+        (
+            "dupkey.toml",
+            format!("name = \"x\"\n{}", task_toml("dk", "c10.csv")).into_bytes(),
+            vec![],
+            vec!["dupkey.toml", "line: 2", "field: name", "duplicate key"],
+        ),
+        (
+            "dupname.toml",
+            task_toml("nb201-c10", "c10.csv").into_bytes(),
+            vec![],
+            vec!["dupname.toml", "field: name", "c10.toml"],
+        ),
+        (
+            "mode.toml",
+            format!("{}mode = \"sometimes\"\n", task_toml("m", "c10.csv")).into_bytes(),
+            vec![],
+            vec!["mode.toml", "line: 5", "field: mode", "sometimes"],
+        ),
+        (
+            "type.toml",
+            format!("{}higher_is_better = \"yes\"\n", task_toml("ty", "c10.csv")).into_bytes(),
+            vec![],
+            vec!["type.toml", "line: 5", "field: higher_is_better"],
+        ),
+        (
+            "badname.toml",
+            task_toml("a b", "c10.csv").into_bytes(),
+            vec![],
+            vec!["badname.toml", "line: 1", "field: name", "'a b'"],
+        ),
+        (
+            "budget.toml",
+            format!("{}\n[search]\nbudget = 0\n", task_toml("bu", "c10.csv")).into_bytes(),
+            vec![],
+            vec!["budget.toml", "line: 7", "field: search.budget"],
+        ),
+        (
+            "epochs.toml",
+            format!("{}[finetune]\nepochs = -3\n", task_toml("ep", "c10.csv")).into_bytes(),
+            vec![],
+            vec!["epochs.toml", "line: 6", "field: finetune.epochs", "-3"],
+        ),
+        (
+            "badgraph.toml",
+            graph_task("bg", "badgraph.csv").into_bytes(),
+            vec![
+                (
+                    "g_bad.json",
+                    "{\"format\": \"aiop-graph\", \"nodes\": [".into(),
+                ),
+                ("badgraph.csv", "graph,value\ng_bad.json,0.5\n".into()),
+            ],
+            vec!["g_bad.json", "field: graph", "samples line 2"],
+        ),
+        (
+            "shape.toml",
+            graph_task("sh", "shape.csv").into_bytes(),
+            vec![
+                ("g_ok.json", graph_json("[32, 16, 16]")),
+                ("g_shape.json", graph_json("[32, 32, 32]")),
+                (
+                    "shape.csv",
+                    "graph,value\ng_ok.json,0.5\ng_shape.json,0.7\n".into(),
+                ),
+            ],
+            vec![
+                "g_shape.json",
+                "field: graph",
+                "node 'down'",
+                "samples line 3",
+            ],
+        ),
+        (
+            "binary.toml",
+            binary,
+            vec![],
+            vec!["binary.toml", "binary file"],
+        ),
+        (
+            "latin1.toml",
+            latin1,
+            vec![],
+            vec!["latin1.toml", "not UTF-8"],
+        ),
+    ];
+    for (name, content, extra, _) in &cases {
+        for (f, c) in extra {
+            drop_file(&tasks, f, c.as_bytes());
+        }
+        drop_file(&tasks, name, content);
+    }
+    // A 50 MB task file, rejected by its size before any byte is read.
+    let huge = std::fs::File::create(tasks.join("huge.toml")).unwrap();
+    huge.set_len(50 << 20).unwrap();
+    drop(huge);
+
+    let mut kinds = 1; // huge.toml
+    for (name, _, _, expect) in &cases {
+        let report = wait_for(name, || {
+            std::fs::read_to_string(tasks.join(format!("{name}.error"))).ok()
+        });
+        for e in expect {
+            assert!(report.contains(e), "{name}.error lacks '{e}':\n{report}");
+        }
+        // Up and answering predictions after every bad file.
+        d.assert_predicts();
+        kinds += 1;
+    }
+    let report = wait_for("huge.toml.error", || {
+        std::fs::read_to_string(tasks.join("huge.toml.error")).ok()
+    });
+    assert!(
+        report.contains("huge.toml") && report.contains("52428800 bytes"),
+        "{report}"
+    );
+    assert!(kinds >= 20, "{kinds} kinds of malformed files");
+    assert_eq!(
+        d.get("/v1/tasks").json()["tasks"].as_array().unwrap().len(),
+        1,
+        "only the valid task is recorded"
+    );
+
+    // Fixing a file clears its report.
+    drop_file(&tasks, "space.toml", quick_task("sp", "c10.csv").as_bytes());
+    wait_for("the fixed task", || d.task("sp"));
+    wait_for("the stale report to go", || {
+        (!tasks.join("space.toml.error").exists()).then_some(())
+    });
+
+    let rejected = d.metrics()["aiop_task_files_rejected_total"];
+    assert!(rejected >= kinds as f64, "{rejected} rejections");
+
+    // The same mistakes through the API are refused before they reach the folder.
+    let bad_value = serde_json::json!({"files": [
+        {"path": "api.toml", "content": task_toml("api-task", "api.csv")},
+        {"path": "api.csv", "content": label(&five, 3, "n/a")},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &bad_value);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("api.csv:3") && msg.contains("field 'value'"),
+        "{msg}"
+    );
+    assert!(!tasks.join("api.toml").exists() && !tasks.join("api.csv").exists());
+    let escape = serde_json::json!({"files": [
+        {"path": "../evil.toml", "content": "x"}]});
+    assert_eq!(d.send("POST", "/v1/tasks", &escape).status, 422);
+    // A valid one is moved in and picked up by the watcher (through the CLI client).
+    let src = root.path().join("submit");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("api.csv"), &five).unwrap();
+    std::fs::write(src.join("api.toml"), quick_task("api-task", "api.csv")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["submit", "--state"])
+        .arg(&state)
+        .arg(src.join("api.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["task"], "api-task");
+    let t = wait_for("the submitted task", || d.task("api-task"));
+    assert_eq!(t["version"], answer["version"]);
+
+    // The graph endpoint answers real statistics.
+    let body = serde_json::json!({"space": "nb201", "task": "cifar10", "archs": [NB201_ARCH]});
+    let r = d.send("POST", "/v1/graph", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["graphs"][0]["mparams"].as_f64().unwrap() > 0.0);
+
+    // The client command, once the task is ready.
+    d.wait_ready("nb201-c10");
+    let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["status", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("nb201-c10") && text.contains("ready"),
+        "{text}"
+    );
+
+    d.signal("-TERM");
+    let status = d.wait_exit(Duration::from_secs(GRACE_SECS + 3));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(!state.join("aiop.addr").exists());
+}

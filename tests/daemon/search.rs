@@ -1,0 +1,323 @@
+//! Acceptance: a TransNAS-Bench-101 macro `segmentsemantic` task with 20 real labelled samples
+//! goes from task file to task model to search results; a search survives `kill -9` and SIGTERM
+//! and ends exactly where an uninterrupted run with the same seed ends; cancelling and deleting
+//! the task file stop searches and keep their results.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A metric's value, 0 when the series does not exist yet.
+fn metric(m: &std::collections::HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let mut d = Daemon::start(&state);
+    let before = d.metrics();
+    let tasks = d.tasks_dir();
+    drop_file(&tasks, "seg.csv", seg_samples(20).as_bytes());
+    let search = "\n[search]\nalgorithm = \"evolution\"\nbudget = 240\npopulation = 16\n\
+                  sample = 4\nbatch = 8\nseed = 3\n";
+    drop_file(&tasks, "seg.toml", seg_task("seg-macro", search).as_bytes());
+
+    let t = d.wait_ready("seg-macro");
+    let version = t["spec_hash"].as_str().unwrap().to_string();
+    assert_eq!(t["model"], format!("seg-macro/{version}"));
+    assert!(state
+        .join("models/seg-macro")
+        .join(&version)
+        .join("task.json")
+        .exists());
+
+    // The task file's search: progress while it runs, then results.
+    let id = format!("t-seg-macro-{}", &version[..12]);
+    let seen = watch_search(&d, &id, |v| v["status"] == "done");
+    let running: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|v| {
+            v["status"] == "running"
+                && v["generation"].as_u64().unwrap() >= 1
+                && v["progress"].as_f64().unwrap() > 0.0
+                && v["progress"].as_f64().unwrap() < 1.0
+        })
+        .collect();
+    assert!(!running.is_empty(), "no progress seen: {seen:?}");
+    for v in &running {
+        assert!(v["best"]["predicted"].as_f64().is_some(), "{v}");
+        assert!(v.get("results").is_none(), "results only once it ends: {v}");
+    }
+    let done = seen.last().unwrap();
+    assert_eq!(done["progress"], 1.0);
+    assert_eq!(done["evaluations"], 240);
+    assert_eq!(done["budget"], 240);
+    let results = done["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["predicted"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert_eq!(scores[0], done["best"]["predicted"].as_f64().unwrap());
+    assert_eq!(done["model"], format!("tuned/seg-macro/{version}"));
+
+    // The search's numbers are the task model's predictions, in task units.
+    let best_arch = results[0]["arch"].as_str().unwrap().to_string();
+    let r = d.send(
+        "POST",
+        "/v1/predict",
+        &serde_json::json!({"tuned": "seg-macro", "archs": [best_arch]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["predictions"][0]["prediction"].as_f64(),
+        Some(scores[0])
+    );
+    // ... and the CLI's, reading the same task model.
+    let out = crate::common::aiop(
+        &[
+            "predict",
+            "--tuned",
+            "seg-macro",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &format!("{best_arch}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["prediction"].as_f64(), Some(scores[0]));
+
+    // The counters moved.
+    let m = d.metrics();
+    let gens = done["generation"].as_f64().unwrap();
+    for (series, want) in [
+        ("aiop_search_generations_total", gens),
+        ("aiop_search_candidates_evaluated_total", 240.0),
+        ("aiop_finetune_duration_seconds_count", 1.0),
+        ("aiop_jobs_finished_total{outcome=\"ready\"}", 1.0),
+        ("aiop_searches_finished_total{outcome=\"done\"}", 1.0),
+        ("aiop_searches{status=\"done\"}", 1.0),
+        ("aiop_tasks{status=\"ready\"}", 1.0),
+        ("aiop_searches_running", 0.0),
+    ] {
+        assert_eq!(metric(&m, series), want, "{series}");
+        if want > 0.0 {
+            assert_eq!(metric(&before, series), 0.0, "{series} before");
+        }
+    }
+    assert_eq!(
+        metric(&m, &format!("aiop_search_best_score{{search=\"{id}\"}}")),
+        scores[0]
+    );
+    assert!(metric(&m, "aiop_predictions_total{source=\"search\"}") >= 240.0);
+    assert!(metric(&m, "aiop_prediction_cache_misses_total") >= 240.0);
+    assert!(metric(&m, "aiop_prediction_batch_seconds_count") >= 1.0);
+    assert!(metric(&m, "aiop_finetune_final_loss{task=\"seg-macro\"}").is_finite());
+    assert!(metric(&m, "aiop_store_size_bytes") > 0.0);
+    assert!(metric(&m, "aiop_task_files_accepted_total") >= 1.0);
+    // The repeated prediction came from the cache.
+    assert!(metric(&m, "aiop_prediction_cache_hits_total") >= 1.0);
+
+    // A second search through the CLI client, cancelled: its results so far are kept.
+    let spec = root.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"task": "seg-macro", "algorithm": "random", "budget": 100000, "batch": 4, "seed": 1}"#,
+    )
+    .unwrap();
+    let st = state.to_str().unwrap();
+    let out = crate::common::aiop(&["submit", "--state", st, spec.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sub: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id2 = sub["id"].as_str().unwrap().to_string();
+    watch_search(&d, &id2, |v| v["generation"].as_u64().unwrap() >= 2);
+    let out = crate::common::aiop(&["searches", &id2, "--cancel", "--state", st], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = watch_search(&d, &id2, |v| v["status"] == "cancelled");
+    let last = seen.last().unwrap();
+    assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
+    assert!(last["evaluations"].as_u64().unwrap() < 100000);
+    let out = crate::common::aiop(&["searches", "--state", st], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&id) && text.contains(&id2) && text.contains("cancelled"),
+        "{text}"
+    );
+
+    // Every series the shipped Grafana dashboard plots is one the daemon exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let exported = d.metrics();
+    let mut plotted = 0;
+    for w in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if w.starts_with("aiop_") {
+            plotted += 1;
+            assert!(
+                exported
+                    .keys()
+                    .any(|k| k == w || k.starts_with(&format!("{w}{{"))),
+                "the dashboard plots {w}, which /metrics lacks"
+            );
+        }
+    }
+    assert!(plotted >= 25, "{plotted}");
+
+    d.signal("-TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(GRACE_SECS + 3)).code(),
+        Some(0)
+    );
+}
+
+/// The search spec of the interrupted and the uninterrupted runs.
+fn resumable_spec() -> serde_json::Value {
+    serde_json::json!({"task": "seg-resume", "algorithm": "evolution", "budget": 320,
+        "population": 24, "sample": 6, "batch": 8, "seed": 11})
+}
+
+#[test]
+fn kill_9_mid_search_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let mut d = Daemon::start(&state);
+    let tasks = d.tasks_dir();
+    drop_file(&tasks, "seg.csv", seg_samples(20).as_bytes());
+    drop_file(&tasks, "seg.toml", seg_task("seg-resume", "").as_bytes());
+    d.wait_ready("seg-resume");
+
+    let r = d.send("POST", "/v1/searches", &resumable_spec());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let seen = watch_search(&d, &id, |v| {
+        v["status"] == "running" && v["generation"].as_u64().unwrap() >= 3
+    });
+    let at_kill = seen.last().unwrap().clone();
+    assert!(at_kill["progress"].as_f64().unwrap() < 1.0, "{at_kill}");
+    d.signal("-KILL");
+    assert_eq!(d.wait_exit(T).code(), None, "killed by a signal");
+    drop(d);
+
+    let d = Daemon::start(&state);
+    // Nothing the daemon had reported is lost.
+    let back = d.get(&format!("/v1/searches/{id}")).json();
+    assert!(
+        back["generation"].as_u64() >= at_kill["generation"].as_u64(),
+        "{back}"
+    );
+    let seen = watch_search(&d, &id, |v| v["status"] == "done");
+    let resumed = seen.last().unwrap().clone();
+    assert!(resumed["resumes"].as_u64().unwrap() >= 1, "{resumed}");
+    let from = resumed["resumed_from_generation"].as_u64().unwrap();
+    assert!(
+        from >= at_kill["generation"].as_u64().unwrap(),
+        "resumed from generation {from}, the daemon had reported {}",
+        at_kill["generation"]
+    );
+    assert!(
+        resumed["best"]["predicted"].as_f64() >= at_kill["best"]["predicted"].as_f64(),
+        "{resumed}"
+    );
+    assert!(d.metrics()["aiop_searches_recovered_total"] >= 1.0);
+
+    // The same spec run through without interruption ends in exactly the same place.
+    let r = d.send("POST", "/v1/searches", &resumable_spec());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id2 = r.json()["id"].as_str().unwrap().to_string();
+    let whole = watch_search(&d, &id2, |v| v["status"] == "done")
+        .pop()
+        .unwrap();
+    assert_eq!(whole["resumes"], 0);
+    for k in ["results", "best", "evaluations", "generation"] {
+        assert_eq!(resumed[k], whole[k], "{k}");
+    }
+}
+
+#[test]
+fn sigterm_mid_search_exits_within_the_grace_period_and_the_search_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let mut d = Daemon::start(&state);
+    let tasks = d.tasks_dir();
+    drop_file(&tasks, "seg.csv", seg_samples(20).as_bytes());
+    let search = "\n[search]\nalgorithm = \"random\"\nbudget = 100000\nbatch = 4\nseed = 5\n";
+    drop_file(&tasks, "seg.toml", seg_task("seg-term", search).as_bytes());
+    let version = d.wait_ready("seg-term")["spec_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = format!("t-seg-term-{}", &version[..12]);
+    watch_search(&d, &id, |v| {
+        v["status"] == "running" && v["generation"].as_u64().unwrap() >= 2
+    });
+
+    let before_stop = d.get(&format!("/v1/searches/{id}")).json();
+    let t0 = Instant::now();
+    d.signal("-TERM");
+    let status = d.wait_exit(Duration::from_secs(GRACE_SECS + 3));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        t0.elapsed() < Duration::from_secs(GRACE_SECS),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(d);
+
+    // The record on disk (read with the daemon down): queued again, at its checkpoint.
+    let dump = crate::common::aiop(&["store", "export", "--state", state.to_str().unwrap()], "");
+    assert!(dump.status.success());
+    let stopped: serde_json::Value = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["tree"] == "searches" && l["key"] == id.as_str())
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(stopped["status"], "queued", "{stopped}");
+    let g = stopped["generation"].as_u64().unwrap();
+    assert!(
+        g >= before_stop["generation"].as_u64().unwrap(),
+        "{stopped} {before_stop}"
+    );
+
+    // At the next start the search carries on from the checkpoint written at the stop.
+    let d = Daemon::start(&state);
+    let seen = watch_search(&d, &id, |v| {
+        v["resumes"] == 1 && v["generation"].as_u64().unwrap() > g
+    });
+    assert_eq!(seen.last().unwrap()["resumed_from_generation"], g);
+    assert_eq!(d.metrics()["aiop_searches_recovered_total"], 1.0);
+
+    // Deleting the task file stops its search and keeps what it found.
+    std::fs::remove_file(tasks.join("seg.toml")).unwrap();
+    let seen = watch_search(&d, &id, |v| v["status"] == "cancelled");
+    let last = seen.last().unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("task file was deleted"),
+        "{last}"
+    );
+    assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
+    let t = d.get("/v1/tasks/seg-term").json();
+    assert!(t["removed_at"].is_u64(), "{t}");
+}
