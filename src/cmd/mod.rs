@@ -3,8 +3,8 @@
 //! `anyhow::Result` so that `main` maps every failure to an exit code in one place.
 
 pub mod bench;
-pub mod eval;
 pub mod bench_predictor;
+pub mod eval;
 pub mod experiment;
 pub mod graph;
 pub mod predictor;

@@ -333,6 +333,7 @@ fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("nb201/"), "{err}");
     }
+}
 
 /// Three NB-201 networks exported as JSON graphs with their real CIFAR-10 labels (validation
 /// accuracy from the shipped table): a task of `space = "graph"`.
