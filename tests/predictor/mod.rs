@@ -8,31 +8,40 @@ const A: &str =
 const B: &str =
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|";
 
-#[test]
-fn pretrain_then_predict_in_input_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg.json");
-    std::fs::write(
-        &cfg,
-        r#"{"tasks": ["nb201/cifar10"], "max_per_task": 24, "test_fraction": 0.25,
-            "model": {"layers": 2, "head": [8]}, "train": {"epochs": 1, "batch_size": 8}}"#,
-    )
-    .unwrap();
-    let model = dir.path().join("m");
-    let m = model.to_str().unwrap();
+/// `aiop pretrain --seed 3` of a tiny model (2 layers, head 8, one epoch) on the data that
+/// `data` (JSON fields `tasks`, `max_per_task`, `test_fraction`) names, into `dir/m`.
+fn pretrain_tiny(dir: &std::path::Path, data: &str) -> (std::path::PathBuf, std::process::Output) {
+    let cfg = dir.join("cfg.json");
+    let text = format!(
+        r#"{{{data}, "model": {{"layers": 2, "head": [8]}},
+            "train": {{"epochs": 1, "batch_size": 8}}}}"#
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let model = dir.join("m");
     let o = aiop(
         &[
             "pretrain",
             "--config",
             cfg.to_str().unwrap(),
             "--out",
-            m,
+            model.to_str().unwrap(),
             "--seed",
             "3",
         ],
         "",
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (model, o)
+}
+
+#[test]
+fn pretrain_then_predict_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, o) = pretrain_tiny(
+        dir.path(),
+        r#""tasks": ["nb201/cifar10"], "max_per_task": 24, "test_fraction": 0.25"#,
+    );
+    let m = model.to_str().unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["test"][0]["n"], 6);
     assert!(model.join("model.safetensors").exists());
@@ -214,20 +223,11 @@ fn eval_reports_every_method_and_reuses_its_pretrained_models() {
 #[test]
 fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg.json");
-    std::fs::write(
-        &cfg,
-        r#"{"tasks": ["tnb101_micro/class_object"], "max_per_task": 16, "test_fraction": 0.0,
-            "model": {"layers": 2, "head": [8]}, "train": {"epochs": 1, "batch_size": 8}}"#,
-    )
-    .unwrap();
-    let model = dir.path().join("m");
-    let m = model.to_str().unwrap();
-    let o = aiop(
-        &["pretrain", "--config", cfg.to_str().unwrap(), "--out", m],
-        "",
+    let (model, _) = pretrain_tiny(
+        dir.path(),
+        r#""tasks": ["tnb101_micro/class_object"], "max_per_task": 16, "test_fraction": 0.0"#,
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = model.to_str().unwrap();
 
     let json = dir.path().join("flops.json");
     let o = aiop(
