@@ -110,6 +110,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // candle's own pool for large element-wise ops spin-waits on its workers, which stalls
+    // everything on a busy machine; the predictor's heavy work runs in rayon (its fused ops), so
+    // candle's element-wise ops stay on the calling thread unless the user asks otherwise.
+    // Set before any thread exists.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Spaces(a) => cmd::graph::spaces(a),

@@ -232,6 +232,67 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
     pb
 }
 
+/// Mini-batches are computed in parts of at most this many graphs (see [`batch_gradients`]).
+pub const PART_GRAPHS: usize = 8;
+
+/// Mean squared error of `model` on one mini-batch and its gradients. The batch is halved
+/// recursively into parts of at most [`PART_GRAPHS`] graphs computed in parallel (each part its own
+/// candle graph; losses and gradients of `trainable` are added pairwise in a fixed order): one
+/// synchronisation per part instead of one per parallel op, and node states small enough to stay
+/// in cache. The split depends on the batch size only, so results do not depend on the number of
+/// threads.
+pub fn batch_gradients<R: Regressor + Sync + ?Sized>(
+    model: &R,
+    graphs: &[&GraphFeatures],
+    targets: &[f32],
+    trainable: &[(String, Var)],
+    dev: &Device,
+) -> Result<(f64, GradStore), PredictorError> {
+    let n = graphs.len();
+    if n == 0 || targets.len() != n {
+        return Err(PredictorError::Data(format!(
+            "{n} graphs and {} targets in a batch",
+            targets.len()
+        )));
+    }
+    part_gradients(model, graphs, targets, n, trainable, dev)
+}
+
+/// [`batch_gradients`] of `graphs`, a part of a batch of `total` graphs.
+fn part_gradients<R: Regressor + Sync + ?Sized>(
+    model: &R,
+    graphs: &[&GraphFeatures],
+    targets: &[f32],
+    total: usize,
+    trainable: &[(String, Var)],
+    dev: &Device,
+) -> Result<(f64, GradStore), PredictorError> {
+    let n = graphs.len();
+    if n <= PART_GRAPHS {
+        let b = Batch::pack(graphs, dev)?;
+        let t = Tensor::from_slice(targets, n, dev)?;
+        let loss = ((model.predict(&b)? - t)?.sqr()?.sum_all()? / total as f64)?;
+        let grads = loss.backward()?;
+        return Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, grads));
+    }
+    let h = n / 2;
+    let (a, b) = rayon::join(
+        || part_gradients(model, &graphs[..h], &targets[..h], total, trainable, dev),
+        || part_gradients(model, &graphs[h..], &targets[h..], total, trainable, dev),
+    );
+    let ((la, mut ga), (lb, gb)) = (a?, b?);
+    for (_, v) in trainable {
+        let t = v.as_tensor();
+        let sum = match (ga.get(t), gb.get(t)) {
+            (Some(x), Some(y)) => (x + y)?,
+            (None, Some(y)) => y.clone(),
+            _ => continue,
+        };
+        ga.insert(t, sum);
+    }
+    Ok((la + lb, ga))
+}
+
 /// Scale gradients in place so that their global L2 norm is at most `clip`; returns the norm
 /// before clipping.
 pub fn clip_grad_norm(
@@ -252,8 +313,9 @@ pub fn clip_grad_norm(
     Ok(norm)
 }
 
-/// Train `trainable` (sorted by name) to fit `samples` with `model`.
-pub fn train<R: Regressor>(
+/// Train `trainable` (sorted by name) to fit `samples` with `model`. Runs on rayon's pool
+/// (mini-batches through [`batch_gradients`]).
+pub fn train<R: Regressor + Sync>(
     model: &R,
     trainable: &[(String, Var)],
     samples: &[Sample],
@@ -298,54 +360,52 @@ pub fn train<R: Regressor>(
         seconds: 0.0,
     };
     let mut best: Option<Vec<Tensor>> = None;
-    for epoch in 1..=cfg.epochs {
-        order_rng.shuffle(&mut train_idx);
-        let (mut sum, mut count) = (0f64, 0usize);
-        for chunk in train_idx.chunks(cfg.batch_size) {
-            let graphs: Vec<&GraphFeatures> =
-                chunk.iter().map(|&i| &*samples[i].features).collect();
-            let b = Batch::pack(&graphs, dev)?;
-            let t: Vec<f32> = chunk.iter().map(|&i| samples[i].target).collect();
-            let target = Tensor::from_vec(t, chunk.len(), dev)?;
-            let y = model.predict(&b)?;
-            let loss = (y - target)?.sqr()?.mean_all()?;
-            let mut grads = loss.backward()?;
-            let scale = clip_scale(grad_norm(&grads, trainable)?, cfg.clip_norm);
-            opt.step(&mut grads, scale)?;
-            let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            sum += l * chunk.len() as f64;
-            count += chunk.len();
-            pb.inc(1);
-            pb.set_message(format!("epoch {epoch}/{} loss {l:.4}", cfg.epochs));
-        }
-        let train_mse = sum / count.max(1) as f64;
-        let dev_mse = if n_dev > 0 {
-            let pred = predict_batched(model, &dev_graphs, 256, dev)?;
-            Some(mse(&pred, &dev_set))
-        } else {
-            None
-        };
-        if let Some(d) = dev_mse {
-            if report.best_dev_mse.is_none_or(|b| d < b) {
-                report.best_dev_mse = Some(d);
-                report.best_epoch = Some(epoch);
-                best = Some(
-                    trainable
-                        .iter()
-                        .map(|(_, v)| v.as_tensor().copy())
-                        .collect::<Result<_, _>>()?,
-                );
+    rayon::scope(|_| -> Result<(), PredictorError> {
+        for epoch in 1..=cfg.epochs {
+            order_rng.shuffle(&mut train_idx);
+            let (mut sum, mut count) = (0f64, 0usize);
+            for chunk in train_idx.chunks(cfg.batch_size) {
+                let graphs: Vec<&GraphFeatures> =
+                    chunk.iter().map(|&i| &*samples[i].features).collect();
+                let t: Vec<f32> = chunk.iter().map(|&i| samples[i].target).collect();
+                let (l, mut grads) = batch_gradients(model, &graphs, &t, trainable, dev)?;
+                let scale = clip_scale(grad_norm(&grads, trainable)?, cfg.clip_norm);
+                opt.step(&mut grads, scale)?;
+                sum += l * chunk.len() as f64;
+                count += chunk.len();
+                pb.inc(1);
+                pb.set_message(format!("epoch {epoch}/{} loss {l:.4}", cfg.epochs));
             }
-            pb.println(format!(
-                "epoch {epoch}: train MSE {train_mse:.4}, dev MSE {d:.4}"
-            ));
+            let train_mse = sum / count.max(1) as f64;
+            let dev_mse = if n_dev > 0 {
+                let pred = predict_batched(model, &dev_graphs, 256, dev)?;
+                Some(mse(&pred, &dev_set))
+            } else {
+                None
+            };
+            if let Some(d) = dev_mse {
+                if report.best_dev_mse.is_none_or(|b| d < b) {
+                    report.best_dev_mse = Some(d);
+                    report.best_epoch = Some(epoch);
+                    best = Some(
+                        trainable
+                            .iter()
+                            .map(|(_, v)| v.as_tensor().copy())
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
+                pb.println(format!(
+                    "epoch {epoch}: train MSE {train_mse:.4}, dev MSE {d:.4}"
+                ));
+            }
+            report.epochs.push(EpochLog {
+                epoch,
+                train_mse,
+                dev_mse,
+            });
         }
-        report.epochs.push(EpochLog {
-            epoch,
-            train_mse,
-            dev_mse,
-        });
-    }
+        Ok(())
+    })?;
     pb.finish_and_clear();
     if let Some(ws) = best {
         for ((_, v), w) in trainable.iter().zip(ws) {

@@ -12,8 +12,9 @@
    PyTorch: inference at batch 1 (300 graphs), 256 (4096 graphs) and 4096 (8192 graphs), each
    after one warm-up batch, and training at batch 32 (forward, MSE, backward, clip_grad_norm_ 5,
    Adam lr 1e-4) for --train-steps steps after one warm-up step, over the same batches and targets.
-   Both sides use the same number of threads (--threads: torch.set_num_threads, and
-   RAYON_NUM_THREADS for aiop). PyTorch gets its batches pre-packed (its timings exclude building
+   aiop runs with --threads threads (RAYON_NUM_THREADS); PyTorch is timed with each of
+   --torch-threads (default 1 and --threads, torch.set_num_threads) and its best is compared, so
+   that a PyTorch slowed by OpenMP spin-waiting on a busy machine does not flatter aiop. PyTorch gets its batches pre-packed (its timings exclude building
    the index tensors); aiop's timings include packing its batches.
 4. Prints medians of the wall-clock rates (the figures the targets are about), the aiop/PyTorch
    ratios, the agreement, and the same rates per CPU-second of each process (which other
@@ -234,13 +235,23 @@ def main():
     ap.add_argument("--aiop", default="target/release/aiop", help="the aiop binary")
     ap.add_argument("--dir", default="/tmp/aiop-twin", help="where aiop dumps the model and graphs")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of aiop (and of torch)")
+    ap.add_argument("--torch-threads", default=None,
+                    help="comma-separated torch thread counts to try each round; the best is "
+                    "compared (default: 1 and --threads)")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--json-out", help="also write the results here")
+    ap.add_argument("--baseline", help="another aiop binary (e.g. an older build) to time in the "
+                    "same rounds; its model is its own default (same configuration and seed)")
     a = ap.parse_args()
 
+    if a.torch_threads:
+        torch_threads = [int(t) for t in a.torch_threads.split(",")]
+    else:
+        torch_threads = sorted({1, a.threads})
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"torch {torch.__version__}, threads tried {torch_threads} (best per round compared), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
           f"aiop RAYON_NUM_THREADS={a.threads}; load average {load_avg()}", flush=True)
     run_aiop(a.aiop, ["--dump", a.dir, "--rounds", "1", "--train-steps", "2", "--json"], a.threads)
     meta = json.load(open(os.path.join(a.dir, "model.json")))
@@ -296,12 +307,22 @@ def main():
         lo, hi = train_window(i, batch, len(graphs))
         windows.append((pack(graphs[lo:hi]), lo, hi))
 
-    rounds = {"aiop": {}, "torch": {}, "aiop_cpu": {}, "torch_cpu": {}, "load": []}
+    rounds = {"aiop": {}, "torch": {}, "aiop_cpu": {}, "torch_cpu": {}, "baseline": {},
+              "load": []}
     for r in range(a.rounds):
         rounds["load"].append(load_avg())
         order = ["aiop", "torch"] if r % 2 == 0 else ["torch", "aiop"]
+        if a.baseline:
+            order.append("baseline")
         for side in order:
-            if side == "aiop":
+            if side == "baseline":
+                res = run_aiop(a.baseline, ["--json", "--train-steps", str(a.train_steps)],
+                               a.threads)
+                for entry in res["inference"]:
+                    rounds["baseline"].setdefault(f"inference_{entry[0]}", []).append(entry[1])
+                rounds["baseline"].setdefault("training_32", []).append(
+                    res["train_graphs_per_s"])
+            elif side == "aiop":
                 res = run_aiop(
                     a.aiop, ["--json", "--rounds", "1", "--train-steps", str(a.train_steps)],
                     a.threads,
@@ -315,14 +336,23 @@ def main():
                     rounds["aiop_cpu"].setdefault("training_32", []).append(
                         res["train_graphs_per_cpu_s"])
             else:
-                for bs, (bl, min_graphs) in inf_batches.items():
-                    gps, cps = time_inference(model, bl, min_graphs)
-                    rounds["torch"].setdefault(f"inference_{bs}", []).append(gps)
-                    rounds["torch_cpu"].setdefault(f"inference_{bs}", []).append(cps)
-                gps, cps = time_training(cfg, weights, a.train_steps, windows, targets,
-                                         ref["lr"], ref["clip_norm"])
-                rounds["torch"].setdefault("training_32", []).append(gps)
-                rounds["torch_cpu"].setdefault("training_32", []).append(cps)
+                # Every torch thread count asked for; the round's torch figure per workload is
+                # the best of them (wall clock), with that configuration's CPU-time rate.
+                best = {}
+                for tt in torch_threads:
+                    torch.set_num_threads(tt)
+                    got = {}
+                    for bs, (bl, min_graphs) in inf_batches.items():
+                        got[f"inference_{bs}"] = time_inference(model, bl, min_graphs)
+                    got["training_32"] = time_training(cfg, weights, a.train_steps, windows,
+                                                       targets, ref["lr"], ref["clip_norm"])
+                    for key, (gps, cps) in got.items():
+                        rounds.setdefault(f"torch@{tt}", {}).setdefault(key, []).append(gps)
+                        if key not in best or gps > best[key][0]:
+                            best[key] = (gps, cps)
+                for key, (gps, cps) in best.items():
+                    rounds["torch"].setdefault(key, []).append(gps)
+                    rounds["torch_cpu"].setdefault(key, []).append(cps)
         print(f"round {r + 1}/{a.rounds} done (load {rounds['load'][-1]})", flush=True)
 
     print()
@@ -344,11 +374,25 @@ def main():
                                  "cpu_ratio": ca / ct})
             cpu = f"{ca:>18.0f}{ct:>9.0f}{ca / ct:>7.2f}x"
         print(f"{key:<16}{ma:>15.0f}{mt:>16.0f}{ma / mt:>11.2f}x  >= {target}x {met:<7}{cpu}")
+    if a.baseline:
+        print(f"\nbaseline {a.baseline}:")
+        for key, xs in rounds["baseline"].items():
+            mb = statistics.median(xs)
+            mt = statistics.median(rounds["torch"][key])
+            ma = statistics.median(rounds["aiop"][key])
+            summary[key].update({"baseline": mb, "baseline_rounds": xs})
+            print(f"{key:<16}{mb:>15.0f} graphs/s  baseline/torch {mb / mt:5.2f}x  "
+                  f"aiop/baseline {ma / mb:6.1f}x")
+    for tt in torch_threads:
+        per = rounds.get(f"torch@{tt}", {})
+        print(f"torch with {tt} thread(s): " + ", ".join(
+            f"{k} {statistics.median(v):.0f}" for k, v in per.items()))
     print(f"load averages at round starts: {rounds['load']}")
     if a.json_out:
         with open(a.json_out, "w") as f:
-            json.dump({"threads": a.threads, "torch": torch.__version__, "agreement": agree,
-                       "summary": summary, "load": rounds["load"]}, f, indent=1)
+            json.dump({"threads": a.threads, "torch_threads": torch_threads,
+                       "torch": torch.__version__, "agreement": agree, "summary": summary,
+                       "rounds": rounds, "load": rounds["load"]}, f, indent=1)
     return 0 if ok else 1
 
 
