@@ -6,7 +6,7 @@ Every run starts a fresh `aiop serve` on a fresh state directory (port 0, loopba
 release binary; figures are medians over --runs runs. Needs only the Python standard library.
 
     cargo build --release
-    python3 scripts/bench_daemon.py --runs 5 --clients 16 --requests 10000
+    python3 tests/bench/bench_daemon.py --runs 5 --clients 16 --requests 10000
 """
 
 import argparse
