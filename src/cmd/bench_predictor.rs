@@ -144,13 +144,16 @@ fn train_window(i: usize, batch: usize) -> std::ops::Range<usize> {
     lo..lo + batch
 }
 
-/// A copy of `t`'s weights in a fresh model (training changes it, not `t`).
+/// A copy of `t`'s weights in a fresh model (training changes it, not `t`; adapters, if `t` has
+/// any, are not copied: the benchmark trains the base predictor).
 fn copy_of(t: &Trained, device: &Device) -> anyhow::Result<Trained> {
     let c = Trained::init(&t.model.config, t.meta.seed, device)?;
-    let src = sorted_vars(&t.map);
-    for ((n1, v1), (n2, v2)) in sorted_vars(&c.map).iter().zip(&src) {
-        anyhow::ensure!(n1 == n2, "variable {n1} vs {n2}");
-        v1.set(&v2.as_tensor().copy()?)?;
+    let src: HashMap<String, _> = sorted_vars(&t.map).into_iter().collect();
+    for (name, v) in sorted_vars(&c.map) {
+        let w = src
+            .get(&name)
+            .with_context(|| format!("no variable {name} in the model"))?;
+        v.set(&w.as_tensor().copy()?)?;
     }
     Ok(c)
 }

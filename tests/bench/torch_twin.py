@@ -168,6 +168,11 @@ def rates(n, start):
     return n / (wall - start[0]), n / max(cpu - start[1], 1e-9)
 
 
+# A PyTorch configuration slowed down by spin-waiting stops after this many seconds (its rate is
+# then measured over what it did); see --max-seconds.
+MAX_SECONDS = [20.0]
+
+
 def time_inference(model, batches, min_graphs):
     """Graphs/s over `batches` (cycled) until min_graphs graphs, after one warm-up batch."""
     with torch.inference_mode():
@@ -178,8 +183,8 @@ def time_inference(model, batches, min_graphs):
             for b in batches:
                 model(b)
                 done += b["num_graphs"]
-                if done >= min_graphs:
-                    break
+                if done >= min_graphs or time.perf_counter() - start[0] > MAX_SECONDS[0]:
+                    return rates(done, start)
         return rates(done, start)
 
 
@@ -210,9 +215,13 @@ def time_training(cfg, weights, steps, windows, targets, lr, clip):
 
     step(0)
     start = clocks()
+    done = 0
     for i in range(1, steps + 1):
         step(i)
-    return rates(steps * windows[0][0]["num_graphs"], start)
+        done += windows[i][0]["num_graphs"]
+        if time.perf_counter() - start[0] > MAX_SECONDS[0]:
+            break
+    return rates(done, start)
 
 
 def run_aiop(exe, args, threads):
@@ -241,10 +250,16 @@ def main():
                     "compared (default: 1 and --threads)")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--json-out", help="also write the results here")
+    ap.add_argument("--model", default="search_spaces/predictor",
+                    help="checkpoint aiop benchmarks and dumps (default: the shipped pretrained "
+                    "model, whose predictions span a real range; '' for a fresh model)")
+    ap.add_argument("--max-seconds", type=float, default=20.0,
+                    help="stop a PyTorch workload after this long (rate over what it did)")
     ap.add_argument("--baseline", help="another aiop binary (e.g. an older build) to time in the "
                     "same rounds; its model is its own default (same configuration and seed)")
     a = ap.parse_args()
 
+    MAX_SECONDS[0] = a.max_seconds
     if a.torch_threads:
         torch_threads = [int(t) for t in a.torch_threads.split(",")]
     else:
@@ -253,7 +268,9 @@ def main():
     print(f"torch {torch.__version__}, threads tried {torch_threads} (best per round compared), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
           f"aiop RAYON_NUM_THREADS={a.threads}; load average {load_avg()}", flush=True)
-    run_aiop(a.aiop, ["--dump", a.dir, "--rounds", "1", "--train-steps", "2", "--json"], a.threads)
+    model_args = ["--model", a.model] if a.model else []
+    run_aiop(a.aiop, ["--dump", a.dir, "--rounds", "1", "--train-steps", "2", "--json",
+                      *model_args], a.threads)
     meta = json.load(open(os.path.join(a.dir, "model.json")))
     cfg = meta["config"]
     graphs = json.load(open(os.path.join(a.dir, "graphs.json")))["graphs"]
@@ -316,7 +333,8 @@ def main():
             order.append("baseline")
         for side in order:
             if side == "baseline":
-                res = run_aiop(a.baseline, ["--json", "--train-steps", str(a.train_steps)],
+                res = run_aiop(a.baseline,
+                               ["--json", "--train-steps", str(a.train_steps), *model_args],
                                a.threads)
                 for entry in res["inference"]:
                     rounds["baseline"].setdefault(f"inference_{entry[0]}", []).append(entry[1])
@@ -324,7 +342,8 @@ def main():
                     res["train_graphs_per_s"])
             elif side == "aiop":
                 res = run_aiop(
-                    a.aiop, ["--json", "--rounds", "1", "--train-steps", str(a.train_steps)],
+                    a.aiop,
+                    ["--json", "--rounds", "1", "--train-steps", str(a.train_steps), *model_args],
                     a.threads,
                 )
                 for bs, gps, _ in res["inference"]:
