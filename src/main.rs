@@ -78,6 +78,8 @@ enum BenchCommand {
     Predictor(cmd::bench_predictor::BenchPredictorArgs),
     /// Load test of a running daemon: concurrent clients sending POST /v1/predict.
     Api(cmd::bench::BenchApiArgs),
+    /// Candidates scored per second by evolution with the predictor, score cache on and off.
+    Search(cmd::bench_search::BenchSearchArgs),
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
         Command::Bench(BenchCommand::Predictor(a)) => cmd::bench_predictor::bench(a),
         Command::Bench(BenchCommand::Api(a)) => cmd::bench::api(a),
+        Command::Bench(BenchCommand::Search(a)) => cmd::bench_search::bench(a),
         Command::Pretrain(a) => cmd::predictor::pretrain(a),
         Command::Finetune(a) => cmd::predictor::finetune(a),
         Command::Predict(a) => cmd::predictor::predict(a),

@@ -859,6 +859,7 @@ fn build_spec(
         tolerance: req.tolerance.unwrap_or(d.tolerance),
         beam: d.beam,
         top_k: req.top_k.unwrap_or(d.top_k),
+        cache: true,
     };
     for (k, v) in [
         ("max_mflops", spec.max_mflops),

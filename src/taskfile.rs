@@ -165,8 +165,8 @@ pub struct SearchSpec {
 }
 
 /// The optional `[finetune]` table: how the predictor is fine-tuned on the samples. Unset
-/// fields take the defaults of [`FinetuneSpec::resolved`] (AIO-P's: 100 epochs, batch 1,
-/// lr 1e-4, seed 0).
+/// fields take the defaults of [`FinetuneSpec::resolved`] (AIO-P's: at most 100 epochs,
+/// batch 1, lr 1e-4, seed 0; the number of epochs chosen by cross-validation on the samples).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneSpec {
@@ -178,15 +178,22 @@ pub struct FinetuneSpec {
     pub lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_epochs: Option<bool>,
 }
 
 /// Fine-tuning settings with every default filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Finetune {
+    /// The number of epochs, or with `select_epochs` the most that may be chosen.
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
     pub seed: u64,
+    /// Choose the number of epochs (0 = zero-shot, up to `epochs`) by cross-validation on
+    /// the samples ([`crate::predictor::select`]). False in sidecars written before it existed.
+    #[serde(default)]
+    pub select_epochs: bool,
 }
 
 impl FinetuneSpec {
@@ -197,6 +204,7 @@ impl FinetuneSpec {
             batch_size: self.batch_size.unwrap_or(1) as usize,
             lr: self.lr.unwrap_or(1e-4),
             seed: self.seed.unwrap_or(0),
+            select_epochs: self.select_epochs.unwrap_or(true),
         }
     }
 }
@@ -391,6 +399,7 @@ struct RawFinetune {
     batch_size: Option<Spanned<i64>>,
     lr: Option<Spanned<f64>>,
     seed: Option<Spanned<i64>>,
+    select_epochs: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -690,6 +699,7 @@ fn parse_finetune(
         batch_size: count("finetune.batch_size", &f.batch_size, 1, 4096)?,
         lr,
         seed: count("finetune.seed", &f.seed, 0, i64::MAX)?,
+        select_epochs: f.select_epochs,
     })
 }
 

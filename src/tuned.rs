@@ -5,8 +5,11 @@
 //! head, or the task's JSON graph), extracts its features and GFLOPs, fits the task's
 //! [`TaskScaler`] (AIO-P's FLOPs transform and standardisation) on all samples, and, unless the
 //! task is zero-shot, fine-tunes the model on them as [`crate::predictor::transfer`] does
-//! (defaults: 100 epochs, batch 1, Adam lr 1e-4; the encoder, embeddings and head trainable, or
-//! the adapters when the base model has K-Adapters). [`TaskModel::save`] writes the checkpoint
+//! (defaults: batch 1, Adam lr 1e-4; the encoder, embeddings and head trainable, or the adapters
+//! when the base model has K-Adapters). The number of epochs, at most `epochs` (100), is chosen
+//! by 5-fold cross-validation on the samples themselves ([`crate::predictor::select`]; 0 keeps
+//! the zero-shot model) unless `select_epochs = false`: AIO-P's fixed 100 epochs ranked
+//! unseen tasks worse than zero-shot on several validation tasks (BENCHMARKS.md). [`TaskModel::save`] writes the checkpoint
 //! plus a sidecar `task.json` ([`TunedMeta`]: task, version, space and head, scaler, base
 //! model, training report) under `<models>/<task name>/<version>/`.
 //!
@@ -25,10 +28,15 @@ use serde::{Deserialize, Serialize};
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::features::{extract, GraphFeatures};
 use crate::predictor::init::sorted_vars;
+use crate::predictor::select::{select_epochs, EpochSelection, Labelled, SelectionReport};
 use crate::predictor::train::{train, Sample as TrainSample, TrainConfig, TrainReport};
 use crate::predictor::transform::{gflops, TaskScaler};
 use crate::predictor::{shipped, Device, PredictorError};
 use crate::taskfile::{Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
+
+/// Fewest samples for choosing the number of epochs by cross-validation (fewer: the fixed
+/// `epochs` are trained).
+pub const MIN_SELECT_SAMPLES: usize = 5;
 
 /// Layout version of `task.json`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -157,6 +165,9 @@ pub struct TunedMeta {
     pub samples: usize,
     /// The fine-tuning settings (None when zero-shot).
     pub finetune: Option<Finetune>,
+    /// How the number of epochs was chosen, when it was (`select_epochs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionReport>,
     pub train: Option<TrainReport>,
     /// Training MSE (standardised units) of the last epoch.
     pub final_loss: Option<f64>,
@@ -353,6 +364,7 @@ pub fn finetune(
     let gf: Vec<f64> = data.iter().map(|d| d.1).collect();
     let scaler = TaskScaler::fit(&y, &gf, spec.higher_is_better).map_err(perr)?;
     let settings = spec.finetune.unwrap_or_default().resolved();
+    let mut selection = None;
     let report = match spec.mode {
         Mode::ZeroShot => None,
         Mode::Finetune => {
@@ -371,21 +383,43 @@ pub fn finetune(
                 seed: settings.seed,
                 ..TrainConfig::default()
             };
-            let prefixes: &[&str] = if base.adapted.is_some() {
-                &["adapter"]
-            } else {
-                &["embed.", "gnn.", "head."]
-            };
-            let vars: Vec<_> = sorted_vars(&base.map)
-                .into_iter()
-                .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p)))
-                .collect();
-            let r = match &base.adapted {
-                Some(a) => train(a, &vars, &samples, &tc, quiet, &base.device),
-                None => train(&base.model, &vars, &samples, &tc, quiet, &base.device),
+            let prefixes: Vec<String> = ["embed.", "gnn.", "head."].map(String::from).into();
+            let mut epochs = settings.epochs;
+            if settings.select_epochs && data.len() >= MIN_SELECT_SAMPLES {
+                let labelled: Vec<Labelled> = data
+                    .iter()
+                    .map(|(f, g, v)| Labelled {
+                        features: f.clone(),
+                        value: *v,
+                        gflops: *g,
+                    })
+                    .collect();
+                let d = EpochSelection::default();
+                let mut candidates: Vec<usize> =
+                    d.candidates.into_iter().filter(|&e| e < epochs).collect();
+                candidates.push(epochs);
+                let sel = EpochSelection { candidates, ..d };
+                let r = select_epochs(
+                    &base,
+                    &labelled,
+                    spec.higher_is_better,
+                    &tc,
+                    &prefixes,
+                    &sel,
+                )
+                .map_err(perr)?;
+                epochs = r.epochs;
+                selection = Some(r);
             }
-            .map_err(perr)?;
-            Some(r)
+            if epochs == 0 {
+                None
+            } else {
+                let tc = TrainConfig { epochs, ..tc };
+                let vars = base.trainable_vars(&prefixes).map_err(perr)?;
+                let r = train(base.regressor(), &vars, &samples, &tc, quiet, &base.device)
+                    .map_err(perr)?;
+                Some(r)
+            }
         }
     };
     let inputs: Vec<(&GraphFeatures, f64)> = data.iter().map(|(f, g, _)| (&**f, *g)).collect();
@@ -408,6 +442,7 @@ pub fn finetune(
         base_fingerprint,
         samples: spec.samples.len(),
         finetune: (spec.mode == Mode::Finetune).then_some(settings),
+        selection,
         final_loss: report
             .as_ref()
             .and_then(|r| r.epochs.last())
@@ -450,9 +485,39 @@ mod tests {
     }
 
     #[test]
+    fn finetune_chooses_its_epochs_on_the_samples_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "[finetune]\nepochs = 7\nseed = 5\n");
+        let dev = Device::Cpu;
+        let base = BaseModel::Embedded;
+        let a = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        let sel = a.meta.selection.as_ref().expect("epochs selected");
+        // The defaults below the maximum, then the maximum itself.
+        let tried: Vec<usize> = sel.scores.iter().map(|s| s.0).collect();
+        assert_eq!(tried, vec![0, 5, 7]);
+        assert!(tried.contains(&sel.epochs));
+        assert!(a.meta.finetune.unwrap().select_epochs);
+        let trained = a.meta.train.as_ref().map_or(0, |r| r.epochs.len());
+        assert_eq!(trained, sel.epochs);
+        if sel.epochs == 0 {
+            assert_eq!(fingerprint(&a.trained).unwrap(), a.meta.base_fingerprint);
+        }
+        // Repeatable.
+        let b = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        assert_eq!(b.meta.selection, a.meta.selection);
+        assert_eq!(
+            fingerprint(&a.trained).unwrap(),
+            fingerprint(&b.trained).unwrap()
+        );
+    }
+
+    #[test]
     fn finetune_is_seeded_saved_and_reloaded_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = task(dir.path(), "[finetune]\nepochs = 2\nseed = 5\n");
+        let spec = task(
+            dir.path(),
+            "[finetune]\nepochs = 2\nseed = 5\nselect_epochs = false\n",
+        );
         let dev = Device::Cpu;
         let base = BaseModel::Embedded;
         let a = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();

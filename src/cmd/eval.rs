@@ -53,20 +53,6 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
         cfg.threads = t;
     }
-    // Independent runs on several threads each calling candle, whose CPU kernels use rayon's
-    // global pool: one rayon thread per run, else the pools oversubscribe the cores (measured
-    // 3x slower training on 2 cores).
-    let workers = if cfg.threads > 0 {
-        cfg.threads
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
-    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Fails only if the pool was already built, which nothing here does before this line.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build_global();
-    }
     let device = aiop::predictor::default_device();
     let mut given = Pretrained::default();
     if let Some(dir) = &a.pretrained {

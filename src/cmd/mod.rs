@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_predictor;
+pub mod bench_search;
 pub mod eval;
 pub mod experiment;
 pub mod graph;

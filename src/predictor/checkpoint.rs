@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
+use candle_core::Var;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::adapters::{self, Adapted, AdaptersMeta};
 use super::data::TaskKey;
 use super::features::GraphFeatures;
-use super::init::var_builder;
+use super::init::{sorted_vars, var_builder};
 use super::model::{Config, Predictor, Regressor};
 use super::train::{predict_batched, TrainConfig};
 use super::transform::TaskScaler;
@@ -183,6 +184,41 @@ impl Trained {
         Ok(t)
     }
 
+    /// What predicts (and what fine-tuning trains): the K-Adapters' average when the model has
+    /// adapters, the plain predictor otherwise.
+    pub fn regressor(&self) -> &(dyn Regressor + Sync) {
+        match &self.adapted {
+            Some(a) => a,
+            None => &self.model,
+        }
+    }
+
+    /// The variables fine-tuning trains, in name order. With adapters: the adapters' (their
+    /// encoder is frozen by construction, its states detached, so `prefixes` do not apply).
+    /// Without: those whose name starts with one of `prefixes` (`embed.`, `gnn.`, `head.`),
+    /// every variable when `prefixes` is empty. An error when nothing matches.
+    pub fn trainable_vars(
+        &self,
+        prefixes: &[String],
+    ) -> Result<Vec<(String, Var)>, PredictorError> {
+        let vars: Vec<_> = sorted_vars(&self.map)
+            .into_iter()
+            .filter(|(n, _)| {
+                if self.adapted.is_some() {
+                    n.starts_with("adapter")
+                } else {
+                    prefixes.is_empty() || prefixes.iter().any(|p| n.starts_with(p.as_str()))
+                }
+            })
+            .collect();
+        if vars.is_empty() {
+            return Err(PredictorError::Config(format!(
+                "no variable matches the trainable prefixes {prefixes:?}"
+            )));
+        }
+        Ok(vars)
+    }
+
     /// Whether the model was trained on FLOPs-scaled labels (Eq. 5): what its statistics say,
     /// true when it has none.
     pub fn flops_scaling(&self) -> bool {
@@ -257,11 +293,7 @@ impl Trained {
         batch_size: usize,
     ) -> Result<Vec<f64>, PredictorError> {
         let feats: Vec<&GraphFeatures> = graphs.iter().map(|g| g.0).collect();
-        let model: &dyn Regressor = match &self.adapted {
-            Some(a) => a,
-            None => &self.model,
-        };
-        let z = predict_batched(model, &feats, batch_size, &self.device)?;
+        let z = predict_batched(self.regressor(), &feats, batch_size, &self.device)?;
         Ok(z.iter()
             .zip(graphs)
             .map(|(&z, &(_, gf))| s.inverse(z as f64, gf))

@@ -19,9 +19,9 @@ use candle_core::Device;
 
 use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
-use super::init::sorted_vars;
 use super::model::Config;
-use super::pretrain::{pretrain, PretrainConfig};
+use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
+use super::select::{samples_of, select_epochs, EpochSelection, Labelled};
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
 use super::PredictorError;
@@ -137,6 +137,17 @@ pub struct EvalConfig {
     pub size_lr: f64,
     /// Worker threads for independent runs (0 = available parallelism).
     pub threads: usize,
+    /// K-Adapters of the AIO-P model (never of the no-transform baseline), trained after its
+    /// encoder; none by default. Their tasks are checked not to be targets.
+    pub adapters: Option<AdapterStage>,
+    /// Also report `aio-p ft-20 cv`: AIO-P fine-tuned for a length chosen by cross-validation
+    /// on the 20 samples alone ([`super::select`], what `aiop finetune` and the daemon do by
+    /// default); on by default, off when null.
+    pub select: Option<EpochSelection>,
+    /// Pretrain on these tasks instead of the protocol's (validation runs: e.g. the 4 TNB-101
+    /// micro tasks that are no protocol's target, with `targets`); each is checked not to be a
+    /// target.
+    pub pretrain_tasks: Vec<TaskKey>,
 }
 
 impl Default for EvalConfig {
@@ -170,6 +181,9 @@ impl Default for EvalConfig {
             max_epochs: 200,
             size_lr: 1e-3,
             threads: 0,
+            adapters: None,
+            select: Some(EpochSelection::default()),
+            pretrain_tasks: Vec::new(),
         }
     }
 }
@@ -232,6 +246,9 @@ pub struct SeedScore {
     pub spearman: f64,
     pub kendall: f64,
     pub mae: Option<f64>,
+    /// Fine-tuning epochs chosen by cross-validation (`aio-p ft-20 cv` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
 }
 
 /// One row of a report: a target (and, for sample efficiency, a training size).
@@ -258,6 +275,7 @@ pub struct EvalReport {
 /// Method names, in report order.
 pub const ZERO_SHOT: &str = "aio-p zero-shot";
 pub const FT: &str = "aio-p ft-20";
+pub const FT_CV: &str = "aio-p ft-20 cv";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -324,6 +342,7 @@ fn score(seed: u64, pred: &[f64], truth: &[f64], with_mae: bool) -> SeedScore {
         spearman: spearman(pred, truth),
         kendall: kendall(pred, truth),
         mae: with_mae.then(|| mae(pred, truth)),
+        epochs: None,
     }
 }
 
@@ -342,11 +361,7 @@ fn summarise(per_seed: Vec<SeedScore>) -> MethodScores {
 /// Standardised predictions of `t` for `examples[idx]`.
 fn z_scores(t: &Trained, examples: &[Example], idx: &[usize]) -> Result<Vec<f32>, PredictorError> {
     let feats: Vec<_> = idx.iter().map(|&i| &*examples[i].features).collect();
-    let model: &dyn super::model::Regressor = match &t.adapted {
-        Some(a) => a,
-        None => &t.model,
-    };
-    predict_batched(model, &feats, 512, &t.device)
+    predict_batched(t.regressor(), &feats, 512, &t.device)
 }
 
 fn to_units(z: &[f32], s: &TaskScaler, examples: &[Example], idx: &[usize]) -> Vec<f64> {
@@ -373,18 +388,8 @@ fn fit_on(
             target: s.forward(examples[i].value, examples[i].gflops) as f32,
         })
         .collect();
-    let vars: Vec<_> = sorted_vars(&t.map)
-        .into_iter()
-        .filter(|(n, _)| {
-            trainable.is_empty() || trainable.iter().any(|p| n.starts_with(p.as_str()))
-        })
-        .collect();
-    if vars.is_empty() {
-        return Err(PredictorError::Config(format!(
-            "no variable matches the trainable prefixes {trainable:?}"
-        )));
-    }
-    train(&t.model, &vars, &samples, tc, true, &t.device)?;
+    let vars = t.trainable_vars(trainable)?;
+    train(t.regressor(), &vars, &samples, tc, true, &t.device)?;
     Ok(())
 }
 
@@ -397,20 +402,34 @@ fn parallel<T: Send, J: Sync>(
     let next = Mutex::new(0usize);
     let out: Mutex<Vec<Option<Result<T, PredictorError>>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let workers = threads.max(1).min(jobs.len().max(1));
     std::thread::scope(|sc| {
-        for _ in 0..threads.max(1).min(jobs.len().max(1)) {
-            sc.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().expect("job counter");
-                    let i = *n;
-                    *n += 1;
-                    i
+        for _ in 0..workers {
+            sc.spawn(|| {
+                // Each run's kernels parallelise over rayon; with several runs side by side
+                // they get a one-thread pool each (several full pools oversubscribe the cores:
+                // measured 3x slower training on 2 cores), while work outside the runs
+                // (pretraining) keeps the global pool and every core.
+                let own = (workers > 1)
+                    .then(|| rayon::ThreadPoolBuilder::new().num_threads(1).build().ok())
+                    .flatten();
+                let run = |i: usize| match &own {
+                    Some(pool) => pool.install(|| f(&jobs[i])),
+                    None => f(&jobs[i]),
                 };
-                if i >= jobs.len() {
-                    break;
+                loop {
+                    let i = {
+                        let mut n = next.lock().expect("job counter");
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    if i >= jobs.len() {
+                        break;
+                    }
+                    let r = run(i);
+                    out.lock().expect("job results")[i] = Some(r);
                 }
-                let r = f(&jobs[i]);
-                out.lock().expect("job results")[i] = Some(r);
             });
         }
     });
@@ -436,9 +455,16 @@ fn pretrain_for(
     flops_scaling: bool,
     device: &Device,
 ) -> Result<Trained, PredictorError> {
-    let tasks = protocol.pretrain_tasks();
+    let tasks = pretrain_tasks_of(protocol, cfg);
     let targets = targets_of(protocol, cfg);
-    if let Some(k) = tasks.iter().find(|k| targets.contains(k)) {
+    // K-Adapters belong to the AIO-P model; the no-transform baseline is the plain GNN.
+    let adapters = cfg.adapters.clone().filter(|_| flops_scaling);
+    let adapter_tasks = adapters.iter().flat_map(|a| a.tasks.iter());
+    if let Some(k) = tasks
+        .iter()
+        .chain(adapter_tasks)
+        .find(|k| targets.contains(k))
+    {
         return Err(PredictorError::Config(format!(
             "pretraining task {k} is a target of {}",
             protocol.name()
@@ -451,8 +477,17 @@ fn pretrain_for(
         flops_scaling,
         model: cfg.model.clone(),
         train: cfg.pretrain.clone(),
+        adapters,
     };
     Ok(pretrain(&pc, true, device)?.0)
+}
+
+fn pretrain_tasks_of(protocol: Protocol, cfg: &EvalConfig) -> Vec<TaskKey> {
+    if cfg.pretrain_tasks.is_empty() {
+        protocol.pretrain_tasks()
+    } else {
+        cfg.pretrain_tasks.clone()
+    }
 }
 
 fn targets_of(protocol: Protocol, cfg: &EvalConfig) -> Vec<TaskKey> {
@@ -528,6 +563,7 @@ pub fn run(
         for name in [
             ZERO_SHOT,
             FT,
+            FT_CV,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -546,7 +582,7 @@ pub fn run(
     let report = EvalReport {
         protocol,
         config: cfg.clone(),
-        pretrain_tasks: protocol.pretrain_tasks(),
+        pretrain_tasks: pretrain_tasks_of(protocol, cfg),
         rows,
         mean_spearman,
         seconds: start.elapsed().as_secs_f64(),
@@ -601,8 +637,13 @@ fn transfer_protocol(
                 .map(|(k, v)| (k, summarise(v)))
                 .collect(),
         };
+        let cv = row
+            .methods
+            .get(FT_CV)
+            .map(|m| format!(", ft-20 cv {:.3}", m.spearman.mean))
+            .unwrap_or_default();
         log(&format!(
-            "{key}: zero-shot {:.3}, ft-20 {:.3}, flops {:.3} (spearman)",
+            "{key}: zero-shot {:.3}, ft-20 {:.3}{cv}, flops {:.3} (spearman)",
             row.methods[ZERO_SHOT].spearman.mean,
             row.methods[FT].spearman.mean,
             row.methods[FLOPS].spearman.mean
@@ -670,6 +711,39 @@ fn one_seed(
             name,
             score(seed, &to_units(&z, s, ex, &sp.eval), &truth, true),
         ));
+    }
+    if let Some(sel) = &cfg.select {
+        let data: Vec<Labelled> = sp
+            .fit
+            .iter()
+            .map(|&i| Labelled {
+                features: ex[i].features.clone(),
+                value: ex[i].value,
+                gflops: ex[i].gflops,
+            })
+            .collect();
+        let chosen = select_epochs(aio, &data, hib, &ft, &cfg.trainable, sel)?;
+        let t = aio.duplicate()?;
+        if chosen.epochs > 0 {
+            let all: Vec<usize> = (0..data.len()).collect();
+            let tc = TrainConfig {
+                epochs: chosen.epochs,
+                ..ft.clone()
+            };
+            let vars = t.trainable_vars(&cfg.trainable)?;
+            train(
+                t.regressor(),
+                &vars,
+                &samples_of(&data, &all, &s_aio),
+                &tc,
+                true,
+                &t.device,
+            )?;
+        }
+        let z = z_scores(&t, ex, &sp.eval)?;
+        let mut sc = score(seed, &to_units(&z, &s_aio, ex, &sp.eval), &truth, true);
+        sc.epochs = Some(chosen.epochs);
+        out.push((FT_CV, sc));
     }
     if !cfg.baselines {
         return Ok(out);
@@ -798,6 +872,7 @@ pub fn table(r: &EvalReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::predictor::init::sorted_vars;
 
     #[test]
     fn pretraining_never_sees_a_target() {

@@ -33,6 +33,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod pretrain;
+pub mod select;
 pub mod shipped;
 pub mod train;
 pub mod transfer;

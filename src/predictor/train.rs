@@ -315,13 +315,30 @@ pub fn clip_grad_norm(
 
 /// Train `trainable` (sorted by name) to fit `samples` with `model`. Runs on rayon's pool
 /// (mini-batches through [`batch_gradients`]).
-pub fn train<R: Regressor + Sync>(
+pub fn train<R: Regressor + Sync + ?Sized>(
     model: &R,
     trainable: &[(String, Var)],
     samples: &[Sample],
     cfg: &TrainConfig,
     quiet: bool,
     dev: &Device,
+) -> Result<TrainReport, PredictorError> {
+    train_observed(model, trainable, samples, cfg, quiet, dev, &mut |_| Ok(()))
+}
+
+/// A hook [`train_observed`] calls after each epoch (1-based), before the best epoch's weights
+/// are restored; an error stops training.
+pub type EpochHook<'a> = dyn FnMut(usize) -> Result<(), PredictorError> + Send + 'a;
+
+/// [`train`], calling `on_epoch` after every epoch with the model as that epoch left it.
+pub fn train_observed<R: Regressor + Sync + ?Sized>(
+    model: &R,
+    trainable: &[(String, Var)],
+    samples: &[Sample],
+    cfg: &TrainConfig,
+    quiet: bool,
+    dev: &Device,
+    on_epoch: &mut EpochHook<'_>,
 ) -> Result<TrainReport, PredictorError> {
     let start = std::time::Instant::now();
     if samples.is_empty() {
@@ -403,6 +420,7 @@ pub fn train<R: Regressor + Sync>(
                 train_mse,
                 dev_mse,
             });
+            on_epoch(epoch)?;
         }
         Ok(())
     })?;

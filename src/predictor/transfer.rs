@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Trained;
 use super::data::{split, Example, TaskKey};
-use super::init::sorted_vars;
 use super::pretrain::{evaluate, TaskEval};
 use super::train::{train, Sample, TrainConfig, TrainReport};
 use super::transform::TaskScaler;
@@ -96,16 +95,7 @@ pub fn transfer(
                 target: scaler.forward(e.value, e.gflops) as f32,
             })
             .collect();
-        let vars: Vec<_> = sorted_vars(&t.map)
-            .into_iter()
-            .filter(|(n, _)| cfg.trainable.iter().any(|p| n.starts_with(p.as_str())))
-            .collect();
-        if vars.is_empty() {
-            return Err(PredictorError::Config(format!(
-                "no variable matches the trainable prefixes {:?}",
-                cfg.trainable
-            )));
-        }
+        let vars = t.trainable_vars(&cfg.trainable)?;
         let tc = TrainConfig {
             epochs: cfg.epochs,
             batch_size: cfg.batch_size,
@@ -114,7 +104,14 @@ pub fn transfer(
             seed: cfg.seed,
             ..TrainConfig::default()
         };
-        Some(train(&t.model, &vars, &samples, &tc, quiet, &t.device)?)
+        Some(train(
+            t.regressor(),
+            &vars,
+            &samples,
+            &tc,
+            quiet,
+            &t.device,
+        )?)
     } else {
         None
     };
@@ -136,6 +133,7 @@ pub fn transfer(
 mod tests {
     use super::*;
     use crate::predictor::data::load_task;
+    use crate::predictor::init::sorted_vars;
     use crate::predictor::model::tests::tiny_config;
     use candle_core::Device;
 

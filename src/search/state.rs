@@ -85,6 +85,9 @@ pub struct SearchSpec {
     pub beam: usize,
     /// Results returned by single-objective searches.
     pub top_k: usize,
+    /// Reuse the score of a network seen before (same graph hash) instead of scoring it
+    /// again. Off only to measure what scoring every candidate costs (`aiop bench search`).
+    pub cache: bool,
 }
 
 impl Default for SearchSpec {
@@ -105,6 +108,7 @@ impl Default for SearchSpec {
             tolerance: 0.5,
             beam: 8,
             top_k: 10,
+            cache: true,
         }
     }
 }
@@ -387,11 +391,15 @@ impl SearchState {
         let mut batch_hashes: HashSet<GraphHash> = HashSet::new();
         let mut misses = 0usize;
         for b in cands {
-            let cached = self.seen().get(&b.hash).copied();
+            let cached = self
+                .spec
+                .cache
+                .then(|| self.seen().get(&b.hash).copied())
+                .flatten();
             if let Some(i) = cached {
                 let s = self.history[i].score;
                 keep.push((b, Some(s)));
-            } else if batch_hashes.contains(&b.hash) {
+            } else if self.spec.cache && batch_hashes.contains(&b.hash) {
                 keep.push((b, None)); // duplicate within the batch: scored once, below
             } else if misses < remaining {
                 misses += 1;
@@ -403,7 +411,7 @@ impl SearchState {
         let mut first: HashMap<GraphHash, usize> = HashMap::new();
         let mut to_score: Vec<usize> = Vec::new();
         for (k, (b, s)) in keep.iter().enumerate() {
-            if s.is_none() && !first.contains_key(&b.hash) {
+            if s.is_none() && (!self.spec.cache || !first.contains_key(&b.hash)) {
                 first.insert(b.hash, to_score.len());
                 to_score.push(k);
             }
@@ -704,6 +712,36 @@ mod tests {
             batch: 8,
             seed: 7,
             ..SearchSpec::default()
+        }
+    }
+
+    #[test]
+    fn without_the_cache_every_candidate_is_scored() {
+        let cancel = AtomicBool::new(false);
+        let mut runs = Vec::new();
+        for cache in [true, false] {
+            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+            let mut s = SearchState::new(SearchSpec {
+                cache,
+                population: 8,
+                sample: 4,
+                ..spec(Algorithm::Evolution)
+            })
+            .unwrap();
+            run(&mut s, &mut fit, &cancel, |_| Ok(())).unwrap();
+            assert_eq!(s.evaluations, 300);
+            assert_eq!(fit.queries, 300);
+            runs.push(s);
+        }
+        // A small population re-proposes networks: the cache serves them; without it each one
+        // is scored again, to the same score.
+        assert!(runs[0].history.len() > 300, "{}", runs[0].history.len());
+        assert_eq!(runs[1].history.len(), 300);
+        let hashes: std::collections::HashSet<_> = runs[1].history.iter().map(|e| e.hash).collect();
+        assert!(hashes.len() < 300);
+        for e in &runs[1].history {
+            let first = runs[1].history.iter().find(|f| f.hash == e.hash).unwrap();
+            assert_eq!(first.score, e.score);
         }
     }
 

@@ -16,7 +16,6 @@ use super::SearchError;
 use crate::graph::Graph;
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::features::{extract, FeatureConfig};
-use crate::predictor::init::sorted_vars;
 use crate::predictor::train::{predict_batched, train, Sample, TrainConfig};
 use crate::predictor::transform::{gflops, TaskScaler};
 
@@ -98,9 +97,9 @@ impl Surrogate for PredictorSurrogate {
             seed: self.cfg.seed ^ (self.fits << 32),
             ..TrainConfig::default()
         };
-        let vars = sorted_vars(&self.model.map);
+        let vars = self.model.trainable_vars(&[]).map_err(fitness_err)?;
         train(
-            &self.model.model,
+            self.model.regressor(),
             &vars,
             &samples,
             &tc,
@@ -132,6 +131,7 @@ impl Surrogate for PredictorSurrogate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::predictor::init::sorted_vars;
     use crate::predictor::model::tests::tiny_config;
     use crate::search::active::{active_search, ActiveSpec};
     use crate::search::TableFitness;
