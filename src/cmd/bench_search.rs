@@ -14,6 +14,7 @@ use std::time::Instant;
 use clap::Args;
 use serde::Serialize;
 
+use crate::cmd::bench::median;
 use aiop::search::{self, Algorithm, SearchSpec, SearchState};
 use aiop::spaces::{SpaceId, Task};
 
@@ -56,11 +57,6 @@ struct Row {
     seconds: f64,
     candidates_per_s: f64,
     evaluations_per_s: f64,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
 }
 
 pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {

@@ -284,14 +284,7 @@ mod tests {
             let f: Vec<f64> = set.examples.iter().map(|e| e.gflops).collect();
             let s = crate::predictor::transform::TaskScaler::fit(&y, &f, true).unwrap();
             stats.insert(key, s);
-            let samples = set
-                .examples
-                .iter()
-                .map(|e| Sample {
-                    features: e.features.clone(),
-                    target: s.forward(e.value, e.gflops) as f32,
-                })
-                .collect();
+            let samples = set.examples.iter().map(|e| e.sample(&s)).collect();
             tasks.push((key, samples));
         }
         t.meta.stats = stats;

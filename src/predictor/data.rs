@@ -12,7 +12,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::features::{extract, FeatureConfig, GraphFeatures};
-use super::transform::gflops;
+use super::train::Sample;
+use super::transform::{gflops, TaskScaler};
 use super::PredictorError;
 use crate::rng::Rng;
 use crate::spaces::{labels, Arch, SpaceId, Task};
@@ -79,6 +80,16 @@ pub struct Example {
     pub gflops: f64,
     /// The label in the task's units.
     pub value: f64,
+}
+
+impl Example {
+    /// A training sample: its features and its label standardised by `s`.
+    pub fn sample(&self, s: &TaskScaler) -> Sample {
+        Sample {
+            features: self.features.clone(),
+            target: s.forward(self.value, self.gflops) as f32,
+        }
+    }
 }
 
 /// Labelled examples of one task.

@@ -381,13 +381,7 @@ fn fit_on(
     tc: &TrainConfig,
     trainable: &[String],
 ) -> Result<(), PredictorError> {
-    let samples: Vec<Sample> = idx
-        .iter()
-        .map(|&i| Sample {
-            features: examples[i].features.clone(),
-            target: s.forward(examples[i].value, examples[i].gflops) as f32,
-        })
-        .collect();
+    let samples: Vec<Sample> = idx.iter().map(|&i| examples[i].sample(s)).collect();
     let vars = t.trainable_vars(trainable)?;
     train(t.regressor(), &vars, &samples, tc, true, &t.device)?;
     Ok(())

@@ -175,10 +175,7 @@ pub fn pretrain(
         let f: Vec<f64> = kept.iter().map(|e| e.gflops).collect();
         let s = TaskScaler::fit_with(&y, &f, *hib, cfg.flops_scaling)?;
         t.meta.stats.insert(*key, s);
-        samples.extend(kept.iter().map(|e| Sample {
-            features: e.features.clone(),
-            target: s.forward(e.value, e.gflops) as f32,
-        }));
+        samples.extend(kept.iter().map(|e| e.sample(&s)));
     }
     t.meta.train = Some(cfg.train.clone());
 
@@ -199,13 +196,7 @@ pub fn pretrain(
             }
             let (_, _, kept, _) = sets.iter().find(|s| s.0 == key).expect("just added");
             let s = t.scaler(key)?;
-            let samples: Vec<Sample> = kept
-                .iter()
-                .map(|e| Sample {
-                    features: e.features.clone(),
-                    target: s.forward(e.value, e.gflops) as f32,
-                })
-                .collect();
+            let samples: Vec<Sample> = kept.iter().map(|e| e.sample(&s)).collect();
             per_task.push((key, samples));
         }
         adapter_reports = train_adapters(&mut t, &per_task, &stage.config, &stage.train, quiet)?;
@@ -248,13 +239,13 @@ mod tests {
         assert!(serde_json::from_str::<PretrainConfig>(r#"{"epochs": 3}"#).is_err());
     }
 
-    #[test]
-    fn tiny_pretrain_runs_end_to_end() {
-        let cfg = PretrainConfig {
+    /// Two epochs on 40 NB-201 CIFAR-10 networks (10 held out for the test report).
+    fn tiny(model: Config) -> PretrainConfig {
+        PretrainConfig {
             tasks: vec!["nb201/cifar10".parse().unwrap()],
             max_per_task: Some(40),
             test_fraction: 0.25,
-            model: tiny_config(),
+            model,
             flops_scaling: true,
             train: TrainConfig {
                 epochs: 2,
@@ -262,7 +253,12 @@ mod tests {
                 ..TrainConfig::default()
             },
             adapters: None,
-        };
+        }
+    }
+
+    #[test]
+    fn tiny_pretrain_runs_end_to_end() {
+        let cfg = tiny(tiny_config());
         let (t, r) = pretrain(&cfg, true, &Device::Cpu).unwrap();
         assert!(t.adapted.is_none() && r.adapters.is_empty());
         assert_eq!(r.test.len(), 1);
@@ -276,22 +272,10 @@ mod tests {
     fn adapter_stage_trains_adapters_on_a_frozen_encoder_and_round_trips() {
         let c10: TaskKey = "nb201/cifar10".parse().unwrap();
         let c100: TaskKey = "nb201/cifar100".parse().unwrap();
-        let base = PretrainConfig {
-            tasks: vec![c10],
-            max_per_task: Some(40),
-            test_fraction: 0.25,
-            model: Config {
-                hidden: 8,
-                ..tiny_config()
-            },
-            flops_scaling: true,
-            train: TrainConfig {
-                epochs: 2,
-                batch_size: 8,
-                ..TrainConfig::default()
-            },
-            adapters: None,
-        };
+        let base = tiny(Config {
+            hidden: 8,
+            ..tiny_config()
+        });
         let (plain, _) = pretrain(&base, true, &Device::Cpu).unwrap();
         let cfg = PretrainConfig {
             adapters: Some(AdapterStage {

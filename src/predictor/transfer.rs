@@ -88,13 +88,7 @@ pub fn transfer(
     t.meta.stats.insert(key, scaler);
 
     let fine_tune = if cfg.fine_tune {
-        let samples: Vec<Sample> = fit
-            .iter()
-            .map(|e| Sample {
-                features: e.features.clone(),
-                target: scaler.forward(e.value, e.gflops) as f32,
-            })
-            .collect();
+        let samples: Vec<Sample> = fit.iter().map(|e| e.sample(&scaler)).collect();
         let vars = t.trainable_vars(&cfg.trainable)?;
         let tc = TrainConfig {
             epochs: cfg.epochs,
