@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::features::{extract, GraphFeatures};
 use crate::predictor::init::sorted_vars;
-use crate::predictor::select::{select_epochs, EpochSelection, Labelled, SelectionReport};
-use crate::predictor::train::{train, Sample as TrainSample, TrainConfig, TrainReport};
+use crate::predictor::select::{
+    samples_of, select_epochs, EpochSelection, Labelled, SelectionReport,
+};
+use crate::predictor::train::{train, TrainConfig, TrainReport};
 use crate::predictor::transform::{gflops, TaskScaler};
 use crate::predictor::{shipped, Device, PredictorError};
 use crate::taskfile::{Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
@@ -310,10 +312,7 @@ pub fn latest(models: &Path, name: &str) -> Result<PathBuf, TunedError> {
 }
 
 /// Features, GFLOPs and label of every sample of `spec`, in file order.
-fn prepare(
-    spec: &TaskSpec,
-    t: &Trained,
-) -> Result<Vec<(Arc<GraphFeatures>, f64, f64)>, TunedError> {
+fn prepare(spec: &TaskSpec, t: &Trained) -> Result<Vec<Labelled>, TunedError> {
     let fc = t.model.config.features();
     spec.samples
         .iter()
@@ -337,7 +336,11 @@ fn prepare(
                     })
                 }
             };
-            Ok((Arc::new(extract(g, &fc)), gflops(g), s.value))
+            Ok(Labelled {
+                features: Arc::new(extract(g, &fc)),
+                value: s.value,
+                gflops: gflops(g),
+            })
         })
         .collect()
 }
@@ -360,21 +363,15 @@ pub fn finetune(
     let perr = |e: PredictorError| predictor_err(&spec.name, e);
     let base_fingerprint = fingerprint(&base).map_err(perr)?;
     let data = prepare(spec, &base)?;
-    let y: Vec<f64> = data.iter().map(|d| d.2).collect();
-    let gf: Vec<f64> = data.iter().map(|d| d.1).collect();
-    let scaler = TaskScaler::fit(&y, &gf, spec.higher_is_better).map_err(perr)?;
+    let y: Vec<f64> = data.iter().map(|d| d.value).collect();
+    let gf: Vec<f64> = data.iter().map(|d| d.gflops).collect();
+    let scaler =
+        TaskScaler::fit_with(&y, &gf, spec.higher_is_better, base.flops_scaling()).map_err(perr)?;
     let settings = spec.finetune.unwrap_or_default().resolved();
     let mut selection = None;
     let report = match spec.mode {
         Mode::ZeroShot => None,
         Mode::Finetune => {
-            let samples: Vec<TrainSample> = data
-                .iter()
-                .map(|(f, g, v)| TrainSample {
-                    features: f.clone(),
-                    target: scaler.forward(*v, *g) as f32,
-                })
-                .collect();
             let tc = TrainConfig {
                 epochs: settings.epochs,
                 batch_size: settings.batch_size,
@@ -386,28 +383,13 @@ pub fn finetune(
             let prefixes: Vec<String> = ["embed.", "gnn.", "head."].map(String::from).into();
             let mut epochs = settings.epochs;
             if settings.select_epochs && data.len() >= MIN_SELECT_SAMPLES {
-                let labelled: Vec<Labelled> = data
-                    .iter()
-                    .map(|(f, g, v)| Labelled {
-                        features: f.clone(),
-                        value: *v,
-                        gflops: *g,
-                    })
-                    .collect();
                 let d = EpochSelection::default();
                 let mut candidates: Vec<usize> =
                     d.candidates.into_iter().filter(|&e| e < epochs).collect();
                 candidates.push(epochs);
                 let sel = EpochSelection { candidates, ..d };
-                let r = select_epochs(
-                    &base,
-                    &labelled,
-                    spec.higher_is_better,
-                    &tc,
-                    &prefixes,
-                    &sel,
-                )
-                .map_err(perr)?;
+                let r = select_epochs(&base, &data, spec.higher_is_better, &tc, &prefixes, &sel)
+                    .map_err(perr)?;
                 epochs = r.epochs;
                 selection = Some(r);
             }
@@ -416,13 +398,16 @@ pub fn finetune(
             } else {
                 let tc = TrainConfig { epochs, ..tc };
                 let vars = base.trainable_vars(&prefixes).map_err(perr)?;
+                let all: Vec<usize> = (0..data.len()).collect();
+                let samples = samples_of(&data, &all, &scaler);
                 let r = train(base.regressor(), &vars, &samples, &tc, quiet, &base.device)
                     .map_err(perr)?;
                 Some(r)
             }
         }
     };
-    let inputs: Vec<(&GraphFeatures, f64)> = data.iter().map(|(f, g, _)| (&**f, *g)).collect();
+    let inputs: Vec<(&GraphFeatures, f64)> =
+        data.iter().map(|d| (&*d.features, d.gflops)).collect();
     let pred = base.predict_scaled(&scaler, &inputs, 256).map_err(perr)?;
     let fit = FitReport {
         spearman: crate::stats::spearman(&pred, &y),

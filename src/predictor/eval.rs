@@ -21,7 +21,7 @@ use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
-use super::select::{samples_of, select_epochs, EpochSelection, Labelled};
+use super::select::{select_epochs, EpochSelection, Labelled};
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
 use super::PredictorError;
@@ -720,20 +720,11 @@ fn one_seed(
         let chosen = select_epochs(aio, &data, hib, &ft, &cfg.trainable, sel)?;
         let t = aio.duplicate()?;
         if chosen.epochs > 0 {
-            let all: Vec<usize> = (0..data.len()).collect();
             let tc = TrainConfig {
                 epochs: chosen.epochs,
                 ..ft.clone()
             };
-            let vars = t.trainable_vars(&cfg.trainable)?;
-            train(
-                t.regressor(),
-                &vars,
-                &samples_of(&data, &all, &s_aio),
-                &tc,
-                true,
-                &t.device,
-            )?;
+            fit_on(&t, &s_aio, ex, &sp.fit, &tc, &cfg.trainable)?;
         }
         let z = z_scores(&t, ex, &sp.eval)?;
         let mut sc = score(seed, &to_units(&z, &s_aio, ex, &sp.eval), &truth, true);

@@ -234,19 +234,9 @@ fn watch_search(
 
 /// The first `n` NB-201 architectures with their CIFAR-10 labels, as a samples CSV.
 fn nb201_samples(n: usize) -> String {
-    let table = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/search_spaces/nb201/labels.csv"
-    ))
-    .unwrap();
-    let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let ai = header.iter().position(|h| *h == "arch_str").unwrap();
-    let vi = header.iter().position(|h| *h == "val_acc_cifar10").unwrap();
     let mut csv = String::from("arch,value\n");
-    for l in lines.take(n) {
-        let f: Vec<&str> = l.split(',').collect();
-        csv.push_str(&format!("{},{}\n", f[ai], f[vi]));
+    for (arch, value) in crate::common::nb201_cifar10_rows(n) {
+        csv.push_str(&format!("{arch},{value}\n"));
     }
     csv
 }

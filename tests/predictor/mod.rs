@@ -1,7 +1,7 @@
 //! `aiop pretrain` then `aiop predict` as a user runs them: a tiny model trained for one epoch,
 //! predictions as JSON lines in input order, a bad line reported with exit code 65.
 
-use crate::common::aiop;
+use crate::common::{aiop, nb201_cifar10_rows};
 
 const A: &str =
     "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
@@ -338,27 +338,17 @@ fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
 /// Three NB-201 networks exported as JSON graphs with their real CIFAR-10 labels (validation
 /// accuracy from the shipped table): a task of `space = "graph"`.
 fn graph_task(dir: &std::path::Path, epochs: u32) -> std::path::PathBuf {
-    let table = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/search_spaces/nb201/labels.csv"
-    ))
-    .unwrap();
-    let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let ai = header.iter().position(|h| *h == "arch_str").unwrap();
-    let vi = header.iter().position(|h| *h == "val_acc_cifar10").unwrap();
     let mut csv = String::from("graph,value\n");
-    for (k, l) in lines.take(4).enumerate() {
-        let f: Vec<&str> = l.split(',').collect();
+    for (k, (arch, value)) in nb201_cifar10_rows(4).into_iter().enumerate() {
         let o = aiop(
             &[
                 "graph", "--space", "nb201", "--task", "cifar10", "--format", "graph",
             ],
-            &format!("{}\n", f[ai]),
+            &format!("{arch}\n"),
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::write(dir.join(format!("net{k}.json")), &o.stdout).unwrap();
-        csv.push_str(&format!("net{k}.json,{}\n", f[vi]));
+        csv.push_str(&format!("net{k}.json,{value}\n"));
     }
     std::fs::write(dir.join("nets.csv"), csv).unwrap();
     let t = dir.join("nets.toml");
