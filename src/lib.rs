@@ -9,7 +9,7 @@
 //! passes, the prediction cache) ← [`searches`] (the daemon's searches on worker threads,
 //! checkpointed every generation) ← [`jobs`] (fine-tuning work on dedicated threads) ←
 //! [`watch`] (the task folder watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring).
-//! [`config`] is the daemon's settings, read by `main` and handed down; [`client`] talks HTTP
+//! [`pool`] runs independent jobs on worker threads. [`config`] is the daemon's settings, read by `main` and handed down; [`client`] talks HTTP
 //! to a running daemon.
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod graph;
 pub mod jobs;
+pub mod pool;
 pub mod predictor;
 pub mod rng;
 pub mod search;

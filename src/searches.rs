@@ -67,6 +67,9 @@ pub struct SearchRequest {
     pub start_graph: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
+    /// FLOP reduction: most moves from the start (unlimited when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -743,6 +746,7 @@ pub fn request_from_task(spec: &TaskSpec) -> Option<SearchRequest> {
         start: s.start.clone(),
         start_graph: None,
         tolerance: s.tolerance,
+        radius: s.radius.map(|r| r as usize),
         top_k: None,
         multi_objective: None,
     })
@@ -857,6 +861,7 @@ fn build_spec(
         seed: req.seed.unwrap_or(d.seed),
         start,
         tolerance: req.tolerance.unwrap_or(d.tolerance),
+        radius: req.radius.or(d.radius),
         beam: d.beam,
         top_k: req.top_k.unwrap_or(d.top_k),
         cache: true,

@@ -162,6 +162,10 @@ pub struct SearchSpec {
     /// Canonical architecture string to start from.
     pub start: Option<String>,
     pub tolerance: Option<f64>,
+    /// FLOP reduction: most moves from the start. Absent from the version hash when unset
+    /// (added later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius: Option<u64>,
 }
 
 /// The optional `[finetune]` table: how the predictor is fine-tuned on the samples. Unset
@@ -415,6 +419,7 @@ struct RawSearch {
     seed: Option<Spanned<i64>>,
     start: Option<Spanned<String>>,
     tolerance: Option<Spanned<f64>>,
+    radius: Option<Spanned<i64>>,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -806,6 +811,7 @@ fn parse_search(
         seed,
         start,
         tolerance: positive("search.tolerance", &s.tolerance, true)?,
+        radius: count("search.radius", &s.radius, 1)?,
     })
 }
 
@@ -983,6 +989,12 @@ mod tests {
         assert_eq!(e.field(), Some("samples"), "{e}");
         let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
         assert_eq!(e.field(), Some("search.population"), "{e}");
+        let e = err(&format!("{GOOD}[search]\nradius = 0\n"), &good_csv());
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.radius")),
+            "{e}"
+        );
         let e = err(
             &format!("{GOOD}[search]\nalgorithm = \"flops\"\n"),
             &good_csv(),

@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use aiop::search::active::ActiveSpec;
 use aiop::search::{self, Algorithm, SearchSpec, SearchState, TableFitness};
 use aiop::spaces::{labels, SpaceId, Task};
 use aiop::stats;
@@ -47,6 +48,15 @@ pub struct ExperimentArgs {
     /// Predictor evaluations of each round's evolution (`predictor` method).
     #[arg(long, default_value_t = 2000)]
     pub inner_budget: usize,
+    /// Best queried architectures whose neighbourhoods make the local pool (`predictor`).
+    #[arg(long, default_value_t = ActiveSpec::default().parents)]
+    pub parents: usize,
+    /// Picks per round from the local pool (`predictor`; the rest from the global evolution).
+    #[arg(long, default_value_t = ActiveSpec::default().local)]
+    pub local: usize,
+    /// Seeds run side by side (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Write all runs as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -123,10 +133,10 @@ fn predictor_search(
     ks: &[usize],
     seed: u64,
     model: &aiop::predictor::checkpoint::Trained,
-    (steps, inner_budget): (usize, usize),
+    a: &ExperimentArgs,
     table: &TableFitness,
 ) -> anyhow::Result<Vec<(String, f64)>> {
-    use aiop::search::active::{active_search, ActiveSpec};
+    use aiop::search::active::active_search;
     use aiop::search::surrogate::{PredictorSurrogate, SurrogateConfig};
     let k_max = ks.iter().copied().max().unwrap_or(0);
     let spec = ActiveSpec {
@@ -134,11 +144,13 @@ fn predictor_search(
         task: Some(task),
         queries: k_max,
         seed,
-        inner_budget,
+        inner_budget: a.inner_budget,
+        parents: a.parents,
+        local: a.local,
         ..ActiveSpec::default()
     };
     let cfg = SurrogateConfig {
-        steps,
+        steps: a.surrogate_steps,
         seed,
         ..SurrogateConfig::default()
     };
@@ -175,6 +187,11 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let threads = if a.threads > 0 {
+        a.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     let mut runs = Vec::new();
     let mut summaries = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -193,25 +210,18 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
             .fold(f64::NEG_INFINITY, f64::max);
         for method in &a.methods {
             // Per seed, the best (arch, true label) at every k.
-            let mut per_seed: Vec<Vec<(String, f64)>> = Vec::new();
-            for seed in 0..a.seeds {
-                per_seed.push(match (method.as_str(), &model) {
-                    ("predictor", Some(m)) => predictor_search(
-                        space,
-                        task,
-                        &a.queries,
-                        seed,
-                        m,
-                        (a.surrogate_steps, a.inner_budget),
-                        &table,
-                    )?,
+            let seeds: Vec<u64> = (0..a.seeds).collect();
+            let per_seed: Vec<Vec<(String, f64)>> =
+                aiop::pool::parallel(&seeds, threads, |&seed| match (method.as_str(), &model) {
+                    ("predictor", Some(m)) => {
+                        predictor_search(space, task, &a.queries, seed, m, &a, &table)
+                    }
                     _ => a
                         .queries
                         .iter()
                         .map(|&k| true_search(space, task, method, k, seed, &table))
-                        .collect::<anyhow::Result<_>>()?,
-                });
-            }
+                        .collect::<anyhow::Result<_>>(),
+                })?;
             for (ki, &k) in a.queries.iter().enumerate() {
                 let mut bests = Vec::new();
                 for seed in 0..a.seeds {
@@ -275,8 +285,19 @@ pub struct FlopsExperimentArgs {
     /// Predictor evaluations per reduction.
     #[arg(long, default_value_t = 2000)]
     pub budget: usize,
+    /// Draw the labelled networks from those at most this many moves from the start (as a
+    /// user shrinking a network would train a few variants of it); 0: from the whole space.
+    #[arg(long, default_value_t = 0)]
+    pub near: usize,
+    /// The reduction's trust region: at most this many moves from the start (unlimited when
+    /// absent).
+    #[arg(long)]
+    pub radius: Option<usize>,
     #[arg(long, default_value_t = 10)]
     pub seeds: u64,
+    /// Seeds run side by side (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Write all runs as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -312,6 +333,11 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     let space = SpaceId::from_name(&a.space)?;
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
+    let threads = if a.threads > 0 {
+        a.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     let mut runs = Vec::new();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -341,14 +367,26 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
             .max_by(|x, y| x.value.total_cmp(&y.value))
             .context("the task has no labels")?;
         let start = best.arch.clone();
-        let mut rows = Vec::new();
-        for seed in 0..a.seeds {
-            // FT-20 on random labelled networks (never the start itself).
+        // The networks the labelled ones are drawn from: the whole table, or those near the
+        // start (never the start itself).
+        let near: Option<std::collections::HashSet<String>> = (a.near > 0).then(|| {
+            aiop::spaces::within(&start, a.near)
+                .iter()
+                .map(|x| x.to_string())
+                .collect()
+        });
+        let seeds: Vec<u64> = (0..a.seeds).collect();
+        let rows = aiop::pool::parallel(&seeds, threads, |&seed| -> anyhow::Result<FlopsRun> {
+            // FT-20 on random labelled networks.
             let mut rng = aiop::rng::Rng::new(seed ^ 0xf10b5);
             let mut pool: Vec<_> = set
                 .examples
                 .iter()
                 .filter(|e| e.arch != start)
+                .filter(|e| {
+                    near.as_ref()
+                        .is_none_or(|n| n.contains(&e.arch.to_string()))
+                })
                 .cloned()
                 .collect();
             rng.shuffle(&mut pool);
@@ -369,6 +407,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 budget: a.budget,
                 start: Some(Start::Arch(start.to_string())),
                 tolerance: a.tolerance,
+                radius: a.radius,
                 seed,
                 ..SearchSpec::default()
             };
@@ -400,8 +439,8 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 true_drop: found_true.map(|v| best.value - v),
                 evaluations: s.evaluations,
             };
-            rows.push(run);
-        }
+            Ok(run)
+        })?;
         let red: Vec<f64> = rows.iter().map(|r| 100.0 * r.reduction).collect();
         let pd: Vec<f64> = rows.iter().map(|r| r.predicted_drop).collect();
         let td: Vec<f64> = rows.iter().filter_map(|r| r.true_drop).collect();
@@ -422,6 +461,41 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
             stats::std(&td),
             ok,
             rows.len()
+        )?;
+        // What any search could reach: the table's networks with at least 15 % fewer FLOPs
+        // than the start and a true drop within the tolerance, in all and within the radius.
+        let macs = |x: &aiop::spaces::Arch| -> anyhow::Result<f64> {
+            Ok(x.build(task)?.flops(aiop::graph::Convention::Macs) as f64)
+        };
+        let start_macs = macs(&start)?;
+        let region: Option<std::collections::HashSet<String>> = a.radius.map(|r| {
+            aiop::spaces::within(&start, r)
+                .iter()
+                .map(|x| x.to_string())
+                .collect()
+        });
+        let (mut reachable, mut in_region) = (0usize, 0usize);
+        for e in &set.examples {
+            if best.value - e.value <= a.tolerance && macs(&e.arch)? <= 0.85 * start_macs {
+                reachable += 1;
+                if region
+                    .as_ref()
+                    .is_some_and(|r| r.contains(&e.arch.to_string()))
+                {
+                    in_region += 1;
+                }
+            }
+        }
+        writeln!(
+            out,
+            "  the table holds {reachable} of {} networks with >= 15% fewer FLOPs than {start} \
+             and a true drop <= {}{}",
+            set.examples.len(),
+            a.tolerance,
+            match a.radius {
+                Some(r) => format!(", {in_region} of them within {r} moves"),
+                None => String::new(),
+            }
         )?;
         runs.extend(rows);
     }

@@ -66,6 +66,10 @@ pub struct SearchArgs {
     /// FLOP reduction: largest score drop allowed (task units).
     #[arg(long, default_value_t = 0.5)]
     pub tolerance: f64,
+    /// FLOP reduction: at most this many moves from the start (unlimited when absent). Keep the
+    /// search where the predictor has labels: near the networks it was fine-tuned on.
+    #[arg(long)]
+    pub radius: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Results to keep (single objective).
@@ -122,6 +126,7 @@ fn spec_from(a: &SearchArgs) -> anyhow::Result<SearchSpec> {
         seed: a.seed,
         start,
         tolerance: a.tolerance,
+        radius: a.radius,
         top_k: a.top,
         ..SearchSpec::default()
     })

@@ -11,7 +11,6 @@
 //! the [`EvalConfig`] (seeds included) and the shipped tables.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -388,53 +387,6 @@ fn fit_on(
     Ok(())
 }
 
-/// Run `jobs` on `threads` workers, results in job order.
-fn parallel<T: Send, J: Sync>(
-    jobs: &[J],
-    threads: usize,
-    f: impl Fn(&J) -> Result<T, PredictorError> + Sync,
-) -> Result<Vec<T>, PredictorError> {
-    let next = Mutex::new(0usize);
-    let out: Mutex<Vec<Option<Result<T, PredictorError>>>> =
-        Mutex::new((0..jobs.len()).map(|_| None).collect());
-    let workers = threads.max(1).min(jobs.len().max(1));
-    std::thread::scope(|sc| {
-        for _ in 0..workers {
-            sc.spawn(|| {
-                // Each run's kernels parallelise over rayon; with several runs side by side
-                // they get a one-thread pool each (several full pools oversubscribe the cores:
-                // measured 3x slower training on 2 cores), while work outside the runs
-                // (pretraining) keeps the global pool and every core.
-                let own = (workers > 1)
-                    .then(|| rayon::ThreadPoolBuilder::new().num_threads(1).build().ok())
-                    .flatten();
-                let run = |i: usize| match &own {
-                    Some(pool) => pool.install(|| f(&jobs[i])),
-                    None => f(&jobs[i]),
-                };
-                loop {
-                    let i = {
-                        let mut n = next.lock().expect("job counter");
-                        let i = *n;
-                        *n += 1;
-                        i
-                    };
-                    if i >= jobs.len() {
-                        break;
-                    }
-                    let r = run(i);
-                    out.lock().expect("job results")[i] = Some(r);
-                }
-            });
-        }
-    });
-    out.into_inner()
-        .expect("job results")
-        .into_iter()
-        .map(|r| r.expect("every job ran"))
-        .collect()
-}
-
 fn threads(cfg: &EvalConfig) -> usize {
     if cfg.threads > 0 {
         cfg.threads
@@ -614,7 +566,7 @@ fn transfer_protocol(
             _ => None,
         };
         let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
-        let per_seed = parallel(&seeds, threads(cfg), |&seed| {
+        let per_seed = crate::pool::parallel(&seeds, threads(cfg), |&seed| {
             let plain = plain.zip(z_plain.as_deref());
             one_seed(cfg, &data, aio, plain, &z_aio, seed, device)
         })?;
@@ -762,7 +714,7 @@ fn sample_efficiency(
             let jobs: Vec<(u64, bool)> = (0..cfg.seeds as u64)
                 .flat_map(|s| [(s, false), (s, true)])
                 .collect();
-            let scores = parallel(&jobs, threads(cfg), |&(seed, pretrained)| {
+            let scores = crate::pool::parallel(&jobs, threads(cfg), |&(seed, pretrained)| {
                 let sp = choose(ex.len(), size, cfg.max_eval, seed, key);
                 if sp.fit.len() < size || sp.eval.len() < 2 {
                     return Err(PredictorError::Data(format!(

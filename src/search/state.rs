@@ -83,6 +83,9 @@ pub struct SearchSpec {
     pub tolerance: f64,
     /// FLOP reduction: networks expanded per generation.
     pub beam: usize,
+    /// FLOP reduction: at most this many moves from the start (a trust region: the predictor
+    /// is fine-tuned on networks near the start and is trusted only there); none: unlimited.
+    pub radius: Option<usize>,
     /// Results returned by single-objective searches.
     pub top_k: usize,
     /// Reuse the score of a network seen before (same graph hash) instead of scoring it
@@ -107,6 +110,7 @@ impl Default for SearchSpec {
             start: None,
             tolerance: 0.5,
             beam: 8,
+            radius: None,
             top_k: 10,
             cache: true,
         }
@@ -143,6 +147,9 @@ impl SearchSpec {
             if !space.tasks().contains(&task) {
                 return bad(&format!("space {space} has no task {task}"));
             }
+        }
+        if self.radius == Some(0) {
+            return bad("radius must be at least 1 (leave it out for no limit)");
         }
         if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
             return bad("tolerance must be a non-negative number");
@@ -204,6 +211,9 @@ pub struct Evaluated {
     /// Fitness (higher is better).
     pub score: f64,
     pub generation: u64,
+    /// FLOP reduction: moves from the start along the path that reached it (0 elsewhere).
+    #[serde(default)]
+    pub moves: u32,
 }
 
 /// A search in progress or finished.
@@ -257,6 +267,7 @@ struct Built {
     hash: GraphHash,
     mflops: f64,
     mparams: f64,
+    moves: u32,
 }
 
 impl SearchState {
@@ -304,6 +315,7 @@ impl SearchState {
             mparams: graph.params() as f64 / 1e6,
             genome,
             graph,
+            moves: 0,
         })
     }
 
@@ -457,6 +469,7 @@ impl SearchState {
                 mparams: b.mparams,
                 score,
                 generation: self.generation,
+                moves: b.moves,
             });
             added.push(idx);
         }
@@ -536,8 +549,13 @@ impl SearchState {
         let mut batch_seen: HashSet<GraphHash> = HashSet::new();
         for f in self.frontier.clone() {
             let fl = self.history[f].mflops;
+            let moves = self.history[f].moves + 1;
+            if self.spec.radius.is_some_and(|r| moves as usize > r) {
+                continue;
+            }
             for g in self.moves(f)? {
-                let b = self.build(g)?;
+                let mut b = self.build(g)?;
+                b.moves = moves;
                 if b.mflops < fl
                     && self.feasible(&b)
                     && !self.seen().contains_key(&b.hash)
@@ -815,6 +833,43 @@ mod tests {
         assert!(r.iter().all(|x| x.predicted >= start.score - 0.5));
         assert!(r.iter().any(|x| x.mflops < start.mflops));
         assert!(r.windows(2).all(|w| w[0].mflops <= w[1].mflops));
+    }
+
+    #[test]
+    fn flop_reduction_stays_inside_its_radius() {
+        let start = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|";
+        let a = Arch::parse(SpaceId::Nb201, start).unwrap();
+        let build = |x: &Arch| x.build(Task::Cifar10).unwrap().hash();
+        let mut deepest = Vec::new();
+        for radius in [1usize, 2] {
+            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+            let sp = SearchSpec {
+                algorithm: Algorithm::Flops,
+                start: Some(Start::Arch(start.into())),
+                tolerance: 5.0,
+                budget: 400,
+                radius: Some(radius),
+                ..spec(Algorithm::Flops)
+            };
+            let mut s = SearchState::new(sp).unwrap();
+            run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+            let region: HashSet<GraphHash> = spaces::within(&a, radius)
+                .iter()
+                .chain([&a])
+                .map(build)
+                .collect();
+            assert!(s.history.iter().all(|e| region.contains(&e.hash)));
+            assert!(s.history.iter().all(|e| e.moves as usize <= radius));
+            deepest.push(s.history.iter().map(|e| e.moves).max().unwrap());
+        }
+        assert_eq!(deepest, vec![1, 2], "the region is walked to its edge");
+        let zero = SearchSpec {
+            algorithm: Algorithm::Flops,
+            start: Some(Start::Arch(start.into())),
+            radius: Some(0),
+            ..spec(Algorithm::Flops)
+        };
+        assert!(SearchState::new(zero).is_err());
     }
 
     #[test]

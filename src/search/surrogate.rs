@@ -162,6 +162,8 @@ mod tests {
             inner_budget: 60,
             population: 16,
             sample: 4,
+            parents: 2,
+            local: 3,
             seed: 2,
         };
         let run = || {

@@ -364,6 +364,27 @@ impl std::fmt::Display for Arch {
     }
 }
 
+/// Every architecture at most `radius` moves (one-edit mutations, [`Arch::neighbours`]) from
+/// `start`, the start excluded, nearest first; each one once (by architecture string).
+pub fn within(start: &Arch, radius: usize) -> Vec<Arch> {
+    let mut seen: std::collections::HashSet<String> = [start.to_string()].into();
+    let mut out: Vec<Arch> = Vec::new();
+    let mut ring = vec![start.clone()];
+    for _ in 0..radius {
+        let mut next = Vec::new();
+        for a in &ring {
+            for n in a.neighbours() {
+                if seen.insert(n.to_string()) {
+                    next.push(n);
+                }
+            }
+        }
+        out.extend(next.iter().cloned());
+        ring = next;
+    }
+    out
+}
+
 /// A uniformly random architecture of a space.
 pub fn sample(space: SpaceId, rng: &mut Rng) -> Arch {
     by_space!(space, S, wrap => wrap(S::sample(rng)))
@@ -450,5 +471,33 @@ pub(crate) fn graph_err(
         arch,
         task,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn within_grows_by_rings_of_neighbours() {
+        let mut rng = Rng::new(4);
+        for space in [SpaceId::Nb201, SpaceId::Tnb101Macro] {
+            let a = sample(space, &mut rng);
+            let one = within(&a, 1);
+            let two = within(&a, 2);
+            let names = |v: &[Arch]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+            let n1: HashSet<String> = names(&a.neighbours()).into_iter().collect();
+            assert_eq!(names(&one).into_iter().collect::<HashSet<_>>(), n1);
+            assert_eq!(names(&two[..one.len()]), names(&one), "nearest first");
+            let all: HashSet<String> = names(&two).into_iter().collect();
+            assert_eq!(all.len(), two.len(), "each once");
+            assert!(!all.contains(&a.to_string()), "start excluded");
+            for x in &two[one.len()..] {
+                assert!(!n1.contains(&x.to_string()));
+                assert!(one.iter().any(|y| y.neighbours().contains(x)));
+            }
+            assert!(within(&a, 0).is_empty());
+        }
     }
 }
