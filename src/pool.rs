@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-/// Run `jobs` on `threads` workers, results in job order.
+/// Run `jobs` on `threads` workers (0: one per core), results in job order.
 pub fn parallel<T: Send, E: Send, J: Sync>(
     jobs: &[J],
     threads: usize,
@@ -15,7 +15,11 @@ pub fn parallel<T: Send, E: Send, J: Sync>(
 ) -> Result<Vec<T>, E> {
     let next = Mutex::new(0usize);
     let out: Mutex<Vec<Option<Result<T, E>>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
-    let workers = threads.max(1).min(jobs.len().max(1));
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t => t,
+    };
+    let workers = threads.min(jobs.len().max(1));
     std::thread::scope(|sc| {
         for _ in 0..workers {
             sc.spawn(|| {
@@ -60,7 +64,7 @@ mod tests {
     #[test]
     fn results_come_back_in_job_order_with_errors_in_place() {
         let jobs: Vec<u32> = (0..20).collect();
-        let r: Vec<Result<u32, String>> = (1..=3)
+        let r: Vec<Result<u32, String>> = (0..=3)
             .map(|t| parallel(&jobs, t, |&j| Ok::<u32, String>(j * j)).map(|v| v.iter().sum()))
             .collect();
         assert!(r.iter().all(|s| s == &Ok((0..20).map(|j| j * j).sum())));

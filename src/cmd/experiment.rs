@@ -10,6 +10,7 @@
 //! once to the largest k and reports its best after the first k queries for every k (the first
 //! k queries of a longer run are exactly those of a run stopped at k).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use aiop::search::active::ActiveSpec;
 use aiop::search::{self, Algorithm, SearchSpec, SearchState, TableFitness};
-use aiop::spaces::{labels, SpaceId, Task};
+use aiop::spaces::{labels, Arch, SpaceId, Task};
 use aiop::stats;
 
 #[derive(Debug, Args)]
@@ -187,11 +188,6 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let threads = if a.threads > 0 {
-        a.threads
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
     let mut runs = Vec::new();
     let mut summaries = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -212,7 +208,7 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
             // Per seed, the best (arch, true label) at every k.
             let seeds: Vec<u64> = (0..a.seeds).collect();
             let per_seed: Vec<Vec<(String, f64)>> =
-                aiop::pool::parallel(&seeds, threads, |&seed| match (method.as_str(), &model) {
+                aiop::pool::parallel(&seeds, a.threads, |&seed| match (method.as_str(), &model) {
                     ("predictor", Some(m)) => {
                         predictor_search(space, task, &a.queries, seed, m, &a, &table)
                     }
@@ -333,11 +329,6 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     let space = SpaceId::from_name(&a.space)?;
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
-    let threads = if a.threads > 0 {
-        a.threads
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
     let mut runs = Vec::new();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -369,24 +360,17 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         let start = best.arch.clone();
         // The networks the labelled ones are drawn from: the whole table, or those near the
         // start (never the start itself).
-        let near: Option<std::collections::HashSet<String>> = (a.near > 0).then(|| {
-            aiop::spaces::within(&start, a.near)
-                .iter()
-                .map(|x| x.to_string())
-                .collect()
-        });
+        let near: Option<HashSet<Arch>> =
+            (a.near > 0).then(|| aiop::spaces::within(&start, a.near).into_iter().collect());
         let seeds: Vec<u64> = (0..a.seeds).collect();
-        let rows = aiop::pool::parallel(&seeds, threads, |&seed| -> anyhow::Result<FlopsRun> {
+        let rows = aiop::pool::parallel(&seeds, a.threads, |&seed| -> anyhow::Result<FlopsRun> {
             // FT-20 on random labelled networks.
             let mut rng = aiop::rng::Rng::new(seed ^ 0xf10b5);
             let mut pool: Vec<_> = set
                 .examples
                 .iter()
                 .filter(|e| e.arch != start)
-                .filter(|e| {
-                    near.as_ref()
-                        .is_none_or(|n| n.contains(&e.arch.to_string()))
-                })
+                .filter(|e| near.as_ref().is_none_or(|n| n.contains(&e.arch)))
                 .cloned()
                 .collect();
             rng.shuffle(&mut pool);
@@ -420,7 +404,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 .min_by(|x, y| x.mflops.total_cmp(&y.mflops))
                 .context("a reduction returns at least its start")?;
             let found = cheapest.arch.clone().unwrap_or_default();
-            let found_true = aiop::spaces::Arch::parse(space, &found)
+            let found_true = Arch::parse(space, &found)
                 .ok()
                 .and_then(|x| table.lookup(&x));
             let run = FlopsRun {
@@ -464,24 +448,18 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         )?;
         // What any search could reach: the table's networks with at least 15 % fewer FLOPs
         // than the start and a true drop within the tolerance, in all and within the radius.
-        let macs = |x: &aiop::spaces::Arch| -> anyhow::Result<f64> {
+        let macs = |x: &Arch| -> anyhow::Result<f64> {
             Ok(x.build(task)?.flops(aiop::graph::Convention::Macs) as f64)
         };
         let start_macs = macs(&start)?;
-        let region: Option<std::collections::HashSet<String>> = a.radius.map(|r| {
-            aiop::spaces::within(&start, r)
-                .iter()
-                .map(|x| x.to_string())
-                .collect()
-        });
+        let region: Option<HashSet<Arch>> = a
+            .radius
+            .map(|r| aiop::spaces::within(&start, r).into_iter().collect());
         let (mut reachable, mut in_region) = (0usize, 0usize);
         for e in &set.examples {
             if best.value - e.value <= a.tolerance && macs(&e.arch)? <= 0.85 * start_macs {
                 reachable += 1;
-                if region
-                    .as_ref()
-                    .is_some_and(|r| r.contains(&e.arch.to_string()))
-                {
+                if region.as_ref().is_some_and(|r| r.contains(&e.arch)) {
                     in_region += 1;
                 }
             }

@@ -387,14 +387,6 @@ fn fit_on(
     Ok(())
 }
 
-fn threads(cfg: &EvalConfig) -> usize {
-    if cfg.threads > 0 {
-        cfg.threads
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    }
-}
-
 /// Pretrain for `protocol` (refusing a task list that touches a target).
 fn pretrain_for(
     protocol: Protocol,
@@ -566,7 +558,7 @@ fn transfer_protocol(
             _ => None,
         };
         let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
-        let per_seed = crate::pool::parallel(&seeds, threads(cfg), |&seed| {
+        let per_seed = crate::pool::parallel(&seeds, cfg.threads, |&seed| {
             let plain = plain.zip(z_plain.as_deref());
             one_seed(cfg, &data, aio, plain, &z_aio, seed, device)
         })?;
@@ -714,7 +706,7 @@ fn sample_efficiency(
             let jobs: Vec<(u64, bool)> = (0..cfg.seeds as u64)
                 .flat_map(|s| [(s, false), (s, true)])
                 .collect();
-            let scores = crate::pool::parallel(&jobs, threads(cfg), |&(seed, pretrained)| {
+            let scores = crate::pool::parallel(&jobs, cfg.threads, |&(seed, pretrained)| {
                 let sp = choose(ex.len(), size, cfg.max_eval, seed, key);
                 if sp.fit.len() < size || sp.eval.len() < 2 {
                     return Err(PredictorError::Data(format!(

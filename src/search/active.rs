@@ -146,62 +146,49 @@ pub fn active_search(
             let ys: Vec<f64> = queried.iter().map(|q| q.label).collect();
             surrogate.fit(&gs, &ys)?;
         }
-        let inner = SearchSpec {
-            space: Some(space),
-            task: Some(task),
-            algorithm: Algorithm::Evolution,
-            budget: spec.inner_budget,
-            population: spec.population,
-            sample: spec.sample,
-            batch: spec.population.max(16),
-            seed: rng.next_u64(),
-            top_k: usize::MAX,
-            ..SearchSpec::default()
-        };
-        let mut state = SearchState::new(inner)?;
-        run(&mut state, &mut SurrogateFitness(surrogate), cancel, |_| {
-            Ok(())
-        })?;
+        // Drawn every round, used or not, so a round's randomness never depends on the pools.
+        let inner_seed = rng.next_u64();
         let want = spec.per_round.min(spec.queries - queried.len());
-        // Local pool: neighbours of the best queried, ranked by the surrogate.
-        let local = local_pool(spec, task, &queried, &seen, surrogate)?;
-        // Global pool: the surrogate's evolution, best predicted first.
-        let global = state.result_indices().into_iter().filter_map(|i| {
-            let e = &state.history[i];
-            match &e.genome {
-                Genome::Arch(a) => Some((a.clone(), e.hash)),
-                Genome::Graph(_) => None,
-            }
-        });
-        let n_local = spec.local.min(want);
         let mut picks: Vec<(Arch, Graph)> = Vec::new();
-        let mut take = |a: Arch, h: GraphHash, picks: &mut Vec<(Arch, Graph)>, cap: usize| {
-            if picks.len() < cap && seen.insert(h) {
-                let g = a.build(task)?;
-                picks.push((a, g));
-            }
-            Ok::<(), SearchError>(())
-        };
-        let mut local = local.into_iter();
-        for (a, h) in local.by_ref() {
-            if picks.len() >= n_local {
-                break;
-            }
-            take(a, h, &mut picks, n_local)?;
+        // Local pool: neighbours of the best queried, ranked by the surrogate.
+        let mut local = local_pool(spec, task, &queried, &seen, surrogate)?.into_iter();
+        fill(
+            &mut picks,
+            spec.local.min(want),
+            &mut seen,
+            task,
+            &mut local,
+        )?;
+        if picks.len() < want {
+            // Global pool: the surrogate's evolution, best predicted first; run only when the
+            // local pool leaves picks to make.
+            let inner = SearchSpec {
+                space: Some(space),
+                task: Some(task),
+                algorithm: Algorithm::Evolution,
+                budget: spec.inner_budget,
+                population: spec.population,
+                sample: spec.sample,
+                batch: spec.population.max(16),
+                seed: inner_seed,
+                top_k: usize::MAX,
+                ..SearchSpec::default()
+            };
+            let mut state = SearchState::new(inner)?;
+            run(&mut state, &mut SurrogateFitness(surrogate), cancel, |_| {
+                Ok(())
+            })?;
+            let mut global = state.result_indices().into_iter().filter_map(|i| {
+                let e = &state.history[i];
+                match &e.genome {
+                    Genome::Arch(a) => Some((a.clone(), e.hash, None)),
+                    Genome::Graph(_) => None,
+                }
+            });
+            fill(&mut picks, want, &mut seen, task, &mut global)?;
+            fill(&mut picks, want, &mut seen, task, &mut local)?;
         }
-        for (a, h) in global {
-            if picks.len() >= want {
-                break;
-            }
-            take(a, h, &mut picks, want)?;
-        }
-        for (a, h) in local {
-            if picks.len() >= want {
-                break;
-            }
-            take(a, h, &mut picks, want)?;
-        }
-        // The surrogate's evolution found nothing new: fall back to random unqueried archs.
+        // Both pools ran dry: fall back to random unqueried archs.
         let mut tries = 0;
         while picks.len() < want && tries < 10_000 {
             tries += 1;
@@ -225,6 +212,34 @@ pub fn active_search(
     Ok(ActiveResult { queried, best })
 }
 
+/// A candidate for a true query: the architecture, its graph's hash, and the graph where it is
+/// already built.
+type Pick = (Arch, GraphHash, Option<Graph>);
+
+/// Move candidates into `picks`, in order, until it holds `cap`; a network already seen is
+/// skipped (and every one taken is marked seen).
+fn fill(
+    picks: &mut Vec<(Arch, Graph)>,
+    cap: usize,
+    seen: &mut HashSet<GraphHash>,
+    task: Task,
+    cands: &mut dyn Iterator<Item = Pick>,
+) -> Result<(), SearchError> {
+    while picks.len() < cap {
+        let Some((a, h, g)) = cands.next() else {
+            break;
+        };
+        if seen.insert(h) {
+            let g = match g {
+                Some(g) => g,
+                None => a.build(task)?,
+            };
+            picks.push((a, g));
+        }
+    }
+    Ok(())
+}
+
 /// The one-edit neighbours of the `spec.parents` best queried architectures that are not yet
 /// queried, distinct, best predicted first (ties: generation order).
 fn local_pool(
@@ -233,7 +248,7 @@ fn local_pool(
     queried: &[Queried],
     seen: &HashSet<GraphHash>,
     surrogate: &mut dyn Surrogate,
-) -> Result<Vec<(Arch, GraphHash)>, SearchError> {
+) -> Result<Vec<Pick>, SearchError> {
     if spec.parents == 0 || spec.local == 0 {
         return Ok(Vec::new());
     }
@@ -244,27 +259,26 @@ fn local_pool(
             .total_cmp(&queried[i].label)
             .then(i.cmp(&j))
     });
-    let mut pool: Vec<(Arch, Graph)> = Vec::new();
+    let mut pool: Vec<Pick> = Vec::new();
     let mut in_pool: HashSet<GraphHash> = HashSet::new();
     for &i in order.iter().take(spec.parents) {
         for n in queried[i].arch.neighbours() {
             let g = n.build(task)?;
             let h = g.hash();
             if !seen.contains(&h) && in_pool.insert(h) {
-                pool.push((n, g));
+                pool.push((n, h, Some(g)));
             }
         }
     }
     if pool.is_empty() {
         return Ok(Vec::new());
     }
-    let scores = surrogate.predict(&pool.iter().map(|(_, g)| g).collect::<Vec<_>>())?;
-    let mut ranked: Vec<(f64, usize)> = scores.into_iter().zip(0..).collect();
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    Ok(ranked
-        .into_iter()
-        .map(|(_, i)| (pool[i].0.clone(), pool[i].1.hash()))
-        .collect())
+    let graphs: Vec<&Graph> = pool.iter().filter_map(|p| p.2.as_ref()).collect();
+    let scores = surrogate.predict(&graphs)?;
+    let mut ranked: Vec<(f64, Pick)> = scores.into_iter().zip(pool).collect();
+    // Stable: ties keep generation order.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(ranked.into_iter().map(|(_, p)| p).collect())
 }
 
 fn query(

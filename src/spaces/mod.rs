@@ -365,16 +365,16 @@ impl std::fmt::Display for Arch {
 }
 
 /// Every architecture at most `radius` moves (one-edit mutations, [`Arch::neighbours`]) from
-/// `start`, the start excluded, nearest first; each one once (by architecture string).
+/// `start`, the start excluded, nearest first; each one once.
 pub fn within(start: &Arch, radius: usize) -> Vec<Arch> {
-    let mut seen: std::collections::HashSet<String> = [start.to_string()].into();
+    let mut seen: std::collections::HashSet<Arch> = [start.clone()].into();
     let mut out: Vec<Arch> = Vec::new();
     let mut ring = vec![start.clone()];
     for _ in 0..radius {
         let mut next = Vec::new();
         for a in &ring {
             for n in a.neighbours() {
-                if seen.insert(n.to_string()) {
+                if seen.insert(n.clone()) {
                     next.push(n);
                 }
             }

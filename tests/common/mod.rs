@@ -21,23 +21,30 @@ pub fn aiop(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// The first `n` NB-201 architectures of the shipped table with their CIFAR-10 validation
-/// accuracy, as (architecture string, label as written).
-pub fn nb201_cifar10_rows(n: usize) -> Vec<(String, String)> {
-    let table = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/search_spaces/nb201/labels.csv"
-    ))
-    .unwrap();
+/// Every `step`-th row (the first `n` of them) of a shipped label table, as (architecture
+/// string, the `column` label as written).
+pub fn table_rows(space: &str, column: &str, step: usize, n: usize) -> Vec<(String, String)> {
+    let path = format!(
+        "{}/search_spaces/{space}/labels.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let table = std::fs::read_to_string(path).unwrap();
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let ai = header.iter().position(|h| *h == "arch_str").unwrap();
-    let vi = header.iter().position(|h| *h == "val_acc_cifar10").unwrap();
+    let vi = header.iter().position(|h| *h == column).unwrap();
     lines
+        .step_by(step)
         .take(n)
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
             (f[ai].to_string(), f[vi].to_string())
         })
         .collect()
+}
+
+/// The first `n` NB-201 architectures of the shipped table with their CIFAR-10 validation
+/// accuracy, as (architecture string, label as written).
+pub fn nb201_cifar10_rows(n: usize) -> Vec<(String, String)> {
+    table_rows("nb201", "val_acc_cifar10", 1, n)
 }

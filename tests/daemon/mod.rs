@@ -186,19 +186,9 @@ const NB201_ARCH: &str =
 /// `n` TransNAS-Bench-101 macro architectures (every 160th row of the shipped table) with
 /// their real `segmentsemantic` labels, as a samples CSV.
 fn seg_samples(n: usize) -> String {
-    let table = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/search_spaces/tnb101_macro/labels.csv"
-    ))
-    .unwrap();
-    let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let ai = header.iter().position(|h| *h == "arch_str").unwrap();
-    let vi = header.iter().position(|h| *h == "segmentsemantic").unwrap();
     let mut csv = String::from("arch,value\n");
-    for l in lines.step_by(160).take(n) {
-        let f: Vec<&str> = l.split(',').collect();
-        csv.push_str(&format!("{},{}\n", f[ai], f[vi]));
+    for (arch, value) in crate::common::table_rows("tnb101_macro", "segmentsemantic", 160, n) {
+        csv.push_str(&format!("{arch},{value}\n"));
     }
     assert_eq!(csv.lines().count(), n + 1);
     csv
