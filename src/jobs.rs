@@ -98,8 +98,14 @@ impl Finetuner for ModelTuner {
             .base
             .load(&self.device)
             .map_err(|e| format!("loading the base model {}: {e}", self.base.describe()))?;
-        let m =
-            tuned::finetune(&spec, base, &self.base.describe(), true).map_err(|e| e.to_string())?;
+        let companion = self.base.load_plain(&self.device).map_err(|e| {
+            format!(
+                "loading the no-transform companion of {}: {e}",
+                self.base.describe()
+            )
+        })?;
+        let m = tuned::finetune(&spec, base, &self.base.describe(), companion, true)
+            .map_err(|e| e.to_string())?;
         m.save(&self.models_dir).map_err(|e| e.to_string())?;
         self.duration.observe(start.elapsed().as_secs_f64());
         if let Some(l) = m.meta.final_loss {

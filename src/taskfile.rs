@@ -184,6 +184,10 @@ pub struct FinetuneSpec {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select_epochs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrate: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choose_transform: Option<bool>,
 }
 
 /// Fine-tuning settings with every default filled in.
@@ -198,6 +202,16 @@ pub struct Finetune {
     /// the samples ([`crate::predictor::select`]). False in sidecars written before it existed.
     #[serde(default)]
     pub select_epochs: bool,
+    /// With `select_epochs`, map predictions to the task's units by a line fitted on the
+    /// cross-validation's out-of-fold predictions ([`crate::predictor::calibrate`]; never
+    /// changes their order). False in sidecars written before it existed.
+    #[serde(default)]
+    pub calibrate: bool,
+    /// With `select_epochs`, cross-validate the base model's no-transform companion too (when
+    /// there is one) and fine-tune whichever ranks the held-out samples better. False in
+    /// sidecars written before it existed.
+    #[serde(default)]
+    pub choose_transform: bool,
 }
 
 impl FinetuneSpec {
@@ -209,6 +223,8 @@ impl FinetuneSpec {
             lr: self.lr.unwrap_or(1e-4),
             seed: self.seed.unwrap_or(0),
             select_epochs: self.select_epochs.unwrap_or(true),
+            calibrate: self.calibrate.unwrap_or(true),
+            choose_transform: self.choose_transform.unwrap_or(true),
         }
     }
 }
@@ -404,6 +420,8 @@ struct RawFinetune {
     lr: Option<Spanned<f64>>,
     seed: Option<Spanned<i64>>,
     select_epochs: Option<bool>,
+    calibrate: Option<bool>,
+    choose_transform: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -705,6 +723,8 @@ fn parse_finetune(
         lr,
         seed: count("finetune.seed", &f.seed, 0, i64::MAX)?,
         select_epochs: f.select_epochs,
+        calibrate: f.calibrate,
+        choose_transform: f.choose_transform,
     })
 }
 

@@ -9,7 +9,10 @@
 //! when the base model has K-Adapters). The number of epochs, at most `epochs` (100), is chosen
 //! by 5-fold cross-validation on the samples themselves ([`crate::predictor::select`]; 0 keeps
 //! the zero-shot model) unless `select_epochs = false`: AIO-P's fixed 100 epochs ranked
-//! unseen tasks worse than zero-shot on several validation tasks (BENCHMARKS.md). [`TaskModel::save`] writes the checkpoint
+//! unseen tasks worse than zero-shot on several validation tasks (BENCHMARKS.md). The same
+//! cross-validation runs on the base model's no-transform companion (`choose_transform`) and
+//! the better of the two is fine-tuned; its out-of-fold predictions then fit a
+//! [`crate::predictor::calibrate::Calibration`] to the task's units (`calibrate`). [`TaskModel::save`] writes the checkpoint
 //! plus a sidecar `task.json` ([`TunedMeta`]: task, version, space and head, scaler, base
 //! model, training report) under `<models>/<task name>/<version>/`.
 //!
@@ -25,13 +28,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::predictor::calibrate::Calibration;
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::features::{extract, GraphFeatures};
 use crate::predictor::init::sorted_vars;
 use crate::predictor::select::{
     samples_of, select_epochs, EpochSelection, Labelled, SelectionReport,
 };
-use crate::predictor::train::{train, TrainConfig, TrainReport};
+use crate::predictor::train::{predict_batched, train, TrainConfig, TrainReport};
 use crate::predictor::transform::{gflops, TaskScaler};
 use crate::predictor::{shipped, Device, PredictorError};
 use crate::taskfile::{Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
@@ -115,6 +119,25 @@ impl BaseModel {
             BaseModel::Dir(d) => d.display().to_string(),
         }
     }
+
+    /// Its companion pretrained without Eq. 5's FLOPs scaling, with its name: the embedded
+    /// one, or a directory's `plain/` subdirectory when it holds a model (None otherwise).
+    pub fn load_plain(&self, device: &Device) -> Result<Option<(Trained, String)>, PredictorError> {
+        match self {
+            BaseModel::Embedded => Ok(Some((
+                shipped::load_plain(device)?,
+                format!("embedded:{}", shipped::PLAIN_DIR),
+            ))),
+            BaseModel::Dir(d) => {
+                let p = d.join("plain");
+                if p.join(crate::predictor::checkpoint::META_FILE).exists() {
+                    Ok(Some((Trained::load(&p, device)?, p.display().to_string())))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 /// A content fingerprint of a model's weights and configuration (32 hex digits): two models
@@ -170,8 +193,13 @@ pub struct TunedMeta {
     /// How the number of epochs was chosen, when it was (`select_epochs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<SelectionReport>,
+    /// The line from the model's predictions to the task's units, fitted on the selection's
+    /// out-of-fold predictions (`calibrate`); absent: predictions are used as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     pub train: Option<TrainReport>,
-    /// Training MSE (standardised units) of the last epoch.
+    /// Training MSE (standardised units) of the last epoch, or of the model as it stands when
+    /// no epoch ran (None only in sidecars written before that).
     pub final_loss: Option<f64>,
     pub fit: FitReport,
     pub seconds: f64,
@@ -248,9 +276,14 @@ impl TaskModel {
         graphs: &[(&GraphFeatures, f64)],
         batch_size: usize,
     ) -> Result<Vec<f64>, TunedError> {
-        self.trained
+        let mut p = self
+            .trained
             .predict_scaled(&self.meta.scaler, graphs, batch_size)
-            .map_err(|e| predictor_err(&self.meta.task, e))
+            .map_err(|e| predictor_err(&self.meta.task, e))?;
+        if let Some(c) = &self.meta.calibration {
+            p.iter_mut().for_each(|v| *v = c.apply(*v));
+        }
+        Ok(p)
     }
 
     /// Write the model under `models/<name>/<version>/`, replacing a model of the same id.
@@ -352,23 +385,29 @@ fn now_ms() -> u64 {
 }
 
 /// Carry `base` (described by `base_name`) to the task `spec`: fit its statistics on the
-/// samples and, unless the task is zero-shot, fine-tune on them. `quiet` hides the progress bar.
+/// samples and, unless the task is zero-shot, fine-tune on them. With the epochs selected and
+/// `choose_transform`, `companion` (the base's no-transform twin and its name, see
+/// [`BaseModel::load_plain`]) is cross-validated too and replaces `base` when its chosen length
+/// ranks the held-out samples better. `quiet` hides the progress bar.
 pub fn finetune(
     spec: &TaskSpec,
     mut base: Trained,
     base_name: &str,
+    companion: Option<(Trained, String)>,
     quiet: bool,
 ) -> Result<TaskModel, TunedError> {
     let start = Instant::now();
     let perr = |e: PredictorError| predictor_err(&spec.name, e);
-    let base_fingerprint = fingerprint(&base).map_err(perr)?;
+    let mut base_name = base_name.to_string();
+    let mut base_fingerprint = fingerprint(&base).map_err(perr)?;
     let data = prepare(spec, &base)?;
     let y: Vec<f64> = data.iter().map(|d| d.value).collect();
     let gf: Vec<f64> = data.iter().map(|d| d.gflops).collect();
-    let scaler =
+    let mut scaler =
         TaskScaler::fit_with(&y, &gf, spec.higher_is_better, base.flops_scaling()).map_err(perr)?;
     let settings = spec.finetune.unwrap_or_default().resolved();
     let mut selection = None;
+    let mut calibration = None;
     let report = match spec.mode {
         Mode::ZeroShot => None,
         Mode::Finetune => {
@@ -388,9 +427,31 @@ pub fn finetune(
                     d.candidates.into_iter().filter(|&e| e < epochs).collect();
                 candidates.push(epochs);
                 let sel = EpochSelection { candidates, ..d };
-                let r = select_epochs(&base, &data, spec.higher_is_better, &tc, &prefixes, &sel)
-                    .map_err(perr)?;
+                let mut r =
+                    select_epochs(&base, &data, spec.higher_is_better, &tc, &prefixes, &sel)
+                        .map_err(perr)?;
+                // The companion reads the same features (else it is not a candidate).
+                let companion = companion.filter(|(p, _)| {
+                    settings.choose_transform
+                        && p.model.config.features() == base.model.config.features()
+                });
+                if let Some((p, name)) = companion {
+                    let rp = select_epochs(&p, &data, spec.higher_is_better, &tc, &prefixes, &sel)
+                        .map_err(perr)?;
+                    if rp.best_score() > r.best_score() {
+                        base_fingerprint = fingerprint(&p).map_err(perr)?;
+                        scaler =
+                            TaskScaler::fit_with(&y, &gf, spec.higher_is_better, p.flops_scaling())
+                                .map_err(perr)?;
+                        base = p;
+                        base_name = name;
+                        r = rp;
+                    }
+                }
                 epochs = r.epochs;
+                if settings.calibrate {
+                    calibration = Some(Calibration::fit(&r.oof, &y).map_err(perr)?);
+                }
                 selection = Some(r);
             }
             if epochs == 0 {
@@ -408,11 +469,30 @@ pub fn finetune(
     };
     let inputs: Vec<(&GraphFeatures, f64)> =
         data.iter().map(|d| (&*d.features, d.gflops)).collect();
-    let pred = base.predict_scaled(&scaler, &inputs, 256).map_err(perr)?;
+    let mut pred = base.predict_scaled(&scaler, &inputs, 256).map_err(perr)?;
+    if let Some(c) = &calibration {
+        pred.iter_mut().for_each(|v| *v = c.apply(*v));
+    }
     let fit = FitReport {
         spearman: crate::stats::spearman(&pred, &y),
         kendall: crate::stats::kendall(&pred, &y),
         mae: crate::stats::mae(&pred, &y),
+    };
+    // The last epoch's training MSE, or where no epoch ran (zero-shot, or 0 epochs chosen)
+    // the MSE of the model as it stands, so that the loss gauge always has a value.
+    let final_loss = match report.as_ref().and_then(|r| r.epochs.last()) {
+        Some(e) => e.train_mse,
+        None => {
+            let feats: Vec<&GraphFeatures> = data.iter().map(|d| &*d.features).collect();
+            let z = predict_batched(base.regressor(), &feats, 256, &base.device).map_err(perr)?;
+            let all: Vec<usize> = (0..data.len()).collect();
+            let t = samples_of(&data, &all, &scaler);
+            z.iter()
+                .zip(&t)
+                .map(|(&z, s)| (z as f64 - s.target as f64).powi(2))
+                .sum::<f64>()
+                / data.len().max(1) as f64
+        }
     };
     base.meta.report = Some(serde_json::json!({"task": spec.name, "version": spec.hash}));
     let meta = TunedMeta {
@@ -423,15 +503,13 @@ pub fn finetune(
         higher_is_better: spec.higher_is_better,
         mode: spec.mode,
         scaler,
-        base_model: base_name.to_string(),
+        base_model: base_name,
         base_fingerprint,
         samples: spec.samples.len(),
         finetune: (spec.mode == Mode::Finetune).then_some(settings),
         selection,
-        final_loss: report
-            .as_ref()
-            .and_then(|r| r.epochs.last())
-            .map(|e| e.train_mse),
+        calibration,
+        final_loss: Some(final_loss),
         train: report,
         fit,
         seconds: start.elapsed().as_secs_f64(),
@@ -475,20 +553,65 @@ mod tests {
         let spec = task(dir.path(), "[finetune]\nepochs = 7\nseed = 5\n");
         let dev = Device::Cpu;
         let base = BaseModel::Embedded;
-        let a = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        let a = finetune(
+            &spec,
+            base.load(&dev).unwrap(),
+            &base.describe(),
+            None,
+            true,
+        )
+        .unwrap();
         let sel = a.meta.selection.as_ref().expect("epochs selected");
         // The defaults below the maximum, then the maximum itself.
         let tried: Vec<usize> = sel.scores.iter().map(|s| s.0).collect();
         assert_eq!(tried, vec![0, 5, 7]);
         assert!(tried.contains(&sel.epochs));
         assert!(a.meta.finetune.unwrap().select_epochs);
+        // Calibrated on the chosen length's out-of-fold predictions, and predictions use it.
+        assert_eq!(sel.oof.len(), 6);
+        let y: Vec<f64> = spec.samples.iter().map(|s| s.value).collect();
+        let cal = a.meta.calibration.expect("calibrated by default");
+        assert_eq!(cal, Calibration::fit(&sel.oof, &y).unwrap());
+        let feats: Vec<(GraphFeatures, f64)> = prepare(&spec, &a.trained)
+            .unwrap()
+            .iter()
+            .map(|d| ((*d.features).clone(), d.gflops))
+            .collect();
+        let inputs: Vec<(&GraphFeatures, f64)> = feats.iter().map(|(f, g)| (f, *g)).collect();
+        let raw = a
+            .trained
+            .predict_scaled(&a.meta.scaler, &inputs, 8)
+            .unwrap();
+        let want: Vec<f64> = raw.iter().map(|&v| cal.apply(v)).collect();
+        assert_eq!(a.predict(&inputs, 8).unwrap(), want);
+        let raw_spec = task(
+            dir.path(),
+            "[finetune]\nepochs = 7\nseed = 5\ncalibrate = false\n",
+        );
+        let c = finetune(
+            &raw_spec,
+            base.load(&dev).unwrap(),
+            &base.describe(),
+            None,
+            true,
+        )
+        .unwrap();
+        assert!(c.meta.selection.is_some() && c.meta.calibration.is_none());
+        assert_eq!(c.predict(&inputs, 8).unwrap(), raw);
         let trained = a.meta.train.as_ref().map_or(0, |r| r.epochs.len());
         assert_eq!(trained, sel.epochs);
         if sel.epochs == 0 {
             assert_eq!(fingerprint(&a.trained).unwrap(), a.meta.base_fingerprint);
         }
         // Repeatable.
-        let b = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        let b = finetune(
+            &spec,
+            base.load(&dev).unwrap(),
+            &base.describe(),
+            None,
+            true,
+        )
+        .unwrap();
         assert_eq!(b.meta.selection, a.meta.selection);
         assert_eq!(
             fingerprint(&a.trained).unwrap(),
@@ -505,8 +628,22 @@ mod tests {
         );
         let dev = Device::Cpu;
         let base = BaseModel::Embedded;
-        let a = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
-        let b = finetune(&spec, base.load(&dev).unwrap(), &base.describe(), true).unwrap();
+        let a = finetune(
+            &spec,
+            base.load(&dev).unwrap(),
+            &base.describe(),
+            None,
+            true,
+        )
+        .unwrap();
+        let b = finetune(
+            &spec,
+            base.load(&dev).unwrap(),
+            &base.describe(),
+            None,
+            true,
+        )
+        .unwrap();
         assert_eq!(
             fingerprint(&a.trained).unwrap(),
             fingerprint(&b.trained).unwrap()
@@ -517,6 +654,7 @@ mod tests {
             "fine-tuning changed the weights"
         );
         assert_eq!(a.meta.train.as_ref().unwrap().epochs.len(), 2);
+        assert!(a.meta.selection.is_none() && a.meta.calibration.is_none());
         assert!(a.meta.final_loss.unwrap().is_finite());
         let models = dir.path().join("models");
         let saved = a.save(&models).unwrap();
@@ -559,11 +697,71 @@ mod tests {
             &spec,
             BaseModel::Embedded.load(&dev).unwrap(),
             "embedded",
+            BaseModel::Embedded.load_plain(&dev).unwrap(),
             true,
         )
         .unwrap();
         assert_eq!(fingerprint(&m.trained).unwrap(), m.meta.base_fingerprint);
         assert!(m.meta.train.is_none() && m.meta.finetune.is_none());
         assert!(m.meta.fit.spearman.is_finite());
+        assert!(
+            m.meta.scaler.flops_scaling,
+            "zero-shot keeps the AIO-P model"
+        );
+    }
+
+    #[test]
+    fn finetune_keeps_whichever_of_the_model_and_its_companion_cross_validates_better() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "[finetune]\nepochs = 5\nseed = 3\n");
+        let dev = Device::Cpu;
+        let base = BaseModel::Embedded;
+        let plain = || base.load_plain(&dev).unwrap().unwrap();
+        // Each model alone.
+        let a = finetune(&spec, base.load(&dev).unwrap(), "aio", None, true).unwrap();
+        let p = finetune(&spec, plain().0, "plain", None, true).unwrap();
+        assert!(a.meta.scaler.flops_scaling && !p.meta.scaler.flops_scaling);
+        let (sa, sp) = (
+            a.meta.selection.clone().unwrap(),
+            p.meta.selection.clone().unwrap(),
+        );
+        // Both offered: the better held-out rank wins (ties: the base model), and the result is
+        // exactly that model's own fine-tuning.
+        let both = finetune(
+            &spec,
+            base.load(&dev).unwrap(),
+            "aio",
+            Some((plain().0, "plain".into())),
+            true,
+        )
+        .unwrap();
+        let want = if sp.best_score() > sa.best_score() {
+            &p
+        } else {
+            &a
+        };
+        assert_eq!(both.meta.base_model, want.meta.base_model);
+        assert_eq!(both.meta.base_fingerprint, want.meta.base_fingerprint);
+        assert_eq!(both.meta.scaler, want.meta.scaler);
+        assert_eq!(both.meta.selection, want.meta.selection);
+        assert_eq!(
+            fingerprint(&both.trained).unwrap(),
+            fingerprint(&want.trained).unwrap()
+        );
+        // Switched off: the base model, whatever the companion would score.
+        let off = task(
+            dir.path(),
+            "[finetune]\nepochs = 5\nseed = 3\nchoose_transform = false\n",
+        );
+        let o = finetune(
+            &off,
+            base.load(&dev).unwrap(),
+            "aio",
+            Some((plain().0, "plain".into())),
+            true,
+        )
+        .unwrap();
+        assert_eq!(o.meta.base_model, "aio");
+        assert_eq!(o.meta.selection, a.meta.selection);
     }
 }

@@ -206,7 +206,10 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             base.describe()
         );
     }
-    let m = tuned::finetune(&spec, trained, &base.describe(), a.quiet)?;
+    let companion = base
+        .load_plain(&device)
+        .with_context(|| format!("loading the no-transform companion of {}", base.describe()))?;
+    let m = tuned::finetune(&spec, trained, &base.describe(), companion, a.quiet)?;
     let models = a.state.join(aiop::serve::MODELS_DIR);
     let dir = m.save(&models)?;
     let mut out = std::io::stdout().lock();
@@ -222,7 +225,10 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             "finetune": m.meta.finetune,
             "final_loss": m.meta.final_loss,
             "fit": m.meta.fit,
+            "base_model": m.meta.base_model,
             "scaler": m.meta.scaler,
+            "epochs_chosen": m.meta.selection.as_ref().map(|s| s.epochs),
+            "calibration": m.meta.calibration,
             "seconds": m.meta.seconds,
         })
     )?;

@@ -22,6 +22,7 @@
 
 pub mod adapters;
 pub mod batch;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;

@@ -60,6 +60,21 @@ pub struct SelectionReport {
     pub epochs: usize,
     /// Each candidate with the Spearman correlation of its out-of-fold predictions.
     pub scores: Vec<(usize, f64)>,
+    /// The chosen candidate's out-of-fold prediction of each labelled network, in task units
+    /// and input order (what [`super::calibrate`] is fitted on). Empty in reports written
+    /// before it existed.
+    #[serde(default)]
+    pub oof: Vec<f64>,
+}
+
+impl SelectionReport {
+    /// The out-of-fold Spearman of the chosen length (−∞ when unknown).
+    pub fn best_score(&self) -> f64 {
+        self.scores
+            .iter()
+            .find(|c| c.0 == self.epochs)
+            .map_or(f64::NEG_INFINITY, |c| c.1)
+    }
 }
 
 /// Standardised samples of `data[idx]` under `s`.
@@ -158,15 +173,16 @@ pub fn select_epochs(
             (e, if r.is_finite() { r } else { f64::NEG_INFINITY })
         })
         .collect();
-    let mut best = scores[0];
-    for &c in &scores[1..] {
-        if c.1 > best.1 {
+    let mut best = 0;
+    for c in 1..scores.len() {
+        if scores[c].1 > scores[best].1 {
             best = c;
         }
     }
     Ok(SelectionReport {
-        epochs: best.0,
+        epochs: scores[best].0,
         scores,
+        oof: oof.swap_remove(best),
     })
 }
 

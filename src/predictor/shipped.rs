@@ -2,8 +2,12 @@
 //! search --fitness predictor` and the daemon work from a fresh clone with no file at hand.
 //!
 //! The files live in `search_spaces/predictor/` (weights and sidecar, written by `aiop
-//! pretrain`; the command that reproduces them is in `search_spaces/SOURCES.md`).
-//! Invariant: [`load`] gives exactly the model `Trained::load("search_spaces/predictor")` gives.
+//! pretrain`; the command that reproduces them is in `search_spaces/SOURCES.md`). Beside it,
+//! in `plain/`, ships its companion pretrained the same way without Eq. 5's FLOPs scaling
+//! (plain per-task z-scores): fine-tuning cross-validates both on a task's samples and keeps
+//! the better ([`crate::tuned`]).
+//! Invariant: [`load`] gives exactly the model `Trained::load("search_spaces/predictor")` gives,
+//! [`load_plain`] the one of `search_spaces/predictor/plain`.
 
 use std::path::Path;
 
@@ -15,12 +19,23 @@ use super::PredictorError;
 /// Where the embedded files come from, relative to the repository root (used in messages).
 pub const DIR: &str = "search_spaces/predictor";
 
+/// Where the embedded no-transform companion comes from.
+pub const PLAIN_DIR: &str = "search_spaces/predictor/plain";
+
 const META: &str = include_str!("../../search_spaces/predictor/model.json");
 const WEIGHTS: &[u8] = include_bytes!("../../search_spaces/predictor/model.safetensors");
+const PLAIN_META: &str = include_str!("../../search_spaces/predictor/plain/model.json");
+const PLAIN_WEIGHTS: &[u8] =
+    include_bytes!("../../search_spaces/predictor/plain/model.safetensors");
 
 /// The embedded default model on `device`.
 pub fn load(device: &Device) -> Result<Trained, PredictorError> {
     Trained::from_bytes(META, WEIGHTS, Path::new(DIR), device)
+}
+
+/// The embedded no-transform companion on `device`.
+pub fn load_plain(device: &Device) -> Result<Trained, PredictorError> {
+    Trained::from_bytes(PLAIN_META, PLAIN_WEIGHTS, Path::new(PLAIN_DIR), device)
 }
 
 #[cfg(test)]
@@ -50,5 +65,13 @@ mod tests {
         assert_eq!(pa, pb);
         assert!(pa[0].is_finite());
         assert!(a.meta.stats.len() >= 17, "{:?}", a.meta.stats.keys());
+        assert!(a.flops_scaling());
+        let c = load_plain(&dev).unwrap();
+        let d = Trained::load(&root.join("plain"), &dev).unwrap();
+        assert!(!c.flops_scaling());
+        let pc = c.predict(key, &[(&f, gflops(&g))], 1).unwrap();
+        assert_eq!(pc, d.predict(key, &[(&f, gflops(&g))], 1).unwrap());
+        assert!(pc[0].is_finite() && pc[0] != pa[0]);
+        assert_eq!(c.meta.stats.len(), a.meta.stats.len());
     }
 }

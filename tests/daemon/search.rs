@@ -120,7 +120,7 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     assert!(metric(&m, "aiop_predictions_total{source=\"search\"}") >= 240.0);
     assert!(metric(&m, "aiop_prediction_cache_misses_total") >= 240.0);
     assert!(metric(&m, "aiop_prediction_batch_seconds_count") >= 1.0);
-    assert!(metric(&m, "aiop_finetune_final_loss{task=\"seg-macro\"}").is_finite());
+    assert!(m["aiop_finetune_final_loss{task=\"seg-macro\"}"].is_finite());
     assert!(metric(&m, "aiop_store_size_bytes") > 0.0);
     assert!(metric(&m, "aiop_task_files_accepted_total") >= 1.0);
     // The repeated prediction came from the cache.
