@@ -547,20 +547,30 @@ mod tests {
         taskfile::load(&t, &Limits::default()).unwrap()
     }
 
+    /// [`finetune`] from the embedded model, offered its companion when `both`.
+    fn tune(spec: &TaskSpec, both: bool) -> TaskModel {
+        let dev = Device::Cpu;
+        let base = BaseModel::Embedded;
+        let companion = if both {
+            base.load_plain(&dev).unwrap()
+        } else {
+            None
+        };
+        finetune(
+            spec,
+            base.load(&dev).unwrap(),
+            &base.describe(),
+            companion,
+            true,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn finetune_chooses_its_epochs_on_the_samples_by_default() {
         let dir = tempfile::tempdir().unwrap();
         let spec = task(dir.path(), "[finetune]\nepochs = 7\nseed = 5\n");
-        let dev = Device::Cpu;
-        let base = BaseModel::Embedded;
-        let a = finetune(
-            &spec,
-            base.load(&dev).unwrap(),
-            &base.describe(),
-            None,
-            true,
-        )
-        .unwrap();
+        let a = tune(&spec, false);
         let sel = a.meta.selection.as_ref().expect("epochs selected");
         // The defaults below the maximum, then the maximum itself.
         let tried: Vec<usize> = sel.scores.iter().map(|s| s.0).collect();
@@ -588,14 +598,7 @@ mod tests {
             dir.path(),
             "[finetune]\nepochs = 7\nseed = 5\ncalibrate = false\n",
         );
-        let c = finetune(
-            &raw_spec,
-            base.load(&dev).unwrap(),
-            &base.describe(),
-            None,
-            true,
-        )
-        .unwrap();
+        let c = tune(&raw_spec, false);
         assert!(c.meta.selection.is_some() && c.meta.calibration.is_none());
         assert_eq!(c.predict(&inputs, 8).unwrap(), raw);
         let trained = a.meta.train.as_ref().map_or(0, |r| r.epochs.len());
@@ -604,14 +607,7 @@ mod tests {
             assert_eq!(fingerprint(&a.trained).unwrap(), a.meta.base_fingerprint);
         }
         // Repeatable.
-        let b = finetune(
-            &spec,
-            base.load(&dev).unwrap(),
-            &base.describe(),
-            None,
-            true,
-        )
-        .unwrap();
+        let b = tune(&spec, false);
         assert_eq!(b.meta.selection, a.meta.selection);
         assert_eq!(
             fingerprint(&a.trained).unwrap(),
@@ -627,23 +623,8 @@ mod tests {
             "[finetune]\nepochs = 2\nseed = 5\nselect_epochs = false\n",
         );
         let dev = Device::Cpu;
-        let base = BaseModel::Embedded;
-        let a = finetune(
-            &spec,
-            base.load(&dev).unwrap(),
-            &base.describe(),
-            None,
-            true,
-        )
-        .unwrap();
-        let b = finetune(
-            &spec,
-            base.load(&dev).unwrap(),
-            &base.describe(),
-            None,
-            true,
-        )
-        .unwrap();
+        let a = tune(&spec, false);
+        let b = tune(&spec, false);
         assert_eq!(
             fingerprint(&a.trained).unwrap(),
             fingerprint(&b.trained).unwrap()
@@ -692,18 +673,11 @@ mod tests {
     fn zero_shot_changes_no_weight() {
         let dir = tempfile::tempdir().unwrap();
         let spec = task(dir.path(), "mode = \"zero-shot\"\n");
-        let dev = Device::Cpu;
-        let m = finetune(
-            &spec,
-            BaseModel::Embedded.load(&dev).unwrap(),
-            "embedded",
-            BaseModel::Embedded.load_plain(&dev).unwrap(),
-            true,
-        )
-        .unwrap();
+        let m = tune(&spec, true);
         assert_eq!(fingerprint(&m.trained).unwrap(), m.meta.base_fingerprint);
         assert!(m.meta.train.is_none() && m.meta.finetune.is_none());
         assert!(m.meta.fit.spearman.is_finite());
+        assert!(m.meta.final_loss.unwrap().is_finite());
         assert!(
             m.meta.scaler.flops_scaling,
             "zero-shot keeps the AIO-P model"
@@ -714,12 +688,13 @@ mod tests {
     fn finetune_keeps_whichever_of_the_model_and_its_companion_cross_validates_better() {
         let dir = tempfile::tempdir().unwrap();
         let spec = task(dir.path(), "[finetune]\nepochs = 5\nseed = 3\n");
-        let dev = Device::Cpu;
-        let base = BaseModel::Embedded;
-        let plain = || base.load_plain(&dev).unwrap().unwrap();
+        let (plain, plain_name) = BaseModel::Embedded
+            .load_plain(&Device::Cpu)
+            .unwrap()
+            .unwrap();
         // Each model alone.
-        let a = finetune(&spec, base.load(&dev).unwrap(), "aio", None, true).unwrap();
-        let p = finetune(&spec, plain().0, "plain", None, true).unwrap();
+        let a = tune(&spec, false);
+        let p = finetune(&spec, plain, &plain_name, None, true).unwrap();
         assert!(a.meta.scaler.flops_scaling && !p.meta.scaler.flops_scaling);
         let (sa, sp) = (
             a.meta.selection.clone().unwrap(),
@@ -727,14 +702,7 @@ mod tests {
         );
         // Both offered: the better held-out rank wins (ties: the base model), and the result is
         // exactly that model's own fine-tuning.
-        let both = finetune(
-            &spec,
-            base.load(&dev).unwrap(),
-            "aio",
-            Some((plain().0, "plain".into())),
-            true,
-        )
-        .unwrap();
+        let both = tune(&spec, true);
         let want = if sp.best_score() > sa.best_score() {
             &p
         } else {
@@ -753,15 +721,8 @@ mod tests {
             dir.path(),
             "[finetune]\nepochs = 5\nseed = 3\nchoose_transform = false\n",
         );
-        let o = finetune(
-            &off,
-            base.load(&dev).unwrap(),
-            "aio",
-            Some((plain().0, "plain".into())),
-            true,
-        )
-        .unwrap();
-        assert_eq!(o.meta.base_model, "aio");
+        let o = tune(&off, true);
+        assert_eq!(o.meta.base_model, a.meta.base_model);
         assert_eq!(o.meta.selection, a.meta.selection);
     }
 }
