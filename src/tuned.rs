@@ -276,14 +276,21 @@ impl TaskModel {
         graphs: &[(&GraphFeatures, f64)],
         batch_size: usize,
     ) -> Result<Vec<f64>, TunedError> {
-        let mut p = self
-            .trained
-            .predict_scaled(&self.meta.scaler, graphs, batch_size)
-            .map_err(|e| predictor_err(&self.meta.task, e))?;
-        if let Some(c) = &self.meta.calibration {
-            p.iter_mut().for_each(|v| *v = c.apply(*v));
-        }
-        Ok(p)
+        let feats: Vec<&GraphFeatures> = graphs.iter().map(|g| g.0).collect();
+        let z = predict_batched(
+            self.trained.regressor(),
+            &feats,
+            batch_size,
+            &self.trained.device,
+        )
+        .map_err(|e| predictor_err(&self.meta.task, e))?;
+        let gflops = graphs.iter().map(|g| g.1);
+        Ok(to_units(
+            &self.meta.scaler,
+            self.meta.calibration.as_ref(),
+            &z,
+            gflops,
+        ))
     }
 
     /// Write the model under `models/<name>/<version>/`, replacing a model of the same id.
@@ -378,6 +385,23 @@ fn prepare(spec: &TaskSpec, t: &Trained) -> Result<Vec<Labelled>, TunedError> {
         .collect()
 }
 
+/// Standardised predictions in the task's units: the scaler's inverse, then the calibration
+/// when there is one.
+fn to_units(
+    scaler: &TaskScaler,
+    calibration: Option<&Calibration>,
+    z: &[f32],
+    gflops: impl Iterator<Item = f64>,
+) -> Vec<f64> {
+    z.iter()
+        .zip(gflops)
+        .map(|(&z, g)| {
+            let v = scaler.inverse(z as f64, g);
+            calibration.map_or(v, |c| c.apply(v))
+        })
+        .collect()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -467,12 +491,15 @@ pub fn finetune(
             }
         }
     };
-    let inputs: Vec<(&GraphFeatures, f64)> =
-        data.iter().map(|d| (&*d.features, d.gflops)).collect();
-    let mut pred = base.predict_scaled(&scaler, &inputs, 256).map_err(perr)?;
-    if let Some(c) = &calibration {
-        pred.iter_mut().for_each(|v| *v = c.apply(*v));
-    }
+    // One pass over the samples serves the fit report and, where no epoch ran, the loss.
+    let feats: Vec<&GraphFeatures> = data.iter().map(|d| &*d.features).collect();
+    let z = predict_batched(base.regressor(), &feats, 256, &base.device).map_err(perr)?;
+    let pred = to_units(
+        &scaler,
+        calibration.as_ref(),
+        &z,
+        data.iter().map(|d| d.gflops),
+    );
     let fit = FitReport {
         spearman: crate::stats::spearman(&pred, &y),
         kendall: crate::stats::kendall(&pred, &y),
@@ -483,8 +510,6 @@ pub fn finetune(
     let final_loss = match report.as_ref().and_then(|r| r.epochs.last()) {
         Some(e) => e.train_mse,
         None => {
-            let feats: Vec<&GraphFeatures> = data.iter().map(|d| &*d.features).collect();
-            let z = predict_batched(base.regressor(), &feats, 256, &base.device).map_err(perr)?;
             let all: Vec<usize> = (0..data.len()).collect();
             let t = samples_of(&data, &all, &scaler);
             z.iter()

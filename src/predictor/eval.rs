@@ -21,7 +21,7 @@ use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
-use super::select::{select_epochs, EpochSelection, Labelled};
+use super::select::{select_epochs, EpochSelection, Labelled, SelectionReport};
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
 use super::PredictorError;
@@ -674,37 +674,10 @@ fn one_seed(
                 gflops: ex[i].gflops,
             })
             .collect();
-        let chosen = select_epochs(aio, &data, hib, &ft, &cfg.trainable, sel)?;
-        let t = aio.duplicate()?;
-        if chosen.epochs > 0 {
-            let tc = TrainConfig {
-                epochs: chosen.epochs,
-                ..ft.clone()
-            };
-            fit_on(&t, &s_aio, ex, &sp.fit, &tc, &cfg.trainable)?;
-        }
-        let z = z_scores(&t, ex, &sp.eval)?;
-        let units = to_units(&z, &s_aio, ex, &sp.eval);
-        let mut sc = score(seed, &units, &truth, true);
-        sc.epochs = Some(chosen.epochs);
-        out.push((FT_CV, sc));
+        // A copy of `base` fine-tuned for the chosen length, on the evaluation set in task
+        // units, then through the calibration fitted on that length's out-of-fold predictions.
         let y: Vec<f64> = data.iter().map(|d| d.value).collect();
-        let cal = Calibration::fit(&chosen.oof, &y)?;
-        let calibrated: Vec<f64> = units.iter().map(|&p| cal.apply(p)).collect();
-        let mut sc = score(seed, &calibrated, &truth, true);
-        sc.epochs = Some(chosen.epochs);
-        sc.form = Some(cal.form);
-        out.push((FT_CAL, sc));
-        if let Some((p, _)) = plain {
-            // The same selection over both pretrained models: the one whose best length
-            // ranks the held-out folds better (ties: AIO-P) is fine-tuned and calibrated.
-            let other = select_epochs(p, &data, hib, &ft, &cfg.trainable, sel)?;
-            let plain_won = other.best_score() > chosen.best_score();
-            let (base, s, chosen) = if plain_won {
-                (p, &s_plain, other)
-            } else {
-                (aio, &s_aio, chosen)
-            };
+        let tuned = |base: &Trained, s: &TaskScaler, chosen: &SelectionReport| {
             let t = base.duplicate()?;
             if chosen.epochs > 0 {
                 let tc = TrainConfig {
@@ -713,15 +686,35 @@ fn one_seed(
                 };
                 fit_on(&t, s, ex, &sp.fit, &tc, &cfg.trainable)?;
             }
-            let z = z_scores(&t, ex, &sp.eval)?;
+            let units = to_units(&z_scores(&t, ex, &sp.eval)?, s, ex, &sp.eval);
             let cal = Calibration::fit(&chosen.oof, &y)?;
-            let units: Vec<f64> = to_units(&z, s, ex, &sp.eval)
-                .into_iter()
-                .map(|p| cal.apply(p))
-                .collect();
-            let mut sc = score(seed, &units, &truth, true);
-            sc.epochs = Some(chosen.epochs);
-            sc.form = Some(cal.form);
+            let calibrated: Vec<f64> = units.iter().map(|&p| cal.apply(p)).collect();
+            Ok::<_, PredictorError>((units, calibrated, cal.form))
+        };
+        let chosen = select_epochs(aio, &data, hib, &ft, &cfg.trainable, sel)?;
+        let (units, calibrated, form) = tuned(aio, &s_aio, &chosen)?;
+        let mut sc = score(seed, &units, &truth, true);
+        sc.epochs = Some(chosen.epochs);
+        out.push((FT_CV, sc));
+        let mut cal_sc = score(seed, &calibrated, &truth, true);
+        cal_sc.epochs = Some(chosen.epochs);
+        cal_sc.form = Some(form);
+        out.push((FT_CAL, cal_sc));
+        if let Some((p, _)) = plain {
+            // The same selection over both pretrained models: the one whose best length
+            // ranks the held-out folds better (ties: AIO-P) is fine-tuned and calibrated;
+            // when that is AIO-P, the result is the `cv cal` one just measured.
+            let other = select_epochs(p, &data, hib, &ft, &cfg.trainable, sel)?;
+            let plain_won = other.best_score() > chosen.best_score();
+            let mut sc = if plain_won {
+                let (_, calibrated, form) = tuned(p, &s_plain, &other)?;
+                let mut sc = score(seed, &calibrated, &truth, true);
+                sc.epochs = Some(other.epochs);
+                sc.form = Some(form);
+                sc
+            } else {
+                cal_sc
+            };
             sc.no_transform = Some(plain_won);
             out.push((BOTH_CAL, sc));
         }
