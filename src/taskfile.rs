@@ -186,8 +186,27 @@ pub struct FinetuneSpec {
     pub select_epochs: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibrate: Option<bool>,
+    /// The older spelling of `companion`: true is `choose`, false `off` (kept so that task
+    /// files and stored task versions that use it still read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choose_transform: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion: Option<Companion>,
+}
+
+/// What fine-tuning does with the base model's no-transform companion (the same encoder
+/// pretrained without Eq. 5's FLOPs scaling), when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Companion {
+    /// Fine-tune both (each for its own cross-validated length) and predict with the mean of
+    /// their predictions in the task's units.
+    Average,
+    /// Fine-tune whichever ranks the held-out samples better.
+    Choose,
+    /// The base model only (and what sidecars written before this setting existed mean).
+    #[default]
+    Off,
 }
 
 /// Fine-tuning settings with every default filled in.
@@ -207,11 +226,11 @@ pub struct Finetune {
     /// changes their order). False in sidecars written before it existed.
     #[serde(default)]
     pub calibrate: bool,
-    /// With `select_epochs`, cross-validate the base model's no-transform companion too (when
-    /// there is one) and fine-tune whichever ranks the held-out samples better. False in
-    /// sidecars written before it existed.
+    /// With `select_epochs`, what to do with the base model's no-transform companion (when
+    /// there is one): average it with the base model, choose between them, or leave it out.
+    /// `off` in sidecars written before it existed.
     #[serde(default)]
-    pub choose_transform: bool,
+    pub companion: Companion,
 }
 
 impl FinetuneSpec {
@@ -224,7 +243,18 @@ impl FinetuneSpec {
             seed: self.seed.unwrap_or(0),
             select_epochs: self.select_epochs.unwrap_or(true),
             calibrate: self.calibrate.unwrap_or(true),
-            choose_transform: self.choose_transform.unwrap_or(true),
+            companion: self
+                .companion
+                .or(self.choose_transform.map(
+                    |c| {
+                        if c {
+                            Companion::Choose
+                        } else {
+                            Companion::Off
+                        }
+                    },
+                ))
+                .unwrap_or(Companion::Average),
         }
     }
 }
@@ -422,6 +452,7 @@ struct RawFinetune {
     select_epochs: Option<bool>,
     calibrate: Option<bool>,
     choose_transform: Option<bool>,
+    companion: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -704,6 +735,31 @@ fn parse_finetune(
             format!("{} is outside {min}..={max}", x.get_ref()),
         )),
     };
+    let companion = match &f.companion {
+        None => None,
+        Some(c) => {
+            let v = match c.get_ref().as_str() {
+                "average" => Companion::Average,
+                "choose" => Companion::Choose,
+                "off" => Companion::Off,
+                other => {
+                    return Err(field_err(
+                        "finetune.companion",
+                        c.span(),
+                        format!("'{other}' is not one of average, choose, off"),
+                    ))
+                }
+            };
+            if f.choose_transform.is_some() {
+                return Err(field_err(
+                    "finetune.companion",
+                    c.span(),
+                    "give companion or the older choose_transform, not both".into(),
+                ));
+            }
+            Some(v)
+        }
+    };
     let lr = match &f.lr {
         None => None,
         Some(x) if x.get_ref().is_finite() && *x.get_ref() > 0.0 && *x.get_ref() <= 1.0 => {
@@ -725,6 +781,7 @@ fn parse_finetune(
         select_epochs: f.select_epochs,
         calibrate: f.calibrate,
         choose_transform: f.choose_transform,
+        companion,
     })
 }
 
@@ -1029,6 +1086,11 @@ mod tests {
             ("batch_size = 5000", "finetune.batch_size"),
             ("lr = nan", "finetune.lr"),
             ("seed = -1", "finetune.seed"),
+            ("companion = \"both\"", "finetune.companion"),
+            (
+                "companion = \"off\"\nchoose_transform = true",
+                "finetune.companion",
+            ),
         ] {
             let e = err(&format!("{GOOD}[finetune]\n{bad}\n"), &good_csv());
             assert_eq!((e.line(), e.field()), (Some(6), Some(field)), "{e}");
@@ -1049,6 +1111,18 @@ mod tests {
         assert_ne!(tuned.hash, plain.hash);
         let f = tuned.finetune.unwrap().resolved();
         assert_eq!((f.epochs, f.batch_size, f.lr, f.seed), (3, 1, 0.001, 0));
+        assert_eq!(f.companion, Companion::Average);
+        // The older spelling still reads; the new one wins where both could apply.
+        for (table, want) in [
+            ("choose_transform = true", Companion::Choose),
+            ("choose_transform = false", Companion::Off),
+            ("companion = \"choose\"", Companion::Choose),
+            ("companion = \"off\"", Companion::Off),
+        ] {
+            let (_d3, t3) = setup(&format!("{GOOD}[finetune]\n{table}\n"), &good_csv());
+            let f = load(&t3, &Limits::default()).unwrap().finetune.unwrap();
+            assert_eq!(f.resolved().companion, want, "{table}");
+        }
         // A snapshot reads back to the same spec; a tampered one is refused.
         for spec in [&plain, &tuned] {
             assert_eq!(&TaskSpec::from_snapshot(&spec.snapshot()).unwrap(), spec);

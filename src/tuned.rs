@@ -38,7 +38,7 @@ use crate::predictor::select::{
 use crate::predictor::train::{predict_batched, train, TrainConfig, TrainReport};
 use crate::predictor::transform::{gflops, TaskScaler};
 use crate::predictor::{shipped, Device, PredictorError};
-use crate::taskfile::{Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
+use crate::taskfile::{Companion, Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
 
 /// Fewest samples for choosing the number of epochs by cross-validation (fewer: the fixed
 /// `epochs` are trained).
@@ -198,8 +198,12 @@ pub struct TunedMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
     pub train: Option<TrainReport>,
-    /// Training MSE (standardised units) of the last epoch, or of the model as it stands when
-    /// no epoch ran (None only in sidecars written before that).
+    /// The no-transform companion averaged with the model (`companion = "average"`); its
+    /// weights are in `companion/` of the model folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion: Option<CompanionMeta>,
+    /// MSE on the samples (standardised units) of the model as it stands after fine-tuning,
+    /// averaged over the members (None only in sidecars written before it was always set).
     pub final_loss: Option<f64>,
     pub fit: FitReport,
     pub seconds: f64,
@@ -215,11 +219,32 @@ impl TunedMeta {
     }
 }
 
+/// The second member of an averaged task model: the base model's no-transform companion,
+/// fine-tuned on the same samples for its own cross-validated length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionMeta {
+    /// [`BaseModel::describe`]-style name of the companion it started from.
+    pub base_model: String,
+    /// [`fingerprint`] of that companion.
+    pub base_fingerprint: String,
+    /// Its own statistics of the samples (without Eq. 5's FLOPs scaling).
+    pub scaler: TaskScaler,
+    /// Its epoch selection; its out-of-fold predictions enter the calibration's fit.
+    pub selection: SelectionReport,
+    pub train: Option<TrainReport>,
+}
+
 /// A task model: weights and sidecar.
 pub struct TaskModel {
     pub trained: Trained,
+    /// The averaged companion's weights, exactly when `meta.companion` is set.
+    pub companion: Option<Trained>,
     pub meta: TunedMeta,
 }
+
+/// Sub-folder of a model folder holding the averaged companion's checkpoint.
+pub const COMPANION_DIR: &str = "companion";
 
 /// Check a model id (`<name>/<32 hex>`) and return its folder under `models`.
 pub fn id_dir(models: &Path, id: &str) -> Result<PathBuf, TunedError> {
@@ -262,7 +287,18 @@ impl TaskModel {
             message: e.to_string(),
         })?;
         let trained = Trained::load(dir, device).map_err(|e| predictor_err(&meta.task, e))?;
-        Ok(TaskModel { trained, meta })
+        let companion = match meta.companion {
+            None => None,
+            Some(_) => Some(
+                Trained::load(&dir.join(COMPANION_DIR), device)
+                    .map_err(|e| predictor_err(&meta.task, e))?,
+            ),
+        };
+        Ok(TaskModel {
+            trained,
+            companion,
+            meta,
+        })
     }
 
     /// The model `id` under `models`.
@@ -277,20 +313,14 @@ impl TaskModel {
         batch_size: usize,
     ) -> Result<Vec<f64>, TunedError> {
         let feats: Vec<&GraphFeatures> = graphs.iter().map(|g| g.0).collect();
-        let z = predict_batched(
-            self.trained.regressor(),
-            &feats,
-            batch_size,
-            &self.trained.device,
-        )
-        .map_err(|e| predictor_err(&self.meta.task, e))?;
-        let gflops = graphs.iter().map(|g| g.1);
-        Ok(to_units(
-            &self.meta.scaler,
-            self.meta.calibration.as_ref(),
-            &z,
-            gflops,
-        ))
+        let gflops: Vec<f64> = graphs.iter().map(|g| g.1).collect();
+        let mut members = vec![(&self.trained, &self.meta.scaler)];
+        if let (Some(t), Some(m)) = (&self.companion, &self.meta.companion) {
+            members.push((t, &m.scaler));
+        }
+        let (units, _) = ensemble(&members, &feats, &gflops, batch_size)
+            .map_err(|e| predictor_err(&self.meta.task, e))?;
+        Ok(calibrated(units, self.meta.calibration.as_ref()))
     }
 
     /// Write the model under `models/<name>/<version>/`, replacing a model of the same id.
@@ -304,6 +334,10 @@ impl TaskModel {
         self.trained
             .save(&tmp)
             .map_err(|e| predictor_err(&self.meta.task, e))?;
+        if let Some(c) = &self.companion {
+            c.save(&tmp.join(COMPANION_DIR))
+                .map_err(|e| predictor_err(&self.meta.task, e))?;
+        }
         let side = tmp.join(SIDECAR);
         let json = serde_json::to_string_pretty(&self.meta).expect("the sidecar serialises");
         std::fs::write(&side, json + "\n").map_err(io_err(&side))?;
@@ -385,21 +419,55 @@ fn prepare(spec: &TaskSpec, t: &Trained) -> Result<Vec<Labelled>, TunedError> {
         .collect()
 }
 
-/// Standardised predictions in the task's units: the scaler's inverse, then the calibration
-/// when there is one.
-fn to_units(
+/// The members' predictions (each through its own scaler's inverse) averaged in the task's
+/// units, and each member's standardised predictions.
+fn ensemble(
+    members: &[(&Trained, &TaskScaler)],
+    feats: &[&GraphFeatures],
+    gflops: &[f64],
+    batch_size: usize,
+) -> Result<(Vec<f64>, Vec<Vec<f32>>), PredictorError> {
+    let mut units = vec![0.0; feats.len()];
+    let mut zs = Vec::with_capacity(members.len());
+    for (t, scaler) in members {
+        let z = predict_batched(t.regressor(), feats, batch_size, &t.device)?;
+        for ((u, &z), &g) in units.iter_mut().zip(&z).zip(gflops) {
+            *u += scaler.inverse(z as f64, g) / members.len() as f64;
+        }
+        zs.push(z);
+    }
+    Ok((units, zs))
+}
+
+/// Predictions through the calibration, when there is one.
+fn calibrated(units: Vec<f64>, calibration: Option<&Calibration>) -> Vec<f64> {
+    match calibration {
+        None => units,
+        Some(c) => units.into_iter().map(|v| c.apply(v)).collect(),
+    }
+}
+
+/// Fine-tune `t` on all of `data` for `epochs` (none: keep it as it is).
+fn fit_member(
+    t: &Trained,
+    data: &[Labelled],
     scaler: &TaskScaler,
-    calibration: Option<&Calibration>,
-    z: &[f32],
-    gflops: impl Iterator<Item = f64>,
-) -> Vec<f64> {
-    z.iter()
-        .zip(gflops)
-        .map(|(&z, g)| {
-            let v = scaler.inverse(z as f64, g);
-            calibration.map_or(v, |c| c.apply(v))
-        })
-        .collect()
+    tc: &TrainConfig,
+    epochs: usize,
+    prefixes: &[String],
+    quiet: bool,
+) -> Result<Option<TrainReport>, PredictorError> {
+    if epochs == 0 {
+        return Ok(None);
+    }
+    let tc = TrainConfig {
+        epochs,
+        ..tc.clone()
+    };
+    let vars = t.trainable_vars(prefixes)?;
+    let all: Vec<usize> = (0..data.len()).collect();
+    let samples = samples_of(data, &all, scaler);
+    train(t.regressor(), &vars, &samples, &tc, quiet, &t.device).map(Some)
 }
 
 fn now_ms() -> u64 {
@@ -409,10 +477,11 @@ fn now_ms() -> u64 {
 }
 
 /// Carry `base` (described by `base_name`) to the task `spec`: fit its statistics on the
-/// samples and, unless the task is zero-shot, fine-tune on them. With the epochs selected and
-/// `choose_transform`, `companion` (the base's no-transform twin and its name, see
-/// [`BaseModel::load_plain`]) is cross-validated too and replaces `base` when its chosen length
-/// ranks the held-out samples better. `quiet` hides the progress bar.
+/// samples and, unless the task is zero-shot, fine-tune on them. With the epochs selected,
+/// `companion` (the base's no-transform twin and its name, see [`BaseModel::load_plain`]) is
+/// cross-validated too and, as the task's `companion` setting says, fine-tuned and averaged
+/// with `base` or put in its place when its chosen length ranks the held-out samples better.
+/// `quiet` hides the progress bar.
 pub fn finetune(
     spec: &TaskSpec,
     mut base: Trained,
@@ -427,11 +496,12 @@ pub fn finetune(
     let data = prepare(spec, &base)?;
     let y: Vec<f64> = data.iter().map(|d| d.value).collect();
     let gf: Vec<f64> = data.iter().map(|d| d.gflops).collect();
-    let mut scaler =
-        TaskScaler::fit_with(&y, &gf, spec.higher_is_better, base.flops_scaling()).map_err(perr)?;
+    let hib = spec.higher_is_better;
+    let mut scaler = TaskScaler::fit_with(&y, &gf, hib, base.flops_scaling()).map_err(perr)?;
     let settings = spec.finetune.unwrap_or_default().resolved();
     let mut selection = None;
     let mut calibration = None;
+    let mut second: Option<(Trained, CompanionMeta)> = None;
     let report = match spec.mode {
         Mode::ZeroShot => None,
         Mode::Finetune => {
@@ -451,81 +521,90 @@ pub fn finetune(
                     d.candidates.into_iter().filter(|&e| e < epochs).collect();
                 candidates.push(epochs);
                 let sel = EpochSelection { candidates, ..d };
-                let mut r =
-                    select_epochs(&base, &data, spec.higher_is_better, &tc, &prefixes, &sel)
-                        .map_err(perr)?;
+                let mut r = select_epochs(&base, &data, hib, &tc, &prefixes, &sel).map_err(perr)?;
                 // The companion reads the same features (else it is not a candidate).
                 let companion = companion.filter(|(p, _)| {
-                    settings.choose_transform
+                    settings.companion != Companion::Off
                         && p.model.config.features() == base.model.config.features()
                 });
+                let mut oof = r.oof.clone();
                 if let Some((p, name)) = companion {
-                    let rp = select_epochs(&p, &data, spec.higher_is_better, &tc, &prefixes, &sel)
-                        .map_err(perr)?;
-                    if rp.best_score() > r.best_score() {
-                        base_fingerprint = fingerprint(&p).map_err(perr)?;
-                        scaler =
-                            TaskScaler::fit_with(&y, &gf, spec.higher_is_better, p.flops_scaling())
-                                .map_err(perr)?;
-                        base = p;
-                        base_name = name;
+                    let rp = select_epochs(&p, &data, hib, &tc, &prefixes, &sel).map_err(perr)?;
+                    let ps = TaskScaler::fit_with(&y, &gf, hib, p.flops_scaling()).map_err(perr)?;
+                    let fp = fingerprint(&p).map_err(perr)?;
+                    if settings.companion == Companion::Average {
+                        // Calibrated on what the average predicts out of fold.
+                        oof = r
+                            .oof
+                            .iter()
+                            .zip(&rp.oof)
+                            .map(|(a, b)| (a + b) / 2.0)
+                            .collect();
+                        let train = fit_member(&p, &data, &ps, &tc, rp.epochs, &prefixes, quiet)
+                            .map_err(perr)?;
+                        let meta = CompanionMeta {
+                            base_model: name,
+                            base_fingerprint: fp,
+                            scaler: ps,
+                            selection: rp,
+                            train,
+                        };
+                        second = Some((p, meta));
+                    } else if rp.best_score() > r.best_score() {
+                        (base, base_name, base_fingerprint, scaler) = (p, name, fp, ps);
+                        oof = rp.oof.clone();
                         r = rp;
                     }
                 }
                 epochs = r.epochs;
                 if settings.calibrate {
-                    calibration = Some(Calibration::fit(&r.oof, &y).map_err(perr)?);
+                    calibration = Some(Calibration::fit(&oof, &y).map_err(perr)?);
                 }
                 selection = Some(r);
             }
-            if epochs == 0 {
-                None
-            } else {
-                let tc = TrainConfig { epochs, ..tc };
-                let vars = base.trainable_vars(&prefixes).map_err(perr)?;
-                let all: Vec<usize> = (0..data.len()).collect();
-                let samples = samples_of(&data, &all, &scaler);
-                let r = train(base.regressor(), &vars, &samples, &tc, quiet, &base.device)
-                    .map_err(perr)?;
-                Some(r)
-            }
+            fit_member(&base, &data, &scaler, &tc, epochs, &prefixes, quiet).map_err(perr)?
         }
     };
-    // One pass over the samples serves the fit report and, where no epoch ran, the loss.
+    // One pass over the samples serves the fit report and the loss.
     let feats: Vec<&GraphFeatures> = data.iter().map(|d| &*d.features).collect();
-    let z = predict_batched(base.regressor(), &feats, 256, &base.device).map_err(perr)?;
-    let pred = to_units(
-        &scaler,
-        calibration.as_ref(),
-        &z,
-        data.iter().map(|d| d.gflops),
-    );
+    let mut members = vec![(&base, &scaler)];
+    if let Some((t, m)) = &second {
+        members.push((t, &m.scaler));
+    }
+    let (units, zs) = ensemble(&members, &feats, &gf, 256).map_err(perr)?;
+    let pred = calibrated(units, calibration.as_ref());
     let fit = FitReport {
         spearman: crate::stats::spearman(&pred, &y),
         kendall: crate::stats::kendall(&pred, &y),
         mae: crate::stats::mae(&pred, &y),
     };
-    // The last epoch's training MSE, or where no epoch ran (zero-shot, or 0 epochs chosen)
-    // the MSE of the model as it stands, so that the loss gauge always has a value.
-    let final_loss = match report.as_ref().and_then(|r| r.epochs.last()) {
-        Some(e) => e.train_mse,
-        None => {
-            let all: Vec<usize> = (0..data.len()).collect();
-            let t = samples_of(&data, &all, &scaler);
+    let final_loss = members
+        .iter()
+        .zip(&zs)
+        .map(|((_, s), z)| {
             z.iter()
-                .zip(&t)
-                .map(|(&z, s)| (z as f64 - s.target as f64).powi(2))
+                .zip(&data)
+                .map(|(&z, d)| (z as f64 - s.forward(d.value, d.gflops)).powi(2))
                 .sum::<f64>()
                 / data.len().max(1) as f64
+        })
+        .sum::<f64>()
+        / members.len() as f64;
+    let report_tag = serde_json::json!({"task": spec.name, "version": spec.hash});
+    base.meta.report = Some(report_tag.clone());
+    let (companion_trained, companion_meta) = match second {
+        Some((mut t, m)) => {
+            t.meta.report = Some(report_tag);
+            (Some(t), Some(m))
         }
+        None => (None, None),
     };
-    base.meta.report = Some(serde_json::json!({"task": spec.name, "version": spec.hash}));
     let meta = TunedMeta {
         format_version: FORMAT_VERSION,
         task: spec.name.clone(),
         version: spec.hash.clone(),
         space: spec.space,
-        higher_is_better: spec.higher_is_better,
+        higher_is_better: hib,
         mode: spec.mode,
         scaler,
         base_model: base_name,
@@ -534,6 +613,7 @@ pub fn finetune(
         finetune: (spec.mode == Mode::Finetune).then_some(settings),
         selection,
         calibration,
+        companion: companion_meta,
         final_loss: Some(final_loss),
         train: report,
         fit,
@@ -542,6 +622,7 @@ pub fn finetune(
     };
     Ok(TaskModel {
         trained: base,
+        companion: companion_trained,
         meta,
     })
 }
@@ -570,6 +651,15 @@ mod tests {
         )
         .unwrap();
         taskfile::load(&t, &Limits::default()).unwrap()
+    }
+
+    /// Each sample's features and GFLOPs, as `predict` takes them.
+    fn sample_features(spec: &TaskSpec, t: &Trained) -> Vec<(GraphFeatures, f64)> {
+        prepare(spec, t)
+            .unwrap()
+            .iter()
+            .map(|d| ((*d.features).clone(), d.gflops))
+            .collect()
     }
 
     /// [`finetune`] from the embedded model, offered its companion when `both`.
@@ -607,11 +697,7 @@ mod tests {
         let y: Vec<f64> = spec.samples.iter().map(|s| s.value).collect();
         let cal = a.meta.calibration.expect("calibrated by default");
         assert_eq!(cal, Calibration::fit(&sel.oof, &y).unwrap());
-        let feats: Vec<(GraphFeatures, f64)> = prepare(&spec, &a.trained)
-            .unwrap()
-            .iter()
-            .map(|d| ((*d.features).clone(), d.gflops))
-            .collect();
+        let feats = sample_features(&spec, &a.trained);
         let inputs: Vec<(&GraphFeatures, f64)> = feats.iter().map(|(f, g)| (f, *g)).collect();
         let raw = a
             .trained
@@ -710,9 +796,15 @@ mod tests {
     }
 
     #[test]
-    fn finetune_keeps_whichever_of_the_model_and_its_companion_cross_validates_better() {
+    fn finetune_averages_or_chooses_the_model_and_its_companion() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = task(dir.path(), "[finetune]\nepochs = 5\nseed = 3\n");
+        let spec_with = |c: &str| {
+            task(
+                dir.path(),
+                &format!("[finetune]\nepochs = 5\nseed = 3\n{c}"),
+            )
+        };
+        let spec = spec_with("");
         let (plain, plain_name) = BaseModel::Embedded
             .load_plain(&Device::Cpu)
             .unwrap()
@@ -725,28 +817,76 @@ mod tests {
             a.meta.selection.clone().unwrap(),
             p.meta.selection.clone().unwrap(),
         );
-        // Both offered: the better held-out rank wins (ties: the base model), and the result is
-        // exactly that model's own fine-tuning.
+        let feats = sample_features(&spec, &a.trained);
+        let inputs: Vec<(&GraphFeatures, f64)> = feats.iter().map(|(f, g)| (f, *g)).collect();
+        let y: Vec<f64> = spec.samples.iter().map(|s| s.value).collect();
+
+        // By default both are fine-tuned, each exactly as alone, and averaged in task units;
+        // the calibration is fitted on the average's out-of-fold predictions.
         let both = tune(&spec, true);
+        assert_eq!(both.meta.selection.as_ref(), Some(&sa));
+        assert_eq!(both.meta.scaler, a.meta.scaler);
+        let c = both.meta.companion.as_ref().expect("averaged");
+        assert_eq!((&c.selection, &c.scaler), (&sp, &p.meta.scaler));
+        assert_eq!(c.base_model, p.meta.base_model);
+        let ct = both.companion.as_ref().unwrap();
+        assert_eq!(
+            fingerprint(&both.trained).unwrap(),
+            fingerprint(&a.trained).unwrap()
+        );
+        assert_eq!(fingerprint(ct).unwrap(), fingerprint(&p.trained).unwrap());
+        let oof: Vec<f64> = sa
+            .oof
+            .iter()
+            .zip(&sp.oof)
+            .map(|(x, z)| (x + z) / 2.0)
+            .collect();
+        let cal = Calibration::fit(&oof, &y).unwrap();
+        assert_eq!(both.meta.calibration.as_ref(), Some(&cal));
+        let ra = a
+            .trained
+            .predict_scaled(&a.meta.scaler, &inputs, 8)
+            .unwrap();
+        let rp = p
+            .trained
+            .predict_scaled(&p.meta.scaler, &inputs, 8)
+            .unwrap();
+        let want: Vec<f64> = ra
+            .iter()
+            .zip(&rp)
+            .map(|(x, z)| cal.apply(x / 2.0 + z / 2.0))
+            .collect();
+        let got = both.predict(&inputs, 8).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-9, "{g} vs {w}");
+        }
+        // Saved and read back, it predicts the same.
+        let models = dir.path().join("models");
+        both.save(&models).unwrap();
+        let back = TaskModel::load_id(&models, &both.meta.id(), &Device::Cpu).unwrap();
+        assert_eq!(back.meta, both.meta);
+        assert_eq!(back.predict(&inputs, 8).unwrap(), got);
+
+        // "choose": the better held-out rank wins (ties: the base model), and the result is
+        // exactly that model's own fine-tuning.
+        let chosen = tune(&spec_with("companion = \"choose\"\n"), true);
         let want = if sp.best_score() > sa.best_score() {
             &p
         } else {
             &a
         };
-        assert_eq!(both.meta.base_model, want.meta.base_model);
-        assert_eq!(both.meta.base_fingerprint, want.meta.base_fingerprint);
-        assert_eq!(both.meta.scaler, want.meta.scaler);
-        assert_eq!(both.meta.selection, want.meta.selection);
+        assert!(chosen.companion.is_none() && chosen.meta.companion.is_none());
+        assert_eq!(chosen.meta.base_model, want.meta.base_model);
+        assert_eq!(chosen.meta.base_fingerprint, want.meta.base_fingerprint);
+        assert_eq!(chosen.meta.scaler, want.meta.scaler);
+        assert_eq!(chosen.meta.selection, want.meta.selection);
         assert_eq!(
-            fingerprint(&both.trained).unwrap(),
+            fingerprint(&chosen.trained).unwrap(),
             fingerprint(&want.trained).unwrap()
         );
         // Switched off: the base model, whatever the companion would score.
-        let off = task(
-            dir.path(),
-            "[finetune]\nepochs = 5\nseed = 3\nchoose_transform = false\n",
-        );
-        let o = tune(&off, true);
+        let o = tune(&spec_with("companion = \"off\"\n"), true);
+        assert!(o.meta.companion.is_none());
         assert_eq!(o.meta.base_model, a.meta.base_model);
         assert_eq!(o.meta.selection, a.meta.selection);
     }

@@ -43,6 +43,10 @@ pub struct ExperimentArgs {
     /// never have seen a task of the searched space (checked).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A second pretrained predictor (e.g. `--model`'s no-transform companion) fine-tuned
+    /// beside it; the surrogate is the mean of the two (`predictor`; checked like `--model`).
+    #[arg(long)]
+    pub companion: Option<PathBuf>,
     /// Fine-tuning updates per round of the `predictor` method.
     #[arg(long, default_value_t = 400)]
     pub surrogate_steps: usize,
@@ -133,12 +137,12 @@ fn predictor_search(
     task: Task,
     ks: &[usize],
     seed: u64,
-    model: &aiop::predictor::checkpoint::Trained,
+    models: &[aiop::predictor::checkpoint::Trained],
     a: &ExperimentArgs,
     table: &TableFitness,
 ) -> anyhow::Result<Vec<(String, f64)>> {
     use aiop::search::active::active_search;
-    use aiop::search::surrogate::{PredictorSurrogate, SurrogateConfig};
+    use aiop::search::surrogate::{MeanSurrogate, PredictorSurrogate, SurrogateConfig};
     let k_max = ks.iter().copied().max().unwrap_or(0);
     let spec = ActiveSpec {
         space: Some(space),
@@ -155,7 +159,11 @@ fn predictor_search(
         seed,
         ..SurrogateConfig::default()
     };
-    let mut surrogate = PredictorSurrogate::new(model, cfg)?;
+    let members = models
+        .iter()
+        .map(|m| PredictorSurrogate::new(m, cfg.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut surrogate = MeanSurrogate(members);
     let mut oracle = table.clone();
     let r = active_search(&spec, &mut surrogate, &mut oracle, &AtomicBool::new(false))?;
     ks.iter()
@@ -171,23 +179,22 @@ fn predictor_search(
 
 pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     let space = SpaceId::from_name(&a.space)?;
-    let model = if a.methods.iter().any(|m| m == "predictor") {
-        let t = crate::cmd::predictor::load_model(
-            a.model.as_deref(),
-            &aiop::predictor::default_device(),
-        )?;
-        if let Some(k) = t.meta.stats.keys().find(|k| k.space == space) {
-            anyhow::bail!(
-                "the predictor was pretrained on {k}: a model for searching {} must not have \
-                 seen that space's labels (pretrain one without it, e.g. `aiop eval \
-                 --pretrained DIR` of the unseen-space protocol, or `aiop pretrain --tasks`)",
-                space.name()
-            );
+    let mut models = Vec::new();
+    if a.methods.iter().any(|m| m == "predictor") {
+        let dirs = std::iter::once(a.model.as_deref()).chain(a.companion.as_deref().map(Some));
+        for dir in dirs {
+            let t = crate::cmd::predictor::load_model(dir, &aiop::predictor::default_device())?;
+            if let Some(k) = t.meta.stats.keys().find(|k| k.space == space) {
+                anyhow::bail!(
+                    "the predictor was pretrained on {k}: a model for searching {} must not \
+                     have seen that space's labels (pretrain one without it, e.g. `aiop eval \
+                     --pretrained DIR` of the unseen-space protocol, or `aiop pretrain --tasks`)",
+                    space.name()
+                );
+            }
+            models.push(t);
         }
-        Some(t)
-    } else {
-        None
-    };
+    }
     let mut runs = Vec::new();
     let mut summaries = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -208,9 +215,9 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
             // Per seed, the best (arch, true label) at every k.
             let seeds: Vec<u64> = (0..a.seeds).collect();
             let per_seed: Vec<Vec<(String, f64)>> =
-                aiop::pool::parallel(&seeds, a.threads, |&seed| match (method.as_str(), &model) {
-                    ("predictor", Some(m)) => {
-                        predictor_search(space, task, &a.queries, seed, m, &a, &table)
+                aiop::pool::parallel(&seeds, a.threads, |&seed| match method.as_str() {
+                    "predictor" => {
+                        predictor_search(space, task, &a.queries, seed, &models, &a, &table)
                     }
                     _ => a
                         .queries

@@ -228,6 +228,10 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             "base_model": m.meta.base_model,
             "scaler": m.meta.scaler,
             "epochs_chosen": m.meta.selection.as_ref().map(|s| s.epochs),
+            "companion": m.meta.companion.as_ref().map(|c| serde_json::json!({
+                "base_model": c.base_model,
+                "epochs_chosen": c.selection.epochs,
+            })),
             "calibration": m.meta.calibration,
             "seconds": m.meta.seconds,
         })

@@ -285,6 +285,8 @@ pub const FT: &str = "aio-p ft-20";
 pub const FT_CV: &str = "aio-p ft-20 cv";
 pub const FT_CAL: &str = "aio-p ft-20 cv cal";
 pub const BOTH_CAL: &str = "either ft-20 cv cal";
+pub const MEAN_CAL: &str = "mean ft-20 cv cal";
+pub const PICK_CAL: &str = "pick ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -516,6 +518,8 @@ pub fn run(
             FT_CV,
             FT_CAL,
             BOTH_CAL,
+            MEAN_CAL,
+            PICK_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -675,7 +679,7 @@ fn one_seed(
             })
             .collect();
         // A copy of `base` fine-tuned for the chosen length, on the evaluation set in task
-        // units, then through the calibration fitted on that length's out-of-fold predictions.
+        // units; calibrated by a line fitted on out-of-fold predictions `oof`.
         let y: Vec<f64> = data.iter().map(|d| d.value).collect();
         let tuned = |base: &Trained, s: &TaskScaler, chosen: &SelectionReport| {
             let t = base.duplicate()?;
@@ -686,28 +690,32 @@ fn one_seed(
                 };
                 fit_on(&t, s, ex, &sp.fit, &tc, &cfg.trainable)?;
             }
-            let units = to_units(&z_scores(&t, ex, &sp.eval)?, s, ex, &sp.eval);
-            let cal = Calibration::fit(&chosen.oof, &y)?;
-            let calibrated: Vec<f64> = units.iter().map(|&p| cal.apply(p)).collect();
-            Ok::<_, PredictorError>((units, calibrated, cal.form))
+            Ok::<_, PredictorError>(to_units(&z_scores(&t, ex, &sp.eval)?, s, ex, &sp.eval))
+        };
+        let calibrate = |units: &[f64], oof: &[f64]| {
+            let cal = Calibration::fit(oof, &y)?;
+            let v: Vec<f64> = units.iter().map(|&p| cal.apply(p)).collect();
+            Ok::<_, PredictorError>((v, cal.form))
         };
         let chosen = select_epochs(aio, &data, hib, &ft, &cfg.trainable, sel)?;
-        let (units, calibrated, form) = tuned(aio, &s_aio, &chosen)?;
+        let units = tuned(aio, &s_aio, &chosen)?;
         let mut sc = score(seed, &units, &truth, true);
         sc.epochs = Some(chosen.epochs);
         out.push((FT_CV, sc));
+        let (calibrated, form) = calibrate(&units, &chosen.oof)?;
         let mut cal_sc = score(seed, &calibrated, &truth, true);
         cal_sc.epochs = Some(chosen.epochs);
         cal_sc.form = Some(form);
         out.push((FT_CAL, cal_sc));
         if let Some((p, _)) = plain {
-            // The same selection over both pretrained models: the one whose best length
-            // ranks the held-out folds better (ties: AIO-P) is fine-tuned and calibrated;
-            // when that is AIO-P, the result is the `cv cal` one just measured.
+            // The same selection over the no-transform model, then both ways of using it:
+            // the one whose best length ranks the held-out folds better (ties: AIO-P), and
+            // the mean of both in task units, calibrated on the mean's out-of-fold predictions.
             let other = select_epochs(p, &data, hib, &ft, &cfg.trainable, sel)?;
+            let plain_units = tuned(p, &s_plain, &other)?;
             let plain_won = other.best_score() > chosen.best_score();
             let mut sc = if plain_won {
-                let (_, calibrated, form) = tuned(p, &s_plain, &other)?;
+                let (calibrated, form) = calibrate(&plain_units, &other.oof)?;
                 let mut sc = score(seed, &calibrated, &truth, true);
                 sc.epochs = Some(other.epochs);
                 sc.form = Some(form);
@@ -717,6 +725,41 @@ fn one_seed(
             };
             sc.no_transform = Some(plain_won);
             out.push((BOTH_CAL, sc));
+            let mean = |a: &[f64], b: &[f64]| -> Vec<f64> {
+                a.iter().zip(b).map(|(x, z)| (x + z) / 2.0).collect()
+            };
+            let (mean_units, mean_oof) =
+                (mean(&units, &plain_units), mean(&chosen.oof, &other.oof));
+            let (calibrated, form) = calibrate(&mean_units, &mean_oof)?;
+            let mut sc = score(seed, &calibrated, &truth, true);
+            sc.form = Some(form);
+            out.push((MEAN_CAL, sc));
+            // Whichever of the mean, AIO-P and no-transform ranks the held-out folds best
+            // (ties in that order).
+            let rank = |oof: &[f64]| {
+                let r = spearman(oof, &y);
+                if r.is_finite() {
+                    r
+                } else {
+                    f64::NEG_INFINITY
+                }
+            };
+            let options = [
+                (&mean_units, &mean_oof),
+                (&units, &chosen.oof),
+                (&plain_units, &other.oof),
+            ];
+            let mut best = 0;
+            for (i, o) in options.iter().enumerate().skip(1) {
+                if rank(o.1) > rank(options[best].1) {
+                    best = i;
+                }
+            }
+            let (calibrated, form) = calibrate(options[best].0, options[best].1)?;
+            let mut sc = score(seed, &calibrated, &truth, true);
+            sc.form = Some(form);
+            sc.no_transform = Some(best == 2);
+            out.push((PICK_CAL, sc));
         }
     }
     if !cfg.baselines {

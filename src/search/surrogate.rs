@@ -128,6 +128,27 @@ impl Surrogate for PredictorSurrogate {
     }
 }
 
+/// Several surrogates fitted on the same labels, predicting the mean of their predictions
+/// (e.g. the AIO-P model and its no-transform companion, as task models average them).
+pub struct MeanSurrogate<S>(pub Vec<S>);
+
+impl<S: Surrogate> Surrogate for MeanSurrogate<S> {
+    fn fit(&mut self, graphs: &[&Graph], labels: &[f64]) -> Result<(), SearchError> {
+        self.0.iter_mut().try_for_each(|s| s.fit(graphs, labels))
+    }
+
+    fn predict(&mut self, graphs: &[&Graph]) -> Result<Vec<f64>, SearchError> {
+        let mut mean = vec![0.0; graphs.len()];
+        let n = self.0.len().max(1) as f64;
+        for s in &mut self.0 {
+            for (m, p) in mean.iter_mut().zip(s.predict(graphs)?) {
+                *m += p / n;
+            }
+        }
+        Ok(mean)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +206,39 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(before, after, "the pretrained model is untouched");
+    }
+
+    #[test]
+    fn a_mean_surrogate_fits_every_member_and_averages_them() {
+        let a = Trained::init(&tiny_config(), 1, &Device::Cpu).unwrap();
+        let b = Trained::init(&tiny_config(), 2, &Device::Cpu).unwrap();
+        let cfg = SurrogateConfig {
+            steps: 10,
+            ..SurrogateConfig::default()
+        };
+        let table = crate::spaces::labels::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let graphs: Vec<Graph> = table.rows[..8]
+            .iter()
+            .map(|r| r.arch.build(Task::Cifar10).unwrap())
+            .collect();
+        let refs: Vec<&Graph> = graphs.iter().collect();
+        let labels: Vec<f64> = table.rows[..8].iter().map(|r| r.value).collect();
+        let one = |t: &Trained| {
+            let mut s = PredictorSurrogate::new(t, cfg.clone()).unwrap();
+            s.fit(&refs, &labels).unwrap();
+            s.predict(&refs).unwrap()
+        };
+        let (pa, pb) = (one(&a), one(&b));
+        let mut m = MeanSurrogate(vec![
+            PredictorSurrogate::new(&a, cfg.clone()).unwrap(),
+            PredictorSurrogate::new(&b, cfg.clone()).unwrap(),
+        ]);
+        m.fit(&refs, &labels).unwrap();
+        assert!(m.0.iter().all(|s| s.fits == 1));
+        let got = m.predict(&refs).unwrap();
+        for ((g, x), y) in got.iter().zip(&pa).zip(&pb) {
+            assert!((g - (x + y) / 2.0).abs() < 1e-9);
+        }
+        assert_ne!(pa, pb, "the members differ, so the mean is not either");
     }
 }
