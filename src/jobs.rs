@@ -13,7 +13,8 @@
 //! the pool starts (e.g. before a restart), and tasks left `tuning` by an interrupted job, are
 //! enqueued again; [`Jobs::stop`] lets running jobs
 //! finish and drops the queued ones (they stay `queued` in the store and are picked up at the
-//! next start).
+//! next start). At start-up and whenever a model turns ready, the prediction cache drops the
+//! values of task-model versions no task or unfinished search uses any more.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use prometheus::{
 
 use crate::predictor::{default_device, Device};
 use crate::searches::{self, Searches};
-use crate::store::{Store, StoreError, TaskStatus};
+use crate::service::TUNED_PREFIX;
+use crate::store::{SearchStatus, Store, StoreError, TaskStatus};
 use crate::taskfile::TaskSpec;
 use crate::tuned::{self, BaseModel};
 
@@ -142,6 +144,8 @@ struct Metrics {
     finished: IntCounterVec,
     running: IntGauge,
     recovered: IntCounter,
+    /// Cached predictions dropped because their task-model version went out of use.
+    pruned: IntCounter,
 }
 
 impl Metrics {
@@ -156,10 +160,16 @@ impl Metrics {
                 "aiop_jobs_recovered_total",
                 "Fine-tuning jobs queued again at start-up (left queued or interrupted)",
             )?,
+            pruned: IntCounter::new(
+                "aiop_prediction_cache_pruned_total",
+                "Cached predictions removed because no task or unfinished search uses their \
+                 task-model version any more",
+            )?,
         };
         reg.register(Box::new(m.finished.clone()))?;
         reg.register(Box::new(m.running.clone()))?;
         reg.register(Box::new(m.recovered.clone()))?;
+        reg.register(Box::new(m.pruned.clone()))?;
         Ok(m)
     }
 }
@@ -229,6 +239,7 @@ impl Jobs {
                         runner.as_ref(),
                         metrics,
                         searches.as_ref(),
+                        k == 0,
                     )
                 })
                 .map_err(JobsError::Thread)?;
@@ -264,7 +275,14 @@ fn worker(
     runner: &dyn Finetuner,
     metrics: Metrics,
     searches: Option<&Searches>,
+    prune_first: bool,
 ) {
+    // The start-up pruning runs here, off the caller's (async) thread.
+    if let (true, Some(s)) = (prune_first, searches) {
+        if let Err(e) = prune_stale_predictions(&store, s, &metrics) {
+            tracing::warn!(error = %e, "pruning the prediction cache failed");
+        }
+    }
     loop {
         let job = crossbeam_channel::select! {
             recv(stop) -> _ => return,
@@ -318,6 +336,12 @@ fn run_one(
                 store.set_task_ready(&job.task, &job.version, &model, meta, search.as_ref())?;
             metrics.finished.with_label_values(&["ready"]).inc();
             tracing::info!(task = %job.task, version = %job.version, %model, "fine-tuning done");
+            if let Some(s) = searches {
+                // The version this one replaces may have left predictions nothing will read.
+                if let Err(e) = prune_stale_predictions(store, s, metrics) {
+                    tracing::warn!(error = %e, "pruning the prediction cache failed");
+                }
+            }
             if let (Some(s), Some((_, true)), Some(rec)) = (searches, ready, &search) {
                 if rec.status == crate::store::SearchStatus::Queued {
                     if let Err(e) = s.enqueue(&rec.id) {
@@ -331,6 +355,40 @@ fn run_one(
             metrics.finished.with_label_values(&["failed"]).inc();
             tracing::warn!(task = %job.task, version = %job.version, error = %e, "fine-tuning failed");
         }
+    }
+    Ok(())
+}
+
+/// Drop the cached predictions of task-model versions that no task holds as its current model
+/// and no queued or running search scores with (versions replaced by newer task files, tasks
+/// whose file was deleted). Base-model predictions are kept. A long-running daemon whose task
+/// files change would otherwise keep every old version's predictions forever.
+fn prune_stale_predictions(
+    store: &Store,
+    searches: &Searches,
+    metrics: &Metrics,
+) -> Result<(), StoreError> {
+    let mut live: std::collections::HashSet<String> = store
+        .tasks()?
+        .into_iter()
+        .filter(|t| t.removed_at.is_none())
+        .filter_map(|t| t.model)
+        .map(|id| searches.model_version(&id))
+        .collect();
+    live.extend(
+        store
+            .searches()?
+            .into_iter()
+            .filter(|r| matches!(r.status, SearchStatus::Queued | SearchStatus::Running))
+            .filter_map(|r| r.model),
+    );
+    let n = store.prune_predictions(|m| !m.starts_with(TUNED_PREFIX) || live.contains(m))?;
+    if n > 0 {
+        metrics.pruned.inc_by(n as u64);
+        tracing::info!(
+            entries = n,
+            "cached predictions of unused task-model versions pruned"
+        );
     }
     Ok(())
 }

@@ -301,6 +301,17 @@ mod tests {
             max_predictions_per_request: 2,
             ..Config::default()
         };
+        // Left from an earlier run: a base model's prediction and one of a task-model version
+        // no task or search uses any more (pruned at start).
+        let stale = format!("{}gone/{}", crate::service::TUNED_PREFIX, "0".repeat(32));
+        let h = crate::graph::hash::GraphHash(5);
+        {
+            let st = Store::open(state.path()).unwrap();
+            st.cache_prediction("base-0123/nb201/cifar10", h, 1.0)
+                .unwrap();
+            st.cache_prediction(&stale, h, 2.0).unwrap();
+            st.flush().unwrap();
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -350,6 +361,7 @@ mod tests {
             let r = request(&a, "GET", "/metrics", &[], None, t).unwrap();
             let text = r.text();
             assert!(text.contains("aiop_http_requests_total") && text.contains("aiop_task_files_accepted_total"), "{text}");
+            assert!(text.contains("aiop_prediction_cache_pruned_total 1\n"), "{text}");
             let r = request(&a, "GET", "/v1/spaces", &[], None, t).unwrap();
             assert_eq!(r.json()["spaces"][0]["space"], "nb201");
             // A task file goes through the job pool to `ready`.
@@ -377,5 +389,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!state.path().join(ADDR_FILE).exists());
+        let st = Store::open(state.path()).unwrap();
+        assert_eq!(st.cached_prediction(&stale, h).unwrap(), None);
+        assert_eq!(
+            st.cached_prediction("base-0123/nb201/cifar10", h).unwrap(),
+            Some(1.0)
+        );
     }
 }

@@ -76,6 +76,9 @@ impl Source {
     }
 }
 
+/// How the cache names of task models ([`ModelRef::Tuned`]) begin.
+pub const TUNED_PREFIX: &str = "tuned/";
+
 /// One graph to predict: its hash (the cache key), features and GFLOPs.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -278,7 +281,7 @@ impl PredictorService {
             ModelRef::Base { space, task } => {
                 format!("base-{}/{space}/{task}", &self.inner.base_fingerprint[..16])
             }
-            ModelRef::Tuned { id } => format!("tuned/{id}"),
+            ModelRef::Tuned { id } => format!("{TUNED_PREFIX}{id}"),
         }
     }
 

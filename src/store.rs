@@ -836,6 +836,22 @@ impl Store {
         Ok(())
     }
 
+    /// Remove every cached prediction whose model name `keep` rejects, and return how many
+    /// this call removed (a value removed meanwhile by another call is not counted twice). The
+    /// cache only saves work: a removed value is computed again if it is ever asked for, so
+    /// pruning never changes an answer.
+    pub fn prune_predictions(&self, keep: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for key in self.predictions.iter().keys() {
+            let key = key?;
+            let name = key.split(|&b| b == 0).next().unwrap_or_default();
+            if !keep(&String::from_utf8_lossy(name)) && self.predictions.remove(&key)?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
@@ -1305,6 +1321,16 @@ mod tests {
         st.cache_prediction("m1", h, 93.5).unwrap();
         assert_eq!(st.cached_prediction("m1", h).unwrap(), Some(93.5));
         assert_eq!(st.cached_prediction("m2", h).unwrap(), None);
+        // Pruning removes exactly the rejected models' values.
+        st.cache_predictions("m2", &[(h, 1.0), (GraphHash(7), 2.0)])
+            .unwrap();
+        st.cache_prediction("m20", h, 3.0).unwrap();
+        assert_eq!(st.prune_predictions(|m| m != "m2").unwrap(), 2);
+        assert_eq!(st.cached_prediction("m2", h).unwrap(), None);
+        assert_eq!(st.cached_prediction("m20", h).unwrap(), Some(3.0));
+        assert_eq!(st.prune_predictions(|m| m != "m20").unwrap(), 1);
+        assert_eq!(st.prune_predictions(|_| false).unwrap(), 1);
+        st.cache_prediction("m1", h, 93.5).unwrap();
 
         let mut out = Vec::new();
         let n = st.export(&mut out).unwrap();
