@@ -279,7 +279,7 @@ fn worker(
 ) {
     // The start-up pruning runs here, off the caller's (async) thread.
     if let (true, Some(s)) = (prune_first, searches) {
-        if let Err(e) = prune_stale_predictions(&store, s, &metrics) {
+        if let Err(e) = prune_stale_predictions(&store, s, &metrics, None) {
             tracing::warn!(error = %e, "pruning the prediction cache failed");
         }
     }
@@ -338,7 +338,7 @@ fn run_one(
             tracing::info!(task = %job.task, version = %job.version, %model, "fine-tuning done");
             if let Some(s) = searches {
                 // The version this one replaces may have left predictions nothing will read.
-                if let Err(e) = prune_stale_predictions(store, s, metrics) {
+                if let Err(e) = prune_stale_predictions(store, s, metrics, Some(&job.task)) {
                     tracing::warn!(error = %e, "pruning the prediction cache failed");
                 }
             }
@@ -361,12 +361,15 @@ fn run_one(
 
 /// Drop the cached predictions of task-model versions that no task holds as its current model
 /// and no queued or running search scores with (versions replaced by newer task files, tasks
-/// whose file was deleted). Base-model predictions are kept. A long-running daemon whose task
-/// files change would otherwise keep every old version's predictions forever.
+/// whose file was deleted): of every task when `task` is None (at start-up), else of `task`
+/// alone (the one whose model just changed; only its keys are read). Base-model predictions
+/// are kept. A long-running daemon whose task files change would otherwise keep every old
+/// version's predictions forever.
 fn prune_stale_predictions(
     store: &Store,
     searches: &Searches,
     metrics: &Metrics,
+    task: Option<&str>,
 ) -> Result<(), StoreError> {
     let mut live: std::collections::HashSet<String> = store
         .tasks()?
@@ -382,7 +385,11 @@ fn prune_stale_predictions(
             .filter(|r| matches!(r.status, SearchStatus::Queued | SearchStatus::Running))
             .filter_map(|r| r.model),
     );
-    let n = store.prune_predictions(|m| !m.starts_with(TUNED_PREFIX) || live.contains(m))?;
+    let prefix = match task {
+        None => TUNED_PREFIX.to_string(),
+        Some(t) => format!("{TUNED_PREFIX}{t}/"),
+    };
+    let n = store.prune_predictions(&prefix, |m| live.contains(m))?;
     if n > 0 {
         metrics.pruned.inc_by(n as u64);
         tracing::info!(

@@ -836,13 +836,18 @@ impl Store {
         Ok(())
     }
 
-    /// Remove every cached prediction whose model name `keep` rejects, and return how many
-    /// this call removed (a value removed meanwhile by another call is not counted twice). The
-    /// cache only saves work: a removed value is computed again if it is ever asked for, so
-    /// pruning never changes an answer.
-    pub fn prune_predictions(&self, keep: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
+    /// Remove every cached prediction of a model whose name starts with `prefix` and that
+    /// `keep` rejects, and return how many this call removed (a value removed meanwhile by
+    /// another call is not counted twice). Only keys under `prefix` are read. The cache only
+    /// saves work: a removed value is computed again if it is ever asked for, so pruning never
+    /// changes an answer.
+    pub fn prune_predictions(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for key in self.predictions.iter().keys() {
+        for key in self.predictions.scan_prefix(prefix.as_bytes()).keys() {
             let key = key?;
             let name = key.split(|&b| b == 0).next().unwrap_or_default();
             if !keep(&String::from_utf8_lossy(name)) && self.predictions.remove(&key)?.is_some() {
@@ -1325,11 +1330,11 @@ mod tests {
         st.cache_predictions("m2", &[(h, 1.0), (GraphHash(7), 2.0)])
             .unwrap();
         st.cache_prediction("m20", h, 3.0).unwrap();
-        assert_eq!(st.prune_predictions(|m| m != "m2").unwrap(), 2);
+        assert_eq!(st.prune_predictions("", |m| m != "m2").unwrap(), 2);
         assert_eq!(st.cached_prediction("m2", h).unwrap(), None);
         assert_eq!(st.cached_prediction("m20", h).unwrap(), Some(3.0));
-        assert_eq!(st.prune_predictions(|m| m != "m20").unwrap(), 1);
-        assert_eq!(st.prune_predictions(|_| false).unwrap(), 1);
+        assert_eq!(st.prune_predictions("", |m| m != "m20").unwrap(), 1);
+        assert_eq!(st.prune_predictions("", |_| false).unwrap(), 1);
         st.cache_prediction("m1", h, 93.5).unwrap();
 
         let mut out = Vec::new();

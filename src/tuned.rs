@@ -10,11 +10,14 @@
 //! by 5-fold cross-validation on the samples themselves ([`crate::predictor::select`]; 0 keeps
 //! the zero-shot model) unless `select_epochs = false`: AIO-P's fixed 100 epochs ranked
 //! unseen tasks worse than zero-shot on several validation tasks (BENCHMARKS.md). The same
-//! cross-validation runs on the base model's no-transform companion (`choose_transform`) and
-//! the better of the two is fine-tuned; its out-of-fold predictions then fit a
-//! [`crate::predictor::calibrate::Calibration`] to the task's units (`calibrate`). [`TaskModel::save`] writes the checkpoint
+//! cross-validation runs on the base model's no-transform companion, which by default
+//! (`companion = "average"`) is fine-tuned too and averaged with the base model in task units
+//! (`"choose"`: the better of the two is kept); the out-of-fold predictions of what is kept
+//! then fit a [`crate::predictor::calibrate::Calibration`] to the task's units (`calibrate`).
+//! [`TaskModel::save`] writes the checkpoint
 //! plus a sidecar `task.json` ([`TunedMeta`]: task, version, space and head, scaler, base
-//! model, training report) under `<models>/<task name>/<version>/`.
+//! model, training report), and an averaged companion's checkpoint in `companion/`, under
+//! `<models>/<task name>/<version>/`.
 //!
 //! Invariants: the same spec, base model and seed give the same weights on one machine (every
 //! random choice is seeded by the `[finetune]` seed); zero-shot changes no weight; a model
@@ -527,19 +530,11 @@ pub fn finetune(
                     settings.companion != Companion::Off
                         && p.model.config.features() == base.model.config.features()
                 });
-                let mut oof = r.oof.clone();
                 if let Some((p, name)) = companion {
                     let rp = select_epochs(&p, &data, hib, &tc, &prefixes, &sel).map_err(perr)?;
                     let ps = TaskScaler::fit_with(&y, &gf, hib, p.flops_scaling()).map_err(perr)?;
                     let fp = fingerprint(&p).map_err(perr)?;
                     if settings.companion == Companion::Average {
-                        // Calibrated on what the average predicts out of fold.
-                        oof = r
-                            .oof
-                            .iter()
-                            .zip(&rp.oof)
-                            .map(|(a, b)| (a + b) / 2.0)
-                            .collect();
                         let train = fit_member(&p, &data, &ps, &tc, rp.epochs, &prefixes, quiet)
                             .map_err(perr)?;
                         let meta = CompanionMeta {
@@ -552,12 +547,16 @@ pub fn finetune(
                         second = Some((p, meta));
                     } else if rp.best_score() > r.best_score() {
                         (base, base_name, base_fingerprint, scaler) = (p, name, fp, ps);
-                        oof = rp.oof.clone();
                         r = rp;
                     }
                 }
                 epochs = r.epochs;
                 if settings.calibrate {
+                    // Fitted on what the model (or the average) predicts out of fold.
+                    let oof = match &second {
+                        Some((_, m)) => crate::stats::midpoints(&r.oof, &m.selection.oof),
+                        None => r.oof.clone(),
+                    };
                     calibration = Some(Calibration::fit(&oof, &y).map_err(perr)?);
                 }
                 selection = Some(r);

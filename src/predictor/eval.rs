@@ -21,13 +21,13 @@ use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
-use super::select::{select_epochs, EpochSelection, Labelled, SelectionReport};
+use super::select::{oof_score, select_epochs, EpochSelection, Labelled, SelectionReport};
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
 use super::PredictorError;
 use crate::rng::Rng;
 use crate::spaces::{SpaceId, Task};
-use crate::stats::{kendall, mae, mean, spearman, std};
+use crate::stats::{kendall, mae, mean, midpoints, spearman, std};
 
 /// Which protocol to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +253,8 @@ pub struct SeedScore {
     /// The calibration form chosen (`aio-p ft-20 cv cal` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<Form>,
-    /// Whether cross-validation chose the no-transform model (`either ft-20 cv cal` only).
+    /// Whether cross-validation chose the no-transform model alone (`either` and `pick ft-20 cv
+    /// cal` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_transform: Option<bool>,
 }
@@ -725,25 +726,17 @@ fn one_seed(
             };
             sc.no_transform = Some(plain_won);
             out.push((BOTH_CAL, sc));
-            let mean = |a: &[f64], b: &[f64]| -> Vec<f64> {
-                a.iter().zip(b).map(|(x, z)| (x + z) / 2.0).collect()
-            };
-            let (mean_units, mean_oof) =
-                (mean(&units, &plain_units), mean(&chosen.oof, &other.oof));
+            let (mean_units, mean_oof) = (
+                midpoints(&units, &plain_units),
+                midpoints(&chosen.oof, &other.oof),
+            );
             let (calibrated, form) = calibrate(&mean_units, &mean_oof)?;
             let mut sc = score(seed, &calibrated, &truth, true);
             sc.form = Some(form);
             out.push((MEAN_CAL, sc));
             // Whichever of the mean, AIO-P and no-transform ranks the held-out folds best
             // (ties in that order).
-            let rank = |oof: &[f64]| {
-                let r = spearman(oof, &y);
-                if r.is_finite() {
-                    r
-                } else {
-                    f64::NEG_INFINITY
-                }
-            };
+            let rank = |oof: &[f64]| oof_score(oof, &y);
             let options = [
                 (&mean_units, &mean_oof),
                 (&units, &chosen.oof),

@@ -77,6 +77,17 @@ impl SelectionReport {
     }
 }
 
+/// How well out-of-fold predictions `pred` rank the labels `y`: Spearman, −∞ where undefined
+/// (a constant prediction), so that any defined score beats it.
+pub fn oof_score(pred: &[f64], y: &[f64]) -> f64 {
+    let r = spearman(pred, y);
+    if r.is_finite() {
+        r
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
 /// Standardised samples of `data[idx]` under `s`.
 pub fn samples_of(data: &[Labelled], idx: &[usize], s: &TaskScaler) -> Vec<Sample> {
     idx.iter()
@@ -168,10 +179,7 @@ pub fn select_epochs(
     let scores: Vec<(usize, f64)> = cands
         .iter()
         .zip(&oof)
-        .map(|(&e, p)| {
-            let r = spearman(p, &truth);
-            (e, if r.is_finite() { r } else { f64::NEG_INFINITY })
-        })
+        .map(|(&e, p)| (e, oof_score(p, &truth)))
         .collect();
     let mut best = 0;
     for c in 1..scores.len() {
