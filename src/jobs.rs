@@ -100,12 +100,16 @@ impl Finetuner for ModelTuner {
             .base
             .load(&self.device)
             .map_err(|e| format!("loading the base model {}: {e}", self.base.describe()))?;
-        let companion = self.base.load_plain(&self.device).map_err(|e| {
-            format!(
-                "loading the no-transform companion of {}: {e}",
-                self.base.describe()
-            )
-        })?;
+        let companion = if tuned::wants_companion(&spec) {
+            self.base.load_plain(&self.device).map_err(|e| {
+                format!(
+                    "loading the no-transform companion of {}: {e}",
+                    self.base.describe()
+                )
+            })?
+        } else {
+            None
+        };
         let m = tuned::finetune(&spec, base, &self.base.describe(), companion, true)
             .map_err(|e| e.to_string())?;
         m.save(&self.models_dir).map_err(|e| e.to_string())?;

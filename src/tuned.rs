@@ -479,6 +479,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether [`finetune`] would use a companion model for `spec`: fine-tuning with the length
+/// cross-validated on enough samples, and `companion` not `off`. Callers load the companion only
+/// then.
+pub fn wants_companion(spec: &TaskSpec) -> bool {
+    let settings = spec.finetune.unwrap_or_default().resolved();
+    spec.mode == Mode::Finetune
+        && settings.select_epochs
+        && spec.samples.len() >= MIN_SELECT_SAMPLES
+        && settings.companion != Companion::Off
+}
+
 /// Carry `base` (described by `base_name`) to the task `spec`: fit its statistics on the
 /// samples and, unless the task is zero-shot, fine-tune on them. With the epochs selected,
 /// `companion` (the base's no-transform twin and its name, see [`BaseModel::load_plain`]) is
@@ -678,6 +689,27 @@ mod tests {
             true,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_companion_is_wanted_only_where_finetune_would_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(wants_companion(&task(dir.path(), "")));
+        assert!(wants_companion(&task(
+            dir.path(),
+            "[finetune]\ncompanion = \"choose\"\n"
+        )));
+        for extra in [
+            "[finetune]\ncompanion = \"off\"\n",
+            "[finetune]\nselect_epochs = false\n",
+            "mode = \"zero-shot\"\n",
+        ] {
+            assert!(!wants_companion(&task(dir.path(), extra)), "{extra}");
+        }
+        // Fewer samples than the cross-validation needs.
+        let mut few = task(dir.path(), "");
+        few.samples.truncate(MIN_SELECT_SAMPLES - 1);
+        assert!(!wants_companion(&few));
     }
 
     #[test]

@@ -206,9 +206,12 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             base.describe()
         );
     }
-    let companion = base
-        .load_plain(&device)
-        .with_context(|| format!("loading the no-transform companion of {}", base.describe()))?;
+    let companion = if tuned::wants_companion(&spec) {
+        base.load_plain(&device)
+            .with_context(|| format!("loading the no-transform companion of {}", base.describe()))?
+    } else {
+        None
+    };
     let m = tuned::finetune(&spec, trained, &base.describe(), companion, a.quiet)?;
     let models = a.state.join(aiop::serve::MODELS_DIR);
     let dir = m.save(&models)?;
