@@ -59,6 +59,10 @@ pub struct ExperimentArgs {
     /// Picks per round from the local pool (`predictor`; the rest from the global evolution).
     #[arg(long, default_value_t = ActiveSpec::default().local)]
     pub local: usize,
+    /// Parents whose neighbourhoods are spent give way to the next best (`predictor`; `false`:
+    /// the best `--parents`, spent or not, the method before session 7).
+    #[arg(long, default_value_t = ActiveSpec::default().live_parents, action = clap::ArgAction::Set)]
+    pub live_parents: bool,
     /// Seeds run side by side (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -152,6 +156,7 @@ fn predictor_search(
         inner_budget: a.inner_budget,
         parents: a.parents,
         local: a.local,
+        live_parents: a.live_parents,
         ..ActiveSpec::default()
     };
     let cfg = SurrogateConfig {

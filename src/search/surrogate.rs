@@ -186,6 +186,7 @@ mod tests {
             parents: 2,
             local: 3,
             seed: 2,
+            ..ActiveSpec::default()
         };
         let run = || {
             let mut s = PredictorSurrogate::new(&base, cfg.clone()).unwrap();
