@@ -14,7 +14,8 @@
 //! enqueued again; [`Jobs::stop`] lets running jobs
 //! finish and drops the queued ones (they stay `queued` in the store and are picked up at the
 //! next start). At start-up and whenever a model turns ready, the prediction cache drops the
-//! values of task-model versions no task or unfinished search uses any more.
+//! values, and the model folder the models, of task-model versions no task or unfinished search
+//! uses any more.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,13 @@ pub trait Finetuner: Send + Sync + 'static {
     /// Fine-tune on `snapshot` (see [`crate::taskfile::TaskSpec::snapshot`]); returns the model
     /// produced, or a message saying why it failed.
     fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String>;
+
+    /// Delete the stored model `model` (a [`Finetuned::model`] id), which nothing uses any more;
+    /// true when something was deleted. Finetuners that store nothing keep the default.
+    fn discard(&self, model: &str) -> Result<bool, String> {
+        let _ = model;
+        Ok(false)
+    }
 }
 
 /// The real [`Finetuner`]: [`tuned::finetune`] from a fresh copy of the base model, the model
@@ -123,6 +131,10 @@ impl Finetuner for ModelTuner {
             meta: serde_json::to_value(&m.meta).map_err(|e| e.to_string())?,
         })
     }
+
+    fn discard(&self, model: &str) -> Result<bool, String> {
+        tuned::remove(&self.models_dir, model).map_err(|e| e.to_string())
+    }
 }
 
 /// One unit of work: fine-tune `task` at `version` (a spec hash).
@@ -150,6 +162,8 @@ struct Metrics {
     recovered: IntCounter,
     /// Cached predictions dropped because their task-model version went out of use.
     pruned: IntCounter,
+    /// Task-model folders deleted because their version went out of use.
+    models_pruned: IntCounter,
 }
 
 impl Metrics {
@@ -169,11 +183,17 @@ impl Metrics {
                 "Cached predictions removed because no task or unfinished search uses their \
                  task-model version any more",
             )?,
+            models_pruned: IntCounter::new(
+                "aiop_task_models_pruned_total",
+                "Task models deleted because their task moved on to a newer version and no \
+                 unfinished search uses them",
+            )?,
         };
         reg.register(Box::new(m.finished.clone()))?;
         reg.register(Box::new(m.running.clone()))?;
         reg.register(Box::new(m.recovered.clone()))?;
         reg.register(Box::new(m.pruned.clone()))?;
+        reg.register(Box::new(m.models_pruned.clone()))?;
         Ok(m)
     }
 }
@@ -283,8 +303,8 @@ fn worker(
 ) {
     // The start-up pruning runs here, off the caller's (async) thread.
     if let (true, Some(s)) = (prune_first, searches) {
-        if let Err(e) = prune_stale_predictions(&store, s, &metrics, None) {
-            tracing::warn!(error = %e, "pruning the prediction cache failed");
+        if let Err(e) = prune_stale(&store, s, runner, &metrics, None) {
+            tracing::warn!(error = %e, "pruning unused task models failed");
         }
     }
     loop {
@@ -342,8 +362,8 @@ fn run_one(
             tracing::info!(task = %job.task, version = %job.version, %model, "fine-tuning done");
             if let Some(s) = searches {
                 // The version this one replaces may have left predictions nothing will read.
-                if let Err(e) = prune_stale_predictions(store, s, metrics, Some(&job.task)) {
-                    tracing::warn!(error = %e, "pruning the prediction cache failed");
+                if let Err(e) = prune_stale(store, s, runner, metrics, Some(&job.task)) {
+                    tracing::warn!(error = %e, "pruning unused task models failed");
                 }
             }
             if let (Some(s), Some((_, true)), Some(rec)) = (searches, ready, &search) {
@@ -363,31 +383,39 @@ fn run_one(
     Ok(())
 }
 
-/// Drop the cached predictions of task-model versions that no task holds as its current model
-/// and no queued or running search scores with (versions replaced by newer task files, tasks
-/// whose file was deleted): of every task when `task` is None (at start-up), else of `task`
-/// alone (the one whose model just changed; only its keys are read). Base-model predictions
-/// are kept. A long-running daemon whose task files change would otherwise keep every old
-/// version's predictions forever.
-fn prune_stale_predictions(
+/// Drop what task-model versions nothing uses any more have left behind, of every task when
+/// `task` is None (at start-up), else of `task` alone (the one whose model just changed):
+///
+/// - their cached predictions: of every version that no task (file not removed) holds as its
+///   model and no queued or running search scores with (base-model predictions are kept);
+/// - their stored models ([`Finetuner::discard`]): of each version the store recorded for a
+///   task, except the task's current version, the model it holds (kept for a removed task too,
+///   which its file coming back restores), and those of queued or running searches. Models the
+///   store never recorded (`aiop finetune` into the same state folder) are not touched.
+///
+/// A long-running daemon whose task files change would otherwise keep every old version's
+/// predictions and models forever.
+fn prune_stale(
     store: &Store,
     searches: &Searches,
+    runner: &dyn Finetuner,
     metrics: &Metrics,
     task: Option<&str>,
 ) -> Result<(), StoreError> {
-    let mut live: std::collections::HashSet<String> = store
-        .tasks()?
+    let tasks = store.tasks()?;
+    let in_search: std::collections::HashSet<String> = store
+        .searches()?
         .into_iter()
-        .filter(|t| t.removed_at.is_none())
-        .filter_map(|t| t.model)
-        .map(|id| searches.model_version(&id))
+        .filter(|r| matches!(r.status, SearchStatus::Queued | SearchStatus::Running))
+        .filter_map(|r| r.model)
         .collect();
+    let mut live = in_search.clone();
     live.extend(
-        store
-            .searches()?
-            .into_iter()
-            .filter(|r| matches!(r.status, SearchStatus::Queued | SearchStatus::Running))
-            .filter_map(|r| r.model),
+        tasks
+            .iter()
+            .filter(|t| t.removed_at.is_none())
+            .filter_map(|t| t.model.as_deref())
+            .map(|id| searches.model_version(id)),
     );
     let prefix = match task {
         None => TUNED_PREFIX.to_string(),
@@ -400,6 +428,26 @@ fn prune_stale_predictions(
             entries = n,
             "cached predictions of unused task-model versions pruned"
         );
+    }
+    for t in tasks.iter().filter(|t| task.is_none_or(|n| n == t.name)) {
+        for v in t.versions.iter().filter(|v| v.hash != t.spec_hash) {
+            let id = format!("{}/{}", t.name, v.hash);
+            if t.model.as_deref() == Some(id.as_str())
+                || in_search.contains(&searches.model_version(&id))
+            {
+                continue;
+            }
+            match runner.discard(&id) {
+                Ok(true) => {
+                    metrics.models_pruned.inc();
+                    tracing::info!(model = %id, "unused task model deleted");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(model = %id, error = %e, "deleting an unused task model failed")
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -352,6 +352,21 @@ impl TaskModel {
     }
 }
 
+/// Delete the model `id` under `models` (and its task's folder once empty); false when there
+/// was none. For models nothing uses any more: the caller decides which.
+pub fn remove(models: &Path, id: &str) -> Result<bool, TunedError> {
+    let dir = id_dir(models, id)?;
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    if let Some(parent) = dir.parent() {
+        // Fails, harmlessly, while another version is there.
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(true)
+}
+
 /// The newest model (by creation time) of task `name` under `models`.
 pub fn latest(models: &Path, name: &str) -> Result<PathBuf, TunedError> {
     let not_found = || TunedError::NotFound {
@@ -755,6 +770,32 @@ mod tests {
             fingerprint(&a.trained).unwrap(),
             fingerprint(&b.trained).unwrap()
         );
+    }
+
+    #[test]
+    fn remove_deletes_one_saved_model_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "mode = \"zero-shot\"\n");
+        let m = tune(&spec, false);
+        let models = dir.path().join("models");
+        let saved = m.save(&models).unwrap();
+        let other = models.join("c10").join("f".repeat(32));
+        std::fs::create_dir_all(&other).unwrap();
+        assert!(remove(&models, &m.meta.id()).unwrap());
+        assert!(
+            !saved.exists() && other.is_dir(),
+            "only the model asked for"
+        );
+        assert!(!remove(&models, &m.meta.id()).unwrap(), "already gone");
+        assert!(remove(&models, &format!("c10/{}", "f".repeat(32))).unwrap());
+        assert!(
+            !models.join("c10").exists(),
+            "the empty task folder goes too"
+        );
+        assert!(matches!(
+            remove(&models, "../x/0"),
+            Err(TunedError::BadId(_))
+        ));
     }
 
     #[test]

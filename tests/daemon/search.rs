@@ -160,6 +160,36 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
         "{text}"
     );
 
+    // A new version of the task file (zero-shot: quick) replaces the model; the old version's
+    // model, which no unfinished search uses any more, is deleted and its cached predictions
+    // dropped.
+    drop_file(
+        &tasks,
+        "seg.toml",
+        b"name = \"seg-macro\"\nspace = \"tnb101_macro\"\nhead = \"segmentsemantic\"\n\
+          samples = \"seg.csv\"\nmode = \"zero-shot\"\n",
+    );
+    let t = wait_long("the new version's model", || {
+        let t = d.get("/v1/tasks/seg-macro").json();
+        assert_ne!(t["status"], "failed", "{t}");
+        (t["spec_hash"] != version.as_str() && t["status"] == "ready").then_some(t)
+    });
+    let new_version = t["spec_hash"].as_str().unwrap();
+    assert_eq!(t["model"], format!("seg-macro/{new_version}"));
+    let models = state.join("models/seg-macro");
+    assert!(models.join(new_version).join("task.json").exists());
+    // Pruned right after the task turns ready.
+    let m = wait_for("the replaced model's deletion", || {
+        let m = d.metrics();
+        (metric(&m, "aiop_task_models_pruned_total") > 0.0).then_some(m)
+    });
+    assert_eq!(metric(&m, "aiop_task_models_pruned_total"), 1.0);
+    assert!(
+        !models.join(&version).exists(),
+        "the replaced model is deleted"
+    );
+    assert!(metric(&m, "aiop_prediction_cache_pruned_total") > 0.0);
+
     // Every series the shipped Grafana dashboard plots is one the daemon exports.
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
