@@ -37,8 +37,15 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value = "predictor")]
     pub fitness: FitnessKind,
     /// Predictor checkpoint directory (for --fitness predictor; default: the embedded model).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tuned")]
     pub model: Option<PathBuf>,
+    /// Score with the task model fine-tuned for task NAME (`aiop finetune`, or the daemon),
+    /// in that task's units; --space and --task default to the task's space and head.
+    #[arg(long, value_name = "NAME", conflicts_with = "fitness")]
+    pub tuned: Option<String>,
+    /// State directory holding the task models (with --tuned).
+    #[arg(long, value_name = "DIR", default_value = "state", requires = "tuned")]
+    pub state: PathBuf,
     /// Fitness evaluations allowed.
     #[arg(long, default_value_t = 1000)]
     pub budget: usize,
@@ -132,11 +139,82 @@ fn spec_from(a: &SearchArgs) -> anyhow::Result<SearchSpec> {
     })
 }
 
-pub fn search(a: SearchArgs) -> anyhow::Result<()> {
+/// A task model (fine-tuned by `aiop finetune` or the daemon) as a search fitness: its
+/// predictions in the task's units, as `aiop predict --tuned` gives them, times `sign` (−1 for a
+/// lower-is-better task: searches maximise).
+struct TunedFitness {
+    model: aiop::tuned::TaskModel,
+    features: aiop::predictor::features::FeatureConfig,
+    sign: f64,
+}
+
+impl Fitness for TunedFitness {
+    fn score(
+        &mut self,
+        batch: &[aiop::search::fitness::Candidate<'_>],
+    ) -> Result<Vec<f64>, aiop::search::SearchError> {
+        use aiop::predictor::{features::extract, transform::gflops};
+        let feats: Vec<_> = batch
+            .iter()
+            .map(|c| (extract(c.graph, &self.features), gflops(c.graph)))
+            .collect();
+        let inputs: Vec<_> = feats.iter().map(|(f, g)| (f, *g)).collect();
+        let p = self
+            .model
+            .predict(&inputs, 256)
+            .map_err(|e| aiop::search::SearchError::Fitness(e.to_string()))?;
+        Ok(p.into_iter().map(|v| v * self.sign).collect())
+    }
+}
+
+/// Load the task model `name` and fill the space and head it was fine-tuned for into `a`
+/// (an explicit --space/--task must agree with a built-in space's task model).
+fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness> {
+    use aiop::taskfile::TaskSpace;
+    let dir = aiop::tuned::latest(&a.state.join(aiop::serve::MODELS_DIR), name)?;
+    let model = aiop::tuned::TaskModel::load(&dir, &aiop::predictor::default_device())?;
+    if let TaskSpace::Builtin { space, head } = model.meta.space {
+        let given_space = a.space.as_deref().map(SpaceId::from_name).transpose()?;
+        let given_task = match (given_space.unwrap_or(space), a.task.as_deref()) {
+            (s, Some(t)) => Some(s.task(t)?),
+            (_, None) => None,
+        };
+        if given_space.is_some_and(|s| s != space) || given_task.is_some_and(|t| t != head) {
+            anyhow::bail!(
+                "task model '{name}' was fine-tuned for --space {} --task {}; leave them out \
+                 or give those",
+                space.name(),
+                head.name()
+            );
+        }
+        a.space = Some(space.name().to_string());
+        a.task = Some(head.name().to_string());
+    }
+    let features = model.trained.model.config.features();
+    let sign = if model.meta.higher_is_better {
+        1.0
+    } else {
+        -1.0
+    };
+    Ok(TunedFitness {
+        model,
+        features,
+        sign,
+    })
+}
+
+pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
+    let tuned = match a.tuned.clone() {
+        Some(name) => Some(tuned_fitness(&mut a, &name)?),
+        None => None,
+    };
+    // Scores back to the task's units (the search maximises sign × prediction).
+    let sign = tuned.as_ref().map_or(1.0, |t| t.sign);
     let spec = spec_from(&a)?;
     let mut state = SearchState::new(spec.clone())?;
     let (space, task) = (spec.space, spec.task);
     let mut fitness: Box<dyn Fitness> = match a.fitness {
+        _ if tuned.is_some() => Box::new(tuned.expect("checked")),
         FitnessKind::Oracle => {
             let (Some(space), Some(task)) = (space, task) else {
                 anyhow::bail!("the oracle fitness needs --space and --task");
@@ -160,7 +238,7 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
     search::run(&mut state, fitness.as_mut(), &cancel, |s| {
         bar.set_position(s.evaluations as u64);
         let rate = s.history.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let best = s.best().map_or(f64::NAN, |b| b.score);
+        let best = s.best().map_or(f64::NAN, |b| b.score * sign);
         bar.set_message(format!(
             "gen {} best {best:.4} {rate:.0} cand/s",
             s.generation
@@ -169,6 +247,9 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let mut results = state.results();
+    for r in &mut results {
+        r.predicted *= sign;
+    }
     fill_oracle(&mut results, space, task);
     let file = ResultsFile {
         spec,

@@ -206,3 +206,104 @@ fn search_writes_results_that_export_as_arch_and_graph() {
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(line["hash"], results[0]["hash"]);
 }
+
+#[test]
+fn search_with_a_task_model_scores_as_predict_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("arch,value\n");
+    for (arch, value) in crate::common::nb201_cifar10_rows(6) {
+        csv.push_str(&format!("{arch},{value}\n"));
+    }
+    std::fs::write(dir.path().join("s.csv"), csv).unwrap();
+    let t = dir.path().join("t.toml");
+    std::fs::write(
+        &t,
+        "name = \"c10\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n\
+         [finetune]\nepochs = 1\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let o = aiop(
+        &[
+            "finetune",
+            "--task",
+            t.to_str().unwrap(),
+            "--state",
+            st,
+            "-q",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Space and head come from the task model.
+    let res = dir.path().join("r.json");
+    let o = aiop(
+        &[
+            "search",
+            "--tuned",
+            "c10",
+            "--state",
+            st,
+            "--budget",
+            "48",
+            "--population",
+            "16",
+            "--sample",
+            "4",
+            "--batch",
+            "8",
+            "--seed",
+            "1",
+            "--json",
+            res.to_str().unwrap(),
+            "--quiet",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    assert_eq!(file["spec"]["space"], "nb201");
+    assert_eq!(file["spec"]["task"], "cifar10");
+    let results = file["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    let archs: Vec<&str> = results
+        .iter()
+        .map(|r| r["arch"].as_str().unwrap())
+        .collect();
+    let o = aiop(
+        &["predict", "--tuned", "c10", "--state", st],
+        &format!("{}\n", archs.join("\n")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let predicted: Vec<f64> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    for (r, p) in results.iter().zip(&predicted) {
+        let s = r["predicted"].as_f64().unwrap();
+        assert!((s - p).abs() < 1e-9, "search {s} vs predict {p}");
+    }
+    assert!(
+        predicted.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {predicted:?}"
+    );
+    // Another space or head than the model's is refused, naming the model's.
+    let o = aiop(
+        &[
+            "search", "--tuned", "c10", "--state", st, "--space", "nb201", "--task", "cifar100",
+        ],
+        "",
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--space nb201 --task cifar10"), "{err}");
+    // A missing task model is named.
+    let o = aiop(&["search", "--tuned", "nope", "--state", st], "");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'nope'"));
+}
