@@ -9,6 +9,11 @@
 //! round after 10 random ones). All return the best architecture they queried; `predictor` runs
 //! once to the largest k and reports its best after the first k queries for every k (the first
 //! k queries of a longer run are exactly those of a run stopped at k).
+//!
+//! `aiop experiment flops`: the FLOP-reducing search from each table's best architecture, with a
+//! predictor fitted to a few labelled networks as a task file is (`--recipe task`:
+//! [`aiop::tuned::finetune`], what `aiop finetune` and the daemon run) or by AIO-P's fixed
+//! fine-tuning (`--recipe paper`), reporting the TRUE drop of the network it returns.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -287,6 +292,15 @@ pub struct FlopsExperimentArgs {
     /// Labelled networks of the task the predictor is fine-tuned on (FT-20).
     #[arg(long, default_value_t = 20)]
     pub samples: usize,
+    /// How the predictor is fitted to them: `task`, as `aiop finetune` and the daemon fit a
+    /// task file (epochs cross-validated, averaged with --companion, calibrated to the task's
+    /// units); `paper`, AIO-P's 100 epochs at batch 1 (the method before session 7).
+    #[arg(long, value_enum, default_value = "task")]
+    pub recipe: Recipe,
+    /// The no-transform companion of --model, averaged with it by the `task` recipe (checked
+    /// like --model).
+    #[arg(long)]
+    pub companion: Option<PathBuf>,
     /// Largest predicted drop allowed (task units, points for accuracies).
     #[arg(long, default_value_t = 0.5)]
     pub tolerance: f64,
@@ -309,6 +323,13 @@ pub struct FlopsExperimentArgs {
     /// Write all runs as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// How `aiop experiment flops` fits the predictor to the labelled networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recipe {
+    Task,
+    Paper,
 }
 
 #[derive(Debug, Serialize)]
@@ -341,6 +362,14 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     let space = SpaceId::from_name(&a.space)?;
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
+    let companion = a
+        .companion
+        .as_deref()
+        .map(|d| crate::cmd::predictor::load_model(Some(d), &device))
+        .transpose()?;
+    if a.recipe == Recipe::Paper && companion.is_some() {
+        anyhow::bail!("--companion is for --recipe task");
+    }
     let mut runs = Vec::new();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -351,7 +380,10 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     for t in &a.task {
         let task = space.task(t)?;
         let key = TaskKey::new(space, task);
-        if base.meta.stats.contains_key(&key) {
+        if std::iter::once(&base)
+            .chain(&companion)
+            .any(|m| m.meta.stats.contains_key(&key))
+        {
             anyhow::bail!(
                 "the predictor was pretrained on {key}: use a model that never saw it \
                  (e.g. one saved by `aiop eval --pretrained DIR`)"
@@ -387,15 +419,50 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 .collect();
             rng.shuffle(&mut pool);
             pool.truncate(a.samples);
-            let mut model = base.duplicate()?;
-            let tc = TransferConfig {
-                samples: a.samples,
-                fine_tune: true,
-                seed,
-                ..TransferConfig::default()
+            let mut fitness: Box<dyn search::Fitness> = match a.recipe {
+                Recipe::Paper => {
+                    let mut model = base.duplicate()?;
+                    let tc = TransferConfig {
+                        samples: a.samples,
+                        fine_tune: true,
+                        seed,
+                        ..TransferConfig::default()
+                    };
+                    transfer(&mut model, key, set.higher_is_better, pool, &tc, true)?;
+                    Box::new(PredictorFitness::new(model, space, task)?)
+                }
+                Recipe::Task => {
+                    use aiop::taskfile::{FinetuneSpec, Mode, Sample, SampleInput, TaskSpace};
+                    let spec = aiop::taskfile::TaskSpec {
+                        name: format!("{}-{}", space.name(), task.name()),
+                        space: TaskSpace::Builtin { space, head: task },
+                        higher_is_better: set.higher_is_better,
+                        mode: Mode::Finetune,
+                        samples_file: String::new(),
+                        samples: pool
+                            .iter()
+                            .enumerate()
+                            .map(|(i, e)| Sample {
+                                input: SampleInput::Arch(e.arch.clone()),
+                                value: e.value,
+                                line: i + 2,
+                            })
+                            .collect(),
+                        search: None,
+                        finetune: Some(FinetuneSpec {
+                            seed: Some(seed),
+                            ..FinetuneSpec::default()
+                        }),
+                        hash: "0".repeat(32),
+                    };
+                    let second = match &companion {
+                        Some(c) => Some((c.duplicate()?, "companion".to_string())),
+                        None => None,
+                    };
+                    let m = aiop::tuned::finetune(&spec, base.duplicate()?, "base", second, true)?;
+                    Box::new(crate::cmd::search::TunedFitness::new(m))
+                }
             };
-            transfer(&mut model, key, set.higher_is_better, pool, &tc, true)?;
-            let mut fitness = PredictorFitness::new(model, space, task)?;
             let spec = SearchSpec {
                 space: Some(space),
                 task: Some(task),
@@ -408,7 +475,12 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 ..SearchSpec::default()
             };
             let mut s = SearchState::new(spec)?;
-            search::run(&mut s, &mut fitness, &AtomicBool::new(false), |_| Ok(()))?;
+            search::run(
+                &mut s,
+                fitness.as_mut(),
+                &AtomicBool::new(false),
+                |_| Ok(()),
+            )?;
             let results = s.results();
             let first = &s.history[0];
             let cheapest = results

@@ -142,7 +142,7 @@ fn spec_from(a: &SearchArgs) -> anyhow::Result<SearchSpec> {
 /// A task model (fine-tuned by `aiop finetune` or the daemon) as a search fitness: its
 /// predictions in the task's units, as `aiop predict --tuned` gives them, times `sign` (−1 for a
 /// lower-is-better task: searches maximise).
-struct TunedFitness {
+pub(crate) struct TunedFitness {
     model: aiop::tuned::TaskModel,
     features: aiop::predictor::features::FeatureConfig,
     sign: f64,
@@ -164,6 +164,22 @@ impl Fitness for TunedFitness {
             .predict(&inputs, 256)
             .map_err(|e| aiop::search::SearchError::Fitness(e.to_string()))?;
         Ok(p.into_iter().map(|v| v * self.sign).collect())
+    }
+}
+
+impl TunedFitness {
+    pub(crate) fn new(model: aiop::tuned::TaskModel) -> TunedFitness {
+        let features = model.trained.model.config.features();
+        let sign = if model.meta.higher_is_better {
+            1.0
+        } else {
+            -1.0
+        };
+        TunedFitness {
+            model,
+            features,
+            sign,
+        }
     }
 }
 
@@ -190,17 +206,7 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
         a.space = Some(space.name().to_string());
         a.task = Some(head.name().to_string());
     }
-    let features = model.trained.model.config.features();
-    let sign = if model.meta.higher_is_better {
-        1.0
-    } else {
-        -1.0
-    };
-    Ok(TunedFitness {
-        model,
-        features,
-        sign,
-    })
+    Ok(TunedFitness::new(model))
 }
 
 pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {

@@ -268,6 +268,39 @@ fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
         // NB-201 labels every architecture: the true drop is always known.
         assert!(r["true_drop"].as_f64().unwrap() >= 0.0, "{r}");
     }
+    // AIO-P's fixed recipe fits another predictor: other predictions of the same start.
+    let paper = dir.path().join("paper.json");
+    let o = aiop(
+        &[
+            "experiment",
+            "flops",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--model",
+            m,
+            "--samples",
+            "5",
+            "--seeds",
+            "2",
+            "--budget",
+            "40",
+            "--recipe",
+            "paper",
+            "--json",
+            paper.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let paper: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&paper).unwrap()).unwrap();
+    for (p, t) in paper.as_array().unwrap().iter().zip(runs) {
+        assert_eq!(p["start"], t["start"]);
+        assert!(p["predicted_drop"].as_f64().unwrap() <= 0.5 + 1e-9, "{p}");
+        assert_ne!(p["start_predicted"], t["start_predicted"], "{p} {t}");
+    }
 
     let json = dir.path().join("search.json");
     let o = aiop(
