@@ -1,7 +1,7 @@
 //! The `aiop` binary as a user runs it: `aiop spaces`, `aiop graph` on stdin, one arch, DOT,
 //! the interchange format and back, and bad input with a precise error and exit code 65.
 
-use crate::common::aiop;
+use crate::common::{aiop, aiop_ok};
 
 const A: &str =
     "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
@@ -224,44 +224,25 @@ fn search_with_a_task_model_scores_as_predict_does() {
     .unwrap();
     let state = dir.path().join("state");
     let st = state.to_str().unwrap();
-    let o = aiop(
-        &[
-            "finetune",
-            "--task",
-            t.to_str().unwrap(),
-            "--state",
-            st,
-            "-q",
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = t.to_str().unwrap();
+    aiop_ok(&["finetune", "--task", t, "--state", st, "-q"], "");
     // Space and head come from the task model.
     let res = dir.path().join("r.json");
-    let o = aiop(
-        &[
-            "search",
-            "--tuned",
-            "c10",
-            "--state",
-            st,
-            "--budget",
-            "48",
-            "--population",
-            "16",
-            "--sample",
-            "4",
-            "--batch",
-            "8",
-            "--seed",
-            "1",
-            "--json",
-            res.to_str().unwrap(),
-            "--quiet",
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = res.to_str().unwrap();
+    let small = [
+        "--budget",
+        "48",
+        "--population",
+        "16",
+        "--sample",
+        "4",
+        "--batch",
+        "8",
+    ];
+    let mut args = vec!["search", "--tuned", "c10", "--state", st, "--seed", "1"];
+    args.extend(small);
+    args.extend(["--json", r, "--quiet"]);
+    aiop_ok(&args, "");
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
     assert_eq!(file["spec"]["space"], "nb201");
     assert_eq!(file["spec"]["task"], "cifar10");
@@ -271,12 +252,11 @@ fn search_with_a_task_model_scores_as_predict_does() {
         .iter()
         .map(|r| r["arch"].as_str().unwrap())
         .collect();
-    let o = aiop(
+    let out = aiop_ok(
         &["predict", "--tuned", "c10", "--state", st],
         &format!("{}\n", archs.join("\n")),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let predicted: Vec<f64> = String::from_utf8(o.stdout)
+    let predicted: Vec<f64> = String::from_utf8(out)
         .unwrap()
         .lines()
         .map(|l| {

@@ -48,3 +48,15 @@ pub fn table_rows(space: &str, column: &str, step: usize, n: usize) -> Vec<(Stri
 pub fn nb201_cifar10_rows(n: usize) -> Vec<(String, String)> {
     table_rows("nb201", "val_acc_cifar10", 1, n)
 }
+
+/// [`aiop`] that must succeed (its standard error shown otherwise); returns standard output.
+pub fn aiop_ok(args: &[&str], stdin: &str) -> Vec<u8> {
+    let o = aiop(args, stdin);
+    assert!(
+        o.status.success(),
+        "aiop {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}

@@ -229,49 +229,12 @@ fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
     );
     let m = model.to_str().unwrap();
 
-    let json = dir.path().join("flops.json");
-    let o = aiop(
-        &[
-            "experiment",
-            "flops",
-            "--space",
-            "nb201",
-            "--task",
-            "cifar10",
-            "--model",
-            m,
-            "--samples",
-            "5",
-            "--seeds",
-            "2",
-            "--budget",
-            "40",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let runs: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let runs = runs.as_array().unwrap();
-    assert_eq!(runs.len(), 2);
-    for r in runs {
-        // The start is the table's best CIFAR-10 network.
-        assert!(
-            (r["start_true"].as_f64().unwrap() - 91.57).abs() < 0.01,
-            "{r}"
-        );
-        assert!(r["found_mflops"].as_f64().unwrap() <= r["start_mflops"].as_f64().unwrap());
-        assert!(r["predicted_drop"].as_f64().unwrap() <= 0.5 + 1e-9, "{r}");
-        assert!(r["evaluations"].as_u64().unwrap() <= 40);
-        // NB-201 labels every architecture: the true drop is always known.
-        assert!(r["true_drop"].as_f64().unwrap() >= 0.0, "{r}");
-    }
-    // AIO-P's fixed recipe fits another predictor: other predictions of the same start.
-    let paper = dir.path().join("paper.json");
-    let o = aiop(
-        &[
+    // One run per recipe: `task` (the default, as `aiop finetune` fits a task file) and AIO-P's
+    // fixed `paper` recipe.
+    let flops = |recipe: &str| -> Vec<serde_json::Value> {
+        let json = dir.path().join(format!("flops-{recipe}.json"));
+        let j = json.to_str().unwrap();
+        let args = [
             "experiment",
             "flops",
             "--space",
@@ -287,18 +250,31 @@ fn predictor_experiments_run_and_refuse_a_model_that_saw_the_space() {
             "--budget",
             "40",
             "--recipe",
-            "paper",
+            recipe,
             "--json",
-            paper.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let paper: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&paper).unwrap()).unwrap();
-    for (p, t) in paper.as_array().unwrap().iter().zip(runs) {
-        assert_eq!(p["start"], t["start"]);
-        assert!(p["predicted_drop"].as_f64().unwrap() <= 0.5 + 1e-9, "{p}");
+            j,
+        ];
+        crate::common::aiop_ok(&args, "");
+        let runs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        runs.as_array().unwrap().clone()
+    };
+    let (runs, paper) = (flops("task"), flops("paper"));
+    assert_eq!((runs.len(), paper.len()), (2, 2));
+    for r in runs.iter().chain(&paper) {
+        // The start is the table's best CIFAR-10 network.
+        assert!(
+            (r["start_true"].as_f64().unwrap() - 91.57).abs() < 0.01,
+            "{r}"
+        );
+        assert!(r["found_mflops"].as_f64().unwrap() <= r["start_mflops"].as_f64().unwrap());
+        assert!(r["predicted_drop"].as_f64().unwrap() <= 0.5 + 1e-9, "{r}");
+        assert!(r["evaluations"].as_u64().unwrap() <= 40);
+        // NB-201 labels every architecture: the true drop is always known.
+        assert!(r["true_drop"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    // The recipes fit different predictors: other predictions of the same start.
+    for (t, p) in runs.iter().zip(&paper) {
         assert_ne!(p["start_predicted"], t["start_predicted"], "{p} {t}");
     }
 
