@@ -17,7 +17,7 @@
 //! predictions are deterministic); cancelling keeps the results found so far; at most
 //! `workers` searches run at once; nothing here runs on an async worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -177,6 +177,22 @@ struct Inner {
     metrics: Metrics,
     workers: Mutex<Vec<JoinHandle<()>>>,
     counter: AtomicU64,
+    /// Ended searches whose `aiop_search_best_score` series is still exported, oldest first
+    /// (at most [`FINISHED_SERIES`]): a daemon running searches for months would otherwise
+    /// export one series per search it ever ran.
+    finished_series: Mutex<VecDeque<String>>,
+}
+
+/// How many ended searches keep their `aiop_search_best_score` series (their final value stays
+/// in Prometheus' history; the record keeps it too).
+pub const FINISHED_SERIES: usize = 100;
+
+/// Note that search `id` ended; returns the searches whose series go, oldest first.
+fn retire(finished: &mut VecDeque<String>, id: &str, keep: usize) -> Vec<String> {
+    finished.retain(|f| f != id);
+    finished.push_back(id.to_string());
+    let over = finished.len().saturating_sub(keep);
+    finished.drain(..over).collect()
 }
 
 /// The search manager; cheap to clone (the API, the jobs and the watcher hold one).
@@ -232,6 +248,7 @@ impl Searches {
             metrics,
             workers: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
+            finished_series: Mutex::new(VecDeque::new()),
         });
         let me = Searches { inner };
         for k in 0..workers.max(1) {
@@ -509,6 +526,12 @@ impl Searches {
             }
         };
         drop(running);
+        if !matches!(outcome, Ok(SearchStatus::Queued)) {
+            let mut f = self.inner.finished_series.lock().expect("series lock");
+            for old in retire(&mut f, id, FINISHED_SERIES) {
+                let _ = m.best.remove_label_values(&[&old]);
+            }
+        }
         match outcome {
             Ok(SearchStatus::Done) => {
                 m.finished.with_label_values(&["done"]).inc();
@@ -903,6 +926,18 @@ pub const MAX_POPULATION: usize = 100_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_searches_keep_their_series_up_to_the_bound_oldest_retired_first() {
+        let mut f = VecDeque::new();
+        assert!(retire(&mut f, "a", 2).is_empty());
+        assert!(retire(&mut f, "b", 2).is_empty());
+        assert_eq!(retire(&mut f, "c", 2), vec!["a".to_string()]);
+        // A search ending again (resumed, then cancelled) moves to the back, not in twice.
+        assert!(retire(&mut f, "b", 2).is_empty());
+        assert_eq!(f, VecDeque::from(["c".to_string(), "b".to_string()]));
+        assert_eq!(retire(&mut f, "d", 2), vec!["c".to_string()]);
+    }
     use crate::search::TableFitness;
     use crate::spaces::Task;
 
