@@ -244,14 +244,18 @@ impl Jobs {
             }
         }
         let mut handles = Vec::with_capacity(workers);
+        // No job starts before the start-up pruning (on the first worker) is over: a model a
+        // job saves meanwhile could belong to a version the pruning read as out of use.
+        let pruned = Arc::new(std::sync::Barrier::new(workers.max(1)));
         for k in 0..workers.max(1) {
-            let (rx, stop_rx, store, runner, metrics, searches) = (
+            let (rx, stop_rx, store, runner, metrics, searches, pruned) = (
                 rx.clone(),
                 stop_rx.clone(),
                 store.clone(),
                 runner.clone(),
                 metrics.clone(),
                 searches.clone(),
+                pruned.clone(),
             );
             let h = std::thread::Builder::new()
                 .name(format!("aiop-job-{k}"))
@@ -263,7 +267,10 @@ impl Jobs {
                         runner.as_ref(),
                         metrics,
                         searches.as_ref(),
-                        k == 0,
+                        Startup {
+                            prune: k == 0,
+                            pruned: &pruned,
+                        },
                     )
                 })
                 .map_err(JobsError::Thread)?;
@@ -292,6 +299,14 @@ impl Jobs {
     }
 }
 
+/// A worker's part in the start-up pruning.
+struct Startup<'a> {
+    /// This worker runs it.
+    prune: bool,
+    /// Passed by every worker once it is over.
+    pruned: &'a std::sync::Barrier,
+}
+
 fn worker(
     rx: Receiver<Job>,
     stop: Receiver<()>,
@@ -299,14 +314,15 @@ fn worker(
     runner: &dyn Finetuner,
     metrics: Metrics,
     searches: Option<&Searches>,
-    prune_first: bool,
+    startup: Startup<'_>,
 ) {
-    // The start-up pruning runs here, off the caller's (async) thread.
-    if let (true, Some(s)) = (prune_first, searches) {
+    // The start-up pruning runs here, off the caller's (async) thread; every worker waits for it.
+    if let (true, Some(s)) = (startup.prune, searches) {
         if let Err(e) = prune_stale(&store, s, runner, &metrics, None) {
             tracing::warn!(error = %e, "pruning unused task models failed");
         }
     }
+    startup.pruned.wait();
     loop {
         let job = crossbeam_channel::select! {
             recv(stop) -> _ => return,
