@@ -108,16 +108,12 @@ impl Finetuner for ModelTuner {
             .base
             .load(&self.device)
             .map_err(|e| format!("loading the base model {}: {e}", self.base.describe()))?;
-        let companion = if tuned::wants_companion(&spec) {
-            self.base.load_plain(&self.device).map_err(|e| {
-                format!(
-                    "loading the no-transform companion of {}: {e}",
-                    self.base.describe()
-                )
-            })?
-        } else {
-            None
-        };
+        let companion = self.base.companion_for(&spec, &self.device).map_err(|e| {
+            format!(
+                "loading the no-transform companion of {}: {e}",
+                self.base.describe()
+            )
+        })?;
         let m = tuned::finetune(&spec, base, &self.base.describe(), companion, true)
             .map_err(|e| e.to_string())?;
         m.save(&self.models_dir).map_err(|e| e.to_string())?;
@@ -318,9 +314,7 @@ fn worker(
 ) {
     // The start-up pruning runs here, off the caller's (async) thread; every worker waits for it.
     if let (true, Some(s)) = (startup.prune, searches) {
-        if let Err(e) = prune_stale(&store, s, runner, &metrics, None) {
-            tracing::warn!(error = %e, "pruning unused task models failed");
-        }
+        prune_stale(&store, s, runner, &metrics, None);
     }
     startup.pruned.wait();
     loop {
@@ -378,9 +372,7 @@ fn run_one(
             tracing::info!(task = %job.task, version = %job.version, %model, "fine-tuning done");
             if let Some(s) = searches {
                 // The version this one replaces may have left predictions nothing will read.
-                if let Err(e) = prune_stale(store, s, runner, metrics, Some(&job.task)) {
-                    tracing::warn!(error = %e, "pruning unused task models failed");
-                }
+                prune_stale(store, s, runner, metrics, Some(&job.task));
             }
             if let (Some(s), Some((_, true)), Some(rec)) = (searches, ready, &search) {
                 if rec.status == crate::store::SearchStatus::Queued {
@@ -410,8 +402,20 @@ fn run_one(
 ///   store never recorded (`aiop finetune` into the same state folder) are not touched.
 ///
 /// A long-running daemon whose task files change would otherwise keep every old version's
-/// predictions and models forever.
+/// predictions and models forever. A failure is logged: pruning only frees space.
 fn prune_stale(
+    store: &Store,
+    searches: &Searches,
+    runner: &dyn Finetuner,
+    metrics: &Metrics,
+    task: Option<&str>,
+) {
+    if let Err(e) = try_prune_stale(store, searches, runner, metrics, task) {
+        tracing::warn!(error = %e, "pruning unused task models failed");
+    }
+}
+
+fn try_prune_stale(
     store: &Store,
     searches: &Searches,
     runner: &dyn Finetuner,

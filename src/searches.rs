@@ -926,6 +926,8 @@ pub const MAX_POPULATION: usize = 100_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::TableFitness;
+    use crate::spaces::Task;
 
     #[test]
     fn ended_searches_keep_their_series_up_to_the_bound_oldest_retired_first() {
@@ -938,8 +940,6 @@ mod tests {
         assert_eq!(f, VecDeque::from(["c".to_string(), "b".to_string()]));
         assert_eq!(retire(&mut f, "d", 2), vec!["c".to_string()]);
     }
-    use crate::search::TableFitness;
-    use crate::spaces::Task;
 
     #[test]
     fn checkpoints_read_back_in_both_layouts() {

@@ -141,6 +141,20 @@ impl BaseModel {
             }
         }
     }
+
+    /// The companion [`finetune`] should be offered for `spec` ([`BaseModel::load_plain`]),
+    /// loaded only when it would use one ([`wants_companion`]).
+    pub fn companion_for(
+        &self,
+        spec: &TaskSpec,
+        device: &Device,
+    ) -> Result<Option<(Trained, String)>, PredictorError> {
+        if wants_companion(spec) {
+            self.load_plain(device)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// A content fingerprint of a model's weights and configuration (32 hex digits): two models

@@ -325,6 +325,41 @@ pub struct FlopsExperimentArgs {
     pub json: Option<PathBuf>,
 }
 
+/// The labelled networks `pool` as the task file a user would write for them (fine-tuning
+/// seeded by `seed`), for `tuned::finetune`.
+fn labelled_task(
+    space: SpaceId,
+    task: Task,
+    higher_is_better: bool,
+    pool: &[aiop::predictor::data::Example],
+    seed: u64,
+) -> aiop::taskfile::TaskSpec {
+    use aiop::taskfile::{FinetuneSpec, Mode, Sample, SampleInput, TaskSpace};
+    aiop::taskfile::TaskSpec {
+        name: format!("{}-{}", space.name(), task.name()),
+        space: TaskSpace::Builtin { space, head: task },
+        higher_is_better,
+        mode: Mode::Finetune,
+        samples_file: String::new(),
+        samples: pool
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Sample {
+                input: SampleInput::Arch(e.arch.clone()),
+                value: e.value,
+                // As if read from a CSV under its header.
+                line: i + 2,
+            })
+            .collect(),
+        search: None,
+        finetune: Some(FinetuneSpec {
+            seed: Some(seed),
+            ..FinetuneSpec::default()
+        }),
+        hash: "0".repeat(32),
+    }
+}
+
 /// How `aiop experiment flops` fits the predictor to the labelled networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Recipe {
@@ -432,29 +467,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                     Box::new(PredictorFitness::new(model, space, task)?)
                 }
                 Recipe::Task => {
-                    use aiop::taskfile::{FinetuneSpec, Mode, Sample, SampleInput, TaskSpace};
-                    let spec = aiop::taskfile::TaskSpec {
-                        name: format!("{}-{}", space.name(), task.name()),
-                        space: TaskSpace::Builtin { space, head: task },
-                        higher_is_better: set.higher_is_better,
-                        mode: Mode::Finetune,
-                        samples_file: String::new(),
-                        samples: pool
-                            .iter()
-                            .enumerate()
-                            .map(|(i, e)| Sample {
-                                input: SampleInput::Arch(e.arch.clone()),
-                                value: e.value,
-                                line: i + 2,
-                            })
-                            .collect(),
-                        search: None,
-                        finetune: Some(FinetuneSpec {
-                            seed: Some(seed),
-                            ..FinetuneSpec::default()
-                        }),
-                        hash: "0".repeat(32),
-                    };
+                    let spec = labelled_task(space, task, set.higher_is_better, &pool, seed);
                     let second = match &companion {
                         Some(c) => Some((c.duplicate()?, "companion".to_string())),
                         None => None,

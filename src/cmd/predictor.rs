@@ -206,12 +206,9 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             base.describe()
         );
     }
-    let companion = if tuned::wants_companion(&spec) {
-        base.load_plain(&device)
-            .with_context(|| format!("loading the no-transform companion of {}", base.describe()))?
-    } else {
-        None
-    };
+    let companion = base
+        .companion_for(&spec, &device)
+        .with_context(|| format!("loading the no-transform companion of {}", base.describe()))?;
     let m = tuned::finetune(&spec, trained, &base.describe(), companion, a.quiet)?;
     let models = a.state.join(aiop::serve::MODELS_DIR);
     let dir = m.save(&models)?;

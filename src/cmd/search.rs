@@ -153,11 +153,7 @@ impl Fitness for TunedFitness {
         &mut self,
         batch: &[aiop::search::fitness::Candidate<'_>],
     ) -> Result<Vec<f64>, aiop::search::SearchError> {
-        use aiop::predictor::{features::extract, transform::gflops};
-        let feats: Vec<_> = batch
-            .iter()
-            .map(|c| (extract(c.graph, &self.features), gflops(c.graph)))
-            .collect();
+        let feats = aiop::search::fitness::featurise(batch, &self.features);
         let inputs: Vec<_> = feats.iter().map(|(f, g)| (f, *g)).collect();
         let p = self
             .model
@@ -191,10 +187,11 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
     let model = aiop::tuned::TaskModel::load(&dir, &aiop::predictor::default_device())?;
     if let TaskSpace::Builtin { space, head } = model.meta.space {
         let given_space = a.space.as_deref().map(SpaceId::from_name).transpose()?;
-        let given_task = match (given_space.unwrap_or(space), a.task.as_deref()) {
-            (s, Some(t)) => Some(s.task(t)?),
-            (_, None) => None,
-        };
+        let given_task = a
+            .task
+            .as_deref()
+            .map(|t| given_space.unwrap_or(space).task(t))
+            .transpose()?;
         if given_space.is_some_and(|s| s != space) || given_task.is_some_and(|t| t != head) {
             anyhow::bail!(
                 "task model '{name}' was fine-tuned for --space {} --task {}; leave them out \
@@ -219,15 +216,15 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
     let spec = spec_from(&a)?;
     let mut state = SearchState::new(spec.clone())?;
     let (space, task) = (spec.space, spec.task);
-    let mut fitness: Box<dyn Fitness> = match a.fitness {
-        _ if tuned.is_some() => Box::new(tuned.expect("checked")),
-        FitnessKind::Oracle => {
+    let mut fitness: Box<dyn Fitness> = match (tuned, a.fitness) {
+        (Some(t), _) => Box::new(t),
+        (None, FitnessKind::Oracle) => {
             let (Some(space), Some(task)) = (space, task) else {
                 anyhow::bail!("the oracle fitness needs --space and --task");
             };
             Box::new(search::TableFitness::load(space, task)?)
         }
-        FitnessKind::Predictor => {
+        (None, FitnessKind::Predictor) => {
             let (Some(space), Some(task)) = (space, task) else {
                 anyhow::bail!("the predictor fitness needs --space and --task");
             };

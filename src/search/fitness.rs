@@ -97,13 +97,21 @@ impl PredictorFitness {
     }
 }
 
+/// Each candidate's predictor features (under `fc`) and GFLOPs, as the predictors take them.
+pub fn featurise(
+    batch: &[Candidate<'_>],
+    fc: &crate::predictor::features::FeatureConfig,
+) -> Vec<(crate::predictor::features::GraphFeatures, f64)> {
+    use crate::predictor::{features::extract, transform::gflops};
+    batch
+        .iter()
+        .map(|c| (extract(c.graph, fc), gflops(c.graph)))
+        .collect()
+}
+
 impl Fitness for PredictorFitness {
     fn score(&mut self, batch: &[Candidate<'_>]) -> Result<Vec<f64>, SearchError> {
-        use crate::predictor::{features::extract, transform::gflops};
-        let feats: Vec<_> = batch
-            .iter()
-            .map(|c| (extract(c.graph, &self.features), gflops(c.graph)))
-            .collect();
+        let feats = featurise(batch, &self.features);
         let inputs: Vec<_> = feats.iter().map(|(f, g)| (f, *g)).collect();
         self.model
             .predict(self.key, &inputs, self.batch_size)
