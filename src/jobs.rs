@@ -11,13 +11,14 @@
 //! by the store, so a slow job never overwrites a newer version's state; transitions are
 //! queued → tuning → ready (with the model version) or failed (with the error); tasks queued when
 //! the pool starts (e.g. before a restart), and tasks left `tuning` by an interrupted job, are
-//! enqueued again; [`Jobs::stop`] lets running jobs
-//! finish and drops the queued ones (they stay `queued` in the store and are picked up at the
-//! next start). At start-up and whenever a model turns ready, the prediction cache drops the
+//! enqueued again; [`Jobs::stop`] interrupts running jobs at their next training step (they
+//! stay `tuning`, nothing of theirs is saved, and they run again at the next start) and drops
+//! the queued ones (they stay `queued` in the store and are picked up at the next start). At start-up and whenever a model turns ready, the prediction cache drops the
 //! values, and the model folder the models, of task-model versions no task or unfinished search
 //! uses any more.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -27,6 +28,7 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+pub use crate::predictor::train::Cancel;
 use crate::predictor::{default_device, Device};
 use crate::searches::{self, Searches};
 use crate::service::TUNED_PREFIX;
@@ -46,8 +48,15 @@ pub struct Finetuned {
 /// What fine-tunes the predictor on a task version.
 pub trait Finetuner: Send + Sync + 'static {
     /// Fine-tune on `snapshot` (see [`crate::taskfile::TaskSpec::snapshot`]); returns the model
-    /// produced, or a message saying why it failed.
-    fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String>;
+    /// produced, or a message saying why it failed. Once `cancel` is set (the pool is
+    /// stopping) it should return soon, with an error; the job then runs again at the next
+    /// start, so nothing it leaves half done may be recorded as done.
+    fn finetune(
+        &self,
+        task: &str,
+        snapshot: &serde_json::Value,
+        cancel: &Cancel,
+    ) -> Result<Finetuned, String>;
 
     /// Delete the stored model `model` (a [`Finetuned::model`] id), which nothing uses any more;
     /// true when something was deleted. Finetuners that store nothing keep the default.
@@ -101,7 +110,12 @@ impl ModelTuner {
 }
 
 impl Finetuner for ModelTuner {
-    fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String> {
+    fn finetune(
+        &self,
+        task: &str,
+        snapshot: &serde_json::Value,
+        cancel: &Cancel,
+    ) -> Result<Finetuned, String> {
         let start = Instant::now();
         let spec = TaskSpec::from_snapshot(snapshot)?;
         let base = self
@@ -114,7 +128,7 @@ impl Finetuner for ModelTuner {
                 self.base.describe()
             )
         })?;
-        let m = tuned::finetune(&spec, base, &self.base.describe(), companion, true)
+        let m = tuned::finetune(&spec, base, &self.base.describe(), companion, true, cancel)
             .map_err(|e| e.to_string())?;
         m.save(&self.models_dir).map_err(|e| e.to_string())?;
         self.duration.observe(start.elapsed().as_secs_f64());
@@ -209,6 +223,8 @@ impl Submitter {
 pub struct Jobs {
     tx: Option<Sender<Job>>,
     stop: Sender<()>,
+    /// Set by [`Jobs::stop`]: running fine-tunings return at their next training step.
+    cancel: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -225,6 +241,7 @@ impl Jobs {
         let metrics = Metrics::register(registry)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let cancel = Arc::new(AtomicBool::new(false));
         for t in store.tasks()? {
             if t.status == TaskStatus::Tuning {
                 // Interrupted by a stop or a crash: run it again.
@@ -244,9 +261,12 @@ impl Jobs {
         // job saves meanwhile could belong to a version the pruning read as out of use.
         let pruned = Arc::new(std::sync::Barrier::new(workers.max(1)));
         for k in 0..workers.max(1) {
-            let (rx, stop_rx, store, runner, metrics, searches, pruned) = (
+            let (rx, stopping, store, runner, metrics, searches, pruned) = (
                 rx.clone(),
-                stop_rx.clone(),
+                Stopping {
+                    stop: stop_rx.clone(),
+                    cancel: Cancel::new(cancel.clone()),
+                },
                 store.clone(),
                 runner.clone(),
                 metrics.clone(),
@@ -258,7 +278,7 @@ impl Jobs {
                 .spawn(move || {
                     worker(
                         rx,
-                        stop_rx,
+                        stopping,
                         store,
                         runner.as_ref(),
                         metrics,
@@ -275,6 +295,7 @@ impl Jobs {
         Ok(Jobs {
             tx: Some(tx),
             stop,
+            cancel,
             workers: handles,
         })
     }
@@ -283,8 +304,10 @@ impl Jobs {
         Submitter(self.tx.clone().expect("running pool"))
     }
 
-    /// Let running jobs finish, drop queued ones, join the threads.
+    /// Interrupt running jobs (their tasks stay `tuning` and run again at the next start), drop
+    /// queued ones, join the threads.
     pub fn stop(mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
         self.tx = None;
         drop(self.stop);
         for h in self.workers {
@@ -303,9 +326,17 @@ struct Startup<'a> {
     pruned: &'a std::sync::Barrier,
 }
 
+/// How a worker learns that the pool is stopping.
+struct Stopping {
+    /// Closed by [`Jobs::stop`]: the worker takes no further job.
+    stop: Receiver<()>,
+    /// Set by [`Jobs::stop`]: the job running returns at its next training step.
+    cancel: Cancel,
+}
+
 fn worker(
     rx: Receiver<Job>,
-    stop: Receiver<()>,
+    stopping: Stopping,
     store: Store,
     runner: &dyn Finetuner,
     metrics: Metrics,
@@ -319,10 +350,10 @@ fn worker(
     startup.pruned.wait();
     loop {
         let job = crossbeam_channel::select! {
-            recv(stop) -> _ => return,
+            recv(stopping.stop) -> _ => return,
             recv(rx) -> j => match j { Ok(j) => j, Err(_) => return },
         };
-        if let Err(e) = run_one(&job, &store, runner, &metrics, searches) {
+        if let Err(e) = run_one(&job, &store, runner, &metrics, searches, &stopping.cancel) {
             tracing::error!(task = %job.task, version = %job.version, error = %e, "job failed in the store");
         }
     }
@@ -334,6 +365,7 @@ fn run_one(
     runner: &dyn Finetuner,
     metrics: &Metrics,
     searches: Option<&Searches>,
+    cancel: &Cancel,
 ) -> Result<(), StoreError> {
     // Only a queued current version moves to `tuning`: outdated, duplicate and removed are dropped.
     if store.start_tuning(&job.task, &job.version)?.is_none() {
@@ -353,7 +385,7 @@ fn run_one(
     metrics.running.inc();
     tracing::info!(task = %job.task, version = %job.version, "fine-tuning started");
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runner.finetune(&job.task, &snapshot)
+        runner.finetune(&job.task, &snapshot, cancel)
     }))
     .unwrap_or_else(|_| Err("the fine-tuning job panicked".into()));
     metrics.running.dec();
@@ -381,6 +413,11 @@ fn run_one(
                     }
                 }
             }
+        }
+        Err(e) if cancel.is_set() => {
+            // Stopped, not failed: the task stays `tuning`, which the next start queues again.
+            metrics.finished.with_label_values(&["interrupted"]).inc();
+            tracing::info!(task = %job.task, version = %job.version, error = %e, "fine-tuning interrupted by the stop: it runs again at the next start");
         }
         Err(e) => {
             store.set_task_status(&job.task, &job.version, TaskStatus::Failed, Some(e.clone()))?;
@@ -484,7 +521,12 @@ mod tests {
     struct Recorder(Mutex<Vec<(String, usize)>>);
 
     impl Finetuner for Recorder {
-        fn finetune(&self, task: &str, snapshot: &serde_json::Value) -> Result<Finetuned, String> {
+        fn finetune(
+            &self,
+            task: &str,
+            snapshot: &serde_json::Value,
+            _cancel: &Cancel,
+        ) -> Result<Finetuned, String> {
             let n = snapshot["samples"].as_array().map_or(0, |s| s.len());
             self.0.lock().unwrap().push((task.to_string(), n));
             match task {

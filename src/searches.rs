@@ -884,6 +884,7 @@ fn build_spec(
         seed: req.seed.unwrap_or(d.seed),
         start,
         tolerance: req.tolerance.unwrap_or(d.tolerance),
+        reference: None,
         radius: req.radius.or(d.radius),
         beam: d.beam,
         top_k: req.top_k.unwrap_or(d.top_k),

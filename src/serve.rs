@@ -8,7 +8,8 @@
 //! the listener accepts; on shutdown the listener stops accepting and every running search is
 //! told to stop at once, then, all within one grace period: in-flight requests finish, searches
 //! checkpoint their current generation and stay queued, the watcher stops, running fine-tuning
-//! jobs finish (or are abandoned, to run again at the next start), the predictor service stops,
+//! jobs stop at their next training step (to run again at the next start; one still running at
+//! the end of the grace period is abandoned, likewise), the predictor service stops,
 //! the store is flushed, the address file removed, and `run` returns `Ok` (exit 0). Every
 //! component registers its own metrics in the one registry handed in.
 
@@ -280,6 +281,7 @@ mod tests {
             &self,
             _task: &str,
             snapshot: &serde_json::Value,
+            _cancel: &crate::predictor::train::Cancel,
         ) -> Result<crate::jobs::Finetuned, String> {
             Ok(crate::jobs::Finetuned {
                 model: format!(

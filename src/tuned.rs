@@ -38,7 +38,7 @@ use crate::predictor::init::sorted_vars;
 use crate::predictor::select::{
     samples_of, select_epochs, EpochSelection, Labelled, SelectionReport,
 };
-use crate::predictor::train::{predict_batched, train, TrainConfig, TrainReport};
+use crate::predictor::train::{predict_batched, train, Cancel, TrainConfig, TrainReport};
 use crate::predictor::transform::{gflops, TaskScaler};
 use crate::predictor::{shipped, Device, PredictorError};
 use crate::taskfile::{Companion, Finetune, Mode, SampleInput, TaskSpace, TaskSpec};
@@ -524,13 +524,15 @@ pub fn wants_companion(spec: &TaskSpec) -> bool {
 /// `companion` (the base's no-transform twin and its name, see [`BaseModel::load_plain`]) is
 /// cross-validated too and, as the task's `companion` setting says, fine-tuned and averaged
 /// with `base` or put in its place when its chosen length ranks the held-out samples better.
-/// `quiet` hides the progress bar.
+/// `quiet` hides the progress bar; once `cancel` is set, training stops and this returns an
+/// error (nothing is saved: the caller saves the model).
 pub fn finetune(
     spec: &TaskSpec,
     mut base: Trained,
     base_name: &str,
     companion: Option<(Trained, String)>,
     quiet: bool,
+    cancel: &Cancel,
 ) -> Result<TaskModel, TunedError> {
     let start = Instant::now();
     let perr = |e: PredictorError| predictor_err(&spec.name, e);
@@ -554,6 +556,7 @@ pub fn finetune(
                 lr: settings.lr,
                 dev_fraction: 0.0,
                 seed: settings.seed,
+                cancel: cancel.clone(),
                 ..TrainConfig::default()
             };
             let prefixes: Vec<String> = ["embed.", "gnn.", "head."].map(String::from).into();
@@ -716,8 +719,27 @@ mod tests {
             &base.describe(),
             companion,
             true,
+            &Cancel::default(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_cancelled_finetune_stops_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "");
+        let dev = Device::Cpu;
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let r = finetune(
+            &spec,
+            BaseModel::Embedded.load(&dev).unwrap(),
+            "embedded",
+            None,
+            true,
+            &Cancel::new(flag),
+        );
+        let e = r.err().expect("cancelled before its first step");
+        assert!(e.to_string().contains("cancelled"), "{e}");
     }
 
     #[test]
@@ -897,7 +919,7 @@ mod tests {
             .unwrap();
         // Each model alone.
         let a = tune(&spec, false);
-        let p = finetune(&spec, plain, &plain_name, None, true).unwrap();
+        let p = finetune(&spec, plain, &plain_name, None, true, &Cancel::default()).unwrap();
         assert!(a.meta.scaler.flops_scaling && !p.meta.scaler.flops_scaling);
         let (sa, sp) = (
             a.meta.selection.clone().unwrap(),

@@ -304,6 +304,10 @@ pub struct FlopsExperimentArgs {
     /// Largest predicted drop allowed (task units, points for accuracies).
     #[arg(long, default_value_t = 0.5)]
     pub tolerance: f64,
+    /// Measure the tolerance from the start's true label (a user shrinking a network knows
+    /// how well it does; the search's `reference`) instead of from its predicted score.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub anchor: bool,
     /// Predictor evaluations per reduction.
     #[arg(long, default_value_t = 2000)]
     pub budget: usize,
@@ -472,7 +476,14 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                         Some(c) => Some((c.duplicate()?, "companion".to_string())),
                         None => None,
                     };
-                    let m = aiop::tuned::finetune(&spec, base.duplicate()?, "base", second, true)?;
+                    let m = aiop::tuned::finetune(
+                        &spec,
+                        base.duplicate()?,
+                        "base",
+                        second,
+                        true,
+                        &Default::default(),
+                    )?;
                     Box::new(crate::cmd::search::TunedFitness::new(m))
                 }
             };
@@ -483,6 +494,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 budget: a.budget,
                 start: Some(Start::Arch(start.to_string())),
                 tolerance: a.tolerance,
+                reference: a.anchor.then_some(best.value),
                 radius: a.radius,
                 seed,
                 ..SearchSpec::default()

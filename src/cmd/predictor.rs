@@ -209,7 +209,14 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     let companion = base
         .companion_for(&spec, &device)
         .with_context(|| format!("loading the no-transform companion of {}", base.describe()))?;
-    let m = tuned::finetune(&spec, trained, &base.describe(), companion, a.quiet)?;
+    let m = tuned::finetune(
+        &spec,
+        trained,
+        &base.describe(),
+        companion,
+        a.quiet,
+        &Default::default(),
+    )?;
     let models = a.state.join(aiop::serve::MODELS_DIR);
     let dir = m.save(&models)?;
     let mut out = std::io::stdout().lock();

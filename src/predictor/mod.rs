@@ -67,6 +67,9 @@ pub enum PredictorError {
         #[source]
         source: serde_json::Error,
     },
+    /// Training stopped by its [`train::Cancel`].
+    #[error("training cancelled")]
+    Cancelled,
 }
 
 /// The device to compute on: the first CUDA GPU when built with the `cuda` feature and one is

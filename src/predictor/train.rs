@@ -7,9 +7,11 @@
 //! samples, configuration and seed give the same weights on the same machine (every random
 //! choice comes from [`Rng`], gradient norms are summed in variable-name order); at the end the
 //! trainable variables hold the weights of the epoch with the lowest dev MSE (the last epoch
-//! when there is no dev set).
+//! when there is no dev set); a run stopped by its [`Cancel`] returns an error, its weights
+//! left as the last step made them (callers discard the model).
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
@@ -37,6 +39,32 @@ pub struct TrainConfig {
     /// Fraction of the samples held out to choose the best epoch (0 = none).
     pub dev_fraction: f64,
     pub seed: u64,
+    /// Checked before every optimisation step: once set, training stops with
+    /// [`PredictorError::Cancelled`] (the daemon's fine-tuning jobs, stopped at shutdown).
+    #[serde(skip)]
+    pub cancel: Cancel,
+}
+
+/// A stop request a training loop checks before every step; none by default. Not part of a
+/// configuration's value: two configurations that differ only in it compare equal.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Option<Arc<AtomicBool>>);
+
+impl Cancel {
+    /// Watch `flag` (set elsewhere to stop).
+    pub fn new(flag: Arc<AtomicBool>) -> Cancel {
+        Cancel(Some(flag))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+impl PartialEq for Cancel {
+    fn eq(&self, _: &Cancel) -> bool {
+        true
+    }
 }
 
 impl Default for TrainConfig {
@@ -48,6 +76,7 @@ impl Default for TrainConfig {
             clip_norm: 5.0,
             dev_fraction: 0.1,
             seed: 0,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -382,6 +411,9 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
             order_rng.shuffle(&mut train_idx);
             let (mut sum, mut count) = (0f64, 0usize);
             for chunk in train_idx.chunks(cfg.batch_size) {
+                if cfg.cancel.is_set() {
+                    return Err(PredictorError::Cancelled);
+                }
                 let graphs: Vec<&GraphFeatures> =
                     chunk.iter().map(|&i| &*samples[i].features).collect();
                 let t: Vec<f32> = chunk.iter().map(|&i| samples[i].target).collect();

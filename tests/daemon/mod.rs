@@ -327,6 +327,58 @@ fn kill_9_then_restart_keeps_tasks() {
 }
 
 #[test]
+fn a_stop_interrupts_a_running_fine_tune_which_runs_again_at_the_next_start() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let mut d = Daemon::start(&state);
+    let tasks = d.tasks_dir();
+    drop_file(&tasks, "l.csv", nb201_samples(20).as_bytes());
+    // 100,000 epochs at batch 1: far longer than the grace period, or this test.
+    let long = format!(
+        "{}[finetune]\nepochs = 100000\nselect_epochs = false\n",
+        task_toml("long", "l.csv")
+    );
+    drop_file(&tasks, "l.toml", long.as_bytes());
+    wait_long("fine-tuning to start", || {
+        d.task("long")
+            .filter(|t| t["status"] == "tuning")
+            .map(|_| ())
+    });
+    let t0 = Instant::now();
+    d.signal("-TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(GRACE_SECS + 3)).code(),
+        Some(0)
+    );
+    // Stopped at its next step, not abandoned when the grace period ran out.
+    assert!(
+        t0.elapsed() < Duration::from_secs(GRACE_SECS),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(d);
+    let log = std::fs::read_to_string(state.with_extension("log")).unwrap();
+    assert!(log.contains("fine-tuning interrupted by the stop"), "{log}");
+    assert!(!log.contains("abandoned"), "{log}");
+    assert!(
+        !state.join("models").join("long").exists()
+            || std::fs::read_dir(state.join("models").join("long"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "an interrupted fine-tune saves no model"
+    );
+
+    let d = Daemon::start(&state);
+    assert_eq!(d.metrics()["aiop_jobs_recovered_total"], 1.0);
+    wait_long("the fine-tuning to run again", || {
+        d.task("long")
+            .filter(|t| t["status"] == "tuning")
+            .map(|_| ())
+    });
+}
+
+#[test]
 fn bad_config_names_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
