@@ -67,6 +67,11 @@ pub struct SearchRequest {
     pub start_graph: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
+    /// FLOP reduction: the start's measured value in the task's units; the tolerance is then
+    /// measured from it rather than from the start's prediction. A task file's search sets it
+    /// to the start's label when the start is among the task's samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<f64>,
     /// FLOP reduction: most moves from the start (unlimited when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub radius: Option<usize>,
@@ -737,7 +742,7 @@ fn resolve(store: &Store, req: &SearchRequest, origin: &str) -> Result<StoredSpe
             }
         }
     };
-    let spec = build_spec(req, space, head)?;
+    let spec = build_spec(req, space, head, higher_is_better)?;
     Ok(StoredSpec {
         request: req.clone(),
         search: spec,
@@ -769,9 +774,24 @@ pub fn request_from_task(spec: &TaskSpec) -> Option<SearchRequest> {
         start: s.start.clone(),
         start_graph: None,
         tolerance: s.tolerance,
+        reference: start_label(spec),
         radius: s.radius.map(|r| r as usize),
         top_k: None,
         multi_objective: None,
+    })
+}
+
+/// The label of a FLOP reduction's start among the task's samples, when it is one of them (the
+/// first such sample's).
+fn start_label(spec: &TaskSpec) -> Option<f64> {
+    let s = spec.search.as_ref()?;
+    if s.algorithm != taskfile::Algorithm::Flops {
+        return None;
+    }
+    let start = s.start.as_deref()?;
+    spec.samples.iter().find_map(|x| match &x.input {
+        taskfile::SampleInput::Arch(a) if a.to_string() == start => Some(x.value),
+        _ => None,
     })
 }
 
@@ -830,7 +850,7 @@ fn resolve_with(
 ) -> Result<StoredSpec, SearchesError> {
     Ok(StoredSpec {
         request: req.clone(),
-        search: build_spec(req, Some(space), Some(head))?,
+        search: build_spec(req, Some(space), Some(head), spec.higher_is_better)?,
         model: ModelRef::Tuned {
             id: model_id.to_string(),
         },
@@ -839,11 +859,13 @@ fn resolve_with(
     })
 }
 
-/// The search spec of a request, for networks of `space` built with `head`'s network head.
+/// The search spec of a request, for networks of `space` built with `head`'s network head
+/// (the search maximises: a lower-is-better task's reference changes sign, as its scores do).
 fn build_spec(
     req: &SearchRequest,
     space: Option<SpaceId>,
     head: Option<crate::spaces::Task>,
+    higher_is_better: bool,
 ) -> Result<SearchSpec, SearchesError> {
     let d = SearchSpec::default();
     let algorithm: search::Algorithm = match &req.algorithm {
@@ -884,7 +906,7 @@ fn build_spec(
         seed: req.seed.unwrap_or(d.seed),
         start,
         tolerance: req.tolerance.unwrap_or(d.tolerance),
-        reference: None,
+        reference: req.reference.map(|v| if higher_is_better { v } else { -v }),
         radius: req.radius.or(d.radius),
         beam: d.beam,
         top_k: req.top_k.unwrap_or(d.top_k),
@@ -929,6 +951,49 @@ mod tests {
     use super::*;
     use crate::search::TableFitness;
     use crate::spaces::Task;
+
+    /// A task file of 2 NB-201 samples (the second labelled 90.39, as written below) with a FLOP
+    /// reduction from `start`; `extra` goes at the top level.
+    fn flops_task(dir: &std::path::Path, start: &str, extra: &str) -> TaskSpec {
+        let csv = "arch,value\n\
+            |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
+            |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
+        std::fs::write(dir.join("s.csv"), csv).unwrap();
+        let t = dir.join("t.toml");
+        std::fs::write(
+            &t,
+            format!(
+                "name = \"t\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n{extra}\n\
+                 [search]\nalgorithm = \"flops\"\nstart = \"{start}\"\n"
+            ),
+        )
+        .unwrap();
+        crate::taskfile::load(&t, &crate::taskfile::Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_labelled_start_is_the_reduction_s_reference_in_the_fitness_s_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        let labelled = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
+        let spec = flops_task(dir.path(), labelled, "");
+        let req = request_from_task(&spec).unwrap();
+        assert_eq!(req.reference, Some(90.39));
+        let rec = task_search_record(&spec, "t/v", "v").unwrap();
+        let stored: StoredSpec = serde_json::from_value(rec.spec.clone()).unwrap();
+        assert_eq!(stored.search.reference, Some(90.39));
+        // Lower is better: the search maximises −value, so the reference is negated too.
+        let spec = flops_task(dir.path(), labelled, "higher_is_better = false");
+        let rec = task_search_record(&spec, "t/v", "v").unwrap();
+        let stored: StoredSpec = serde_json::from_value(rec.spec.clone()).unwrap();
+        assert_eq!(stored.search.reference, Some(-90.39));
+        // A start that is not a sample: measured from its prediction, as before.
+        let other = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|";
+        let spec = flops_task(dir.path(), other, "");
+        assert_eq!(request_from_task(&spec).unwrap().reference, None);
+        // Left out of the stored request when unset.
+        let text = serde_json::to_string(&request_from_task(&spec).unwrap()).unwrap();
+        assert!(!text.contains("reference"), "{text}");
+    }
 
     #[test]
     fn ended_searches_keep_their_series_up_to_the_bound_oldest_retired_first() {

@@ -73,6 +73,11 @@ pub struct SearchArgs {
     /// FLOP reduction: largest score drop allowed (task units).
     #[arg(long, default_value_t = 0.5)]
     pub tolerance: f64,
+    /// FLOP reduction: the start's measured value (task units), when you have it; the
+    /// tolerance is then measured from it rather than from the start's predicted score, which a
+    /// predictor fitted to few labels pulls towards their mean (BENCHMARKS.md).
+    #[arg(long)]
+    pub reference: Option<f64>,
     /// FLOP reduction: at most this many moves from the start (unlimited when absent). Keep the
     /// search where the predictor has labels: near the networks it was fine-tuned on.
     #[arg(long)]
@@ -103,7 +108,9 @@ pub struct ResultsFile {
     pub results: Vec<ResultRow>,
 }
 
-fn spec_from(a: &SearchArgs) -> anyhow::Result<SearchSpec> {
+/// The spec `a` asks for; `sign` is the fitness's (−1 for a lower-is-better task model: the
+/// search maximises, so a reference in task units changes sign too).
+fn spec_from(a: &SearchArgs, sign: f64) -> anyhow::Result<SearchSpec> {
     let space = a.space.as_deref().map(SpaceId::from_name).transpose()?;
     let task: Option<Task> = match (space, a.task.as_deref()) {
         (Some(s), Some(t)) => Some(s.task(t)?),
@@ -133,6 +140,7 @@ fn spec_from(a: &SearchArgs) -> anyhow::Result<SearchSpec> {
         seed: a.seed,
         start,
         tolerance: a.tolerance,
+        reference: a.reference.map(|v| v * sign),
         radius: a.radius,
         top_k: a.top,
         ..SearchSpec::default()
@@ -213,7 +221,7 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
     };
     // Scores back to the task's units (the search maximises sign × prediction).
     let sign = tuned.as_ref().map_or(1.0, |t| t.sign);
-    let spec = spec_from(&a)?;
+    let spec = spec_from(&a, sign)?;
     let mut state = SearchState::new(spec.clone())?;
     let (space, task) = (spec.space, spec.task);
     let mut fitness: Box<dyn Fitness> = match (tuned, a.fitness) {

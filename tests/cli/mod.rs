@@ -273,6 +273,42 @@ fn search_with_a_task_model_scores_as_predict_does() {
         predicted.windows(2).all(|w| w[0] >= w[1]),
         "best first: {predicted:?}"
     );
+    // A FLOP reduction from the best of those: measured from its prediction it finds cheaper
+    // networks within the tolerance of it; from a measured value far above every prediction
+    // (--reference) it keeps the start alone.
+    let reduce = |reference: Option<&str>| {
+        let mut args = vec![
+            "search",
+            "--tuned",
+            "c10",
+            "--state",
+            st,
+            "--algorithm",
+            "flops",
+            "--start",
+            archs[0],
+            "--tolerance",
+            "5",
+            "--budget",
+            "200",
+            "--json",
+            r,
+            "-q",
+        ];
+        if let Some(v) = reference {
+            args.extend(["--reference", v]);
+        }
+        aiop_ok(&args, "");
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&res).unwrap()).unwrap()
+    };
+    let free = reduce(None);
+    assert!(free["results"].as_array().unwrap().len() > 1, "{free}");
+    let high = format!("{}", predicted[0] + 100.0);
+    let anchored = reduce(Some(&high));
+    assert_eq!(anchored["spec"]["reference"], predicted[0] + 100.0);
+    let kept = anchored["results"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{anchored}");
+    assert_eq!(kept[0]["arch"], archs[0]);
     // Another space or head than the model's is refused, naming the model's.
     let o = aiop(
         &[
