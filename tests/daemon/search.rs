@@ -160,6 +160,34 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
         "{text}"
     );
 
+    // A FLOP reduction from the best network found, through the API: measured from its
+    // prediction it keeps cheaper networks; from a measured value ("reference") far above
+    // every prediction it keeps the start alone.
+    let reduce = |reference: Option<f64>| {
+        let mut req = serde_json::json!({"task": "seg-macro", "algorithm": "flops",
+            "start": best_arch, "tolerance": 5.0, "budget": 200, "seed": 2});
+        if let Some(v) = reference {
+            req["reference"] = v.into();
+        }
+        let r = d.send("POST", "/v1/searches", &req);
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        watch_search(&d, &id, |v| v["status"] == "done")
+            .pop()
+            .unwrap()
+    };
+    let free = reduce(None);
+    assert!(free["results"].as_array().unwrap().len() > 1, "{free}");
+    let kept = reduce(Some(scores[0] + 100.0));
+    assert_eq!(
+        kept["spec"]["search"]["reference"],
+        scores[0] + 100.0,
+        "{kept}"
+    );
+    let kept = kept["results"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["arch"], best_arch.as_str());
+
     // A new version of the task file (zero-shot: quick) replaces the model; the old version's
     // model, which no unfinished search uses any more, is deleted and its cached predictions
     // dropped.
