@@ -87,8 +87,9 @@ pub struct SearchSpec {
     /// good, and a predictor fitted to a few labels shrinks an extreme network's score towards
     /// the labels' mean, so a drop measured from the start's prediction is measured from too
     /// low a line (BENCHMARKS.md: the predicted drops were 0.1–0.3 points for true drops of
-    /// 0.5–2.9). The start itself is always part of the result. Left out of the JSON when
-    /// unset, so specs and states stored before it existed serialise as they did.
+    /// 0.5–2.9). The start itself always clears the floor (a result is never empty). Left out
+    /// of the JSON when unset, so specs and states stored before it existed serialise as they
+    /// did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<f64>,
     /// FLOP reduction: networks expanded per generation.
@@ -620,7 +621,8 @@ impl SearchState {
         match self.spec.algorithm {
             Algorithm::Flops => {
                 let floor = self.floor().unwrap_or(f64::NEG_INFINITY);
-                // The start always: keeping it is never a loss, whatever its prediction.
+                // The start always clears the floor: keeping it loses nothing, whatever its
+                // prediction (it leaves the front only when a cheaper network scores higher).
                 let ok: Vec<usize> = firsts
                     .into_iter()
                     .filter(|&i| h[i].score >= floor || Some(i) == self.start)
