@@ -88,6 +88,7 @@ impl Example {
         Sample {
             features: self.features.clone(),
             target: s.forward(self.value, self.gflops) as f32,
+            units: Some((*s, self.gflops)),
         }
     }
 }

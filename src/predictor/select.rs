@@ -94,6 +94,7 @@ pub fn samples_of(data: &[Labelled], idx: &[usize], s: &TaskScaler) -> Vec<Sampl
         .map(|&i| Sample {
             features: data[i].features.clone(),
             target: s.forward(data[i].value, data[i].gflops) as f32,
+            units: Some((*s, data[i].gflops)),
         })
         .collect()
 }

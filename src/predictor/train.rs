@@ -24,6 +24,7 @@ use super::batch::Batch;
 use super::features::GraphFeatures;
 use super::model::Regressor;
 use super::ops::read_f32;
+use super::transform::TaskScaler;
 use super::PredictorError;
 use crate::rng::Rng;
 
@@ -39,6 +40,14 @@ pub struct TrainConfig {
     /// Fraction of the samples held out to choose the best epoch (0 = none).
     pub dev_fraction: f64,
     pub seed: u64,
+    /// Weight of a pairwise ranking term added to each sample's squared error (0: MSE only).
+    /// For sample `i` it is the mean over the other training samples `j` with a different
+    /// label of `softplus(−s·(u_i − u_j)/τ)`, `s` the sign of their labels' difference, `u` the
+    /// predictions in the task's units (higher better; see [`Sample::units`]) and `τ` the mean
+    /// of `du/dz`, so differences are in standardised units. The other samples' predictions are
+    /// those of the epoch's start. Why: the transfer is judged by rank, and with Eq. 5 the
+    /// squared error on 20 standardised labels is mostly a FLOPs term (BENCHMARKS.md).
+    pub rank_weight: f64,
     /// Checked before every optimisation step: once set, training stops with
     /// [`PredictorError::Cancelled`] (the daemon's fine-tuning jobs, stopped at shutdown).
     #[serde(skip)]
@@ -76,6 +85,7 @@ impl Default for TrainConfig {
             clip_norm: 5.0,
             dev_fraction: 0.1,
             seed: 0,
+            rank_weight: 0.0,
             cancel: Cancel::default(),
         }
     }
@@ -86,6 +96,65 @@ impl Default for TrainConfig {
 pub struct Sample {
     pub features: Arc<GraphFeatures>,
     pub target: f32,
+    /// The task's scaler and the network's GFLOPs, which map a standardised value to the task's
+    /// units (for [`TrainConfig::rank_weight`]); none: the standardised value is the unit.
+    pub units: Option<(TaskScaler, f64)>,
+}
+
+impl Sample {
+    /// A standardised value `z` of this sample in its task's units (higher better) and the
+    /// derivative with respect to `z`.
+    fn better_units(&self, z: f64) -> (f64, f64) {
+        match &self.units {
+            Some((s, f)) => s.better_units(z, *f),
+            None => (z, 1.0),
+        }
+    }
+}
+
+/// The ranking term of [`TrainConfig::rank_weight`] for the samples `chunk` against every
+/// sample of `all` (indices into `samples`; `z` the predictions of `samples` in the same
+/// indexing, from the epoch's start): per chunk member, its loss and its derivative with
+/// respect to its prediction.
+fn rank_terms(
+    samples: &[Sample],
+    all: &[usize],
+    z: &[f32],
+    chunk: &[usize],
+    weight: f64,
+) -> Vec<(f64, f32)> {
+    let u: Vec<(f64, f64)> = all
+        .iter()
+        .map(|&j| samples[j].better_units(z[j] as f64))
+        .collect();
+    let y: Vec<f64> = all
+        .iter()
+        .map(|&j| samples[j].better_units(samples[j].target as f64).0)
+        .collect();
+    let tau = (u.iter().map(|x| x.1).sum::<f64>() / u.len().max(1) as f64).max(1e-12);
+    let pos: std::collections::HashMap<usize, usize> =
+        all.iter().enumerate().map(|(k, &j)| (j, k)).collect();
+    let n = all.len().saturating_sub(1).max(1) as f64;
+    chunk
+        .iter()
+        .map(|i| {
+            let k = pos[i];
+            let (ui, di) = u[k];
+            let (mut loss, mut grad) = (0.0, 0.0);
+            for m in 0..all.len() {
+                if m == k || y[m] == y[k] {
+                    continue;
+                }
+                let s = if y[k] > y[m] { 1.0 } else { -1.0 };
+                let x = s * (ui - u[m].0) / tau;
+                // softplus(−x) and its derivative in x, −σ(−x), computed stably.
+                loss += (-x).max(0.0) + (-x.abs()).exp().ln_1p();
+                let sig = 1.0 / (1.0 + x.exp());
+                grad += -sig * s * di / tau;
+            }
+            (weight * loss / n, (weight * grad / n) as f32)
+        })
+        .collect()
 }
 
 /// What happened in one epoch.
@@ -284,7 +353,29 @@ pub fn batch_gradients<R: Regressor + Sync + ?Sized>(
             targets.len()
         )));
     }
-    part_gradients(model, graphs, targets, n, trainable, dev)
+    part_gradients(model, graphs, targets, None, n, trainable, dev)
+}
+
+/// [`batch_gradients`] of the loss plus `Σ_i linear_i · prediction_i / n` (constant
+/// coefficients: the gradient of a term computed outside the graph, such as the ranking term
+/// of [`TrainConfig::rank_weight`]); the returned loss leaves that term out.
+pub fn batch_gradients_with<R: Regressor + Sync + ?Sized>(
+    model: &R,
+    graphs: &[&GraphFeatures],
+    targets: &[f32],
+    linear: &[f32],
+    trainable: &[(String, Var)],
+    dev: &Device,
+) -> Result<(f64, GradStore), PredictorError> {
+    let n = graphs.len();
+    if n == 0 || targets.len() != n || linear.len() != n {
+        return Err(PredictorError::Data(format!(
+            "{n} graphs, {} targets and {} coefficients in a batch",
+            targets.len(),
+            linear.len()
+        )));
+    }
+    part_gradients(model, graphs, targets, Some(linear), n, trainable, dev)
 }
 
 /// [`batch_gradients`] of `graphs`, a part of a batch of `total` graphs.
@@ -292,6 +383,7 @@ fn part_gradients<R: Regressor + Sync + ?Sized>(
     model: &R,
     graphs: &[&GraphFeatures],
     targets: &[f32],
+    linear: Option<&[f32]>,
     total: usize,
     trainable: &[(String, Var)],
     dev: &Device,
@@ -300,14 +392,47 @@ fn part_gradients<R: Regressor + Sync + ?Sized>(
     if n <= PART_GRAPHS {
         let b = Batch::pack(graphs, dev)?;
         let t = Tensor::from_slice(targets, n, dev)?;
-        let loss = ((model.predict(&b)? - t)?.sqr()?.sum_all()? / total as f64)?;
-        let grads = loss.backward()?;
-        return Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, grads));
+        let pred = model.predict(&b)?;
+        let loss = ((&pred - t)?.sqr()?.sum_all()? / total as f64)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = match linear {
+            None => loss.backward()?,
+            Some(c) => {
+                let c = Tensor::from_slice(c, n, dev)?;
+                let extra = ((&pred * c)?.sum_all()? / total as f64)?;
+                (loss + extra)?.backward()?
+            }
+        };
+        return Ok((value, grads));
     }
     let h = n / 2;
+    let (la, lb) = match linear {
+        Some(c) => (Some(&c[..h]), Some(&c[h..])),
+        None => (None, None),
+    };
     let (a, b) = rayon::join(
-        || part_gradients(model, &graphs[..h], &targets[..h], total, trainable, dev),
-        || part_gradients(model, &graphs[h..], &targets[h..], total, trainable, dev),
+        || {
+            part_gradients(
+                model,
+                &graphs[..h],
+                &targets[..h],
+                la,
+                total,
+                trainable,
+                dev,
+            )
+        },
+        || {
+            part_gradients(
+                model,
+                &graphs[h..],
+                &targets[h..],
+                lb,
+                total,
+                trainable,
+                dev,
+            )
+        },
     );
     let ((la, mut ga), (lb, gb)) = (a?, b?);
     for (_, v) in trainable {
@@ -407,7 +532,22 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
     };
     let mut best: Option<Vec<Tensor>> = None;
     rayon::scope(|_| -> Result<(), PredictorError> {
+        let ranked = cfg.rank_weight > 0.0 && train_idx.len() >= 2;
+        let train_graphs: Vec<&GraphFeatures> =
+            train_idx.iter().map(|&i| &*samples[i].features).collect();
+        let train_set = train_idx.clone();
         for epoch in 1..=cfg.epochs {
+            // The predictions every ranking term of this epoch compares against.
+            let z_start: Vec<f32> = if ranked {
+                let p = predict_batched(model, &train_graphs, 256, dev)?;
+                let mut z = vec![0f32; samples.len()];
+                for (&i, v) in train_set.iter().zip(p) {
+                    z[i] = v;
+                }
+                z
+            } else {
+                Vec::new()
+            };
             order_rng.shuffle(&mut train_idx);
             let (mut sum, mut count) = (0f64, 0usize);
             for chunk in train_idx.chunks(cfg.batch_size) {
@@ -417,7 +557,15 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
                 let graphs: Vec<&GraphFeatures> =
                     chunk.iter().map(|&i| &*samples[i].features).collect();
                 let t: Vec<f32> = chunk.iter().map(|&i| samples[i].target).collect();
-                let (l, mut grads) = batch_gradients(model, &graphs, &t, trainable, dev)?;
+                let (l, mut grads) = if ranked {
+                    let terms = rank_terms(samples, &train_set, &z_start, chunk, cfg.rank_weight);
+                    let c: Vec<f32> = terms.iter().map(|t| t.1).collect();
+                    let (l, g) = batch_gradients_with(model, &graphs, &t, &c, trainable, dev)?;
+                    let r = terms.iter().map(|t| t.0).sum::<f64>() / chunk.len() as f64;
+                    (l + r, g)
+                } else {
+                    batch_gradients(model, &graphs, &t, trainable, dev)?
+                };
                 let scale = clip_scale(grad_norm(&grads, trainable)?, cfg.clip_norm);
                 opt.step(&mut grads, scale)?;
                 sum += l * chunk.len() as f64;
@@ -487,8 +635,99 @@ mod tests {
             .map(|r| Sample {
                 features: Arc::new(extract(&r.arch.build(Task::Cifar10).unwrap(), fc)),
                 target: ((r.value - mean) / sd) as f32,
+                units: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_ranking_term_s_derivative_matches_finite_differences() {
+        let y = [70.0, 88.0, 91.5, 93.0, 93.0];
+        let f = [0.2, 0.9, 1.4, 3.0, 0.5];
+        let fc = Config::default().features();
+        let g = Arc::new(extract(
+            &labels::load(SpaceId::Nb201, Task::Cifar10).unwrap().rows[0]
+                .arch
+                .build(Task::Cifar10)
+                .unwrap(),
+            &fc,
+        ));
+        for scaling in [true, false] {
+            let s = TaskScaler::fit_with(&y, &f, true, scaling).unwrap();
+            let samples: Vec<Sample> = y
+                .iter()
+                .zip(&f)
+                .map(|(&v, &f)| Sample {
+                    features: g.clone(),
+                    target: s.forward(v, f) as f32,
+                    units: Some((s, f)),
+                })
+                .collect();
+            let all: Vec<usize> = (0..y.len()).collect();
+            let z = [0.3f32, -0.2, 0.9, 0.1, 0.4];
+            for i in 0..y.len() {
+                let t = rank_terms(&samples, &all, &z, &[i], 0.7)[0];
+                let h = 1e-3f32;
+                let at = |d: f32| {
+                    let mut zz = z;
+                    zz[i] += d;
+                    rank_terms(&samples, &all, &zz, &[i], 0.7)[0].0
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+                assert!(
+                    (t.1 as f64 - fd).abs() < 1e-3 * fd.abs().max(1.0),
+                    "{scaling} {i}: {} vs {fd}",
+                    t.1
+                );
+            }
+            // Ordered predictions cost less than reversed ones.
+            let good: Vec<f32> = samples.iter().map(|x| x.target).collect();
+            let bad: Vec<f32> = good.iter().map(|v| -v).collect();
+            let total = |z: &[f32]| -> f64 {
+                rank_terms(&samples, &all, z, &all, 1.0)
+                    .iter()
+                    .map(|t| t.0)
+                    .sum()
+            };
+            assert!(total(&good) < total(&bad));
+        }
+    }
+
+    #[test]
+    fn a_ranking_term_trains_and_repeats() {
+        let fc = Config::default().features();
+        let mut set = tiny_set(&fc);
+        let y: Vec<f64> = set.iter().map(|x| x.target as f64 * 5.0 + 90.0).collect();
+        let f: Vec<f64> = (0..set.len()).map(|i| 0.1 + i as f64 * 0.01).collect();
+        let s = TaskScaler::fit(&y, &f, true).unwrap();
+        for (x, (&v, &f)) in set.iter_mut().zip(y.iter().zip(&f)) {
+            x.target = s.forward(v, f) as f32;
+            x.units = Some((s, f));
+        }
+        let go = || {
+            let dev = Device::Cpu;
+            let map = VarMap::new();
+            let m = Predictor::new(&Config::default(), var_builder(&map, 4, &dev)).unwrap();
+            let vars = crate::predictor::init::sorted_vars(&map);
+            let cfg = TrainConfig {
+                epochs: 3,
+                batch_size: 4,
+                lr: 1e-3,
+                rank_weight: 1.0,
+                dev_fraction: 0.0,
+                ..TrainConfig::default()
+            };
+            let r = train(&m, &vars, &set, &cfg, true, &dev).unwrap();
+            let w: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            (r.epochs.iter().map(|e| e.train_mse).collect::<Vec<_>>(), w)
+        };
+        let (l1, w1) = go();
+        let (l2, w2) = go();
+        assert_eq!((l1.clone(), w1), (l2, w2), "same seed, same run");
+        assert!(l1.iter().all(|l| l.is_finite()));
     }
 
     fn run(samples: &[Sample], seed: u64, epochs: usize) -> (TrainReport, Vec<Vec<f32>>) {

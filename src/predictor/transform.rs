@@ -135,11 +135,42 @@ impl TaskScaler {
     pub fn inverse(&self, z: f64, gflops: f64) -> f64 {
         self.sign() * unscale(self.flops_scaling, z * self.sigma + self.mu, gflops)
     }
+
+    /// A standardised prediction `z` in the task's units with higher always better (the
+    /// inverse times the direction), and the derivative of that with respect to `z` (positive).
+    pub fn better_units(&self, z: f64, gflops: f64) -> (f64, f64) {
+        let v = z * self.sigma + self.mu;
+        let u = unscale(self.flops_scaling, v, gflops);
+        let slope = if !self.flops_scaling {
+            1.0
+        } else if v >= 0.0 {
+            flops_divisor(gflops)
+        } else {
+            1.0 / flops_divisor(gflops)
+        };
+        (u, self.sigma * slope)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn better_units_are_the_directed_inverse_and_its_slope() {
+        for (hib, scaling) in [(true, true), (false, true), (true, false)] {
+            let s =
+                TaskScaler::fit_with(&[-3.0, 5.0, 9.0], &[0.5, 2.0, 8.0], hib, scaling).unwrap();
+            for (z, f) in [(0.3, 1.5), (-2.0, 0.2), (1.7, 30.0)] {
+                let (u, d) = s.better_units(z, f);
+                let dir = if hib { 1.0 } else { -1.0 };
+                assert!((u - dir * s.inverse(z, f)).abs() < 1e-12);
+                let h = 1e-6;
+                let fd = (s.better_units(z + h, f).0 - s.better_units(z - h, f).0) / (2.0 * h);
+                assert!(d > 0.0 && (d - fd).abs() < 1e-6 * d.max(1.0), "{d} vs {fd}");
+            }
+        }
+    }
 
     #[test]
     fn fit_standardises() {

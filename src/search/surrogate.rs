@@ -85,6 +85,7 @@ impl Surrogate for PredictorSurrogate {
             .map(|((g, &y), &f)| Sample {
                 features: std::sync::Arc::new(extract(g, &self.features)),
                 target: s.forward(y, f) as f32,
+                units: Some((s, f)),
             })
             .collect();
         let n = samples.len().max(1);
