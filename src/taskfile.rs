@@ -192,6 +192,8 @@ pub struct FinetuneSpec {
     pub choose_transform: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub companion: Option<Companion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_weight: Option<f64>,
 }
 
 /// What fine-tuning does with the base model's no-transform companion (the same encoder
@@ -231,6 +233,11 @@ pub struct Finetune {
     /// `off` in sidecars written before it existed.
     #[serde(default)]
     pub companion: Companion,
+    /// Weight of the pairwise ranking term added to the squared error
+    /// ([`crate::predictor::train::TrainConfig::rank_weight`]). 0 in sidecars written before
+    /// it existed.
+    #[serde(default)]
+    pub rank_weight: f64,
 }
 
 impl FinetuneSpec {
@@ -255,9 +262,14 @@ impl FinetuneSpec {
                     },
                 ))
                 .unwrap_or(Companion::Average),
+            rank_weight: self.rank_weight.unwrap_or(RANK_WEIGHT),
         }
     }
 }
+
+/// The default weight of the ranking term in fine-tuning, chosen on validation tasks
+/// (BENCHMARKS.md).
+pub const RANK_WEIGHT: f64 = 1.0;
 
 /// One network of a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -453,6 +465,7 @@ struct RawFinetune {
     calibrate: Option<bool>,
     choose_transform: Option<bool>,
     companion: Option<Spanned<String>>,
+    rank_weight: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -773,6 +786,19 @@ fn parse_finetune(
             ))
         }
     };
+    let rank_weight = match &f.rank_weight {
+        None => None,
+        Some(x) if x.get_ref().is_finite() && (0.0..=100.0).contains(x.get_ref()) => {
+            Some(*x.get_ref())
+        }
+        Some(x) => {
+            return Err(field_err(
+                "finetune.rank_weight",
+                x.span(),
+                format!("{} must be a finite number in [0, 100]", x.get_ref()),
+            ))
+        }
+    };
     Ok(FinetuneSpec {
         epochs: count("finetune.epochs", &f.epochs, 1, MAX_EPOCHS)?,
         batch_size: count("finetune.batch_size", &f.batch_size, 1, 4096)?,
@@ -782,6 +808,7 @@ fn parse_finetune(
         calibrate: f.calibrate,
         choose_transform: f.choose_transform,
         companion,
+        rank_weight,
     })
 }
 
@@ -1087,6 +1114,8 @@ mod tests {
             ("lr = nan", "finetune.lr"),
             ("seed = -1", "finetune.seed"),
             ("companion = \"both\"", "finetune.companion"),
+            ("rank_weight = -1.0", "finetune.rank_weight"),
+            ("rank_weight = inf", "finetune.rank_weight"),
             (
                 "companion = \"off\"\nchoose_transform = true",
                 "finetune.companion",

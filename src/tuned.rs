@@ -556,6 +556,7 @@ pub fn finetune(
                 lr: settings.lr,
                 dev_fraction: 0.0,
                 seed: settings.seed,
+                rank_weight: settings.rank_weight,
                 cancel: cancel.clone(),
                 ..TrainConfig::default()
             };

@@ -149,6 +149,10 @@ pub struct EvalConfig {
     /// micro tasks that are no protocol's target, with `targets`); each is checked not to be a
     /// target.
     pub pretrain_tasks: Vec<TaskKey>,
+    /// The ranking term of the product's fine-tuning (`TrainConfig::rank_weight`) in the
+    /// cross-validated columns (`cv`, `either`, `mean`, `pick`), as `aiop finetune` and the
+    /// daemon use it; the paper's `ft-20` columns train with `fine_tune` as it is.
+    pub rank_weight: f64,
 }
 
 impl Default for EvalConfig {
@@ -185,6 +189,7 @@ impl Default for EvalConfig {
             adapters: None,
             select: Some(EpochSelection::default()),
             pretrain_tasks: Vec::new(),
+            rank_weight: crate::taskfile::RANK_WEIGHT,
         }
     }
 }
@@ -670,6 +675,10 @@ fn one_seed(
         ));
     }
     if let Some(sel) = &cfg.select {
+        let ft_cv = TrainConfig {
+            rank_weight: cfg.rank_weight,
+            ..ft.clone()
+        };
         let data: Vec<Labelled> = sp
             .fit
             .iter()
@@ -687,7 +696,7 @@ fn one_seed(
             if chosen.epochs > 0 {
                 let tc = TrainConfig {
                     epochs: chosen.epochs,
-                    ..ft.clone()
+                    ..ft_cv.clone()
                 };
                 fit_on(&t, s, ex, &sp.fit, &tc, &cfg.trainable)?;
             }
@@ -698,7 +707,7 @@ fn one_seed(
             let v: Vec<f64> = units.iter().map(|&p| cal.apply(p)).collect();
             Ok::<_, PredictorError>((v, cal.form))
         };
-        let chosen = select_epochs(aio, &data, hib, &ft, &cfg.trainable, sel)?;
+        let chosen = select_epochs(aio, &data, hib, &ft_cv, &cfg.trainable, sel)?;
         let units = tuned(aio, &s_aio, &chosen)?;
         let mut sc = score(seed, &units, &truth, true);
         sc.epochs = Some(chosen.epochs);
@@ -712,7 +721,7 @@ fn one_seed(
             // The same selection over the no-transform model, then both ways of using it:
             // the one whose best length ranks the held-out folds better (ties: AIO-P), and
             // the mean of both in task units, calibrated on the mean's out-of-fold predictions.
-            let other = select_epochs(p, &data, hib, &ft, &cfg.trainable, sel)?;
+            let other = select_epochs(p, &data, hib, &ft_cv, &cfg.trainable, sel)?;
             let plain_units = tuned(p, &s_plain, &other)?;
             let plain_won = other.best_score() > chosen.best_score();
             let mut sc = if plain_won {
