@@ -773,32 +773,23 @@ fn parse_finetune(
             Some(v)
         }
     };
-    let lr = match &f.lr {
-        None => None,
-        Some(x) if x.get_ref().is_finite() && *x.get_ref() > 0.0 && *x.get_ref() <= 1.0 => {
-            Some(*x.get_ref())
-        }
-        Some(x) => {
-            return Err(field_err(
-                "finetune.lr",
-                x.span(),
-                format!("{} must be a finite number in (0, 1]", x.get_ref()),
-            ))
-        }
+    // A finite number accepted by `ok`, else an error naming the field and `range`.
+    let number = |name: &str, v: &Option<Spanned<f64>>, ok: fn(f64) -> bool, range: &str| match v {
+        None => Ok(None),
+        Some(x) if x.get_ref().is_finite() && ok(*x.get_ref()) => Ok(Some(*x.get_ref())),
+        Some(x) => Err(field_err(
+            name,
+            x.span(),
+            format!("{} must be a finite number in {range}", x.get_ref()),
+        )),
     };
-    let rank_weight = match &f.rank_weight {
-        None => None,
-        Some(x) if x.get_ref().is_finite() && (0.0..=100.0).contains(x.get_ref()) => {
-            Some(*x.get_ref())
-        }
-        Some(x) => {
-            return Err(field_err(
-                "finetune.rank_weight",
-                x.span(),
-                format!("{} must be a finite number in [0, 100]", x.get_ref()),
-            ))
-        }
-    };
+    let lr = number("finetune.lr", &f.lr, |v| v > 0.0 && v <= 1.0, "(0, 1]")?;
+    let rank_weight = number(
+        "finetune.rank_weight",
+        &f.rank_weight,
+        |v| (0.0..=100.0).contains(&v),
+        "[0, 100]",
+    )?;
     Ok(FinetuneSpec {
         epochs: count("finetune.epochs", &f.epochs, 1, MAX_EPOCHS)?,
         batch_size: count("finetune.batch_size", &f.batch_size, 1, 4096)?,
