@@ -25,6 +25,7 @@ use clap::Args;
 use serde::Serialize;
 
 use aiop::search::active::ActiveSpec;
+use aiop::search::surrogate::SurrogateConfig;
 use aiop::search::{self, Algorithm, SearchSpec, SearchState, TableFitness};
 use aiop::spaces::{labels, Arch, SpaceId, Task};
 use aiop::stats;
@@ -55,6 +56,10 @@ pub struct ExperimentArgs {
     /// Fine-tuning updates per round of the `predictor` method.
     #[arg(long, default_value_t = 400)]
     pub surrogate_steps: usize,
+    /// Weight of the ranking term in each round's fine-tuning (`predictor` method; 0: squared
+    /// error alone).
+    #[arg(long, default_value_t = SurrogateConfig::default().rank_weight)]
+    pub rank_weight: f64,
     /// Predictor evaluations of each round's evolution (`predictor` method).
     #[arg(long, default_value_t = 2000)]
     pub inner_budget: usize,
@@ -151,7 +156,7 @@ fn predictor_search(
     table: &TableFitness,
 ) -> anyhow::Result<Vec<(String, f64)>> {
     use aiop::search::active::active_search;
-    use aiop::search::surrogate::{MeanSurrogate, PredictorSurrogate, SurrogateConfig};
+    use aiop::search::surrogate::{MeanSurrogate, PredictorSurrogate};
     let k_max = ks.iter().copied().max().unwrap_or(0);
     let spec = ActiveSpec {
         space: Some(space),
@@ -166,6 +171,7 @@ fn predictor_search(
     };
     let cfg = SurrogateConfig {
         steps: a.surrogate_steps,
+        rank_weight: a.rank_weight,
         seed,
         ..SurrogateConfig::default()
     };

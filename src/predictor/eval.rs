@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use candle_core::Device;
 
+use super::blend::{flops_signal, Blend, Weighting};
 use super::calibrate::{Calibration, Form};
 use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
@@ -293,6 +294,9 @@ pub const FT_CAL: &str = "aio-p ft-20 cv cal";
 pub const BOTH_CAL: &str = "either ft-20 cv cal";
 pub const MEAN_CAL: &str = "mean ft-20 cv cal";
 pub const PICK_CAL: &str = "pick ft-20 cv cal";
+pub const MEANZ_CAL: &str = "meanz ft-20 cv cal";
+pub const WMEANZ_CAL: &str = "wmeanz ft-20 cv cal";
+pub const WFLOPS_CAL: &str = "wmeanz+flops ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -526,6 +530,9 @@ pub fn run(
             BOTH_CAL,
             MEAN_CAL,
             PICK_CAL,
+            MEANZ_CAL,
+            WMEANZ_CAL,
+            WFLOPS_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -762,6 +769,37 @@ fn one_seed(
             sc.form = Some(form);
             sc.no_transform = Some(best == 2);
             out.push((PICK_CAL, sc));
+            // Blends of the standardised members (and log-FLOPs), fitted on the out-of-fold
+            // predictions, then calibrated on the blend of those.
+            let flops_fit: Vec<f64> = sp
+                .fit
+                .iter()
+                .map(|&i| flops_signal(ex[i].gflops, hib))
+                .collect();
+            let flops_eval: Vec<f64> = sp
+                .eval
+                .iter()
+                .map(|&i| flops_signal(ex[i].gflops, hib))
+                .collect();
+            let blends: [(&str, Weighting, bool); 3] = [
+                (MEANZ_CAL, Weighting::Equal, false),
+                (WMEANZ_CAL, Weighting::Rank, false),
+                (WFLOPS_CAL, Weighting::Rank, true),
+            ];
+            for (name, weighting, with_flops) in blends {
+                let mut fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof];
+                let mut eval_sig: Vec<&[f64]> = vec![&units, &plain_units];
+                if with_flops {
+                    fit_sig.push(&flops_fit);
+                    eval_sig.push(&flops_eval);
+                }
+                let b = Blend::fit(&fit_sig, &y, weighting)?;
+                let (calibrated, form) =
+                    calibrate(&b.apply_all(&eval_sig), &b.apply_all(&fit_sig))?;
+                let mut sc = score(seed, &calibrated, &truth, true);
+                sc.form = Some(form);
+                out.push((name, sc));
+            }
         }
     }
     if !cfg.baselines {

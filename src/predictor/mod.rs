@@ -22,6 +22,7 @@
 
 pub mod adapters;
 pub mod batch;
+pub mod blend;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod data;

@@ -27,6 +27,9 @@ pub struct SurrogateConfig {
     pub min_epochs: usize,
     pub max_epochs: usize,
     pub lr: f64,
+    /// Weight of the pairwise ranking term of fine-tuning
+    /// ([`TrainConfig::rank_weight`]; 0: AIO-P's squared error alone).
+    pub rank_weight: f64,
     pub seed: u64,
 }
 
@@ -37,6 +40,7 @@ impl Default for SurrogateConfig {
             min_epochs: 2,
             max_epochs: 100,
             lr: 1e-4,
+            rank_weight: 0.0,
             seed: 0,
         }
     }
@@ -94,6 +98,7 @@ impl Surrogate for PredictorSurrogate {
             epochs,
             batch_size: 1,
             lr: self.cfg.lr,
+            rank_weight: self.cfg.rank_weight,
             dev_fraction: 0.0,
             seed: self.cfg.seed ^ (self.fits << 32),
             ..TrainConfig::default()
@@ -242,5 +247,32 @@ mod tests {
             assert!((g - (x + y) / 2.0).abs() < 1e-9);
         }
         assert_ne!(pa, pb, "the members differ, so the mean is not either");
+    }
+
+    #[test]
+    fn the_rank_weight_reaches_the_fine_tuning() {
+        let base = Trained::init(&tiny_config(), 3, &Device::Cpu).unwrap();
+        let table = crate::spaces::labels::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let graphs: Vec<Graph> = table.rows[..8]
+            .iter()
+            .map(|r| r.arch.build(Task::Cifar10).unwrap())
+            .collect();
+        let refs: Vec<&Graph> = graphs.iter().collect();
+        let labels: Vec<f64> = table.rows[..8].iter().map(|r| r.value).collect();
+        let fitted = |rank_weight: f64| {
+            let cfg = SurrogateConfig {
+                steps: 16,
+                rank_weight,
+                ..SurrogateConfig::default()
+            };
+            let mut s = PredictorSurrogate::new(&base, cfg).unwrap();
+            s.fit(&refs, &labels).unwrap();
+            s.predict(&refs).unwrap()
+        };
+        let plain = fitted(0.0);
+        assert_eq!(plain, fitted(0.0), "repeatable");
+        let ranked = fitted(1.0);
+        assert_eq!(ranked, fitted(1.0), "repeatable with the term");
+        assert_ne!(plain, ranked, "the term changes the fit");
     }
 }
