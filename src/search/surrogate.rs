@@ -218,6 +218,18 @@ mod tests {
         assert_eq!(before, after, "the pretrained model is untouched");
     }
 
+    /// The first `n` NB-201 CIFAR-10 networks of the shipped table and their labels.
+    fn first_labelled(n: usize) -> (Vec<Graph>, Vec<f64>) {
+        let table = crate::spaces::labels::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let rows = &table.rows[..n];
+        (
+            rows.iter()
+                .map(|r| r.arch.build(Task::Cifar10).unwrap())
+                .collect(),
+            rows.iter().map(|r| r.value).collect(),
+        )
+    }
+
     #[test]
     fn a_mean_surrogate_fits_every_member_and_averages_them() {
         let a = Trained::init(&tiny_config(), 1, &Device::Cpu).unwrap();
@@ -226,13 +238,8 @@ mod tests {
             steps: 10,
             ..SurrogateConfig::default()
         };
-        let table = crate::spaces::labels::load(SpaceId::Nb201, Task::Cifar10).unwrap();
-        let graphs: Vec<Graph> = table.rows[..8]
-            .iter()
-            .map(|r| r.arch.build(Task::Cifar10).unwrap())
-            .collect();
+        let (graphs, labels) = first_labelled(8);
         let refs: Vec<&Graph> = graphs.iter().collect();
-        let labels: Vec<f64> = table.rows[..8].iter().map(|r| r.value).collect();
         let one = |t: &Trained| {
             let mut s = PredictorSurrogate::new(t, cfg.clone()).unwrap();
             s.fit(&refs, &labels).unwrap();
@@ -255,13 +262,8 @@ mod tests {
     #[test]
     fn the_rank_weight_reaches_the_fine_tuning() {
         let base = Trained::init(&tiny_config(), 3, &Device::Cpu).unwrap();
-        let table = crate::spaces::labels::load(SpaceId::Nb201, Task::Cifar10).unwrap();
-        let graphs: Vec<Graph> = table.rows[..8]
-            .iter()
-            .map(|r| r.arch.build(Task::Cifar10).unwrap())
-            .collect();
+        let (graphs, labels) = first_labelled(8);
         let refs: Vec<&Graph> = graphs.iter().collect();
-        let labels: Vec<f64> = table.rows[..8].iter().map(|r| r.value).collect();
         let fitted = |rank_weight: f64| {
             let cfg = SurrogateConfig {
                 steps: 16,
