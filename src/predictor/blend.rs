@@ -24,14 +24,11 @@
 //! weight 0 the blend predicts the labels' mean; weights are never negative, so a blend never
 //! inverts a signal; `apply` is finite for finite signals.
 
-use serde::{Deserialize, Serialize};
-
 use super::PredictorError;
 use crate::stats::{mean, spearman, std};
 
 /// How the signals are weighed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weighting {
     /// Every non-constant signal alike.
     Equal,
@@ -40,22 +37,17 @@ pub enum Weighting {
 }
 
 /// One signal's standardisation and weight.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Member {
     pub mean: f64,
     pub sd: f64,
     /// Normalised: the weights of a blend sum to 1 (or are all 0).
     pub weight: f64,
-    /// The Spearman correlation of the signal with the labels it was fitted on.
-    pub spearman: f64,
 }
 
 /// The fitted blend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Blend {
-    pub weighting: Weighting,
     /// In the order of the signals given to [`Blend::fit`].
     pub members: Vec<Member>,
     /// Mean and standard deviation of the labels.
@@ -107,24 +99,16 @@ impl Blend {
             .iter()
             .map(|s| {
                 let sd = std(s);
-                let r = spearman(s, y);
-                let usable = sd > 0.0;
-                let raw = match weighting {
-                    _ if !usable => 0.0,
+                let weight = match weighting {
+                    _ if sd <= 0.0 => 0.0,
                     Weighting::Equal => 1.0,
-                    Weighting::Rank => {
-                        if r.is_finite() {
-                            r.max(0.0)
-                        } else {
-                            0.0
-                        }
-                    }
+                    // `max` turns an undefined (NaN) Spearman into 0.
+                    Weighting::Rank => spearman(s, y).max(0.0),
                 };
                 Member {
                     mean: mean(s),
                     sd,
-                    weight: raw,
-                    spearman: r,
+                    weight,
                 }
             })
             .collect();
@@ -141,7 +125,6 @@ impl Blend {
             }
         }
         Ok(Blend {
-            weighting,
             members,
             y_mean: mean(y),
             y_sd: std(y),
@@ -163,11 +146,17 @@ impl Blend {
     /// The blend of many networks: `signals[m][i]` as in [`Blend::fit`].
     pub fn apply_all(&self, signals: &[&[f64]]) -> Vec<f64> {
         let n = signals.first().map_or(0, |s| s.len());
-        (0..n)
-            .map(|i| {
-                let row: Vec<f64> = signals.iter().map(|s| s[i]).collect();
-                self.apply(&row)
-            })
+        // The weighted sum of standardised signals per network, in `apply`'s order of terms.
+        let mut sum = vec![0.0; n];
+        for (m, s) in self.members.iter().zip(signals) {
+            if m.weight > 0.0 {
+                for (acc, &x) in sum.iter_mut().zip(s.iter()) {
+                    *acc += m.weight * (x - m.mean) / m.sd;
+                }
+            }
+        }
+        sum.into_iter()
+            .map(|s| self.y_mean + self.y_sd * s)
             .collect()
     }
 }

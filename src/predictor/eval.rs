@@ -771,16 +771,12 @@ fn one_seed(
             out.push((PICK_CAL, sc));
             // Blends of the standardised members (and log-FLOPs), fitted on the out-of-fold
             // predictions, then calibrated on the blend of those.
-            let flops_fit: Vec<f64> = sp
-                .fit
-                .iter()
-                .map(|&i| flops_signal(ex[i].gflops, hib))
-                .collect();
-            let flops_eval: Vec<f64> = sp
-                .eval
-                .iter()
-                .map(|&i| flops_signal(ex[i].gflops, hib))
-                .collect();
+            let flops_of = |idx: &[usize]| -> Vec<f64> {
+                idx.iter()
+                    .map(|&i| flops_signal(ex[i].gflops, hib))
+                    .collect()
+            };
+            let (flops_fit, flops_eval) = (flops_of(&sp.fit), flops_of(&sp.eval));
             let blends: [(&str, Weighting, bool); 3] = [
                 (MEANZ_CAL, Weighting::Equal, false),
                 (WMEANZ_CAL, Weighting::Rank, false),
