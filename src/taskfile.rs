@@ -201,8 +201,13 @@ pub struct FinetuneSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Companion {
+    /// Fine-tune both (each for its own cross-validated length) and predict with a blend of
+    /// their predictions, each standardised by its out-of-fold predictions on the samples and
+    /// weighted by how well those rank the samples ([`crate::predictor::blend`], `wmeanz`).
+    /// The default since session 10 (BENCHMARKS.md).
+    Weighted,
     /// Fine-tune both (each for its own cross-validated length) and predict with the mean of
-    /// their predictions in the task's units.
+    /// their predictions in the task's units (the default of sessions 6–9).
     Average,
     /// Fine-tune whichever ranks the held-out samples better.
     Choose,
@@ -229,7 +234,8 @@ pub struct Finetune {
     #[serde(default)]
     pub calibrate: bool,
     /// With `select_epochs`, what to do with the base model's no-transform companion (when
-    /// there is one): average it with the base model, choose between them, or leave it out.
+    /// there is one): blend it with the base model (`weighted`), average the two, choose
+    /// between them, or leave it out.
     /// `off` in sidecars written before it existed.
     #[serde(default)]
     pub companion: Companion,
@@ -261,7 +267,7 @@ impl FinetuneSpec {
                         }
                     },
                 ))
-                .unwrap_or(Companion::Average),
+                .unwrap_or(Companion::Weighted),
             rank_weight: self.rank_weight.unwrap_or(RANK_WEIGHT),
         }
     }
@@ -752,6 +758,7 @@ fn parse_finetune(
         None => None,
         Some(c) => {
             let v = match c.get_ref().as_str() {
+                "weighted" => Companion::Weighted,
                 "average" => Companion::Average,
                 "choose" => Companion::Choose,
                 "off" => Companion::Off,
@@ -759,7 +766,7 @@ fn parse_finetune(
                     return Err(field_err(
                         "finetune.companion",
                         c.span(),
-                        format!("'{other}' is not one of average, choose, off"),
+                        format!("'{other}' is not one of weighted, average, choose, off"),
                     ))
                 }
             };
@@ -1131,13 +1138,15 @@ mod tests {
         assert_ne!(tuned.hash, plain.hash);
         let f = tuned.finetune.unwrap().resolved();
         assert_eq!((f.epochs, f.batch_size, f.lr, f.seed), (3, 1, 0.001, 0));
-        assert_eq!(f.companion, Companion::Average);
+        assert_eq!(f.companion, Companion::Weighted);
         // The older spelling still reads; the new one wins where both could apply.
         for (table, want) in [
             ("choose_transform = true", Companion::Choose),
             ("choose_transform = false", Companion::Off),
             ("companion = \"choose\"", Companion::Choose),
             ("companion = \"off\"", Companion::Off),
+            ("companion = \"average\"", Companion::Average),
+            ("companion = \"weighted\"", Companion::Weighted),
         ] {
             let (_d3, t3) = setup(&format!("{GOOD}[finetune]\n{table}\n"), &good_csv());
             let f = load(&t3, &Limits::default()).unwrap().finetune.unwrap();

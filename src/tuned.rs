@@ -11,12 +11,16 @@
 //! the zero-shot model) unless `select_epochs = false`: AIO-P's fixed 100 epochs ranked
 //! unseen tasks worse than zero-shot on several validation tasks (BENCHMARKS.md). The same
 //! cross-validation runs on the base model's no-transform companion, which by default
-//! (`companion = "average"`) is fine-tuned too and averaged with the base model in task units
-//! (`"choose"`: the better of the two is kept); the out-of-fold predictions of what is kept
-//! then fit a [`crate::predictor::calibrate::Calibration`] to the task's units (`calibrate`).
+//! (`companion = "weighted"`) is fine-tuned too and blended with the base model: each member's
+//! predictions standardised by its out-of-fold predictions and weighted by how well those rank
+//! the samples ([`Blend`], fitted on the out-of-fold predictions; `"average"`: the plain mean
+//! in task units; `"choose"`: the better of the two is kept); the out-of-fold predictions of
+//! what is kept then fit a [`crate::predictor::calibrate::Calibration`] to the task's units
+//! (`calibrate`).
 //! [`TaskModel::save`] writes the checkpoint
 //! plus a sidecar `task.json` ([`TunedMeta`]: task, version, space and head, scaler, base
-//! model, training report), and an averaged companion's checkpoint in `companion/`, under
+//! model, training report, blend), and a blended or averaged companion's checkpoint in
+//! `companion/`, under
 //! `<models>/<task name>/<version>/`.
 //!
 //! Invariants: the same spec, base model and seed give the same weights on one machine (every
@@ -31,6 +35,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::predictor::blend::{Blend, Weighting};
 use crate::predictor::calibrate::Calibration;
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::features::{extract, GraphFeatures};
@@ -219,6 +224,11 @@ pub struct TunedMeta {
     /// weights are in `companion/` of the model folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub companion: Option<CompanionMeta>,
+    /// How the two members combine (`companion = "weighted"`: base model first, companion
+    /// second, each standardised and weighted); absent with a companion: their mean in the
+    /// task's units (`"average"`, and sidecars written before the blend existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend: Option<Blend>,
     /// MSE on the samples (standardised units) of the model as it stands after fine-tuning,
     /// averaged over the members (None only in sidecars written before it was always set).
     pub final_loss: Option<f64>,
@@ -304,6 +314,16 @@ impl TaskModel {
             message: e.to_string(),
         })?;
         let trained = Trained::load(dir, device).map_err(|e| predictor_err(&meta.task, e))?;
+        if let Some(b) = &meta.blend {
+            let checked = match meta.companion {
+                Some(_) => b.check(2),
+                None => Err(PredictorError::Data("a blend without a companion".into())),
+            };
+            checked.map_err(|e| TunedError::Sidecar {
+                path: m.clone(),
+                message: format!("field blend: {e}"),
+            })?;
+        }
         let companion = match meta.companion {
             None => None,
             Some(_) => Some(
@@ -337,6 +357,7 @@ impl TaskModel {
         }
         let (units, _) = ensemble(&members, &feats, &gflops, batch_size)
             .map_err(|e| predictor_err(&self.meta.task, e))?;
+        let units = combine(&units, self.meta.blend.as_ref());
         Ok(calibrated(units, self.meta.calibration.as_ref()))
     }
 
@@ -451,24 +472,46 @@ fn prepare(spec: &TaskSpec, t: &Trained) -> Result<Vec<Labelled>, TunedError> {
         .collect()
 }
 
-/// The members' predictions (each through its own scaler's inverse) averaged in the task's
-/// units, and each member's standardised predictions.
+/// One list of values per member of a task model (base model first).
+type PerMember<T> = Vec<Vec<T>>;
+
+/// Each member's predictions in the task's units (through its own scaler's inverse) and in
+/// its standardised units.
 fn ensemble(
     members: &[(&Trained, &TaskScaler)],
     feats: &[&GraphFeatures],
     gflops: &[f64],
     batch_size: usize,
-) -> Result<(Vec<f64>, Vec<Vec<f32>>), PredictorError> {
-    let mut units = vec![0.0; feats.len()];
+) -> Result<(PerMember<f64>, PerMember<f32>), PredictorError> {
+    let mut units = Vec::with_capacity(members.len());
     let mut zs = Vec::with_capacity(members.len());
     for (t, scaler) in members {
         let z = predict_batched(t.regressor(), feats, batch_size, &t.device)?;
-        for ((u, &z), &g) in units.iter_mut().zip(&z).zip(gflops) {
-            *u += scaler.inverse(z as f64, g) / members.len() as f64;
-        }
+        units.push(
+            z.iter()
+                .zip(gflops)
+                .map(|(&z, &g)| scaler.inverse(z as f64, g))
+                .collect(),
+        );
         zs.push(z);
     }
     Ok((units, zs))
+}
+
+/// The members' predictions in task units (`units[m][i]`) combined: through the blend when
+/// there is one, else their mean.
+fn combine(units: &[Vec<f64>], blend: Option<&Blend>) -> Vec<f64> {
+    let signals: Vec<&[f64]> = units.iter().map(|u| u.as_slice()).collect();
+    match blend {
+        Some(b) => b.apply_all(&signals),
+        None => {
+            let n = signals.first().map_or(0, |s| s.len());
+            let k = signals.len() as f64;
+            (0..n)
+                .map(|i| signals.iter().map(|s| s[i] / k).sum())
+                .collect()
+        }
+    }
 }
 
 /// Predictions through the calibration, when there is one.
@@ -546,6 +589,7 @@ pub fn finetune(
     let settings = spec.finetune.unwrap_or_default().resolved();
     let mut selection = None;
     let mut calibration = None;
+    let mut blend = None;
     let mut second: Option<(Trained, CompanionMeta)> = None;
     let report = match spec.mode {
         Mode::ZeroShot => None,
@@ -578,7 +622,7 @@ pub fn finetune(
                     let rp = select_epochs(&p, &data, hib, &tc, &prefixes, &sel).map_err(perr)?;
                     let ps = TaskScaler::fit_with(&y, &gf, hib, p.flops_scaling()).map_err(perr)?;
                     let fp = fingerprint(&p).map_err(perr)?;
-                    if settings.companion == Companion::Average {
+                    if matches!(settings.companion, Companion::Average | Companion::Weighted) {
                         let train = fit_member(&p, &data, &ps, &tc, rp.epochs, &prefixes, quiet)
                             .map_err(perr)?;
                         let meta = CompanionMeta {
@@ -595,12 +639,19 @@ pub fn finetune(
                     }
                 }
                 epochs = r.epochs;
+                // What the model (or the blend, or the average) predicts out of fold.
+                let oof = match &second {
+                    Some((_, m)) if settings.companion == Companion::Weighted => {
+                        let signals = [r.oof.as_slice(), m.selection.oof.as_slice()];
+                        let b = Blend::fit(&signals, &y, Weighting::Rank).map_err(perr)?;
+                        let oof = b.apply_all(&signals);
+                        blend = Some(b);
+                        oof
+                    }
+                    Some((_, m)) => crate::stats::midpoints(&r.oof, &m.selection.oof),
+                    None => r.oof.clone(),
+                };
                 if settings.calibrate {
-                    // Fitted on what the model (or the average) predicts out of fold.
-                    let oof = match &second {
-                        Some((_, m)) => crate::stats::midpoints(&r.oof, &m.selection.oof),
-                        None => r.oof.clone(),
-                    };
                     calibration = Some(Calibration::fit(&oof, &y).map_err(perr)?);
                 }
                 selection = Some(r);
@@ -615,7 +666,7 @@ pub fn finetune(
         members.push((t, &m.scaler));
     }
     let (units, zs) = ensemble(&members, &feats, &gf, 256).map_err(perr)?;
-    let pred = calibrated(units, calibration.as_ref());
+    let pred = calibrated(combine(&units, blend.as_ref()), calibration.as_ref());
     let fit = FitReport {
         spearman: crate::stats::spearman(&pred, &y),
         kendall: crate::stats::kendall(&pred, &y),
@@ -657,6 +708,7 @@ pub fn finetune(
         selection,
         calibration,
         companion: companion_meta,
+        blend,
         final_loss: Some(final_loss),
         train: report,
         fit,
@@ -930,28 +982,6 @@ mod tests {
         let inputs: Vec<(&GraphFeatures, f64)> = feats.iter().map(|(f, g)| (f, *g)).collect();
         let y: Vec<f64> = spec.samples.iter().map(|s| s.value).collect();
 
-        // By default both are fine-tuned, each exactly as alone, and averaged in task units;
-        // the calibration is fitted on the average's out-of-fold predictions.
-        let both = tune(&spec, true);
-        assert_eq!(both.meta.selection.as_ref(), Some(&sa));
-        assert_eq!(both.meta.scaler, a.meta.scaler);
-        let c = both.meta.companion.as_ref().expect("averaged");
-        assert_eq!((&c.selection, &c.scaler), (&sp, &p.meta.scaler));
-        assert_eq!(c.base_model, p.meta.base_model);
-        let ct = both.companion.as_ref().unwrap();
-        assert_eq!(
-            fingerprint(&both.trained).unwrap(),
-            fingerprint(&a.trained).unwrap()
-        );
-        assert_eq!(fingerprint(ct).unwrap(), fingerprint(&p.trained).unwrap());
-        let oof: Vec<f64> = sa
-            .oof
-            .iter()
-            .zip(&sp.oof)
-            .map(|(x, z)| (x + z) / 2.0)
-            .collect();
-        let cal = Calibration::fit(&oof, &y).unwrap();
-        assert_eq!(both.meta.calibration.as_ref(), Some(&cal));
         let ra = a
             .trained
             .predict_scaled(&a.meta.scaler, &inputs, 8)
@@ -960,21 +990,65 @@ mod tests {
             .trained
             .predict_scaled(&p.meta.scaler, &inputs, 8)
             .unwrap();
-        let want: Vec<f64> = ra
-            .iter()
-            .zip(&rp)
-            .map(|(x, z)| cal.apply(x / 2.0 + z / 2.0))
+        let models = dir.path().join("models");
+
+        // By default both are fine-tuned, each exactly as alone, and blended: each member
+        // standardised by its out-of-fold predictions and weighted by their rank of the
+        // samples; the calibration is fitted on the blend's out-of-fold predictions.
+        let both = tune(&spec, true);
+        assert_eq!(both.meta.selection.as_ref(), Some(&sa));
+        assert_eq!(both.meta.scaler, a.meta.scaler);
+        let c = both.meta.companion.as_ref().expect("blended");
+        assert_eq!((&c.selection, &c.scaler), (&sp, &p.meta.scaler));
+        assert_eq!(c.base_model, p.meta.base_model);
+        let ct = both.companion.as_ref().unwrap();
+        assert_eq!(
+            fingerprint(&both.trained).unwrap(),
+            fingerprint(&a.trained).unwrap()
+        );
+        assert_eq!(fingerprint(ct).unwrap(), fingerprint(&p.trained).unwrap());
+        let oofs = [sa.oof.as_slice(), sp.oof.as_slice()];
+        let blend = Blend::fit(&oofs, &y, Weighting::Rank).unwrap();
+        assert_eq!(both.meta.blend.as_ref(), Some(&blend));
+        let cal = Calibration::fit(&blend.apply_all(&oofs), &y).unwrap();
+        assert_eq!(both.meta.calibration.as_ref(), Some(&cal));
+        let want: Vec<f64> = blend
+            .apply_all(&[&ra, &rp])
+            .into_iter()
+            .map(|v| cal.apply(v))
             .collect();
         let got = both.predict(&inputs, 8).unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-9, "{g} vs {w}");
         }
         // Saved and read back, it predicts the same.
-        let models = dir.path().join("models");
         both.save(&models).unwrap();
         let back = TaskModel::load_id(&models, &both.meta.id(), &Device::Cpu).unwrap();
         assert_eq!(back.meta, both.meta);
         assert_eq!(back.predict(&inputs, 8).unwrap(), got);
+
+        // "average": the same two members, their mean in task units, the calibration fitted
+        // on the mean's out-of-fold predictions.
+        let avg = tune(&spec_with("companion = \"average\"\n"), true);
+        assert!(avg.meta.blend.is_none() && avg.companion.is_some());
+        assert_eq!(avg.meta.companion.as_ref().unwrap().selection, sp);
+        let oof: Vec<f64> = sa
+            .oof
+            .iter()
+            .zip(&sp.oof)
+            .map(|(x, z)| (x + z) / 2.0)
+            .collect();
+        let cal = Calibration::fit(&oof, &y).unwrap();
+        assert_eq!(avg.meta.calibration.as_ref(), Some(&cal));
+        let want: Vec<f64> = ra
+            .iter()
+            .zip(&rp)
+            .map(|(x, z)| cal.apply(x / 2.0 + z / 2.0))
+            .collect();
+        let got = avg.predict(&inputs, 8).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-9, "{g} vs {w}");
+        }
 
         // "choose": the better held-out rank wins (ties: the base model), and the result is
         // exactly that model's own fine-tuning.
@@ -998,5 +1072,41 @@ mod tests {
         assert!(o.meta.companion.is_none());
         assert_eq!(o.meta.base_model, a.meta.base_model);
         assert_eq!(o.meta.selection, a.meta.selection);
+    }
+
+    #[test]
+    fn a_sidecar_with_a_broken_blend_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "[finetune]\nepochs = 5\nseed = 3\n");
+        let m = tune(&spec, true);
+        assert!(m.meta.blend.is_some());
+        let models = dir.path().join("models");
+        let folder = m.save(&models).unwrap();
+        let sidecar = folder.join(SIDECAR);
+        let good: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+        type Break = fn(&mut serde_json::Value);
+        let breaks: [(&str, Break); 3] = [
+            ("negative weight", |v| {
+                v["blend"]["members"][0]["weight"] = serde_json::json!(-0.5)
+            }),
+            ("one member", |v| {
+                v["blend"]["members"].as_array_mut().unwrap().pop();
+            }),
+            ("no companion", |v| {
+                v.as_object_mut().unwrap().remove("companion");
+            }),
+        ];
+        for (what, f) in breaks {
+            let mut v = good.clone();
+            f(&mut v);
+            std::fs::write(&sidecar, serde_json::to_string(&v).unwrap()).unwrap();
+            let e = TaskModel::load(&folder, &Device::Cpu).err().expect(what);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("blend") && msg.contains(SIDECAR),
+                "{what}: {msg}"
+            );
+        }
     }
 }

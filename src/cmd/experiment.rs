@@ -5,7 +5,7 @@
 //! Methods: `random` (the best of k random architectures), `evolution` (regularized evolution
 //! whose fitness is the true label, k queries) and `predictor` (an active search: the AIO-P
 //! predictor of `--model`, fine-tuned round after round on the true labels bought so far, ranks
-//! the candidates of an evolution and the best predicted unqueried ones are queried, 10 per
+//! the candidates of an evolution and the best predicted unqueried ones are queried, 5 per
 //! round after 10 random ones). All return the best architecture they queried; `predictor` runs
 //! once to the largest k and reports its best after the first k queries for every k (the first
 //! k queries of a longer run are exactly those of a run stopped at k).
@@ -73,6 +73,12 @@ pub struct ExperimentArgs {
     /// the best `--parents`, spent or not, the method before session 7).
     #[arg(long, default_value_t = ActiveSpec::default().live_parents, action = clap::ArgAction::Set)]
     pub live_parents: bool,
+    /// True queries per round (`predictor`).
+    #[arg(long, default_value_t = ActiveSpec::default().per_round)]
+    pub per_round: usize,
+    /// Random architectures queried before the first fit (`predictor`).
+    #[arg(long, default_value_t = ActiveSpec::default().initial)]
+    pub initial: usize,
     /// Seeds run side by side (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -167,6 +173,8 @@ fn predictor_search(
         parents: a.parents,
         local: a.local,
         live_parents: a.live_parents,
+        per_round: a.per_round,
+        initial: a.initial,
         ..ActiveSpec::default()
     };
     let cfg = SurrogateConfig {
@@ -299,11 +307,11 @@ pub struct FlopsExperimentArgs {
     #[arg(long, default_value_t = 20)]
     pub samples: usize,
     /// How the predictor is fitted to them: `task`, as `aiop finetune` and the daemon fit a
-    /// task file (epochs cross-validated, averaged with --companion, calibrated to the task's
+    /// task file (epochs cross-validated, blended with --companion, calibrated to the task's
     /// units); `paper`, AIO-P's 100 epochs at batch 1 (the method before session 7).
     #[arg(long, value_enum, default_value = "task")]
     pub recipe: Recipe,
-    /// The no-transform companion of --model, averaged with it by the `task` recipe (checked
+    /// The no-transform companion of --model, blended with it by the `task` recipe (checked
     /// like --model).
     #[arg(long)]
     pub companion: Option<PathBuf>,

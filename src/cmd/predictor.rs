@@ -239,6 +239,9 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
                 "base_model": c.base_model,
                 "epochs_chosen": c.selection.epochs,
             })),
+            "blend_weights": m.meta.blend.as_ref().map(|b| {
+                b.members.iter().map(|x| x.weight).collect::<Vec<f64>>()
+            }),
             "calibration": m.meta.calibration,
             "seconds": m.meta.seconds,
         })

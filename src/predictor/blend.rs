@@ -12,9 +12,11 @@
 //! when asked: where FLOPs alone ranks a target well, the labelled networks show it.
 //!
 //! Status: three blends are columns of `aiop eval` (`meanz`, `wmeanz`, `wmeanz+flops`,
-//! [`super::eval`]); validated against the product's average in session 9 and not adopted
-//! (BENCHMARKS.md: 0.683 / 0.685 / 0.684 against 0.687 over ten validation rows), so no task
-//! model uses them.
+//! [`super::eval`]). Against the product's former average over ten validation rows (session 9)
+//! they did not win (0.683 / 0.685 / 0.684 against 0.687); with two rows from spaces outside
+//! every protocol added (NB-101, DARTS; session 10) `wmeanz` did (0.708 against 0.707 over the
+//! twelve, worst row −0.014), and it is what a task model fine-tuned with
+//! `companion = "weighted"` (the default) predicts with ([`crate::tuned`]).
 //!
 //! The blend maps to the task's units as `mean(y) + sd(y)·s`, `s` the weighted mean of the
 //! standardised signals, so that a calibration ([`super::calibrate`]) fitted on it afterwards
@@ -23,6 +25,8 @@
 //! Invariants: a pure function of its inputs; a constant signal gets weight 0; with every
 //! weight 0 the blend predicts the labels' mean; weights are never negative, so a blend never
 //! inverts a signal; `apply` is finite for finite signals.
+
+use serde::{Deserialize, Serialize};
 
 use super::PredictorError;
 use crate::stats::{mean, spearman, std};
@@ -37,7 +41,8 @@ pub enum Weighting {
 }
 
 /// One signal's standardisation and weight.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Member {
     pub mean: f64,
     pub sd: f64,
@@ -45,8 +50,9 @@ pub struct Member {
     pub weight: f64,
 }
 
-/// The fitted blend.
-#[derive(Debug, Clone, PartialEq)]
+/// The fitted blend (stored in a task model's sidecar).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Blend {
     /// In the order of the signals given to [`Blend::fit`].
     pub members: Vec<Member>,
@@ -129,6 +135,32 @@ impl Blend {
             y_mean: mean(y),
             y_sd: std(y),
         })
+    }
+
+    /// Check a blend read from a file: finite numbers, weights not negative, a positive
+    /// spread for every weighed signal, and `signals` members.
+    pub fn check(&self, signals: usize) -> Result<(), PredictorError> {
+        let bad = |m: String| Err(PredictorError::Data(format!("invalid blend: {m}")));
+        if self.members.len() != signals {
+            return bad(format!(
+                "{} members for {signals} signals",
+                self.members.len()
+            ));
+        }
+        if !(self.y_mean.is_finite() && self.y_sd.is_finite() && self.y_sd >= 0.0) {
+            return bad("label mean or spread not finite".into());
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            let ok = m.mean.is_finite()
+                && m.sd.is_finite()
+                && m.weight.is_finite()
+                && m.weight >= 0.0
+                && (m.weight == 0.0 || m.sd > 0.0);
+            if !ok {
+                return bad(format!("member {i}: {m:?}"));
+            }
+        }
+        Ok(())
     }
 
     /// The blend of one network's signals (in the order of the fit), in the task's units.

@@ -51,7 +51,10 @@ pub struct ActiveSpec {
     pub queries: usize,
     /// Random architectures queried before the first fit (0: trust the surrogate from the start).
     pub initial: usize,
-    /// True queries per round.
+    /// True queries per round. 5 by default since session 10: on the validation tasks
+    /// (TNB-101 macro room_layout, jigsaw, class_scene) rounds of 5 let the parents and the
+    /// surrogate follow the labels sooner than rounds of 10, and the gap was lower at 100 and
+    /// 150 queries on two of three (class_scene 0.202 → 0.099 at 150; BENCHMARKS.md).
     pub per_round: usize,
     /// Surrogate evaluations per round's evolution.
     pub inner_budget: usize,
@@ -82,7 +85,7 @@ impl Default for ActiveSpec {
             task: None,
             queries: 150,
             initial: 10,
-            per_round: 10,
+            per_round: 5,
             inner_budget: 2000,
             population: 64,
             sample: 16,
