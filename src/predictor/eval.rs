@@ -137,6 +137,11 @@ pub struct EvalConfig {
     pub max_epochs: usize,
     /// Sample efficiency: learning rate of both from-scratch and fine-tuning runs.
     pub size_lr: f64,
+    /// Sample efficiency: weight of the pairwise ranking term
+    /// ([`TrainConfig::rank_weight`]) in both from-scratch and fine-tuning runs. 1 since
+    /// session 10, chosen on NB-201 CIFAR-100 (sizes 156, 781, 1,563: fine-tuned Kendall
+    /// +0.012, +0.003, +0.008; BENCHMARKS.md).
+    pub size_rank_weight: f64,
     /// Worker threads for independent runs (0 = available parallelism).
     pub threads: usize,
     /// K-Adapters of the AIO-P model (never of the no-transform baseline), trained after its
@@ -186,6 +191,7 @@ impl Default for EvalConfig {
             graph_steps: 80_000,
             max_epochs: 200,
             size_lr: 1e-3,
+            size_rank_weight: crate::taskfile::RANK_WEIGHT,
             threads: 0,
             adapters: None,
             select: Some(EpochSelection::default()),
@@ -849,6 +855,7 @@ fn sample_efficiency(
                 let tc = TrainConfig {
                     epochs,
                     lr: cfg.size_lr,
+                    rank_weight: cfg.size_rank_weight,
                     seed,
                     ..cfg.pretrain.clone()
                 };
