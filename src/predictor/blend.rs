@@ -165,20 +165,15 @@ impl Blend {
 
     /// The blend of one network's signals (in the order of the fit), in the task's units.
     pub fn apply(&self, signals: &[f64]) -> f64 {
-        let s: f64 = self
-            .members
-            .iter()
-            .zip(signals)
-            .filter(|(m, _)| m.weight > 0.0)
-            .map(|(m, &x)| m.weight * (x - m.mean) / m.sd)
-            .sum();
-        self.y_mean + self.y_sd * s
+        let columns: Vec<&[f64]> = signals.iter().map(std::slice::from_ref).collect();
+        // No signal at all: the labels' mean, as a blend with every weight 0.
+        self.apply_all(&columns).pop().unwrap_or(self.y_mean)
     }
 
     /// The blend of many networks: `signals[m][i]` as in [`Blend::fit`].
     pub fn apply_all(&self, signals: &[&[f64]]) -> Vec<f64> {
         let n = signals.first().map_or(0, |s| s.len());
-        // The weighted sum of standardised signals per network, in `apply`'s order of terms.
+        // The weighted sum of standardised signals per network.
         let mut sum = vec![0.0; n];
         for (m, s) in self.members.iter().zip(signals) {
             if m.weight > 0.0 {
