@@ -559,7 +559,7 @@ mod tests {
     }
 
     fn wait_status(store: &Store, name: &str, want: TaskStatus) {
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + Duration::from_secs(30);
         while store.task(name).unwrap().unwrap().status != want {
             assert!(Instant::now() < end, "{name} never became {want:?}");
             std::thread::sleep(Duration::from_millis(10));

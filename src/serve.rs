@@ -329,7 +329,7 @@ mod tests {
         let a = addr.clone();
         let st = state.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let t = Duration::from_secs(5);
+            let t = Duration::from_secs(30);
             let end = std::time::Instant::now() + t;
             while !st.join(ADDR_FILE).exists() {
                 assert!(std::time::Instant::now() < end, "no address file");
@@ -371,7 +371,7 @@ mod tests {
             let csv = format!("arch,value\n{arch},90.4\n|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n");
             std::fs::write(tasks.join("s.csv"), csv).unwrap();
             std::fs::write(tasks.join("t.toml"), "name = \"t\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n").unwrap();
-            let end = std::time::Instant::now() + Duration::from_secs(10);
+            let end = std::time::Instant::now() + Duration::from_secs(30);
             loop {
                 let r = request(&a, "GET", "/v1/tasks/t", &[], None, t).unwrap();
                 if r.json()["status"] == "ready" {

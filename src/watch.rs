@@ -465,7 +465,7 @@ mod tests {
     }
 
     fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             if f() {
                 return true;
