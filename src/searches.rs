@@ -75,6 +75,10 @@ pub struct SearchRequest {
     /// FLOP reduction: most moves from the start (unlimited when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub radius: Option<usize>,
+    /// FLOP reduction: the tolerance holds on both sides of the reference (a network predicted
+    /// more than the tolerance above it is not returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_sided: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -776,6 +780,7 @@ pub fn request_from_task(spec: &TaskSpec) -> Option<SearchRequest> {
         tolerance: s.tolerance,
         reference: start_label(spec),
         radius: s.radius.map(|r| r as usize),
+        two_sided: s.two_sided,
         top_k: None,
         multi_objective: None,
     })
@@ -907,6 +912,7 @@ fn build_spec(
         start,
         tolerance: req.tolerance.unwrap_or(d.tolerance),
         reference: req.reference.map(|v| if higher_is_better { v } else { -v }),
+        two_sided: req.two_sided.unwrap_or(d.two_sided),
         radius: req.radius.or(d.radius),
         beam: d.beam,
         top_k: req.top_k.unwrap_or(d.top_k),

@@ -166,6 +166,10 @@ pub struct SearchSpec {
     /// (added later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub radius: Option<u64>,
+    /// FLOP reduction: the tolerance holds on both sides (the search's `two_sided`). Absent
+    /// from the version hash when unset (added later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_sided: Option<bool>,
 }
 
 /// The optional `[finetune]` table: how the predictor is fine-tuned on the samples. Unset
@@ -488,6 +492,7 @@ struct RawSearch {
     start: Option<Spanned<String>>,
     tolerance: Option<Spanned<f64>>,
     radius: Option<Spanned<i64>>,
+    two_sided: Option<bool>,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -564,20 +569,42 @@ fn resolve_inside(folder: &Path, rel: &str) -> Result<PathBuf, String> {
 }
 
 /// Guess the key a TOML error is about: from "unknown/missing field `x`", else the key written
-/// on the error's line.
-fn toml_error_field(message: &str, line_text: &str) -> Option<String> {
-    for marker in ["unknown field `", "missing field `", "duplicate key `"] {
-        if let Some(rest) = message.split(marker).nth(1) {
-            return rest.split('`').next().map(str::to_string);
-        }
-    }
-    let key = line_text.split('=').next()?.trim();
-    (!key.is_empty()
-        && line_text.contains('=')
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    .then(|| key.to_string())
+/// on the error's line (1-based `line` of `text`); inside a `[table]`, prefixed with its name
+/// (`search.budget`), as the checks after parsing name their fields.
+fn toml_error_field(message: &str, text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let line_text = lines.get(line.wrapping_sub(1)).copied().unwrap_or("");
+    let key = ["unknown field `", "missing field `", "duplicate key `"]
+        .iter()
+        .find_map(|marker| message.split(marker).nth(1))
+        .and_then(|rest| rest.split('`').next().map(str::to_string))
+        .or_else(|| {
+            let key = line_text.split('=').next()?.trim();
+            (!key.is_empty()
+                && line_text.contains('=')
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .then(|| key.to_string())
+        })?;
+    // The table the error's line is in: the last `[name]` header above it, if any. A header
+    // line itself (a missing field of a table is reported there) names its own table.
+    let table = lines[..line.min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .and_then(|l| l.strip_prefix('[')?.split(']').next())
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+    Some(match table {
+        Some(t) if !key.contains('.') => format!("{t}.{key}"),
+        _ => key,
+    })
 }
 
 /// Load and validate the task file at `toml_path`.
@@ -607,9 +634,8 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
     let text = read_text(toml_path, limits.max_toml_bytes, None)?;
     let raw: RawTask = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(&text, s.start));
-        let line_text = text.lines().nth(line - 1).unwrap_or("");
         let message = e.message().trim().to_string();
-        match toml_error_field(&message, line_text) {
+        match toml_error_field(&message, &text, line) {
             Some(field) => TaskFileError::Field {
                 file: file.clone(),
                 line,
@@ -914,6 +940,7 @@ fn parse_search(
         start,
         tolerance: positive("search.tolerance", &s.tolerance, true)?,
         radius: count("search.radius", &s.radius, 1)?,
+        two_sided: s.two_sided,
     })
 }
 
@@ -1060,6 +1087,18 @@ mod tests {
         let (_d3, t3) = setup(GOOD, &good_csv().replace("90.39", "90.4"));
         assert_ne!(load(&t3, &Limits::default()).unwrap().hash, s.hash);
         assert_eq!(s.snapshot()["samples"].as_array().unwrap().len(), 3);
+        // A search table's two_sided reads, and changes the version; unset, the hash is that of
+        // a file written before the field existed.
+        let (_d4, t4) = setup(&format!("{GOOD}[search]\ntolerance = 0.5\n"), &good_csv());
+        let plain = load(&t4, &Limits::default()).unwrap();
+        assert_eq!(plain.search.as_ref().unwrap().two_sided, None);
+        let (_d5, t5) = setup(
+            &format!("{GOOD}[search]\ntolerance = 0.5\ntwo_sided = true\n"),
+            &good_csv(),
+        );
+        let two = load(&t5, &Limits::default()).unwrap();
+        assert_eq!(two.search.as_ref().unwrap().two_sided, Some(true));
+        assert_ne!(two.hash, plain.hash);
     }
 
     #[test]
@@ -1097,6 +1136,20 @@ mod tests {
             (Some(6), Some("search.radius")),
             "{e}"
         );
+        let e = err(
+            &format!("{GOOD}[search]\ntwo_sided = \"yes\"\n"),
+            &good_csv(),
+        );
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.two_sided")),
+            "{e}"
+        );
+        // Type errors and unknown keys inside a table name the table too.
+        let e = err(&format!("{GOOD}[finetune]\nepochs = \"x\"\n"), &good_csv());
+        assert_eq!(e.field(), Some("finetune.epochs"), "{e}");
+        let e = err(&format!("{GOOD}[search]\ncolour = 1\n"), &good_csv());
+        assert_eq!(e.field(), Some("search.colour"), "{e}");
         let e = err(
             &format!("{GOOD}[search]\nalgorithm = \"flops\"\n"),
             &good_csv(),

@@ -323,6 +323,12 @@ pub struct FlopsExperimentArgs {
     /// start is a sample) instead of from its predicted score (`false`: sessions 4–7).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub anchor: bool,
+    /// Two-sided tolerance (the search's `two_sided`, the product's default since session 11):
+    /// the found network's prediction may also not exceed the reference by more than the
+    /// tolerance (`false`: sessions 4–10). Several values (`false,true`) run each variant from
+    /// the same fitted predictor per seed, reported side by side.
+    #[arg(long, value_delimiter = ',', default_value = "true", action = clap::ArgAction::Set)]
+    pub two_sided: Vec<bool>,
     /// Predictor evaluations per reduction.
     #[arg(long, default_value_t = 2000)]
     pub budget: usize,
@@ -390,6 +396,7 @@ pub enum Recipe {
 struct FlopsRun {
     task: &'static str,
     seed: u64,
+    two_sided: bool,
     start: String,
     start_mflops: f64,
     start_true: f64,
@@ -461,120 +468,141 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         let near: Option<HashSet<Arch>> =
             (a.near > 0).then(|| aiop::spaces::within(&start, a.near).into_iter().collect());
         let seeds: Vec<u64> = (0..a.seeds).collect();
-        let rows = aiop::pool::parallel(&seeds, a.threads, |&seed| -> anyhow::Result<FlopsRun> {
-            // FT-20 on random labelled networks.
-            let mut rng = aiop::rng::Rng::new(seed ^ 0xf10b5);
-            let mut pool: Vec<_> = set
-                .examples
-                .iter()
-                .filter(|e| e.arch != start)
-                .filter(|e| near.as_ref().is_none_or(|n| n.contains(&e.arch)))
-                .cloned()
-                .collect();
-            rng.shuffle(&mut pool);
-            pool.truncate(a.samples);
-            let mut fitness: Box<dyn search::Fitness> = match a.recipe {
-                Recipe::Paper => {
-                    let mut model = base.duplicate()?;
-                    let tc = TransferConfig {
-                        samples: a.samples,
-                        fine_tune: true,
+        let per_seed = aiop::pool::parallel(
+            &seeds,
+            a.threads,
+            |&seed| -> anyhow::Result<Vec<FlopsRun>> {
+                // FT-20 on random labelled networks.
+                let mut rng = aiop::rng::Rng::new(seed ^ 0xf10b5);
+                let mut pool: Vec<_> = set
+                    .examples
+                    .iter()
+                    .filter(|e| e.arch != start)
+                    .filter(|e| near.as_ref().is_none_or(|n| n.contains(&e.arch)))
+                    .cloned()
+                    .collect();
+                rng.shuffle(&mut pool);
+                pool.truncate(a.samples);
+                let mut fitness: Box<dyn search::Fitness> = match a.recipe {
+                    Recipe::Paper => {
+                        let mut model = base.duplicate()?;
+                        let tc = TransferConfig {
+                            samples: a.samples,
+                            fine_tune: true,
+                            seed,
+                            ..TransferConfig::default()
+                        };
+                        transfer(&mut model, key, set.higher_is_better, pool, &tc, true)?;
+                        Box::new(PredictorFitness::new(model, space, task)?)
+                    }
+                    Recipe::Task => {
+                        let spec = labelled_task(space, task, set.higher_is_better, &pool, seed);
+                        let second = match &companion {
+                            Some(c) => Some((c.duplicate()?, "companion".to_string())),
+                            None => None,
+                        };
+                        let m = aiop::tuned::finetune(
+                            &spec,
+                            base.duplicate()?,
+                            "base",
+                            second,
+                            true,
+                            &Default::default(),
+                        )?;
+                        Box::new(crate::cmd::search::TunedFitness::new(m))
+                    }
+                };
+                let mut runs = Vec::with_capacity(a.two_sided.len());
+                for &two_sided in &a.two_sided {
+                    let spec = SearchSpec {
+                        space: Some(space),
+                        task: Some(task),
+                        algorithm: Algorithm::Flops,
+                        budget: a.budget,
+                        two_sided,
+                        start: Some(Start::Arch(start.to_string())),
+                        tolerance: a.tolerance,
+                        reference: a.anchor.then_some(best.value),
+                        radius: a.radius,
                         seed,
-                        ..TransferConfig::default()
+                        ..SearchSpec::default()
                     };
-                    transfer(&mut model, key, set.higher_is_better, pool, &tc, true)?;
-                    Box::new(PredictorFitness::new(model, space, task)?)
-                }
-                Recipe::Task => {
-                    let spec = labelled_task(space, task, set.higher_is_better, &pool, seed);
-                    let second = match &companion {
-                        Some(c) => Some((c.duplicate()?, "companion".to_string())),
-                        None => None,
-                    };
-                    let m = aiop::tuned::finetune(
-                        &spec,
-                        base.duplicate()?,
-                        "base",
-                        second,
-                        true,
-                        &Default::default(),
+                    let mut s = SearchState::new(spec)?;
+                    search::run(
+                        &mut s,
+                        fitness.as_mut(),
+                        &AtomicBool::new(false),
+                        |_| Ok(()),
                     )?;
-                    Box::new(crate::cmd::search::TunedFitness::new(m))
+                    let results = s.results();
+                    let first = &s.history[0];
+                    let cheapest = results
+                        .iter()
+                        .min_by(|x, y| x.mflops.total_cmp(&y.mflops))
+                        .context("a reduction returns at least its start")?;
+                    let found = cheapest.arch.clone().unwrap_or_default();
+                    let found_true = Arch::parse(space, &found)
+                        .ok()
+                        .and_then(|x| table.lookup(&x));
+                    runs.push(FlopsRun {
+                        task: task.name(),
+                        seed,
+                        two_sided,
+                        start: start.to_string(),
+                        start_mflops: first.mflops,
+                        start_true: best.value,
+                        start_predicted: first.score,
+                        found,
+                        found_mflops: cheapest.mflops,
+                        found_predicted: cheapest.predicted,
+                        found_true,
+                        reduction: 1.0 - cheapest.mflops / first.mflops,
+                        // From the line the tolerance was measured from (none for the start itself).
+                        predicted_drop: if cheapest.hash == first.hash {
+                            0.0
+                        } else {
+                            s.spec.reference.unwrap_or(first.score) - cheapest.predicted
+                        },
+                        true_drop: found_true.map(|v| best.value - v),
+                        evaluations: s.evaluations,
+                    });
                 }
-            };
-            let spec = SearchSpec {
-                space: Some(space),
-                task: Some(task),
-                algorithm: Algorithm::Flops,
-                budget: a.budget,
-                start: Some(Start::Arch(start.to_string())),
-                tolerance: a.tolerance,
-                reference: a.anchor.then_some(best.value),
-                radius: a.radius,
-                seed,
-                ..SearchSpec::default()
-            };
-            let mut s = SearchState::new(spec)?;
-            search::run(
-                &mut s,
-                fitness.as_mut(),
-                &AtomicBool::new(false),
-                |_| Ok(()),
-            )?;
-            let results = s.results();
-            let first = &s.history[0];
-            let cheapest = results
-                .iter()
-                .min_by(|x, y| x.mflops.total_cmp(&y.mflops))
-                .context("a reduction returns at least its start")?;
-            let found = cheapest.arch.clone().unwrap_or_default();
-            let found_true = Arch::parse(space, &found)
-                .ok()
-                .and_then(|x| table.lookup(&x));
-            let run = FlopsRun {
-                task: task.name(),
-                seed,
-                start: start.to_string(),
-                start_mflops: first.mflops,
-                start_true: best.value,
-                start_predicted: first.score,
-                found,
-                found_mflops: cheapest.mflops,
-                found_predicted: cheapest.predicted,
-                found_true,
-                reduction: 1.0 - cheapest.mflops / first.mflops,
-                // From the line the tolerance was measured from (none for the start itself).
-                predicted_drop: if cheapest.hash == first.hash {
-                    0.0
-                } else {
-                    s.spec.reference.unwrap_or(first.score) - cheapest.predicted
-                },
-                true_drop: found_true.map(|v| best.value - v),
-                evaluations: s.evaluations,
-            };
-            Ok(run)
-        })?;
-        let red: Vec<f64> = rows.iter().map(|r| 100.0 * r.reduction).collect();
-        let pd: Vec<f64> = rows.iter().map(|r| r.predicted_drop).collect();
-        let td: Vec<f64> = rows.iter().filter_map(|r| r.true_drop).collect();
-        let ok = rows
-            .iter()
-            .filter(|r| r.true_drop.is_some_and(|d| d <= a.tolerance))
-            .count();
-        writeln!(
-            out,
-            "{:<14} {:<16} {:>8.1} ± {:<5.1} {:>8.3} ± {:<5.3} {:>8.3} ± {:<5.3} {:>5}/{}",
-            space.name(),
-            task.name(),
-            stats::mean(&red),
-            stats::std(&red),
-            stats::mean(&pd),
-            stats::std(&pd),
-            stats::mean(&td),
-            stats::std(&td),
-            ok,
-            rows.len()
+                Ok(runs)
+            },
         )?;
+        let all: Vec<FlopsRun> = per_seed.into_iter().flatten().collect();
+        for &two_sided in &a.two_sided {
+            let rows: Vec<&FlopsRun> = all.iter().filter(|r| r.two_sided == two_sided).collect();
+            let red: Vec<f64> = rows.iter().map(|r| 100.0 * r.reduction).collect();
+            let pd: Vec<f64> = rows.iter().map(|r| r.predicted_drop).collect();
+            let td: Vec<f64> = rows.iter().filter_map(|r| r.true_drop).collect();
+            let ok = rows
+                .iter()
+                .filter(|r| r.true_drop.is_some_and(|d| d <= a.tolerance))
+                .count();
+            let both = rows
+                .iter()
+                .filter(|r| r.reduction >= 0.15 && r.true_drop.is_some_and(|d| d <= a.tolerance))
+                .count();
+            writeln!(
+                out,
+                "{:<14} {:<16} {:>8.1} ± {:<5.1} {:>8.3} ± {:<5.3} {:>8.3} ± {:<5.3} {:>5}/{}  \
+             both {}/{}{}",
+                space.name(),
+                task.name(),
+                stats::mean(&red),
+                stats::std(&red),
+                stats::mean(&pd),
+                stats::std(&pd),
+                stats::mean(&td),
+                stats::std(&td),
+                ok,
+                rows.len(),
+                both,
+                rows.len(),
+                if two_sided { "  (two-sided)" } else { "" }
+            )?;
+        }
         // What any search could reach: the table's networks with at least 15 % fewer FLOPs
         // than the start and a true drop within the tolerance, in all and within the radius
         // (FLOPs as the loaded examples carry them: the task graph's MACs in billions).
@@ -601,7 +629,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                 None => String::new(),
             }
         )?;
-        runs.extend(rows);
+        runs.extend(all);
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&runs)?)

@@ -82,6 +82,11 @@ pub struct SearchArgs {
     /// search where the predictor has labels: near the networks it was fine-tuned on.
     #[arg(long)]
     pub radius: Option<usize>,
+    /// FLOP reduction: keep the predicted score within the tolerance on both sides of the
+    /// reference (a cheaper network predicted far above a good start is the predictor
+    /// extrapolating).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub two_sided: Option<bool>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Results to keep (single objective).
@@ -142,6 +147,7 @@ fn spec_from(a: &SearchArgs, sign: f64) -> anyhow::Result<SearchSpec> {
         tolerance: a.tolerance,
         reference: a.reference.map(|v| v * sign),
         radius: a.radius,
+        two_sided: a.two_sided.unwrap_or(SearchSpec::default().two_sided),
         top_k: a.top,
         ..SearchSpec::default()
     })
