@@ -1002,6 +1002,26 @@ mod tests {
     }
 
     #[test]
+    fn a_task_file_s_reduction_is_two_sided_unless_it_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
+        let stored = |spec: &TaskSpec| -> StoredSpec {
+            let rec = task_search_record(spec, "t/v", "v").unwrap();
+            serde_json::from_value(rec.spec.clone()).unwrap()
+        };
+        let spec = flops_task(dir.path(), start, "");
+        assert_eq!(request_from_task(&spec).unwrap().two_sided, None);
+        assert!(stored(&spec).search.two_sided);
+        // The [search] table is the file's last: a line appended joins it.
+        let t = dir.path().join("t.toml");
+        let text = std::fs::read_to_string(&t).unwrap();
+        std::fs::write(&t, format!("{text}two_sided = false\n")).unwrap();
+        let spec = crate::taskfile::load(&t, &crate::taskfile::Limits::default()).unwrap();
+        assert_eq!(request_from_task(&spec).unwrap().two_sided, Some(false));
+        assert!(!stored(&spec).search.two_sided);
+    }
+
+    #[test]
     fn ended_searches_keep_their_series_up_to_the_bound_oldest_retired_first() {
         let mut f = VecDeque::new();
         assert!(retire(&mut f, "a", 2).is_empty());
