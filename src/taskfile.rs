@@ -1130,35 +1130,17 @@ mod tests {
         assert_eq!(e.field(), Some("samples"), "{e}");
         let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
         assert_eq!(e.field(), Some("search.population"), "{e}");
-        let e = err(&format!("{GOOD}[search]\nradius = 0\n"), &good_csv());
-        assert_eq!(
-            (e.line(), e.field()),
-            (Some(6), Some("search.radius")),
-            "{e}"
-        );
-        let e = err(
-            &format!("{GOOD}[search]\ntwo_sided = \"yes\"\n"),
-            &good_csv(),
-        );
-        assert_eq!(
-            (e.line(), e.field()),
-            (Some(6), Some("search.two_sided")),
-            "{e}"
-        );
-        // Type errors and unknown keys inside a table name the table too.
-        let e = err(&format!("{GOOD}[finetune]\nepochs = \"x\"\n"), &good_csv());
-        assert_eq!(e.field(), Some("finetune.epochs"), "{e}");
-        let e = err(&format!("{GOOD}[search]\ncolour = 1\n"), &good_csv());
-        assert_eq!(e.field(), Some("search.colour"), "{e}");
-        let e = err(
-            &format!("{GOOD}[search]\nalgorithm = \"flops\"\n"),
-            &good_csv(),
-        );
-        assert_eq!(
-            (e.line(), e.field()),
-            (Some(6), Some("search.algorithm")),
-            "{e}"
-        );
+        // Checked values, type errors and unknown keys inside a table name the table too.
+        for (table, line, field) in [
+            ("[search]\nradius = 0", 6, "search.radius"),
+            ("[search]\ntwo_sided = \"yes\"", 6, "search.two_sided"),
+            ("[finetune]\nepochs = \"x\"", 6, "finetune.epochs"),
+            ("[search]\ncolour = 1", 6, "search.colour"),
+            ("[search]\nalgorithm = \"flops\"", 6, "search.algorithm"),
+        ] {
+            let e = err(&format!("{GOOD}{table}\n"), &good_csv());
+            assert_eq!((e.line(), e.field()), (Some(line), Some(field)), "{e}");
+        }
         for (bad, field) in [
             ("epochs = 0", "finetune.epochs"),
             ("batch_size = 5000", "finetune.batch_size"),

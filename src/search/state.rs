@@ -875,20 +875,31 @@ mod tests {
         assert!(r.windows(2).all(|w| w[0].mflops <= w[1].mflops));
     }
 
+    /// A FLOP reduction of the NB-201 CIFAR-10 architecture `start` with tolerance 0.5, scored
+    /// by the table, run to its end; `tweak` sets what a test varies.
+    fn reduce_on_table(
+        start: &str,
+        budget: usize,
+        tweak: impl FnOnce(&mut SearchSpec),
+    ) -> SearchState {
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut sp = SearchSpec {
+            start: Some(Start::Arch(start.into())),
+            tolerance: 0.5,
+            budget,
+            ..spec(Algorithm::Flops)
+        };
+        tweak(&mut sp);
+        let mut s = SearchState::new(sp).unwrap();
+        run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+        s
+    }
+
     #[test]
     fn a_reference_moves_the_floor_and_the_start_stays() {
         let start = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|";
         let reduce = |reference: Option<f64>| {
-            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
-            let sp = SearchSpec {
-                start: Some(Start::Arch(start.into())),
-                tolerance: 0.5,
-                reference,
-                budget: 200,
-                ..spec(Algorithm::Flops)
-            };
-            let mut s = SearchState::new(sp).unwrap();
-            run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+            let s = reduce_on_table(start, 200, |sp| sp.reference = reference);
             let st = s.history[s.start.unwrap()].clone();
             (s.floor().unwrap(), st, s.results())
         };
@@ -922,16 +933,7 @@ mod tests {
         // A poor start: cheaper networks one or two moves away score far above it.
         let start = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_3x3~2|";
         let reduce = |two_sided: bool| {
-            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
-            let sp = SearchSpec {
-                start: Some(Start::Arch(start.into())),
-                tolerance: 0.5,
-                two_sided,
-                budget: 300,
-                ..spec(Algorithm::Flops)
-            };
-            let mut s = SearchState::new(sp).unwrap();
-            run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+            let s = reduce_on_table(start, 300, |sp| sp.two_sided = two_sided);
             let st = s.history[s.start.unwrap()].clone();
             (s.ceiling(), st, s.results(), s.history.clone())
         };
