@@ -206,6 +206,40 @@ mod search_props {
         }
 
         #[test]
+        fn a_reduction_returns_its_start_and_cheaper_networks_within_the_tolerance(
+            seed in any::<u64>(),
+            tolerance in 0.0f64..3.0,
+            offset in proptest::option::of(-2.0f64..2.0),
+            two_sided in any::<bool>(),
+        ) {
+            let start = aiop::spaces::sample(SpaceId::Nb201, &mut aiop::rng::Rng::new(seed));
+            let mut fit = table();
+            let mut sp = spec(Algorithm::Flops, seed, None);
+            sp.start = Some(search::Start::Arch(start.to_string()));
+            sp.tolerance = tolerance;
+            sp.two_sided = two_sided;
+            let mut s = SearchState::new(sp.clone()).unwrap();
+            search::step(&mut s, &mut fit).unwrap();
+            let first = s.history[0].clone();
+            // The reference: the start's own score, or a measured value beside it.
+            s.spec.reference = offset.map(|o| first.score + o);
+            search::run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+            let line = s.spec.reference.unwrap_or(first.score);
+            let results = s.results();
+            prop_assert!(!results.is_empty());
+            for r in &results {
+                if r.hash == first.hash {
+                    continue;
+                }
+                prop_assert!(r.mflops < first.mflops);
+                prop_assert!(r.predicted >= line - tolerance - 1e-12);
+                if two_sided {
+                    prop_assert!(r.predicted <= line + tolerance + 1e-12);
+                }
+            }
+        }
+
+        #[test]
         fn results_satisfy_constraints_and_are_shape_valid(seed in any::<u64>(), limit in 20.0f64..120.0, alg in 0usize..2) {
             let alg = [Algorithm::Evolution, Algorithm::Random][alg];
             let mut fit = table();
