@@ -568,6 +568,13 @@ fn resolve_inside(folder: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(canonical)
 }
 
+/// A TOML bare key: one or more of A-Z a-z 0-9 _ -.
+fn bare_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// Guess the key a TOML error is about: from "unknown/missing field `x`", else the key written
 /// on the error's line (1-based `line` of `text`); inside a `[table]`, prefixed with its name
 /// (`search.budget`), as the checks after parsing name their fields.
@@ -580,12 +587,7 @@ fn toml_error_field(message: &str, text: &str, line: usize) -> Option<String> {
         .and_then(|rest| rest.split('`').next().map(str::to_string))
         .or_else(|| {
             let key = line_text.split('=').next()?.trim();
-            (!key.is_empty()
-                && line_text.contains('=')
-                && key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-            .then(|| key.to_string())
+            (line_text.contains('=') && bare_key(key)).then(|| key.to_string())
         })?;
     // The table the error's line is in: the last `[name]` header above it, if any. A header
     // line itself (a missing field of a table is reported there) names its own table.
@@ -596,11 +598,7 @@ fn toml_error_field(message: &str, text: &str, line: usize) -> Option<String> {
         .find(|l| l.starts_with('[') && !l.starts_with("[["))
         .and_then(|l| l.strip_prefix('[')?.split(']').next())
         .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        });
+        .filter(|t| bare_key(t));
     Some(match table {
         Some(t) if !key.contains('.') => format!("{t}.{key}"),
         _ => key,

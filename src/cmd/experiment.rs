@@ -24,6 +24,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use aiop::predictor::checkpoint::Trained;
 use aiop::search::active::ActiveSpec;
 use aiop::search::surrogate::SurrogateConfig;
 use aiop::search::{self, Algorithm, SearchSpec, SearchState, TableFitness};
@@ -411,14 +412,173 @@ struct FlopsRun {
     evaluations: usize,
 }
 
+/// The share of the start's FLOPs a reduction must cut to count, with a true drop within the
+/// tolerance, as reaching the issue's target (15 %).
+const MIN_CUT: f64 = 0.15;
+
+/// What `--recipe` fits to a seed's labelled networks.
+struct Fitted<'a> {
+    base: &'a Trained,
+    companion: Option<&'a Trained>,
+    key: aiop::predictor::data::TaskKey,
+    higher_is_better: bool,
+}
+
+impl Fitted<'_> {
+    /// The predictor fitted to `pool` (FT-20), as a search fitness.
+    fn fit(
+        &self,
+        a: &FlopsExperimentArgs,
+        pool: Vec<aiop::predictor::data::Example>,
+        seed: u64,
+    ) -> anyhow::Result<Box<dyn search::Fitness>> {
+        use aiop::predictor::transfer::{transfer, TransferConfig};
+        let (space, task) = (self.key.space, self.key.task);
+        Ok(match a.recipe {
+            Recipe::Paper => {
+                let mut model = self.base.duplicate()?;
+                let tc = TransferConfig {
+                    samples: a.samples,
+                    fine_tune: true,
+                    seed,
+                    ..TransferConfig::default()
+                };
+                transfer(&mut model, self.key, self.higher_is_better, pool, &tc, true)?;
+                Box::new(search::PredictorFitness::new(model, space, task)?)
+            }
+            Recipe::Task => {
+                let spec = labelled_task(space, task, self.higher_is_better, &pool, seed);
+                let second = match self.companion {
+                    Some(c) => Some((c.duplicate()?, "companion".to_string())),
+                    None => None,
+                };
+                let m = aiop::tuned::finetune(
+                    &spec,
+                    self.base.duplicate()?,
+                    "base",
+                    second,
+                    true,
+                    &Default::default(),
+                )?;
+                Box::new(crate::cmd::search::TunedFitness::new(m))
+            }
+        })
+    }
+}
+
+/// A reduction's start: the table's best network of a task and its true label.
+struct Reduction<'a> {
+    key: aiop::predictor::data::TaskKey,
+    start: &'a Arch,
+    best: f64,
+    table: &'a TableFitness,
+}
+
+impl Reduction<'_> {
+    /// One FLOP-reducing search from the start scored by `fitness`, and the cheapest network
+    /// it returns with its true drop.
+    fn reduce(
+        &self,
+        a: &FlopsExperimentArgs,
+        seed: u64,
+        two_sided: bool,
+        fitness: &mut dyn search::Fitness,
+    ) -> anyhow::Result<FlopsRun> {
+        let (space, task) = (self.key.space, self.key.task);
+        let spec = SearchSpec {
+            space: Some(space),
+            task: Some(task),
+            algorithm: Algorithm::Flops,
+            budget: a.budget,
+            two_sided,
+            start: Some(search::Start::Arch(self.start.to_string())),
+            tolerance: a.tolerance,
+            reference: a.anchor.then_some(self.best),
+            radius: a.radius,
+            seed,
+            ..SearchSpec::default()
+        };
+        let mut s = SearchState::new(spec)?;
+        search::run(&mut s, fitness, &AtomicBool::new(false), |_| Ok(()))?;
+        let results = s.results();
+        let first = &s.history[0];
+        let cheapest = results
+            .iter()
+            .min_by(|x, y| x.mflops.total_cmp(&y.mflops))
+            .context("a reduction returns at least its start")?;
+        let found = cheapest.arch.clone().unwrap_or_default();
+        let found_true = Arch::parse(space, &found)
+            .ok()
+            .and_then(|x| self.table.lookup(&x));
+        Ok(FlopsRun {
+            task: task.name(),
+            seed,
+            two_sided,
+            start: self.start.to_string(),
+            start_mflops: first.mflops,
+            start_true: self.best,
+            start_predicted: first.score,
+            found,
+            found_mflops: cheapest.mflops,
+            found_predicted: cheapest.predicted,
+            found_true,
+            reduction: 1.0 - cheapest.mflops / first.mflops,
+            // From the line the tolerance was measured from (none for the start itself).
+            predicted_drop: if cheapest.hash == first.hash {
+                0.0
+            } else {
+                s.spec.reference.unwrap_or(first.score) - cheapest.predicted
+            },
+            true_drop: found_true.map(|v| self.best - v),
+            evaluations: s.evaluations,
+        })
+    }
+}
+
+/// One line of the table: the runs of one task and tolerance variant.
+fn summarise(
+    out: &mut impl Write,
+    key: aiop::predictor::data::TaskKey,
+    rows: &[&FlopsRun],
+    tolerance: f64,
+    two_sided: bool,
+) -> std::io::Result<()> {
+    let red: Vec<f64> = rows.iter().map(|r| 100.0 * r.reduction).collect();
+    let pd: Vec<f64> = rows.iter().map(|r| r.predicted_drop).collect();
+    let td: Vec<f64> = rows.iter().filter_map(|r| r.true_drop).collect();
+    let within = |r: &&&FlopsRun| r.true_drop.is_some_and(|d| d <= tolerance);
+    let ok = rows.iter().filter(within).count();
+    let both = rows
+        .iter()
+        .filter(within)
+        .filter(|r| r.reduction >= MIN_CUT)
+        .count();
+    writeln!(
+        out,
+        "{:<14} {:<16} {:>8.1} ± {:<5.1} {:>8.3} ± {:<5.3} {:>8.3} ± {:<5.3} {:>5}/{}  \
+         both {}/{}{}",
+        key.space.name(),
+        key.task.name(),
+        stats::mean(&red),
+        stats::std(&red),
+        stats::mean(&pd),
+        stats::std(&pd),
+        stats::mean(&td),
+        stats::std(&td),
+        ok,
+        rows.len(),
+        both,
+        rows.len(),
+        if two_sided { "  (two-sided)" } else { "" }
+    )
+}
+
 /// `aiop experiment flops`: from the table's best architecture of a task, the FLOP-reducing
 /// search scored by the AIO-P predictor fine-tuned on 20 labelled networks of that task; the
 /// cheapest network found whose predicted score is within the tolerance of the start's, with its
 /// TRUE drop from the table.
 pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::data::{load_task, TaskKey};
-    use aiop::predictor::transfer::{transfer, TransferConfig};
-    use aiop::search::{PredictorFitness, Start};
 
     let space = SpaceId::from_name(&a.space)?;
     let device = aiop::predictor::default_device();
@@ -467,6 +627,18 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         // start (never the start itself).
         let near: Option<HashSet<Arch>> =
             (a.near > 0).then(|| aiop::spaces::within(&start, a.near).into_iter().collect());
+        let fitted = Fitted {
+            base: &base,
+            companion: companion.as_ref(),
+            key,
+            higher_is_better: set.higher_is_better,
+        };
+        let reduction = Reduction {
+            key,
+            start: &start,
+            best: best.value,
+            table: &table,
+        };
         let seeds: Vec<u64> = (0..a.seeds).collect();
         let per_seed = aiop::pool::parallel(
             &seeds,
@@ -483,125 +655,17 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
                     .collect();
                 rng.shuffle(&mut pool);
                 pool.truncate(a.samples);
-                let mut fitness: Box<dyn search::Fitness> = match a.recipe {
-                    Recipe::Paper => {
-                        let mut model = base.duplicate()?;
-                        let tc = TransferConfig {
-                            samples: a.samples,
-                            fine_tune: true,
-                            seed,
-                            ..TransferConfig::default()
-                        };
-                        transfer(&mut model, key, set.higher_is_better, pool, &tc, true)?;
-                        Box::new(PredictorFitness::new(model, space, task)?)
-                    }
-                    Recipe::Task => {
-                        let spec = labelled_task(space, task, set.higher_is_better, &pool, seed);
-                        let second = match &companion {
-                            Some(c) => Some((c.duplicate()?, "companion".to_string())),
-                            None => None,
-                        };
-                        let m = aiop::tuned::finetune(
-                            &spec,
-                            base.duplicate()?,
-                            "base",
-                            second,
-                            true,
-                            &Default::default(),
-                        )?;
-                        Box::new(crate::cmd::search::TunedFitness::new(m))
-                    }
-                };
-                let mut runs = Vec::with_capacity(a.two_sided.len());
-                for &two_sided in &a.two_sided {
-                    let spec = SearchSpec {
-                        space: Some(space),
-                        task: Some(task),
-                        algorithm: Algorithm::Flops,
-                        budget: a.budget,
-                        two_sided,
-                        start: Some(Start::Arch(start.to_string())),
-                        tolerance: a.tolerance,
-                        reference: a.anchor.then_some(best.value),
-                        radius: a.radius,
-                        seed,
-                        ..SearchSpec::default()
-                    };
-                    let mut s = SearchState::new(spec)?;
-                    search::run(
-                        &mut s,
-                        fitness.as_mut(),
-                        &AtomicBool::new(false),
-                        |_| Ok(()),
-                    )?;
-                    let results = s.results();
-                    let first = &s.history[0];
-                    let cheapest = results
-                        .iter()
-                        .min_by(|x, y| x.mflops.total_cmp(&y.mflops))
-                        .context("a reduction returns at least its start")?;
-                    let found = cheapest.arch.clone().unwrap_or_default();
-                    let found_true = Arch::parse(space, &found)
-                        .ok()
-                        .and_then(|x| table.lookup(&x));
-                    runs.push(FlopsRun {
-                        task: task.name(),
-                        seed,
-                        two_sided,
-                        start: start.to_string(),
-                        start_mflops: first.mflops,
-                        start_true: best.value,
-                        start_predicted: first.score,
-                        found,
-                        found_mflops: cheapest.mflops,
-                        found_predicted: cheapest.predicted,
-                        found_true,
-                        reduction: 1.0 - cheapest.mflops / first.mflops,
-                        // From the line the tolerance was measured from (none for the start itself).
-                        predicted_drop: if cheapest.hash == first.hash {
-                            0.0
-                        } else {
-                            s.spec.reference.unwrap_or(first.score) - cheapest.predicted
-                        },
-                        true_drop: found_true.map(|v| best.value - v),
-                        evaluations: s.evaluations,
-                    });
-                }
-                Ok(runs)
+                let mut fitness = fitted.fit(&a, pool, seed)?;
+                a.two_sided
+                    .iter()
+                    .map(|&two_sided| reduction.reduce(&a, seed, two_sided, fitness.as_mut()))
+                    .collect()
             },
         )?;
         let all: Vec<FlopsRun> = per_seed.into_iter().flatten().collect();
         for &two_sided in &a.two_sided {
             let rows: Vec<&FlopsRun> = all.iter().filter(|r| r.two_sided == two_sided).collect();
-            let red: Vec<f64> = rows.iter().map(|r| 100.0 * r.reduction).collect();
-            let pd: Vec<f64> = rows.iter().map(|r| r.predicted_drop).collect();
-            let td: Vec<f64> = rows.iter().filter_map(|r| r.true_drop).collect();
-            let ok = rows
-                .iter()
-                .filter(|r| r.true_drop.is_some_and(|d| d <= a.tolerance))
-                .count();
-            let both = rows
-                .iter()
-                .filter(|r| r.reduction >= 0.15 && r.true_drop.is_some_and(|d| d <= a.tolerance))
-                .count();
-            writeln!(
-                out,
-                "{:<14} {:<16} {:>8.1} ± {:<5.1} {:>8.3} ± {:<5.3} {:>8.3} ± {:<5.3} {:>5}/{}  \
-             both {}/{}{}",
-                space.name(),
-                task.name(),
-                stats::mean(&red),
-                stats::std(&red),
-                stats::mean(&pd),
-                stats::std(&pd),
-                stats::mean(&td),
-                stats::std(&td),
-                ok,
-                rows.len(),
-                both,
-                rows.len(),
-                if two_sided { "  (two-sided)" } else { "" }
-            )?;
+            summarise(&mut out, key, &rows, a.tolerance, two_sided)?;
         }
         // What any search could reach: the table's networks with at least 15 % fewer FLOPs
         // than the start and a true drop within the tolerance, in all and within the radius
@@ -611,7 +675,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
             .map(|r| aiop::spaces::within(&start, r).into_iter().collect());
         let (mut reachable, mut in_region) = (0usize, 0usize);
         for e in &set.examples {
-            if best.value - e.value <= a.tolerance && e.gflops <= 0.85 * best.gflops {
+            if best.value - e.value <= a.tolerance && e.gflops <= (1.0 - MIN_CUT) * best.gflops {
                 reachable += 1;
                 if region.as_ref().is_some_and(|r| r.contains(&e.arch)) {
                     in_region += 1;

@@ -85,8 +85,8 @@ pub struct SearchArgs {
     /// FLOP reduction: keep the predicted score within the tolerance on both sides of the
     /// reference (a cheaper network predicted far above a good start is the predictor
     /// extrapolating).
-    #[arg(long, action = clap::ArgAction::Set)]
-    pub two_sided: Option<bool>,
+    #[arg(long, default_value_t = SearchSpec::default().two_sided, action = clap::ArgAction::Set)]
+    pub two_sided: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Results to keep (single objective).
@@ -147,7 +147,7 @@ fn spec_from(a: &SearchArgs, sign: f64) -> anyhow::Result<SearchSpec> {
         tolerance: a.tolerance,
         reference: a.reference.map(|v| v * sign),
         radius: a.radius,
-        two_sided: a.two_sided.unwrap_or(SearchSpec::default().two_sided),
+        two_sided: a.two_sided,
         top_k: a.top,
         ..SearchSpec::default()
     })

@@ -548,16 +548,22 @@ impl SearchState {
     /// The score a FLOP-reduced network must keep: the tolerance below the start's measured
     /// score when the spec gives it, else below the start's predicted score.
     pub fn floor(&self) -> Option<f64> {
-        self.start
-            .map(|s| self.spec.reference.unwrap_or(self.history[s].score) - self.spec.tolerance)
+        self.tolerance_line().map(|l| l - self.spec.tolerance)
     }
 
     /// The score a FLOP-reduced network may not exceed: the tolerance above the same line,
     /// when the spec is two-sided.
     pub fn ceiling(&self) -> Option<f64> {
-        self.start
+        self.tolerance_line()
             .filter(|_| self.spec.two_sided)
-            .map(|s| self.spec.reference.unwrap_or(self.history[s].score) + self.spec.tolerance)
+            .map(|l| l + self.spec.tolerance)
+    }
+
+    /// The line the tolerance is measured from: the start's measured score when the spec
+    /// gives it, else its predicted score (none before the start is scored).
+    fn tolerance_line(&self) -> Option<f64> {
+        self.start
+            .map(|s| self.spec.reference.unwrap_or(self.history[s].score))
     }
 
     /// Whether a FLOP-reduced network's score is within the tolerance.
