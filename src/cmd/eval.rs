@@ -26,7 +26,8 @@ pub struct EvalArgs {
     /// Write the report here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Reuse the protocol's pretrained models from this folder (`aio/`, `plain/`) when present,
+    /// Reuse the protocol's pretrained models from this folder (`aio/`, `plain/`, and each of
+    /// the config's `members` under its name) when present,
     /// and save them there when not. They are checked never to have seen a target.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
@@ -64,6 +65,14 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 *slot = Some(t);
             }
         }
+        for m in &cfg.members {
+            let d = dir.join(&m.name);
+            if d.join(aiop::predictor::checkpoint::META_FILE).exists() {
+                let t = Trained::load(&d, &device)?;
+                eval::check_pretrained(&t, protocol, &cfg)?;
+                given.members.insert(m.name.clone(), t);
+            }
+        }
     }
     let log = |s: &str| eprintln!("aiop eval: {s}");
     let (report, models) = eval::run(protocol, &cfg, given, &device, &log)?;
@@ -72,6 +81,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             if let Some(t) = t {
                 t.save(&dir.join(name))?;
             }
+        }
+        for (name, t) in &models.members {
+            t.save(&dir.join(name))?;
         }
     }
     print!("{}", eval::table(&report));

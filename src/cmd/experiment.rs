@@ -74,6 +74,10 @@ pub struct ExperimentArgs {
     /// the best `--parents`, spent or not, the method before session 7).
     #[arg(long, default_value_t = ActiveSpec::default().live_parents, action = clap::ArgAction::Set)]
     pub live_parents: bool,
+    /// Edits from a parent that the local pool reaches (`predictor`; 1: the one-edit
+    /// neighbourhood).
+    #[arg(long, default_value_t = ActiveSpec::default().radius)]
+    pub local_radius: usize,
     /// True queries per round (`predictor`).
     #[arg(long, default_value_t = ActiveSpec::default().per_round)]
     pub per_round: usize,
@@ -174,6 +178,7 @@ fn predictor_search(
         parents: a.parents,
         local: a.local,
         live_parents: a.live_parents,
+        radius: a.local_radius,
         per_round: a.per_round,
         initial: a.initial,
         ..ActiveSpec::default()

@@ -159,6 +159,23 @@ pub struct EvalConfig {
     /// cross-validated columns (`cv`, `either`, `mean`, `pick`), as `aiop finetune` and the
     /// daemon use it; the paper's `ft-20` columns train with `fine_tune` as it is.
     pub rank_weight: f64,
+    /// More pretrained members of the `ens wmeanz` column: each is pretrained on the
+    /// protocol's tasks (its own schedule when given) and fine-tuned like the two default
+    /// members, and all are blended by `wmeanz`. None by default (no column).
+    pub members: Vec<MemberSpec>,
+}
+
+/// One more pretrained model of the `ens wmeanz` column (validation of ensembles, session 12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    /// Its folder under `aiop eval --pretrained` (reused when present, saved when not).
+    pub name: String,
+    /// Eq. 5 labels (an AIO-P member) or plain z-scores (a no-transform member).
+    pub flops_scaling: bool,
+    /// Its pretraining schedule and seed (the protocol's `pretrain` when absent).
+    #[serde(default)]
+    pub pretrain: Option<TrainConfig>,
 }
 
 impl Default for EvalConfig {
@@ -197,6 +214,7 @@ impl Default for EvalConfig {
             select: Some(EpochSelection::default()),
             pretrain_tasks: Vec::new(),
             rank_weight: crate::taskfile::RANK_WEIGHT,
+            members: Vec::new(),
         }
     }
 }
@@ -303,6 +321,7 @@ pub const PICK_CAL: &str = "pick ft-20 cv cal";
 pub const MEANZ_CAL: &str = "meanz ft-20 cv cal";
 pub const WMEANZ_CAL: &str = "wmeanz ft-20 cv cal";
 pub const WFLOPS_CAL: &str = "wmeanz+flops ft-20 cv cal";
+pub const ENS_CAL: &str = "ens wmeanz ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -421,6 +440,7 @@ fn pretrain_for(
     protocol: Protocol,
     cfg: &EvalConfig,
     flops_scaling: bool,
+    schedule: Option<&TrainConfig>,
     device: &Device,
 ) -> Result<Trained, PredictorError> {
     let tasks = pretrain_tasks_of(protocol, cfg);
@@ -444,7 +464,7 @@ fn pretrain_for(
         test_fraction: 0.0,
         flops_scaling,
         model: cfg.model.clone(),
-        train: cfg.pretrain.clone(),
+        train: schedule.unwrap_or(&cfg.pretrain).clone(),
         adapters,
     };
     Ok(pretrain(&pc, true, device)?.0)
@@ -482,6 +502,26 @@ pub fn check_pretrained(
     Ok(())
 }
 
+/// Refuse `members` whose names are not plain folder names, collide with `aio`, `plain` or each
+/// other (each is a folder of `aiop eval --pretrained`).
+fn check_members(cfg: &EvalConfig) -> Result<(), PredictorError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &cfg.members {
+        let plain_name = !m.name.is_empty()
+            && m.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !plain_name || m.name == "aio" || m.name == "plain" || !seen.insert(&m.name) {
+            return Err(PredictorError::Config(format!(
+                "members: {:?} is not a folder name of letters, digits, - and _ other than \
+                 aio, plain and the other members'",
+                m.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Pretrained models a protocol run may reuse (each must satisfy [`check_pretrained`]).
 #[derive(Default)]
 pub struct Pretrained {
@@ -489,6 +529,8 @@ pub struct Pretrained {
     pub aio: Option<Trained>,
     /// Without it (transfer protocols' baseline).
     pub plain: Option<Trained>,
+    /// `EvalConfig::members`, by name.
+    pub members: BTreeMap<String, Trained>,
 }
 
 /// Run a protocol. `log` receives one line per finished step.
@@ -500,14 +542,16 @@ pub fn run(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<(EvalReport, Pretrained), PredictorError> {
     let start = std::time::Instant::now();
+    check_members(cfg)?;
     let aio = match given.aio {
         Some(t) => t,
         None => {
             log("pretraining (FLOPs-scaled labels)");
-            pretrain_for(protocol, cfg, true, device)?
+            pretrain_for(protocol, cfg, true, None, device)?
         }
     };
     check_pretrained(&aio, protocol, cfg)?;
+    let mut given_members = BTreeMap::new();
     let (rows, plain) = match protocol {
         Protocol::SampleEfficiency => (sample_efficiency(cfg, &aio, device, log)?, given.plain),
         _ => {
@@ -515,14 +559,30 @@ pub fn run(
                 Some(t) => Some(t),
                 None if cfg.baselines => {
                     log("pretraining (plain z-scores, no FLOPs scaling)");
-                    Some(pretrain_for(protocol, cfg, false, device)?)
+                    Some(pretrain_for(protocol, cfg, false, None, device)?)
                 }
                 None => None,
             };
             if let Some(p) = &plain {
                 check_pretrained(p, protocol, cfg)?;
             }
-            let rows = transfer_protocol(protocol, cfg, &aio, plain.as_ref(), device, log)?;
+            let mut members = given.members;
+            for m in &cfg.members {
+                if !members.contains_key(&m.name) {
+                    log(&format!("pretraining member {}", m.name));
+                    let t =
+                        pretrain_for(protocol, cfg, m.flops_scaling, m.pretrain.as_ref(), device)?;
+                    members.insert(m.name.clone(), t);
+                }
+                check_pretrained(&members[&m.name], protocol, cfg)?;
+            }
+            let extra: Vec<(&Trained, bool)> = cfg
+                .members
+                .iter()
+                .map(|m| (&members[&m.name], m.flops_scaling))
+                .collect();
+            let rows = transfer_protocol(protocol, cfg, &aio, plain.as_ref(), &extra, device, log)?;
+            given_members = members;
             (rows, plain)
         }
     };
@@ -539,6 +599,7 @@ pub fn run(
             MEANZ_CAL,
             WMEANZ_CAL,
             WFLOPS_CAL,
+            ENS_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -567,6 +628,7 @@ pub fn run(
         Pretrained {
             aio: Some(aio),
             plain,
+            members: given_members,
         },
     ))
 }
@@ -579,6 +641,7 @@ fn transfer_protocol(
     cfg: &EvalConfig,
     aio: &Trained,
     plain: Option<&Trained>,
+    extra: &[(&Trained, bool)],
     device: &Device,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<TargetRow>, PredictorError> {
@@ -596,7 +659,7 @@ fn transfer_protocol(
         let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
         let per_seed = crate::pool::parallel(&seeds, cfg.threads, |&seed| {
             let plain = plain.zip(z_plain.as_deref());
-            one_seed(cfg, &data, aio, plain, &z_aio, seed, device)
+            one_seed(cfg, &data, aio, plain, extra, &z_aio, seed, device)
         })?;
         let mut methods: BTreeMap<String, Vec<SeedScore>> = BTreeMap::new();
         for scores in per_seed {
@@ -634,6 +697,7 @@ fn one_seed(
     data: &TargetData,
     aio: &Trained,
     plain: Option<(&Trained, &[f32])>,
+    extra: &[(&Trained, bool)],
     z_aio: &[f32],
     seed: u64,
     device: &Device,
@@ -802,6 +866,26 @@ fn one_seed(
                 sc.form = Some(form);
                 out.push((name, sc));
             }
+            if !extra.is_empty() {
+                // The two members above and every extra one, each fine-tuned for its own
+                // cross-validated length, blended by `wmeanz`.
+                let mut fit_sig: Vec<Vec<f64>> = vec![chosen.oof.clone(), other.oof.clone()];
+                let mut eval_sig: Vec<Vec<f64>> = vec![units.clone(), plain_units.clone()];
+                for &(m, flops_scaling) in extra {
+                    let s = if flops_scaling { &s_aio } else { &s_plain };
+                    let sel_m = select_epochs(m, &data, hib, &ft_cv, &cfg.trainable, sel)?;
+                    eval_sig.push(tuned(m, s, &sel_m)?);
+                    fit_sig.push(sel_m.oof);
+                }
+                let fit_ref: Vec<&[f64]> = fit_sig.iter().map(|v| v.as_slice()).collect();
+                let eval_ref: Vec<&[f64]> = eval_sig.iter().map(|v| v.as_slice()).collect();
+                let b = Blend::fit(&fit_ref, &y, Weighting::Rank)?;
+                let (calibrated, form) =
+                    calibrate(&b.apply_all(&eval_ref), &b.apply_all(&fit_ref))?;
+                let mut sc = score(seed, &calibrated, &truth, true);
+                sc.form = Some(form);
+                out.push((ENS_CAL, sc));
+            }
         }
     }
     if !cfg.baselines {
@@ -933,6 +1017,32 @@ pub fn table(r: &EvalReport) -> String {
 mod tests {
     use super::*;
     use crate::predictor::init::sorted_vars;
+
+    #[test]
+    fn members_must_be_distinct_plain_folder_names() {
+        let member = |name: &str| MemberSpec {
+            name: name.into(),
+            flops_scaling: true,
+            pretrain: None,
+        };
+        let with = |names: &[&str]| EvalConfig {
+            members: names.iter().map(|n| member(n)).collect(),
+            ..EvalConfig::default()
+        };
+        assert!(check_members(&with(&[])).is_ok());
+        assert!(check_members(&with(&["aio-s1", "plain_s1"])).is_ok());
+        for bad in [
+            &["../x"][..],
+            &["a/b"],
+            &[""],
+            &["aio"],
+            &["plain"],
+            &["aio-s1", "aio-s1"],
+        ] {
+            let e = check_members(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains("members"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn pretraining_never_sees_a_target() {

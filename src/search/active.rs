@@ -75,6 +75,9 @@ pub struct ActiveSpec {
     /// spent or not, and the global pool fills what they leave). Default true since session 7:
     /// level or better at every k on the same validation tasks (BENCHMARKS.md).
     pub live_parents: bool,
+    /// Edits from a parent that the local pool reaches: 1, the one-edit neighbourhood (the
+    /// default); 2 adds every network two edits away, for the surrogate to rank.
+    pub radius: usize,
     pub seed: u64,
 }
 
@@ -92,6 +95,7 @@ impl Default for ActiveSpec {
             parents: 3,
             local: 10,
             live_parents: true,
+            radius: 1,
             seed: 0,
         }
     }
@@ -280,7 +284,7 @@ fn local_pool(
             break;
         }
         let before = pool.len();
-        for n in queried[i].arch.neighbours() {
+        for n in within(&queried[i].arch, spec.radius.max(1)) {
             let g = n.build(task)?;
             let h = g.hash();
             if !seen.contains(&h) && in_pool.insert(h) {
@@ -300,6 +304,27 @@ fn local_pool(
     // Stable: ties keep generation order.
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     Ok(ranked.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The architectures 1 to `radius` edits from `a` (not `a` itself), each once, nearest first
+/// and in generation order within a distance.
+fn within(a: &Arch, radius: usize) -> Vec<Arch> {
+    let mut visited: HashSet<Arch> = HashSet::from([a.clone()]);
+    let mut out: Vec<Arch> = Vec::new();
+    let mut frontier = vec![a.clone()];
+    for _ in 0..radius {
+        let mut next = Vec::new();
+        for f in &frontier {
+            for n in f.neighbours() {
+                if visited.insert(n.clone()) {
+                    next.push(n);
+                }
+            }
+        }
+        out.extend(next.iter().cloned());
+        frontier = next;
+    }
+    out
 }
 
 fn query(
@@ -353,6 +378,24 @@ mod tests {
                 .iter()
                 .map(|g| g.flops(Convention::Macs) as f64)
                 .collect())
+        }
+    }
+
+    #[test]
+    fn two_edits_reach_the_neighbours_of_the_neighbours_once_each() {
+        // NB-201: 6 edges of 5 ops, so 6·4 = 24 networks one edit away and C(6,2)·4·4 = 240 two.
+        let a = spaces::sample(SpaceId::Nb201, &mut Rng::new(7));
+        let one = within(&a, 1);
+        assert_eq!(one, a.neighbours());
+        let two = within(&a, 2);
+        assert_eq!(two.len(), 24 + 240);
+        assert_eq!(&two[..24], &one[..]);
+        let distinct: HashSet<&Arch> = two.iter().collect();
+        assert_eq!(distinct.len(), two.len());
+        assert!(!distinct.contains(&a));
+        for b in &two[24..] {
+            assert!(!one.contains(b));
+            assert!(one.iter().any(|n| n.neighbours().contains(b)), "{b}");
         }
     }
 
