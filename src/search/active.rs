@@ -284,7 +284,7 @@ fn local_pool(
             break;
         }
         let before = pool.len();
-        for n in within(&queried[i].arch, spec.radius.max(1)) {
+        for n in spaces::within(&queried[i].arch, spec.radius.max(1)) {
             let g = n.build(task)?;
             let h = g.hash();
             if !seen.contains(&h) && in_pool.insert(h) {
@@ -304,27 +304,6 @@ fn local_pool(
     // Stable: ties keep generation order.
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     Ok(ranked.into_iter().map(|(_, p)| p).collect())
-}
-
-/// The architectures 1 to `radius` edits from `a` (not `a` itself), each once, nearest first
-/// and in generation order within a distance.
-fn within(a: &Arch, radius: usize) -> Vec<Arch> {
-    let mut visited: HashSet<Arch> = HashSet::from([a.clone()]);
-    let mut out: Vec<Arch> = Vec::new();
-    let mut frontier = vec![a.clone()];
-    for _ in 0..radius {
-        let mut next = Vec::new();
-        for f in &frontier {
-            for n in f.neighbours() {
-                if visited.insert(n.clone()) {
-                    next.push(n);
-                }
-            }
-        }
-        out.extend(next.iter().cloned());
-        frontier = next;
-    }
-    out
 }
 
 fn query(
@@ -385,9 +364,9 @@ mod tests {
     fn two_edits_reach_the_neighbours_of_the_neighbours_once_each() {
         // NB-201: 6 edges of 5 ops, so 6·4 = 24 networks one edit away and C(6,2)·4·4 = 240 two.
         let a = spaces::sample(SpaceId::Nb201, &mut Rng::new(7));
-        let one = within(&a, 1);
+        let one = spaces::within(&a, 1);
         assert_eq!(one, a.neighbours());
-        let two = within(&a, 2);
+        let two = spaces::within(&a, 2);
         assert_eq!(two.len(), 24 + 240);
         assert_eq!(&two[..24], &one[..]);
         let distinct: HashSet<&Arch> = two.iter().collect();
