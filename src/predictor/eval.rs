@@ -157,11 +157,14 @@ pub struct EvalConfig {
     pub pretrain_tasks: Vec<TaskKey>,
     /// The ranking term of the product's fine-tuning (`TrainConfig::rank_weight`) in the
     /// cross-validated columns (`cv`, `either`, `mean`, `pick`), as `aiop finetune` and the
-    /// daemon use it; the paper's `ft-20` columns train with `fine_tune` as it is.
+    /// daemon use it; the paper's `ft-20` columns train with `fine_tune` as it is. 3 and 10 were
+    /// measured against 1 in session 12 and not adopted (BENCHMARKS.md).
     pub rank_weight: f64,
     /// More pretrained members of the `ens wmeanz` column: each is pretrained on the
     /// protocol's tasks (its own schedule when given) and fine-tuned like the two default
-    /// members, and all are blended by `wmeanz`. None by default (no column).
+    /// members, and all are blended by `wmeanz`. None by default (no column). Session 12 measured
+    /// a seed ensemble (+0.0085 on validation (d)) and a paper-schedule member (+0.002): neither
+    /// is worth its cost as a default (BENCHMARKS.md).
     pub members: Vec<MemberSpec>,
 }
 
