@@ -333,13 +333,10 @@ impl Store {
 
     fn open_with(state_dir: &Path, current: u32, table: &[Migration]) -> Result<Store, StoreError> {
         let path = state_dir.join("db");
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                error: source,
-            })?;
+        let db = open_locked(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            error: source,
+        })?;
         // The version lives in the default tree under `schema_version`.
         match db.get("schema_version")? {
             None => {
@@ -1095,6 +1092,30 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Open sled's database at `path`, waiting up to [`LOCK_WAIT`] for its file lock. A store
+/// dropped in this process releases the lock only when sled's flusher thread lets go of the
+/// database, a moment later; a reopen in between (a restart inside one process, as the tests
+/// do) would otherwise fail at random. A lock held by another process is still an error, after
+/// the wait.
+fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled 0.34 reports a held lock as an `Other` I/O error with this message.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && start.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How long [`open_locked`] waits for the database's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1163,6 +1184,24 @@ mod tests {
             .record_task(&s, &files.path().join("other.toml"))
             .unwrap_err();
         assert!(matches!(e, StoreError::NameTaken { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_reopen_waits_for_the_lock_of_a_store_dropped_a_moment_later() {
+        let state = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(st);
+        });
+        let again = Store::open(state.path());
+        holder.join().unwrap();
+        assert!(again.is_ok(), "{:?}", again.err());
+        drop(again);
+        // Drop and reopen in a row, as a restart inside one process does.
+        for _ in 0..20 {
+            drop(Store::open(state.path()).unwrap());
+        }
     }
 
     #[test]
