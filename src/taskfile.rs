@@ -568,8 +568,9 @@ fn resolve_inside(folder: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(canonical)
 }
 
-/// A TOML bare key: one or more of A-Z a-z 0-9 _ -.
-fn bare_key(s: &str) -> bool {
+/// A TOML bare key: one or more of A-Z a-z 0-9 _ -. Also the rule for a plain folder name
+/// that cannot be `.`, `..` or hold a separator ([`crate::predictor::eval`]'s members).
+pub(crate) fn bare_key(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

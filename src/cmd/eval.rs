@@ -57,19 +57,20 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = aiop::predictor::default_device();
     let mut given = Pretrained::default();
     if let Some(dir) = &a.pretrained {
-        for (name, slot) in [("aio", &mut given.aio), ("plain", &mut given.plain)] {
+        // The model saved under `name`, checked, when there is one.
+        let load = |name: &str| -> anyhow::Result<Option<Trained>> {
             let d = dir.join(name);
-            if d.join(aiop::predictor::checkpoint::META_FILE).exists() {
-                let t = Trained::load(&d, &device)?;
-                eval::check_pretrained(&t, protocol, &cfg)?;
-                *slot = Some(t);
+            if !d.join(aiop::predictor::checkpoint::META_FILE).exists() {
+                return Ok(None);
             }
-        }
+            let t = Trained::load(&d, &device)?;
+            eval::check_pretrained(&t, protocol, &cfg)?;
+            Ok(Some(t))
+        };
+        given.aio = load("aio")?;
+        given.plain = load("plain")?;
         for m in &cfg.members {
-            let d = dir.join(&m.name);
-            if d.join(aiop::predictor::checkpoint::META_FILE).exists() {
-                let t = Trained::load(&d, &device)?;
-                eval::check_pretrained(&t, protocol, &cfg)?;
+            if let Some(t) = load(&m.name)? {
                 given.members.insert(m.name.clone(), t);
             }
         }

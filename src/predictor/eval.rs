@@ -510,10 +510,7 @@ pub fn check_pretrained(
 fn check_members(cfg: &EvalConfig) -> Result<(), PredictorError> {
     let mut seen = std::collections::BTreeSet::new();
     for m in &cfg.members {
-        let plain_name = !m.name.is_empty()
-            && m.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        let plain_name = crate::taskfile::bare_key(&m.name);
         if !plain_name || m.name == "aio" || m.name == "plain" || !seen.insert(&m.name) {
             return Err(PredictorError::Config(format!(
                 "members: {:?} is not a folder name of letters, digits, - and _ other than \
@@ -554,9 +551,12 @@ pub fn run(
         }
     };
     check_pretrained(&aio, protocol, cfg)?;
-    let mut given_members = BTreeMap::new();
-    let (rows, plain) = match protocol {
-        Protocol::SampleEfficiency => (sample_efficiency(cfg, &aio, device, log)?, given.plain),
+    let (rows, plain, members) = match protocol {
+        Protocol::SampleEfficiency => (
+            sample_efficiency(cfg, &aio, device, log)?,
+            given.plain,
+            given.members,
+        ),
         _ => {
             let plain = match given.plain {
                 Some(t) => Some(t),
@@ -585,8 +585,7 @@ pub fn run(
                 .map(|m| (&members[&m.name], m.flops_scaling))
                 .collect();
             let rows = transfer_protocol(protocol, cfg, &aio, plain.as_ref(), &extra, device, log)?;
-            given_members = members;
-            (rows, plain)
+            (rows, plain, members)
         }
     };
     let mut mean_spearman = BTreeMap::new();
@@ -631,7 +630,7 @@ pub fn run(
         Pretrained {
             aio: Some(aio),
             plain,
-            members: given_members,
+            members,
         },
     ))
 }
@@ -872,16 +871,21 @@ fn one_seed(
             if !extra.is_empty() {
                 // The two members above and every extra one, each fine-tuned for its own
                 // cross-validated length, blended by `wmeanz`.
-                let mut fit_sig: Vec<Vec<f64>> = vec![chosen.oof.clone(), other.oof.clone()];
-                let mut eval_sig: Vec<Vec<f64>> = vec![units.clone(), plain_units.clone()];
+                let (mut extra_fit, mut extra_eval) = (Vec::new(), Vec::new());
                 for &(m, flops_scaling) in extra {
                     let s = if flops_scaling { &s_aio } else { &s_plain };
                     let sel_m = select_epochs(m, &data, hib, &ft_cv, &cfg.trainable, sel)?;
-                    eval_sig.push(tuned(m, s, &sel_m)?);
-                    fit_sig.push(sel_m.oof);
+                    extra_eval.push(tuned(m, s, &sel_m)?);
+                    extra_fit.push(sel_m.oof);
                 }
-                let fit_ref: Vec<&[f64]> = fit_sig.iter().map(|v| v.as_slice()).collect();
-                let eval_ref: Vec<&[f64]> = eval_sig.iter().map(|v| v.as_slice()).collect();
+                let fit_ref: Vec<&[f64]> = [&chosen.oof[..], &other.oof]
+                    .into_iter()
+                    .chain(extra_fit.iter().map(Vec::as_slice))
+                    .collect();
+                let eval_ref: Vec<&[f64]> = [&units[..], &plain_units]
+                    .into_iter()
+                    .chain(extra_eval.iter().map(Vec::as_slice))
+                    .collect();
                 let b = Blend::fit(&fit_ref, &y, Weighting::Rank)?;
                 let (calibrated, form) =
                     calibrate(&b.apply_all(&eval_ref), &b.apply_all(&fit_ref))?;

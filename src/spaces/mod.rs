@@ -498,6 +498,10 @@ mod tests {
                 assert!(one.iter().any(|y| y.neighbours().contains(x)));
             }
             assert!(within(&a, 0).is_empty());
+            if space == SpaceId::Nb201 {
+                // 6 edges of 5 ops: 6·4 = 24 networks one edit away and C(6,2)·4·4 = 240 two.
+                assert_eq!((one.len(), two.len()), (24, 24 + 240));
+            }
         }
     }
 }
