@@ -568,6 +568,17 @@ fn resolve_inside(folder: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(canonical)
 }
 
+/// A task name: 1 to [`MAX_NAME_LEN`] characters of A-Z a-z 0-9 _ . -, not starting with `.`.
+/// It names the folder of the task's models ([`crate::tuned::id_dir`]), so it is never `.`, `..`
+/// or a hidden folder.
+pub(crate) fn task_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// A TOML bare key: one or more of A-Z a-z 0-9 _ -. Also the rule for a plain folder name
 /// that cannot be `.`, `..` or hold a separator ([`crate::predictor::eval`]'s members).
 pub(crate) fn bare_key(s: &str) -> bool {
@@ -657,17 +668,13 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         };
 
     let name = raw.name.get_ref().clone();
-    if name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
+    if !task_name(&name) {
         return Err(field_err(
             "name",
             raw.name.span(),
             format!(
-                "'{name}' is not a task name: 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -"
+                "'{name}' is not a task name: 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -, \
+                 not starting with '.'"
             ),
         ));
     }
@@ -1114,6 +1121,11 @@ mod tests {
         assert_eq!(e.field(), Some("head"), "{e}");
         let e = err(&GOOD.replace("seg", "a b"), &good_csv());
         assert_eq!(e.field(), Some("name"), "{e}");
+        // A name is a folder of models: never `..`, `.` or hidden (id_dir refuses the same).
+        for bad in ["..", ".", ".seg"] {
+            let e = err(&GOOD.replace("\"seg\"", &format!("\"{bad}\"")), &good_csv());
+            assert_eq!(e.field(), Some("name"), "{bad}: {e}");
+        }
         let e = err(&format!("{GOOD}higher_is_better = \"yes\"\n"), &good_csv());
         assert_eq!(e.field(), Some("higher_is_better"), "{e}");
         let e = err(&format!("{GOOD}[search]\nbudget = 0\n"), &good_csv());

@@ -277,14 +277,7 @@ pub const COMPANION_DIR: &str = "companion";
 pub fn id_dir(models: &Path, id: &str) -> Result<PathBuf, TunedError> {
     let bad = || TunedError::BadId(id.to_string());
     let (name, version) = id.split_once('/').ok_or_else(bad)?;
-    let name_ok = !name.is_empty()
-        && name.len() <= crate::taskfile::MAX_NAME_LEN
-        && name != "."
-        && name != ".."
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let name_ok = crate::taskfile::task_name(name);
     let version_ok = version.len() == 32 && version.chars().all(|c| c.is_ascii_hexdigit());
     if !name_ok || !version_ok {
         return Err(bad());

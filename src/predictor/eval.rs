@@ -22,6 +22,7 @@ use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
+use super::probe::Probe;
 use super::select::{oof_score, select_epochs, EpochSelection, Labelled, SelectionReport};
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
@@ -325,6 +326,8 @@ pub const MEANZ_CAL: &str = "meanz ft-20 cv cal";
 pub const WMEANZ_CAL: &str = "wmeanz ft-20 cv cal";
 pub const WFLOPS_CAL: &str = "wmeanz+flops ft-20 cv cal";
 pub const ENS_CAL: &str = "ens wmeanz ft-20 cv cal";
+pub const PROBE: &str = "probe";
+pub const WPROBE_CAL: &str = "wmeanz+probe ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -413,6 +416,36 @@ fn summarise(per_seed: Vec<SeedScore>) -> MethodScores {
 fn z_scores(t: &Trained, examples: &[Example], idx: &[usize]) -> Result<Vec<f32>, PredictorError> {
     let feats: Vec<_> = idx.iter().map(|&i| &*examples[i].features).collect();
     predict_batched(t.regressor(), &feats, 512, &t.device)
+}
+
+/// The probe's features of every example: the frozen encoders' graph embeddings, then ln GFLOPs
+/// and ln params ([`super::probe`]).
+fn probe_features(
+    models: &[&Trained],
+    examples: &[Example],
+    params: &[f64],
+) -> Result<Vec<Vec<f64>>, PredictorError> {
+    let mut rows: Vec<Vec<f64>> = vec![Vec::new(); examples.len()];
+    for t in models {
+        for (chunk, out) in examples.chunks(512).zip(rows.chunks_mut(512)) {
+            let feats: Vec<_> = chunk.iter().map(|e| &*e.features).collect();
+            let b = super::batch::Batch::pack(&feats, &t.device)?;
+            let emb = t
+                .model
+                .encoder
+                .forward(&b)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec2::<f64>()?;
+            for (row, e) in out.iter_mut().zip(emb) {
+                row.extend(e);
+            }
+        }
+    }
+    for ((row, e), p) in rows.iter_mut().zip(examples).zip(params) {
+        row.push(e.gflops.max(1e-9).ln());
+        row.push(p.max(1.0).ln());
+    }
+    Ok(rows)
 }
 
 fn to_units(z: &[f32], s: &TaskScaler, examples: &[Example], idx: &[usize]) -> Vec<f64> {
@@ -602,6 +635,8 @@ pub fn run(
             WMEANZ_CAL,
             WFLOPS_CAL,
             ENS_CAL,
+            PROBE,
+            WPROBE_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -658,10 +693,18 @@ fn transfer_protocol(
             Some(p) if cfg.baselines => Some(z_scores(p, &data.examples, &all)?),
             _ => None,
         };
+        // The probe's features, when both models are there to blend it with.
+        let probe_x = match plain {
+            Some(p) if cfg.baselines && cfg.select.is_some() => {
+                Some(probe_features(&[aio, p], &data.examples, &data.params)?)
+            }
+            _ => None,
+        };
         let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
         let per_seed = crate::pool::parallel(&seeds, cfg.threads, |&seed| {
             let plain = plain.zip(z_plain.as_deref());
-            one_seed(cfg, &data, aio, plain, extra, &z_aio, seed, device)
+            let probe_x = probe_x.as_deref();
+            one_seed(cfg, &data, aio, plain, extra, &z_aio, probe_x, seed, device)
         })?;
         let mut methods: BTreeMap<String, Vec<SeedScore>> = BTreeMap::new();
         for scores in per_seed {
@@ -701,6 +744,7 @@ fn one_seed(
     plain: Option<(&Trained, &[f32])>,
     extra: &[(&Trained, bool)],
     z_aio: &[f32],
+    probe_x: Option<&[Vec<f64>]>,
     seed: u64,
     device: &Device,
 ) -> Result<SeedScores, PredictorError> {
@@ -867,6 +911,26 @@ fn one_seed(
                 let mut sc = score(seed, &calibrated, &truth, true);
                 sc.form = Some(form);
                 out.push((name, sc));
+            }
+            if let Some(px) = probe_x {
+                // A ridge probe on the frozen encoders' embeddings, alone and as a third
+                // member of `wmeanz`, weighed by its nested leave-one-out predictions.
+                let rows_of = |idx: &[usize]| -> Vec<Vec<f64>> {
+                    idx.iter().map(|&i| px[i].clone()).collect()
+                };
+                let (px_fit, px_eval) = (rows_of(&sp.fit), rows_of(&sp.eval));
+                let probe = Probe::fit(&px_fit, &y)?;
+                let probe_eval = probe.apply_all(&px_eval);
+                let probe_oof = Probe::out_of_fold(&px_fit, &y)?;
+                out.push((PROBE, score(seed, &probe_eval, &truth, true)));
+                let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &probe_oof];
+                let eval_sig: Vec<&[f64]> = vec![&units, &plain_units, &probe_eval];
+                let b = Blend::fit(&fit_sig, &y, Weighting::Rank)?;
+                let (calibrated, form) =
+                    calibrate(&b.apply_all(&eval_sig), &b.apply_all(&fit_sig))?;
+                let mut sc = score(seed, &calibrated, &truth, true);
+                sc.form = Some(form);
+                out.push((WPROBE_CAL, sc));
             }
             if !extra.is_empty() {
                 // The two members above and every extra one, each fine-tuned for its own

@@ -35,6 +35,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod pretrain;
+pub mod probe;
 pub mod select;
 pub mod shipped;
 pub mod train;
