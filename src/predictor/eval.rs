@@ -887,6 +887,13 @@ fn one_seed(
             out.push((PICK_CAL, sc));
             // Blends of the standardised members (and log-FLOPs), fitted on the out-of-fold
             // predictions, then calibrated on the blend of those.
+            let blended = |weighting, fit_sig: &[&[f64]], eval_sig: &[&[f64]]| {
+                let b = Blend::fit(fit_sig, &y, weighting)?;
+                let (calibrated, form) = calibrate(&b.apply_all(eval_sig), &b.apply_all(fit_sig))?;
+                let mut sc = score(seed, &calibrated, &truth, true);
+                sc.form = Some(form);
+                Ok::<_, PredictorError>(sc)
+            };
             let flops_of = |idx: &[usize]| -> Vec<f64> {
                 idx.iter()
                     .map(|&i| flops_signal(ex[i].gflops, hib))
@@ -905,12 +912,7 @@ fn one_seed(
                     fit_sig.push(&flops_fit);
                     eval_sig.push(&flops_eval);
                 }
-                let b = Blend::fit(&fit_sig, &y, weighting)?;
-                let (calibrated, form) =
-                    calibrate(&b.apply_all(&eval_sig), &b.apply_all(&fit_sig))?;
-                let mut sc = score(seed, &calibrated, &truth, true);
-                sc.form = Some(form);
-                out.push((name, sc));
+                out.push((name, blended(weighting, &fit_sig, &eval_sig)?));
             }
             if let Some(px) = probe_x {
                 // A ridge probe on the frozen encoders' embeddings, alone and as a third
@@ -925,12 +927,7 @@ fn one_seed(
                 out.push((PROBE, score(seed, &probe_eval, &truth, true)));
                 let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &probe_oof];
                 let eval_sig: Vec<&[f64]> = vec![&units, &plain_units, &probe_eval];
-                let b = Blend::fit(&fit_sig, &y, Weighting::Rank)?;
-                let (calibrated, form) =
-                    calibrate(&b.apply_all(&eval_sig), &b.apply_all(&fit_sig))?;
-                let mut sc = score(seed, &calibrated, &truth, true);
-                sc.form = Some(form);
-                out.push((WPROBE_CAL, sc));
+                out.push((WPROBE_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
             }
             if !extra.is_empty() {
                 // The two members above and every extra one, each fine-tuned for its own
@@ -950,12 +947,7 @@ fn one_seed(
                     .into_iter()
                     .chain(extra_eval.iter().map(Vec::as_slice))
                     .collect();
-                let b = Blend::fit(&fit_ref, &y, Weighting::Rank)?;
-                let (calibrated, form) =
-                    calibrate(&b.apply_all(&eval_ref), &b.apply_all(&fit_ref))?;
-                let mut sc = score(seed, &calibrated, &truth, true);
-                sc.form = Some(form);
-                out.push((ENS_CAL, sc));
+                out.push((ENS_CAL, blended(Weighting::Rank, &fit_ref, &eval_ref)?));
             }
         }
     }
