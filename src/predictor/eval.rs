@@ -917,12 +917,10 @@ fn one_seed(
             if let Some(px) = probe_x {
                 // A ridge probe on the frozen encoders' embeddings, alone and as a third
                 // member of `wmeanz`, weighed by its nested leave-one-out predictions.
-                let rows_of = |idx: &[usize]| -> Vec<Vec<f64>> {
-                    idx.iter().map(|&i| px[i].clone()).collect()
-                };
-                let (px_fit, px_eval) = (rows_of(&sp.fit), rows_of(&sp.eval));
+                // The 20 fitting rows are copied; the evaluation rows are only read.
+                let px_fit: Vec<Vec<f64>> = sp.fit.iter().map(|&i| px[i].clone()).collect();
                 let probe = Probe::fit(&px_fit, &y)?;
-                let probe_eval = probe.apply_all(&px_eval);
+                let probe_eval = probe.apply_all(sp.eval.iter().map(|&i| px[i].as_slice()));
                 let probe_oof = Probe::out_of_fold(&px_fit, &y)?;
                 out.push((PROBE, score(seed, &probe_eval, &truth, true)));
                 let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &probe_oof];

@@ -243,9 +243,9 @@ impl Probe {
                 .sum::<f64>()
     }
 
-    /// Predictions for many feature vectors.
-    pub fn apply_all(&self, x: &[Vec<f64>]) -> Vec<f64> {
-        x.iter().map(|r| self.apply(r)).collect()
+    /// Predictions for many feature vectors, in order.
+    pub fn apply_all<'a>(&self, x: impl IntoIterator<Item = &'a [f64]>) -> Vec<f64> {
+        x.into_iter().map(|r| self.apply(r)).collect()
     }
 
     /// Nested leave-one-out: network `i`'s prediction by a probe fitted (penalty chosen
@@ -354,13 +354,13 @@ mod tests {
         assert_eq!(p.lambda, GRID[0] * 6.0, "clean data: the weakest penalty");
         let test = rows(50, 6, 3);
         let truth: Vec<f64> = test.iter().map(|r| 2.0 * r[1] - r[3] + 5.0).collect();
-        assert!(spearman(&p.apply_all(&test), &truth) > 0.95);
+        assert!(spearman(&p.apply_all(test.iter().map(Vec::as_slice)), &truth) > 0.95);
         let oof = Probe::out_of_fold(&x, &y).unwrap();
         assert!(spearman(&oof, &y) > 0.9);
         // Labels unrelated to the features: the strongest penalty, predictions near the mean.
         let noise: Vec<f64> = rows(20, 1, 4).into_iter().map(|r| r[0]).collect();
         let q = Probe::fit(&x, &noise).unwrap();
-        let spread = std(&q.apply_all(&test));
+        let spread = std(&q.apply_all(test.iter().map(Vec::as_slice)));
         assert!(
             spread < 0.5 * std(&noise),
             "{spread} against {}",
