@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::graph::{hash::GraphHash, json, Graph};
+use crate::names::bare_key;
+use crate::predictor::train::RANK_WEIGHT;
 use crate::spaces::{Arch, SpaceId, Task};
 
 /// Longest task name.
@@ -276,10 +278,6 @@ impl FinetuneSpec {
         }
     }
 }
-
-/// The default weight of the ranking term in fine-tuning, chosen on validation tasks
-/// (BENCHMARKS.md).
-pub const RANK_WEIGHT: f64 = 1.0;
 
 /// One network of a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -577,14 +575,6 @@ pub(crate) fn task_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// A TOML bare key: one or more of A-Z a-z 0-9 _ -. Also the rule for a plain folder name
-/// that cannot be `.`, `..` or hold a separator ([`crate::predictor::eval`]'s members).
-pub(crate) fn bare_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Guess the key a TOML error is about: from "unknown/missing field `x`", else the key written

@@ -212,12 +212,12 @@ impl Default for EvalConfig {
             graph_steps: 80_000,
             max_epochs: 200,
             size_lr: 1e-3,
-            size_rank_weight: crate::taskfile::RANK_WEIGHT,
+            size_rank_weight: super::train::RANK_WEIGHT,
             threads: 0,
             adapters: None,
             select: Some(EpochSelection::default()),
             pretrain_tasks: Vec::new(),
-            rank_weight: crate::taskfile::RANK_WEIGHT,
+            rank_weight: super::train::RANK_WEIGHT,
             members: Vec::new(),
         }
     }
@@ -543,7 +543,7 @@ pub fn check_pretrained(
 fn check_members(cfg: &EvalConfig) -> Result<(), PredictorError> {
     let mut seen = std::collections::BTreeSet::new();
     for m in &cfg.members {
-        let plain_name = crate::taskfile::bare_key(&m.name);
+        let plain_name = crate::names::bare_key(&m.name);
         if !plain_name || m.name == "aio" || m.name == "plain" || !seen.insert(&m.name) {
             return Err(PredictorError::Config(format!(
                 "members: {:?} is not a folder name of letters, digits, - and _ other than \

@@ -112,6 +112,10 @@ impl Sample {
     }
 }
 
+/// The default weight of the ranking term in fine-tuning (task files, `aiop eval`'s
+/// cross-validated columns), chosen on validation tasks (BENCHMARKS.md, session 8).
+pub const RANK_WEIGHT: f64 = 1.0;
+
 /// The ranking term of [`TrainConfig::rank_weight`] for the samples `chunk` against every
 /// sample of `all` (indices into `samples`; `z` the predictions of `samples` in the same
 /// indexing, from the epoch's start): per chunk member, its loss and its derivative with
