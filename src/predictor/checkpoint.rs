@@ -229,6 +229,27 @@ impl Trained {
             .is_none_or(|s| s.flops_scaling)
     }
 
+    /// A copy whose every variable is `base + alpha·(self − base)`: weight-space interpolation
+    /// between a model and the one it was fine-tuned from (WiSE-FT, Wortsman et al. 2022; alpha
+    /// 1 is `self`, 0 is `base`). Both must have the same variables.
+    pub fn interpolate(&self, base: &Trained, alpha: f64) -> Result<Trained, PredictorError> {
+        let t = self.duplicate()?;
+        {
+            let src = base.map.data().lock().expect("var map lock");
+            let dst = t.map.data().lock().expect("var map lock");
+            for (name, var) in dst.iter() {
+                let b = src.get(name).ok_or_else(|| {
+                    PredictorError::Data(format!("interpolate: no variable {name} in the base"))
+                })?;
+                let (w, b) = (var.as_tensor(), b.as_tensor());
+                // b + alpha·(w − b), computed as alpha·w + (1 − alpha)·b.
+                let mixed = (w.affine(alpha, 0.0)? + b.affine(1.0 - alpha, 0.0)?)?;
+                var.set(&mixed)?;
+            }
+        }
+        Ok(t)
+    }
+
     /// A deep copy: new variables holding the same values, so training the copy leaves `self`
     /// untouched (a `VarMap` clone would share its variables).
     pub fn duplicate(&self) -> Result<Trained, PredictorError> {
@@ -309,6 +330,43 @@ mod tests {
     use crate::predictor::model::tests::tiny_config;
     use crate::predictor::transform::gflops;
     use crate::spaces::{SpaceId, Task};
+
+    #[test]
+    fn interpolation_runs_from_the_base_to_the_model() {
+        let dev = Device::Cpu;
+        let base = Trained::init(&tiny_config(), 1, &dev).unwrap();
+        // Same variables, other values: a stand-in for the fine-tuned model.
+        let tuned = base.duplicate().unwrap();
+        let other = Trained::init(&tiny_config(), 2, &dev).unwrap();
+        {
+            let src = other.map.data().lock().unwrap();
+            for (n, v) in tuned.map.data().lock().unwrap().iter() {
+                v.set(src[n].as_tensor()).unwrap();
+            }
+        }
+        let flat = |t: &Trained| -> Vec<f32> {
+            crate::predictor::init::sorted_vars(&t.map)
+                .iter()
+                .flat_map(|(_, v)| {
+                    v.as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let (b, w) = (flat(&base), flat(&tuned));
+        assert_ne!(b, w);
+        assert_eq!(flat(&tuned.interpolate(&base, 0.0).unwrap()), b);
+        assert_eq!(flat(&tuned.interpolate(&base, 1.0).unwrap()), w);
+        let mid = flat(&tuned.interpolate(&base, 0.25).unwrap());
+        for ((m, b), w) in mid.iter().zip(&b).zip(&w) {
+            assert!((m - (b + 0.25 * (w - b))).abs() < 1e-6, "{m} {b} {w}");
+        }
+        // Neither input changes.
+        assert_eq!((flat(&base), flat(&tuned)), (b, w));
+    }
 
     #[test]
     fn save_load_gives_identical_predictions() {

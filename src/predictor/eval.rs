@@ -823,6 +823,10 @@ fn one_seed(
                 };
                 fit_on(&t, s, ex, &sp.fit, &tc, &cfg.trainable)?;
             }
+            let t = match sel.wise {
+                Some(a) if chosen.epochs > 0 => t.interpolate(base, a)?,
+                _ => t,
+            };
             Ok::<_, PredictorError>(to_units(&z_scores(&t, ex, &sp.eval)?, s, ex, &sp.eval))
         };
         let calibrate = |units: &[f64], oof: &[f64]| {

@@ -34,6 +34,11 @@ pub struct EpochSelection {
     pub folds: usize,
     /// Candidate fine-tuning lengths in epochs; 0 is zero-shot.
     pub candidates: Vec<usize>,
+    /// Judge (and use) each fine-tuned model interpolated towards the one it started from:
+    /// weights `base + wise·(tuned − base)` (WiSE-FT). None (the default) uses the fine-tuned
+    /// weights as they are. A measured candidate, not a default (BENCHMARKS.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wise: Option<f64>,
 }
 
 impl Default for EpochSelection {
@@ -41,6 +46,7 @@ impl Default for EpochSelection {
         EpochSelection {
             folds: 5,
             candidates: vec![0, 5, 10, 25, 50, 100],
+            wise: None,
         }
     }
 }
@@ -148,7 +154,13 @@ pub fn select_epochs(
         let held_feats: Vec<&GraphFeatures> = held.iter().map(|&i| &*data[i].features).collect();
         let record = |epoch: usize, oof: &mut [Vec<f64>]| -> Result<(), PredictorError> {
             if let Some(c) = cands.iter().position(|&e| e == epoch) {
-                let z = predict_batched(t.regressor(), &held_feats, 256, &t.device)?;
+                let z = match sel.wise {
+                    Some(a) if epoch > 0 => {
+                        let w = t.interpolate(base, a)?;
+                        predict_batched(w.regressor(), &held_feats, 256, &w.device)?
+                    }
+                    _ => predict_batched(t.regressor(), &held_feats, 256, &t.device)?,
+                };
                 for (&i, &z) in held.iter().zip(&z) {
                     oof[c][i] = s.inverse(z as f64, data[i].gflops);
                 }
@@ -230,6 +242,7 @@ mod tests {
         let sel = EpochSelection {
             folds: 4,
             candidates: vec![10, 0, 3],
+            wise: None,
         };
         let before = base.duplicate().unwrap();
         let r = select_epochs(&base, &data, hib, &tc, &[], &sel).unwrap();
