@@ -81,8 +81,8 @@ mod layering {
         out
     }
 
-    #[test]
-    fn imports_point_down_only() {
+    /// Every `.rs` file under `src/`, with its path relative to `src/`.
+    fn sources() -> Vec<(std::path::PathBuf, String)> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = Vec::new();
         let mut dirs = vec![src.clone()];
@@ -92,14 +92,51 @@ mod layering {
                 if p.is_dir() {
                     dirs.push(p);
                 } else if p.extension().is_some_and(|x| x == "rs") {
-                    files.push(p);
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    files.push((p.strip_prefix(&src).unwrap().to_path_buf(), text));
                 }
             }
         }
+        files.sort();
+        files
+    }
+
+    /// The binary's wiring (`main.rs`, `cmd/`), where `anyhow` may be used.
+    fn in_binary(rel: &Path) -> bool {
+        rel == Path::new("main.rs") || rel.starts_with("cmd")
+    }
+
+    #[test]
+    fn every_module_opens_with_its_purpose_and_anyhow_stays_in_the_binary() {
+        let files = sources();
+        assert!(files.len() > 30);
+        for (rel, text) in &files {
+            assert!(
+                text.starts_with("//!"),
+                "{} does not open with a //! paragraph",
+                rel.display()
+            );
+            // Spelled in two halves so that this file does not match itself.
+            let crate_name = concat!("any", "how");
+            let uses_anyhow = text.lines().any(|l| {
+                let code = l.split("//").next().unwrap_or("");
+                code.contains(&format!("{crate_name}::"))
+                    || code.contains(&format!("{crate_name}!"))
+            });
+            assert!(
+                !uses_anyhow || in_binary(rel),
+                "{} uses anyhow outside the binary",
+                rel.display()
+            );
+        }
+    }
+
+    #[test]
+    fn imports_point_down_only() {
+        let files = sources();
         let mut checked = 0;
         let mut wrong = Vec::new();
-        for f in &files {
-            let rel = f.strip_prefix(&src).unwrap();
+        for (rel, text) in &files {
             let first = rel
                 .components()
                 .next()
@@ -112,7 +149,7 @@ mod layering {
             }
             let own = rank(&room).unwrap_or_else(|| panic!("{room} is in no room of ROOMS"));
             checked += 1;
-            for named in named_rooms(&std::fs::read_to_string(f).unwrap()) {
+            for named in named_rooms(text) {
                 match rank(&named) {
                     Some(r) if r <= own => {}
                     _ => wrong.push(format!("{} names crate::{named}", rel.display())),

@@ -328,6 +328,7 @@ pub const WFLOPS_CAL: &str = "wmeanz+flops ft-20 cv cal";
 pub const ENS_CAL: &str = "ens wmeanz ft-20 cv cal";
 pub const PROBE: &str = "probe";
 pub const WPROBE_CAL: &str = "wmeanz+probe ft-20 cv cal";
+pub const GPROBE_CAL: &str = "wmeanz+gated probe ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -637,6 +638,7 @@ pub fn run(
             ENS_CAL,
             PROBE,
             WPROBE_CAL,
+            GPROBE_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -930,6 +932,16 @@ fn one_seed(
                 let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &probe_oof];
                 let eval_sig: Vec<&[f64]> = vec![&units, &plain_units, &probe_eval];
                 out.push((WPROBE_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
+                // The probe joins only when its held-out predictions rank the 20 at least as
+                // well as the better fine-tuned member's (else this is `wmeanz`).
+                let rank = |oof: &[f64]| oof_score(oof, &y);
+                let k = if rank(&probe_oof) >= rank(&chosen.oof).max(rank(&other.oof)) {
+                    3
+                } else {
+                    2
+                };
+                let gated = blended(Weighting::Rank, &fit_sig[..k], &eval_sig[..k])?;
+                out.push((GPROBE_CAL, gated));
             }
             if !extra.is_empty() {
                 // The two members above and every extra one, each fine-tuned for its own
