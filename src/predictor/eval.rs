@@ -23,7 +23,9 @@ use super::data::{load_task, Example, TaskKey};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
 use super::probe::Probe;
-use super::select::{oof_score, select_epochs, EpochSelection, Labelled, SelectionReport};
+use super::select::{
+    fold_of_each, oof_score, select_epochs, EpochSelection, Labelled, SelectionReport,
+};
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
 use super::PredictorError;
@@ -329,6 +331,7 @@ pub const ENS_CAL: &str = "ens wmeanz ft-20 cv cal";
 pub const PROBE: &str = "probe";
 pub const WPROBE_CAL: &str = "wmeanz+probe ft-20 cv cal";
 pub const GPROBE_CAL: &str = "wmeanz+gated probe ft-20 cv cal";
+pub const FPROBE_CAL: &str = "wmeanz+probe (folds) ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -639,6 +642,7 @@ pub fn run(
             PROBE,
             WPROBE_CAL,
             GPROBE_CAL,
+            FPROBE_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -942,6 +946,11 @@ fn one_seed(
                 };
                 let gated = blended(Weighting::Rank, &fit_sig[..k], &eval_sig[..k])?;
                 out.push((GPROBE_CAL, gated));
+                // The probe's held-out predictions from the members' own folds.
+                let folds = fold_of_each(y.len(), sel.folds, ft_cv.seed);
+                let probe_folds = Probe::out_of_folds(&px_fit, &y, &folds)?;
+                let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &probe_folds];
+                out.push((FPROBE_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
             }
             if !extra.is_empty() {
                 // The two members above and every extra one, each fine-tuned for its own

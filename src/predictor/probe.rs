@@ -250,6 +250,34 @@ impl Probe {
 
     /// Nested leave-one-out: network `i`'s prediction by a probe fitted (penalty chosen
     /// included) on the others.
+    /// Out-of-fold predictions over given folds (`fold[i]`: the fold of row `i`): each fold
+    /// predicted by a probe fitted (penalty chosen by LOO) on the other folds' rows.
+    pub fn out_of_folds(
+        x: &[Vec<f64>],
+        y: &[f64],
+        fold: &[usize],
+    ) -> Result<Vec<f64>, PredictorError> {
+        let n = y.len();
+        if fold.len() != n {
+            return Err(PredictorError::Data(format!(
+                "probe: {} fold labels for {n} rows",
+                fold.len()
+            )));
+        }
+        let mut out = vec![f64::NAN; n];
+        let mut folds: Vec<usize> = fold.to_vec();
+        folds.sort_unstable();
+        folds.dedup();
+        for f in folds {
+            let rest: Vec<usize> = (0..n).filter(|&j| fold[j] != f).collect();
+            let p = Probe::fit_on(x, y, &rest)?;
+            for i in (0..n).filter(|&i| fold[i] == f) {
+                out[i] = p.apply(&x[i]);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn out_of_fold(x: &[Vec<f64>], y: &[f64]) -> Result<Vec<f64>, PredictorError> {
         let n = y.len();
         (0..n)
@@ -272,6 +300,24 @@ mod tests {
         (0..n)
             .map(|_| (0..d).map(|_| r.next_f64() * 2.0 - 1.0).collect())
             .collect()
+    }
+
+    #[test]
+    fn out_of_folds_with_one_row_per_fold_is_leave_one_out() {
+        let x = rows(14, 4, 3);
+        let y: Vec<f64> = x.iter().map(|r| r[0] - 2.0 * r[1] + 0.3 * r[3]).collect();
+        let each: Vec<usize> = (0..14).collect();
+        assert_eq!(
+            Probe::out_of_folds(&x, &y, &each).unwrap(),
+            Probe::out_of_fold(&x, &y).unwrap()
+        );
+        // Two folds: every row predicted by a probe that never saw it.
+        let halves: Vec<usize> = (0..14).map(|i| i % 2).collect();
+        let oof = Probe::out_of_folds(&x, &y, &halves).unwrap();
+        let odd: Vec<usize> = (0..14).filter(|i| i % 2 == 0).collect();
+        let p = Probe::fit_on(&x, &y, &odd).unwrap();
+        assert_eq!(oof[1], p.apply(&x[1]));
+        assert!(Probe::out_of_folds(&x, &y, &halves[..3]).is_err());
     }
 
     #[test]

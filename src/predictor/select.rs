@@ -105,6 +105,25 @@ pub fn samples_of(data: &[Labelled], idx: &[usize], s: &TaskScaler) -> Vec<Sampl
         .collect()
 }
 
+/// The shuffled order of `n` labelled networks the cross-validation deals into folds:
+/// the network at position `p` is in fold `p % k`.
+fn fold_order(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ 0xf01d_5e1e).shuffle(&mut order);
+    order
+}
+
+/// The fold of each of `n` networks (input order) in [`select_epochs`] with `folds` folds and
+/// recipe seed `seed`, so that other predictors can be judged on exactly the same folds.
+pub fn fold_of_each(n: usize, folds: usize, seed: u64) -> Vec<usize> {
+    let k = folds.min(n).max(1);
+    let mut fold = vec![0; n];
+    for (p, &i) in fold_order(n, seed).iter().enumerate() {
+        fold[i] = p % k;
+    }
+    fold
+}
+
 /// Choose how many epochs to fine-tune `base` on `data` (see the module docs). `tc` is the
 /// fine-tuning recipe (its `epochs` is ignored: the candidates are tried), `trainable` the
 /// variable prefixes as for [`Trained::trainable_vars`].
@@ -132,8 +151,7 @@ pub fn select_epochs(
             sel.folds
         )));
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    Rng::new(tc.seed ^ 0xf01d_5e1e).shuffle(&mut order);
+    let order = fold_order(n, tc.seed);
     let fold_of = |pos: usize| pos % k;
     // oof[c][i]: candidate c's out-of-fold prediction for network i, in task units.
     let mut oof = vec![vec![f64::NAN; n]; cands.len()];
@@ -272,6 +290,20 @@ mod tests {
         }
         // Training moves the out-of-fold predictions: the candidates do not all score alike.
         assert!(r.scores.iter().any(|s| s.1 != r.scores[0].1), "{r:?}");
+    }
+
+    #[test]
+    fn folds_are_balanced_seeded_and_shared() {
+        let f = fold_of_each(20, 5, 7);
+        for k in 0..5 {
+            assert_eq!(f.iter().filter(|&&x| x == k).count(), 4);
+        }
+        assert_eq!(f, fold_of_each(20, 5, 7));
+        assert_ne!(f, fold_of_each(20, 5, 8));
+        // More folds than networks: one network per fold.
+        let mut g = fold_of_each(3, 5, 1);
+        g.sort_unstable();
+        assert_eq!(g, vec![0, 1, 2]);
     }
 
     #[test]
