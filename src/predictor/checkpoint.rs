@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::Device;
 use candle_core::Var;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -234,20 +234,29 @@ impl Trained {
     /// 1 is `self`, 0 is `base`). Both must have the same variables.
     pub fn interpolate(&self, base: &Trained, alpha: f64) -> Result<Trained, PredictorError> {
         let t = self.duplicate()?;
-        {
-            let src = base.map.data().lock().expect("var map lock");
-            let dst = t.map.data().lock().expect("var map lock");
-            for (name, var) in dst.iter() {
-                let b = src.get(name).ok_or_else(|| {
-                    PredictorError::Data(format!("interpolate: no variable {name} in the base"))
-                })?;
-                let (w, b) = (var.as_tensor(), b.as_tensor());
-                // b + alpha·(w − b), computed as alpha·w + (1 − alpha)·b.
-                let mixed = (w.affine(alpha, 0.0)? + b.affine(1.0 - alpha, 0.0)?)?;
-                var.set(&mixed)?;
-            }
-        }
+        // b + alpha·(w − b), computed as alpha·w + (1 − alpha)·b.
+        t.set_each_from(base, "interpolate", |w, b| {
+            w.affine(alpha, 0.0)? + b.affine(1.0 - alpha, 0.0)?
+        })?;
         Ok(t)
+    }
+
+    /// Set each of this model's variables to `f(its value, the same variable of src)`.
+    fn set_each_from(
+        &self,
+        src: &Trained,
+        what: &str,
+        f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<(), PredictorError> {
+        let from = src.map.data().lock().expect("var map lock");
+        let to = self.map.data().lock().expect("var map lock");
+        for (name, var) in to.iter() {
+            let v = from.get(name).ok_or_else(|| {
+                PredictorError::Data(format!("{what}: no variable {name} in the source"))
+            })?;
+            var.set(&f(var.as_tensor(), v.as_tensor())?)?;
+        }
+        Ok(())
     }
 
     /// A deep copy: new variables holding the same values, so training the copy leaves `self`
@@ -264,16 +273,7 @@ impl Trained {
                 self.meta.seed,
             )?);
         }
-        {
-            let src = self.map.data().lock().expect("var map lock");
-            let dst = t.map.data().lock().expect("var map lock");
-            for (name, var) in dst.iter() {
-                let v = src.get(name).ok_or_else(|| {
-                    PredictorError::Data(format!("duplicate: no variable {name} in the source"))
-                })?;
-                var.set(&v.as_tensor().copy()?)?;
-            }
-        }
+        t.set_each_from(self, "duplicate", |_, v| v.copy())?;
         t.meta = self.meta.clone();
         Ok(t)
     }
@@ -323,13 +323,28 @@ impl Trained {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::predictor::features::extract;
     use crate::predictor::features::tests::small_graph;
     use crate::predictor::model::tests::tiny_config;
     use crate::predictor::transform::gflops;
     use crate::spaces::{SpaceId, Task};
+
+    /// Every variable whose name starts with `prefix`, flattened in name order.
+    pub(crate) fn flat_weights(t: &Trained, prefix: &str) -> Vec<f32> {
+        crate::predictor::init::sorted_vars(&t.map)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .flat_map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
+    }
 
     #[test]
     fn interpolation_runs_from_the_base_to_the_model() {
@@ -344,18 +359,7 @@ mod tests {
                 v.set(src[n].as_tensor()).unwrap();
             }
         }
-        let flat = |t: &Trained| -> Vec<f32> {
-            crate::predictor::init::sorted_vars(&t.map)
-                .iter()
-                .flat_map(|(_, v)| {
-                    v.as_tensor()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
-                })
-                .collect()
-        };
+        let flat = |t: &Trained| flat_weights(t, "");
         let (b, w) = (flat(&base), flat(&tuned));
         assert_ne!(b, w);
         assert_eq!(flat(&tuned.interpolate(&base, 0.0).unwrap()), b);

@@ -226,6 +226,7 @@ pub fn pretrain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::predictor::checkpoint::tests::flat_weights;
     use crate::predictor::model::tests::tiny_config;
 
     #[test]
@@ -300,19 +301,7 @@ mod tests {
         assert!(e.contains("model.hidden"), "{e}");
         let (t, r) = pretrain(&cfg, true, &Device::Cpu).unwrap();
         // The encoder is the one trained without adapters (same seed), untouched by them.
-        let enc = |m: &Trained| -> Vec<f32> {
-            sorted_vars(&m.map)
-                .into_iter()
-                .filter(|(n, _)| n.starts_with("gnn."))
-                .flat_map(|(_, v)| {
-                    v.as_tensor()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
-                })
-                .collect()
-        };
+        let enc = |m: &Trained| flat_weights(m, "gnn.");
         assert_eq!(enc(&plain), enc(&t));
         assert_eq!(r.adapters.len(), 2);
         let meta = t.meta.adapters.as_ref().unwrap();
