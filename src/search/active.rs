@@ -54,7 +54,9 @@ pub struct ActiveSpec {
     /// True queries per round. 5 by default since session 10: on the validation tasks
     /// (TNB-101 macro room_layout, jigsaw, class_scene) rounds of 5 let the parents and the
     /// surrogate follow the labels sooner than rounds of 10, and the gap was lower at 100 and
-    /// 150 queries on two of three (class_scene 0.202 → 0.099 at 150; BENCHMARKS.md).
+    /// 150 queries on two of three (class_scene 0.202 → 0.099 at 150; BENCHMARKS.md). Rounds
+    /// of 3 (session 14) were lower at 100 queries on 6 of 10 validation tasks but higher at 150
+    /// on 6, so 5 stays.
     pub per_round: usize,
     /// Surrogate evaluations per round's evolution.
     pub inner_budget: usize,
