@@ -34,30 +34,28 @@ pub mod taskfile;
 pub mod tuned;
 pub mod watch;
 
-/// The rooms of the house, lowest first: a module may name (`crate::x`) only rooms of its own
-/// rank or below. `main` and `cmd` (the binary's wiring) sit above all of them.
-#[cfg(test)]
-const ROOMS: &[&[&str]] = &[
-    &["rng", "names", "pool", "client"],
-    &["stats"],
-    &["graph"],
-    &["spaces"],
-    &["predictor"],
-    &["search"],
-    &["taskfile"],
-    &["tuned"],
-    &["store"],
-    &["service"],
-    &["searches"],
-    &["jobs"],
-    &["watch", "api", "config"],
-    &["serve"],
-];
-
 #[cfg(test)]
 mod layering {
-    use super::ROOMS;
     use std::path::Path;
+
+    /// The rooms of the house, lowest first: a module may name (`crate::x`) only rooms of its own
+    /// rank or below. `main` and `cmd` (the binary's wiring) sit above all of them.
+    const ROOMS: &[&[&str]] = &[
+        &["rng", "names", "pool", "client"],
+        &["stats"],
+        &["graph"],
+        &["spaces"],
+        &["predictor"],
+        &["search"],
+        &["taskfile"],
+        &["tuned"],
+        &["store"],
+        &["service"],
+        &["searches"],
+        &["jobs"],
+        &["watch", "api", "config"],
+        &["serve"],
+    ];
 
     fn rank(room: &str) -> Option<usize> {
         ROOMS.iter().position(|r| r.contains(&room))

@@ -938,7 +938,6 @@ fn one_seed(
                 out.push((WPROBE_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
                 // The probe joins only when its held-out predictions rank the 20 at least as
                 // well as the better fine-tuned member's (else this is `wmeanz`).
-                let rank = |oof: &[f64]| oof_score(oof, &y);
                 let k = if rank(&probe_oof) >= rank(&chosen.oof).max(rank(&other.oof)) {
                     3
                 } else {

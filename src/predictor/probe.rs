@@ -18,7 +18,9 @@
 //! blend), not part of any default. Validated in session 13 (BENCHMARKS.md): on NB-101 and DARTS
 //! as unseen spaces it raised the default blend by 0.011 (0.824 → 0.836), but on NB-201 and
 //! TNB-101 micro as unseen spaces it lowered it (NB-201 CIFAR-100 0.740 → 0.675), so it was not
-//! adopted; with 50 labelled networks the pattern held (12 validation rows: −0.003).
+//! adopted; with 50 labelled networks the pattern held (12 validation rows: −0.003). Session
+//! 14's two variants (the probe gated by its held-out rank; the probe judged on the members' own
+//! folds, [`Probe::out_of_folds`]) failed the same validation.
 //!
 //! Invariants: a pure function of its inputs; [`Probe::out_of_fold`] predicts each labelled
 //! network from a probe that never saw its label, its penalty chosen without it as well
@@ -248,8 +250,6 @@ impl Probe {
         x.into_iter().map(|r| self.apply(r)).collect()
     }
 
-    /// Nested leave-one-out: network `i`'s prediction by a probe fitted (penalty chosen
-    /// included) on the others.
     /// Out-of-fold predictions over given folds (`fold[i]`: the fold of row `i`): each fold
     /// predicted by a probe fitted (penalty chosen by LOO) on the other folds' rows.
     pub fn out_of_folds(
@@ -278,14 +278,11 @@ impl Probe {
         Ok(out)
     }
 
+    /// Nested leave-one-out: network `i`'s prediction by a probe fitted (penalty chosen
+    /// included) on the others ([`Probe::out_of_folds`] with one network per fold).
     pub fn out_of_fold(x: &[Vec<f64>], y: &[f64]) -> Result<Vec<f64>, PredictorError> {
-        let n = y.len();
-        (0..n)
-            .map(|i| {
-                let rest: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-                Ok(Probe::fit_on(x, y, &rest)?.apply(&x[i]))
-            })
-            .collect()
+        let each: Vec<usize> = (0..y.len()).collect();
+        Probe::out_of_folds(x, y, &each)
     }
 }
 
