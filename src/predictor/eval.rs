@@ -16,10 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use candle_core::Device;
 
+use super::align::{moments_of, offset, source_graphs, AlignMode};
 use super::blend::{flops_signal, Blend, Weighting};
 use super::calibrate::{Calibration, Form};
 use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
+use super::features::GraphFeatures;
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
 use super::probe::Probe;
@@ -169,6 +171,11 @@ pub struct EvalConfig {
     /// a seed ensemble (+0.0085 on validation (d)) and a paper-schedule member (+0.002): neither
     /// is worth its cost as a default (BENCHMARKS.md).
     pub members: Vec<MemberSpec>,
+    /// Map each target's graph embeddings onto the pretraining graphs' moments before the head
+    /// ([`super::align`]), in every model of the transfer protocols (AIO-P, no-transform and
+    /// extra members) and so in every column but scratch, FLOPs and params; none by default.
+    /// Session 15 validated `shift` and `scale` and adopted neither (BENCHMARKS.md).
+    pub align: Option<AlignMode>,
 }
 
 /// One more pretrained model of the `ens wmeanz` column (validation of ensembles, session 12).
@@ -221,6 +228,7 @@ impl Default for EvalConfig {
             pretrain_tasks: Vec::new(),
             rank_weight: super::train::RANK_WEIGHT,
             members: Vec::new(),
+            align: None,
         }
     }
 }
@@ -689,10 +697,68 @@ fn transfer_protocol(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<TargetRow>, PredictorError> {
     let mut rows = Vec::new();
+    // Alignment: each model's embedding moments over the pretraining graphs, once. The models
+    // in order: AIO-P, the no-transform one when there is one, the extra members.
+    let models: Vec<&Trained> = std::iter::once(aio)
+        .chain(plain)
+        .chain(extra.iter().map(|e| e.0))
+        .collect();
+    let sources = match cfg.align {
+        Some(_) => {
+            let tasks = pretrain_tasks_of(protocol, cfg);
+            let graphs = source_graphs(&cfg.model.features(), &tasks)?;
+            let refs: Vec<&GraphFeatures> = graphs.iter().map(|g| &**g).collect();
+            let moments = models
+                .iter()
+                .map(|m| moments_of(m, &refs))
+                .collect::<Result<Vec<_>, _>>()?;
+            log(&format!(
+                "alignment: moments of {} pretraining graphs",
+                refs.len()
+            ));
+            Some(moments)
+        }
+        None => None,
+    };
     for key in targets_of(protocol, cfg) {
         let data = load_target(key, cfg)?;
         let n = data.examples.len();
         let all: Vec<usize> = (0..n).collect();
+        let aligned_models = match (cfg.align, &sources) {
+            (Some(mode), Some(src)) => {
+                let refs: Vec<&GraphFeatures> =
+                    data.examples.iter().map(|e| &*e.features).collect();
+                let mut out = Vec::new();
+                for (m, s) in models.iter().zip(src) {
+                    let t = moments_of(m, &refs)?;
+                    log(&format!(
+                        "alignment {key}: model {}: offset {:.3} from the pretraining graphs",
+                        out.len(),
+                        offset(s, &t)
+                    ));
+                    out.push(m.aligned(s, &t, mode)?);
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        let (aio, plain, extra_owned): (&Trained, Option<&Trained>, Vec<(&Trained, bool)>) =
+            match &aligned_models {
+                Some(ms) => {
+                    let np = usize::from(plain.is_some());
+                    (
+                        &ms[0],
+                        plain.map(|_| &ms[1]),
+                        extra
+                            .iter()
+                            .zip(&ms[1 + np..])
+                            .map(|(e, m)| (m, e.1))
+                            .collect(),
+                    )
+                }
+                None => (aio, plain, extra.to_vec()),
+            };
+        let extra = &extra_owned[..];
         // Zero-shot predictions do not depend on the seed: one pass per model.
         let z_aio = z_scores(aio, &data.examples, &all)?;
         let z_plain = match plain {

@@ -8,7 +8,8 @@
 //! [`data`] turns the shipped label tables into samples (ranked with [`crate::stats`]);
 //! [`pretrain`] runs the whole pretraining; [`adapters`] (K-Adapters over a frozen encoder) and
 //! [`transfer`] (zero-shot or fine-tuned on a few labelled networks) carry a pretrained model to
-//! new tasks. On the CPU, training runs through the fused ops of [`ops`] (embedding, GraphConv
+//! new tasks ([`align`], an unsupervised correction for a new space, is measured by `aiop eval`
+//! and used by no default). On the CPU, training runs through the fused ops of [`ops`] (embedding, GraphConv
 //! with activation, pooling; hand-written backward over the SIMD [`kernels`]) and inference
 //! through the candle-free [`fast`] path.
 //!
@@ -21,6 +22,7 @@
 //! depend on the number of threads.
 
 pub mod adapters;
+pub mod align;
 pub mod batch;
 pub mod blend;
 pub mod calibrate;

@@ -5,7 +5,8 @@
 //! pretrain`; the command that reproduces them is in `search_spaces/SOURCES.md`). Beside it,
 //! in `plain/`, ships its companion pretrained the same way without Eq. 5's FLOPs scaling
 //! (plain per-task z-scores): fine-tuning cross-validates both on a task's samples and, by
-//! default, averages them ([`crate::tuned`]).
+//! default, blends them, each weighted by how well it ranks the held-out samples
+//! (`companion = "weighted"`, [`crate::tuned`]).
 //! Invariant: [`load`] gives exactly the model `Trained::load("search_spaces/predictor")` gives,
 //! [`load_plain`] the one of `search_spaces/predictor/plain`.
 
