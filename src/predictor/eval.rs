@@ -26,7 +26,8 @@ use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
 use super::probe::Probe;
 use super::select::{
-    fold_of_each, oof_score, select_epochs, EpochSelection, Labelled, SelectionReport,
+    fold_of_each, oof_score, select_epochs, select_epochs_bagged, EpochSelection, Labelled,
+    SelectionReport,
 };
 use super::train::{predict_batched, train, Sample, TrainConfig};
 use super::transform::TaskScaler;
@@ -176,6 +177,10 @@ pub struct EvalConfig {
     /// extra members) and so in every column but scratch, FLOPs and params; none by default.
     /// Session 15 validated `shift` and `scale` and adopted neither (BENCHMARKS.md).
     pub align: Option<AlignMode>,
+    /// Also report `wmeanz (bagged)`: each member predicts by the mean of its cross-validation
+    /// fold models at the chosen length instead of a model refitted on all the samples
+    /// ([`super::select::select_epochs_bagged`]); off by default. Session 15 (BENCHMARKS.md).
+    pub bagged: bool,
 }
 
 /// One more pretrained model of the `ens wmeanz` column (validation of ensembles, session 12).
@@ -229,6 +234,7 @@ impl Default for EvalConfig {
             rank_weight: super::train::RANK_WEIGHT,
             members: Vec::new(),
             align: None,
+            bagged: false,
         }
     }
 }
@@ -340,6 +346,7 @@ pub const PROBE: &str = "probe";
 pub const WPROBE_CAL: &str = "wmeanz+probe ft-20 cv cal";
 pub const GPROBE_CAL: &str = "wmeanz+gated probe ft-20 cv cal";
 pub const FPROBE_CAL: &str = "wmeanz+probe (folds) ft-20 cv cal";
+pub const BAG_CAL: &str = "wmeanz (bagged) ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -651,6 +658,7 @@ pub fn run(
             WPROBE_CAL,
             GPROBE_CAL,
             FPROBE_CAL,
+            BAG_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -906,7 +914,25 @@ fn one_seed(
             let v: Vec<f64> = units.iter().map(|&p| cal.apply(p)).collect();
             Ok::<_, PredictorError>((v, cal.form))
         };
-        let chosen = select_epochs(aio, &data, hib, &ft_cv, &cfg.trainable, sel)?;
+        // The evaluation set for the bagged fold models (none unless asked for).
+        let (bag_feats, bag_gflops): (Vec<&GraphFeatures>, Vec<f64>) = if cfg.bagged {
+            sp.eval
+                .iter()
+                .map(|&i| (&*ex[i].features, ex[i].gflops))
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let (chosen, aio_bag) = select_epochs_bagged(
+            aio,
+            &data,
+            hib,
+            &ft_cv,
+            &cfg.trainable,
+            sel,
+            &bag_feats,
+            &bag_gflops,
+        )?;
         let units = tuned(aio, &s_aio, &chosen)?;
         let mut sc = score(seed, &units, &truth, true);
         sc.epochs = Some(chosen.epochs);
@@ -920,7 +946,16 @@ fn one_seed(
             // The same selection over the no-transform model, then both ways of using it:
             // the one whose best length ranks the held-out folds better (ties: AIO-P), and
             // the mean of both in task units, calibrated on the mean's out-of-fold predictions.
-            let other = select_epochs(p, &data, hib, &ft_cv, &cfg.trainable, sel)?;
+            let (other, plain_bag) = select_epochs_bagged(
+                p,
+                &data,
+                hib,
+                &ft_cv,
+                &cfg.trainable,
+                sel,
+                &bag_feats,
+                &bag_gflops,
+            )?;
             let plain_units = tuned(p, &s_plain, &other)?;
             let plain_won = other.best_score() > chosen.best_score();
             let mut sc = if plain_won {
@@ -989,6 +1024,12 @@ fn one_seed(
                     eval_sig.push(&flops_eval);
                 }
                 out.push((name, blended(weighting, &fit_sig, &eval_sig)?));
+            }
+            if cfg.bagged {
+                // `wmeanz` with each member's fold models bagged in place of its refit.
+                let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof];
+                let eval_sig: Vec<&[f64]> = vec![&aio_bag, &plain_bag];
+                out.push((BAG_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
             }
             if let Some(px) = probe_x {
                 // A ridge probe on the frozen encoders' embeddings, alone and as a third

@@ -135,6 +135,31 @@ pub fn select_epochs(
     trainable: &[String],
     sel: &EpochSelection,
 ) -> Result<SelectionReport, PredictorError> {
+    select_epochs_bagged(base, data, higher_is_better, tc, trainable, sel, &[], &[]).map(|r| r.0)
+}
+
+/// [`select_epochs`], and the fold models' mean prediction of other networks (`extra`, with
+/// their GFLOPs `extra_gflops`) at the chosen length, in task units (each fold model through its
+/// own scaler's inverse): the fold models bagged. Empty when `extra` is. A measurement of
+/// `aiop eval` (session 15), read by no default.
+#[allow(clippy::too_many_arguments)]
+pub fn select_epochs_bagged(
+    base: &Trained,
+    data: &[Labelled],
+    higher_is_better: bool,
+    tc: &TrainConfig,
+    trainable: &[String],
+    sel: &EpochSelection,
+    extra: &[&GraphFeatures],
+    extra_gflops: &[f64],
+) -> Result<(SelectionReport, Vec<f64>), PredictorError> {
+    if extra.len() != extra_gflops.len() {
+        return Err(PredictorError::Data(format!(
+            "{} extra networks with {} GFLOPs",
+            extra.len(),
+            extra_gflops.len()
+        )));
+    }
     let mut cands = sel.candidates.clone();
     cands.sort_unstable();
     cands.dedup();
@@ -155,6 +180,8 @@ pub fn select_epochs(
     let fold_of = |pos: usize| pos % k;
     // oof[c][i]: candidate c's out-of-fold prediction for network i, in task units.
     let mut oof = vec![vec![f64::NAN; n]; cands.len()];
+    // bag[c][j]: the mean over folds of candidate c's prediction of extra network j.
+    let mut bag = vec![vec![0.0; extra.len()]; cands.len()];
     let max_epochs = *cands.last().expect("non-empty");
     for f in 0..k {
         let held: Vec<usize> = (0..n)
@@ -170,22 +197,33 @@ pub fn select_epochs(
         let s = TaskScaler::fit_with(&y, &g, higher_is_better, base.flops_scaling())?;
         let t = base.duplicate()?;
         let held_feats: Vec<&GraphFeatures> = held.iter().map(|&i| &*data[i].features).collect();
-        let record = |epoch: usize, oof: &mut [Vec<f64>]| -> Result<(), PredictorError> {
+        let record = |epoch: usize,
+                      oof: &mut [Vec<f64>],
+                      bag: &mut [Vec<f64>]|
+         -> Result<(), PredictorError> {
             if let Some(c) = cands.iter().position(|&e| e == epoch) {
-                let z = match sel.wise {
+                let w;
+                let m = match sel.wise {
                     Some(a) if epoch > 0 => {
-                        let w = t.interpolate(base, a)?;
-                        predict_batched(w.regressor(), &held_feats, 256, &w.device)?
+                        w = t.interpolate(base, a)?;
+                        &w
                     }
-                    _ => predict_batched(t.regressor(), &held_feats, 256, &t.device)?,
+                    _ => &t,
                 };
+                let z = predict_batched(m.regressor(), &held_feats, 256, &m.device)?;
                 for (&i, &z) in held.iter().zip(&z) {
                     oof[c][i] = s.inverse(z as f64, data[i].gflops);
+                }
+                if !extra.is_empty() {
+                    let z = predict_batched(m.regressor(), extra, 512, &m.device)?;
+                    for ((b, &z), &g) in bag[c].iter_mut().zip(&z).zip(extra_gflops) {
+                        *b += s.inverse(z as f64, g) / k as f64;
+                    }
                 }
             }
             Ok(())
         };
-        record(0, &mut oof)?;
+        record(0, &mut oof, &mut bag)?;
         if max_epochs > 0 {
             let cfg = TrainConfig {
                 epochs: max_epochs,
@@ -202,7 +240,7 @@ pub fn select_epochs(
                 &cfg,
                 true,
                 &t.device,
-                &mut |e| record(e, &mut oof),
+                &mut |e| record(e, &mut oof, &mut bag),
             )?;
         }
     }
@@ -218,11 +256,14 @@ pub fn select_epochs(
             best = c;
         }
     }
-    Ok(SelectionReport {
-        epochs: scores[best].0,
-        scores,
-        oof: oof.swap_remove(best),
-    })
+    Ok((
+        SelectionReport {
+            epochs: scores[best].0,
+            scores,
+            oof: oof.swap_remove(best),
+        },
+        bag.swap_remove(best),
+    ))
 }
 
 #[cfg(test)]
@@ -290,6 +331,65 @@ mod tests {
         }
         // Training moves the out-of-fold predictions: the candidates do not all score alike.
         assert!(r.scores.iter().any(|s| s.1 != r.scores[0].1), "{r:?}");
+    }
+
+    /// The bagged predictions are the mean over folds of each fold model's prediction through
+    /// that fold's scaler; the selection itself is `select_epochs`'.
+    #[test]
+    fn bagging_averages_the_fold_models_in_task_units() {
+        let base = Trained::init(&tiny_config(), 3, &Device::Cpu).unwrap();
+        let (data, hib) = labelled("nb201/cifar10", 20);
+        let (extra_data, _) = labelled("nb201/cifar100", 7);
+        let extra: Vec<&GraphFeatures> = extra_data.iter().map(|d| &*d.features).collect();
+        let gflops: Vec<f64> = extra_data.iter().map(|d| d.gflops).collect();
+        let tc = TrainConfig {
+            batch_size: 4,
+            lr: 1e-2,
+            seed: 7,
+            ..TrainConfig::default()
+        };
+        let sel = EpochSelection {
+            folds: 4,
+            candidates: vec![0, 3],
+            wise: None,
+        };
+        let plain = select_epochs(&base, &data, hib, &tc, &[], &sel).unwrap();
+        let (r, bag) =
+            select_epochs_bagged(&base, &data, hib, &tc, &[], &sel, &extra, &gflops).unwrap();
+        assert_eq!(r, plain);
+        assert_eq!(bag.len(), 7);
+        let (_, none) = select_epochs_bagged(&base, &data, hib, &tc, &[], &sel, &[], &[]).unwrap();
+        assert!(none.is_empty());
+        assert!(select_epochs_bagged(&base, &data, hib, &tc, &[], &sel, &extra, &[]).is_err());
+        // Zero-shot only: every fold model is the base, so the bag is the base's standardised
+        // prediction through each fold's scaler, averaged.
+        let zs = EpochSelection {
+            candidates: vec![0],
+            ..sel
+        };
+        let (_, bag) =
+            select_epochs_bagged(&base, &data, hib, &tc, &[], &zs, &extra, &gflops).unwrap();
+        let folds = fold_of_each(data.len(), 4, tc.seed);
+        let z = predict_batched(base.regressor(), &extra, 64, &base.device).unwrap();
+        for (j, got) in bag.iter().enumerate() {
+            let mut want = 0.0;
+            for f in 0..4 {
+                let fit: Vec<&Labelled> = data
+                    .iter()
+                    .zip(&folds)
+                    .filter(|(_, &k)| k != f)
+                    .map(|(d, _)| d)
+                    .collect();
+                let y: Vec<f64> = fit.iter().map(|d| d.value).collect();
+                let g: Vec<f64> = fit.iter().map(|d| d.gflops).collect();
+                let s = TaskScaler::fit_with(&y, &g, hib, base.flops_scaling()).unwrap();
+                want += s.inverse(z[j] as f64, gflops[j]) / 4.0;
+            }
+            assert!(
+                (got - want).abs() < 1e-9 * want.abs().max(1.0),
+                "{j}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]
