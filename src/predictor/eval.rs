@@ -1179,9 +1179,19 @@ pub fn table(r: &EvalReport) -> String {
         r.seconds,
         r.pretrain_tasks.len()
     );
+    // The method column is as wide as its longest name, so the numbers stay aligned.
+    let w = r
+        .rows
+        .iter()
+        .flat_map(|row| row.methods.keys())
+        .chain(r.mean_spearman.keys())
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     let _ = writeln!(
         s,
-        "{:<30} {:>5}  {:<24} {:>15} {:>15} {:>15}",
+        "{:<30} {:>5}  {:<w$} {:>15} {:>15} {:>15}",
         "target", "n", "method", "spearman", "kendall", "mae"
     );
     let pm = |m: &MeanStd| format!("{:.3} ± {:.3}", m.mean, m.std);
@@ -1189,7 +1199,7 @@ pub fn table(r: &EvalReport) -> String {
         for (name, m) in &row.methods {
             let _ = writeln!(
                 s,
-                "{:<30} {:>5}  {:<24} {:>15} {:>15} {:>15}",
+                "{:<30} {:>5}  {:<w$} {:>15} {:>15} {:>15}",
                 row.target.to_string(),
                 row.samples,
                 name,
@@ -1200,7 +1210,7 @@ pub fn table(r: &EvalReport) -> String {
         }
     }
     for (name, v) in &r.mean_spearman {
-        let _ = writeln!(s, "mean spearman over targets, {name:<24} {v:.3}");
+        let _ = writeln!(s, "mean spearman over targets, {name:<w$} {v:.3}");
     }
     s
 }
@@ -1209,6 +1219,48 @@ pub fn table(r: &EvalReport) -> String {
 mod tests {
     use super::*;
     use crate::predictor::init::sorted_vars;
+
+    /// Every line's numbers start in the same column, however long a method's name.
+    #[test]
+    fn the_table_aligns_long_method_names() {
+        let ms = |x: f64| MeanStd { mean: x, std: 0.0 };
+        let scores = MethodScores {
+            spearman: ms(0.5),
+            kendall: ms(0.4),
+            mae: Some(ms(1.0)),
+            per_seed: Vec::new(),
+        };
+        let names = [ZERO_SHOT, FPROBE_CAL, BAG_CAL];
+        let report = EvalReport {
+            protocol: Protocol::UnseenSpace,
+            config: EvalConfig::default(),
+            pretrain_tasks: Vec::new(),
+            rows: vec![TargetRow {
+                target: "nb101/cifar10".parse().unwrap(),
+                samples: 20,
+                methods: names
+                    .iter()
+                    .map(|n| (n.to_string(), scores.clone()))
+                    .collect(),
+            }],
+            mean_spearman: names.iter().map(|n| (n.to_string(), 0.5)).collect(),
+            seconds: 1.0,
+        };
+        let text = table(&report);
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines.len(), 1 + 2 * names.len());
+        let col =
+            |l: &str, pat: &str| l.chars().count() - l.split_once(pat).unwrap().1.chars().count();
+        let at = col(lines[0], "spearman");
+        for l in &lines[1..=names.len()] {
+            assert_eq!(col(l, "0.500 ± 0.000"), at, "{l}");
+        }
+        let ends: Vec<usize> = lines[1 + names.len()..]
+            .iter()
+            .map(|l| l.chars().count())
+            .collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
 
     #[test]
     fn members_must_be_distinct_plain_folder_names() {
