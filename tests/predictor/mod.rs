@@ -197,6 +197,29 @@ fn eval_reports_every_method_and_reuses_its_pretrained_models() {
         "same seeds, same models, same numbers"
     );
 
+    // The measurement options: aligned embeddings change what the pretrained models predict
+    // (not the size ranks, not the model trained from scratch), and the bagged column appears.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let options = text.trim_end().trim_end_matches('}').to_string()
+        + r#", "align": "shift", "bagged": true}"#;
+    std::fs::write(&cfg, options).unwrap();
+    let o = aiop(&args, "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("offset"));
+    let aligned: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let (before, after) = (&r["rows"][0]["methods"], &aligned["rows"][0]["methods"]);
+    for same in ["flops rank", "params rank", "scratch-20"] {
+        assert_eq!(before[same], after[same], "{same}");
+    }
+    assert_ne!(before["aio-p zero-shot"], after["aio-p zero-shot"]);
+    let bagged = &after["wmeanz (bagged) ft-20 cv cal"]["spearman"]["mean"];
+    assert!(
+        bagged.as_f64().is_some_and(|x| (-1.0..=1.0).contains(&x)),
+        "{bagged}"
+    );
+    assert!(before.get("wmeanz (bagged) ft-20 cv cal").is_none());
+
     // A pretrained model that saw a target is refused.
     let o = aiop(
         &[
