@@ -8,7 +8,8 @@
 //! checked against the targets); for every (target, seed) the 20 fitting networks are one seeded
 //! choice shared by every method and left out of that seed's evaluation set; all numbers are in
 //! the target's units (MAE) or ranks of those (Spearman, Kendall); the report is a function of
-//! the [`EvalConfig`] (seeds included) and the shipped tables.
+//! the [`EvalConfig`] (seeds included) and the shipped tables; the `align` option reads the
+//! target's graphs (every network of its table), never their labels.
 
 use std::collections::BTreeMap;
 
