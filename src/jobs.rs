@@ -135,7 +135,7 @@ impl Finetuner for ModelTuner {
         if let Some(l) = m.meta.final_loss {
             self.final_loss.with_label_values(&[task]).set(l);
         }
-        tracing::info!(task, model = %m.meta.id(), seconds = m.meta.seconds, final_loss = ?m.meta.final_loss, spearman = m.meta.fit.spearman, "task model saved");
+        tracing::info!(task, model = %m.meta.id(), seconds = m.meta.seconds, final_loss = ?m.meta.final_loss, spearman = m.meta.fit.spearman, cv_spearman = ?m.meta.cross_validated.as_ref().map(|c| c.spearman), "task model saved");
         Ok(Finetuned {
             model: m.meta.id(),
             meta: serde_json::to_value(&m.meta).map_err(|e| e.to_string())?,

@@ -193,6 +193,17 @@ pub struct FitReport {
     pub mae: f64,
 }
 
+impl FitReport {
+    /// The measures of predictions `pred` against labels `y`.
+    pub fn of(pred: &[f64], y: &[f64]) -> FitReport {
+        FitReport {
+            spearman: crate::stats::spearman(pred, y),
+            kendall: crate::stats::kendall(pred, y),
+            mae: crate::stats::mae(pred, y),
+        }
+    }
+}
+
 /// The sidecar `task.json` of a task model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,6 +244,13 @@ pub struct TunedMeta {
     /// averaged over the members (None only in sidecars written before it was always set).
     pub final_loss: Option<f64>,
     pub fit: FitReport,
+    /// The same measures on the cross-validation's out-of-fold predictions, through the blend
+    /// and the calibration (each sample predicted by models that never saw its label; the blend
+    /// weights and the calibration line were fitted on these predictions, so slightly
+    /// optimistic): an estimate of how the model ranks networks it has not seen, unlike `fit`.
+    /// Absent without `select_epochs` and in sidecars written before session 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_validated: Option<FitReport>,
     pub seconds: f64,
     /// Milliseconds since the Unix epoch.
     pub created_at: u64,
@@ -582,6 +600,7 @@ pub fn finetune(
     let settings = spec.finetune.unwrap_or_default().resolved();
     let mut selection = None;
     let mut calibration = None;
+    let mut cross_validated = None;
     let mut blend = None;
     let mut second: Option<(Trained, CompanionMeta)> = None;
     let report = match spec.mode {
@@ -647,6 +666,7 @@ pub fn finetune(
                 if settings.calibrate {
                     calibration = Some(Calibration::fit(&oof, &y).map_err(perr)?);
                 }
+                cross_validated = Some(FitReport::of(&calibrated(oof, calibration.as_ref()), &y));
                 selection = Some(r);
             }
             fit_member(&base, &data, &scaler, &tc, epochs, &prefixes, quiet).map_err(perr)?
@@ -660,11 +680,7 @@ pub fn finetune(
     }
     let (units, zs) = ensemble(&members, &feats, &gf, 256).map_err(perr)?;
     let pred = calibrated(combine(&units, blend.as_ref()), calibration.as_ref());
-    let fit = FitReport {
-        spearman: crate::stats::spearman(&pred, &y),
-        kendall: crate::stats::kendall(&pred, &y),
-        mae: crate::stats::mae(&pred, &y),
-    };
+    let fit = FitReport::of(&pred, &y);
     let final_loss = members
         .iter()
         .zip(&zs)
@@ -705,6 +721,7 @@ pub fn finetune(
         final_loss: Some(final_loss),
         train: report,
         fit,
+        cross_validated,
         seconds: start.elapsed().as_secs_f64(),
         created_at: now_ms(),
     };
@@ -833,12 +850,18 @@ mod tests {
             .unwrap();
         let want: Vec<f64> = raw.iter().map(|&v| cal.apply(v)).collect();
         assert_eq!(a.predict(&inputs, 8).unwrap(), want);
+        // The held-out estimate: the calibrated out-of-fold predictions against the labels.
+        let cv = a.meta.cross_validated.as_ref().expect("cross-validated");
+        let held: Vec<f64> = sel.oof.iter().map(|&v| cal.apply(v)).collect();
+        assert_eq!(*cv, FitReport::of(&held, &y));
         let raw_spec = task(
             dir.path(),
             "[finetune]\nepochs = 7\nseed = 5\ncalibrate = false\n",
         );
         let c = tune(&raw_spec, false);
         assert!(c.meta.selection.is_some() && c.meta.calibration.is_none());
+        let cv = c.meta.cross_validated.as_ref().expect("cross-validated");
+        assert_eq!(cv.spearman, crate::stats::spearman(&sel.oof, &y));
         assert_eq!(c.predict(&inputs, 8).unwrap(), raw);
         let trained = a.meta.train.as_ref().map_or(0, |r| r.epochs.len());
         assert_eq!(trained, sel.epochs);
@@ -901,6 +924,10 @@ mod tests {
         );
         assert_eq!(a.meta.train.as_ref().unwrap().epochs.len(), 2);
         assert!(a.meta.selection.is_none() && a.meta.calibration.is_none());
+        assert!(
+            a.meta.cross_validated.is_none(),
+            "no cross-validation, no estimate"
+        );
         assert!(a.meta.final_loss.unwrap().is_finite());
         let models = dir.path().join("models");
         let saved = a.save(&models).unwrap();

@@ -232,6 +232,7 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             "finetune": m.meta.finetune,
             "final_loss": m.meta.final_loss,
             "fit": m.meta.fit,
+            "cross_validated": m.meta.cross_validated,
             "base_model": m.meta.base_model,
             "scaler": m.meta.scaler,
             "epochs_chosen": m.meta.selection.as_ref().map(|s| s.epochs),

@@ -308,6 +308,10 @@ pub struct SeedScore {
     /// cal` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_transform: Option<bool>,
+    /// The Spearman of the out-of-fold predictions on the fitting samples (the blends only):
+    /// the estimate `aiop finetune` reports as `cross_validated`, to set beside the test figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cv_spearman: Option<f64>,
 }
 
 /// One row of a report: a target (and, for sample efficiency, a training size).
@@ -417,6 +421,7 @@ fn score(seed: u64, pred: &[f64], truth: &[f64], with_mae: bool) -> SeedScore {
         epochs: None,
         form: None,
         no_transform: None,
+        cv_spearman: None,
     }
 }
 
@@ -1001,9 +1006,11 @@ fn one_seed(
             // predictions, then calibrated on the blend of those.
             let blended = |weighting, fit_sig: &[&[f64]], eval_sig: &[&[f64]]| {
                 let b = Blend::fit(fit_sig, &y, weighting)?;
-                let (calibrated, form) = calibrate(&b.apply_all(eval_sig), &b.apply_all(fit_sig))?;
+                let oof = b.apply_all(fit_sig);
+                let (calibrated, form) = calibrate(&b.apply_all(eval_sig), &oof)?;
                 let mut sc = score(seed, &calibrated, &truth, true);
                 sc.form = Some(form);
+                sc.cv_spearman = Some(spearman(&oof, &y));
                 Ok::<_, PredictorError>(sc)
             };
             let flops_of = |idx: &[usize]| -> Vec<f64> {
