@@ -929,16 +929,19 @@ fn one_seed(
         } else {
             (Vec::new(), Vec::new())
         };
-        let (chosen, aio_bag) = select_epochs_bagged(
-            aio,
-            &data,
-            hib,
-            &ft_cv,
-            &cfg.trainable,
-            sel,
-            &bag_feats,
-            &bag_gflops,
-        )?;
+        let select = |m: &Trained| {
+            select_epochs_bagged(
+                m,
+                &data,
+                hib,
+                &ft_cv,
+                &cfg.trainable,
+                sel,
+                &bag_feats,
+                &bag_gflops,
+            )
+        };
+        let (chosen, aio_bag) = select(aio)?;
         let units = tuned(aio, &s_aio, &chosen)?;
         let mut sc = score(seed, &units, &truth, true);
         sc.epochs = Some(chosen.epochs);
@@ -952,16 +955,7 @@ fn one_seed(
             // The same selection over the no-transform model, then both ways of using it:
             // the one whose best length ranks the held-out folds better (ties: AIO-P), and
             // the mean of both in task units, calibrated on the mean's out-of-fold predictions.
-            let (other, plain_bag) = select_epochs_bagged(
-                p,
-                &data,
-                hib,
-                &ft_cv,
-                &cfg.trainable,
-                sel,
-                &bag_feats,
-                &bag_gflops,
-            )?;
+            let (other, plain_bag) = select(p)?;
             let plain_units = tuned(p, &s_plain, &other)?;
             let plain_won = other.best_score() > chosen.best_score();
             let mut sc = if plain_won {

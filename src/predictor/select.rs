@@ -288,8 +288,10 @@ mod tests {
         (data, set.higher_is_better)
     }
 
-    #[test]
-    fn picks_a_candidate_by_out_of_fold_rank_and_leaves_the_base_alone() {
+    /// A tiny model, 20 labelled NB-201 networks, a fast recipe and 4 folds over `candidates`.
+    fn setup(
+        candidates: Vec<usize>,
+    ) -> (Trained, Vec<Labelled>, bool, TrainConfig, EpochSelection) {
         let base = Trained::init(&tiny_config(), 3, &Device::Cpu).unwrap();
         let (data, hib) = labelled("nb201/cifar10", 20);
         let tc = TrainConfig {
@@ -300,9 +302,15 @@ mod tests {
         };
         let sel = EpochSelection {
             folds: 4,
-            candidates: vec![10, 0, 3],
+            candidates,
             wise: None,
         };
+        (base, data, hib, tc, sel)
+    }
+
+    #[test]
+    fn picks_a_candidate_by_out_of_fold_rank_and_leaves_the_base_alone() {
+        let (base, data, hib, tc, sel) = setup(vec![10, 0, 3]);
         let before = base.duplicate().unwrap();
         let r = select_epochs(&base, &data, hib, &tc, &[], &sel).unwrap();
         assert_eq!(
@@ -337,22 +345,10 @@ mod tests {
     /// that fold's scaler; the selection itself is `select_epochs`'.
     #[test]
     fn bagging_averages_the_fold_models_in_task_units() {
-        let base = Trained::init(&tiny_config(), 3, &Device::Cpu).unwrap();
-        let (data, hib) = labelled("nb201/cifar10", 20);
+        let (base, data, hib, tc, sel) = setup(vec![0, 3]);
         let (extra_data, _) = labelled("nb201/cifar100", 7);
         let extra: Vec<&GraphFeatures> = extra_data.iter().map(|d| &*d.features).collect();
         let gflops: Vec<f64> = extra_data.iter().map(|d| d.gflops).collect();
-        let tc = TrainConfig {
-            batch_size: 4,
-            lr: 1e-2,
-            seed: 7,
-            ..TrainConfig::default()
-        };
-        let sel = EpochSelection {
-            folds: 4,
-            candidates: vec![0, 3],
-            wise: None,
-        };
         let plain = select_epochs(&base, &data, hib, &tc, &[], &sel).unwrap();
         let (r, bag) =
             select_epochs_bagged(&base, &data, hib, &tc, &[], &sel, &extra, &gflops).unwrap();
