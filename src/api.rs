@@ -32,7 +32,7 @@ use crate::graph::{json, Convention, Graph};
 use crate::searches::{tuned_task, SearchRequest, Searches, SearchesError};
 use crate::service::{Item, ModelRef, PredictorService, ServiceError, Source};
 use crate::spaces::{labels, Arch, SpaceId, Task};
-use crate::store::{SearchRecord, SearchStatus, Store, TaskRecord, TaskStatus};
+use crate::store::{SearchRecord, SearchStatus, Store, TaskStatus};
 use crate::taskfile::{self, Limits, TaskSpace};
 
 /// The daemon's parts the API drives.
@@ -367,11 +367,25 @@ async fn tasks(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Ap
 async fn task(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<TaskRecord>, ApiError> {
-    st.store
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = st
+        .store
         .task(&name)?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no task '{name}'")))
+        .ok_or_else(|| ApiError::NotFound(format!("no task '{name}'")))?;
+    // How well its model fits its samples, and the cross-validated estimate of how it ranks
+    // networks it has not seen (null where the model's sidecar has none).
+    let quality = match &rec.model {
+        Some(id) => st.store.model_meta(id)?.map(|m| {
+            serde_json::json!({
+                "fit": m.get("fit"),
+                "cross_validated": m.get("cross_validated"),
+            })
+        }),
+        None => None,
+    };
+    let mut v = serde_json::to_value(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["model_quality"] = quality.unwrap_or(serde_json::Value::Null);
+    Ok(Json(v))
 }
 
 /// `POST /v1/graph`: architectures of a space (built with a task's head) or JSON graphs.

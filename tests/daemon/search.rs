@@ -27,6 +27,12 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     let t = d.wait_ready("seg-macro");
     let version = t["spec_hash"].as_str().unwrap().to_string();
     assert_eq!(t["model"], format!("seg-macro/{version}"));
+    // The model's quality: in-sample, and cross-validated (the default selects its epochs).
+    let q = &t["model_quality"];
+    for part in ["fit", "cross_validated"] {
+        let sp = q[part]["spearman"].as_f64().unwrap_or(f64::NAN);
+        assert!((-1.0..=1.0).contains(&sp), "{part}: {t}");
+    }
     assert!(state
         .join("models/seg-macro")
         .join(&version)
