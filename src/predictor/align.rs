@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use super::batch::Batch;
 use super::checkpoint::Trained;
 use super::data::{load_task, TaskKey};
 use super::features::{FeatureConfig, GraphFeatures};
@@ -112,23 +111,7 @@ pub fn source_graphs(
 
 /// `t`'s embedding moments over `graphs`.
 pub fn moments_of(t: &Trained, graphs: &[&GraphFeatures]) -> Result<Moments, PredictorError> {
-    Moments::of(&embeddings(t, graphs)?)
-}
-
-/// The pooled encoder embeddings (`[hidden]` each) of `graphs`, in order, in chunks of 512.
-pub fn embeddings(t: &Trained, graphs: &[&GraphFeatures]) -> Result<Vec<Vec<f64>>, PredictorError> {
-    let mut out = Vec::with_capacity(graphs.len());
-    for chunk in graphs.chunks(512) {
-        let b = Batch::pack(chunk, &t.device)?;
-        let e = t
-            .model
-            .encoder
-            .forward(&b)?
-            .to_dtype(DType::F64)?
-            .to_vec2::<f64>()?;
-        out.extend(e);
-    }
-    Ok(out)
+    Moments::of(&t.embeddings(graphs)?)
 }
 
 /// How far `target`'s centroid lies from `source`'s, in `source` standard deviations: the
@@ -320,7 +303,7 @@ mod tests {
         let t = Trained::init(&config(), 7, &dev).unwrap();
         let gs = graphs();
         let refs: Vec<&GraphFeatures> = gs.iter().collect();
-        let emb = embeddings(&t, &refs).unwrap();
+        let emb = t.embeddings(&refs).unwrap();
         let target = Moments::of(&emb).unwrap();
         let source = Moments {
             mean: target.mean.iter().map(|m| m + 0.3).collect(),

@@ -11,12 +11,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::Var;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::adapters::{self, Adapted, AdaptersMeta};
+use super::batch::Batch;
 use super::data::TaskKey;
 use super::features::GraphFeatures;
 use super::init::{sorted_vars, var_builder};
@@ -257,6 +257,18 @@ impl Trained {
             var.set(&f(var.as_tensor(), v.as_tensor())?)?;
         }
         Ok(())
+    }
+
+    /// The encoder's pooled embedding (`[hidden]`) of each of `graphs`, in order, packed in
+    /// batches of 512: what the probe's features and the alignment's moments are made of.
+    pub fn embeddings(&self, graphs: &[&GraphFeatures]) -> Result<Vec<Vec<f64>>, PredictorError> {
+        let mut out = Vec::with_capacity(graphs.len());
+        for chunk in graphs.chunks(512) {
+            let b = Batch::pack(chunk, &self.device)?;
+            let e = self.model.encoder.forward(&b)?;
+            out.extend(e.to_dtype(DType::F64)?.to_vec2::<f64>()?);
+        }
+        Ok(out)
     }
 
     /// A deep copy: new variables holding the same values, so training the copy leaves `self`

@@ -450,20 +450,11 @@ fn probe_features(
     examples: &[Example],
     params: &[f64],
 ) -> Result<Vec<Vec<f64>>, PredictorError> {
+    let feats: Vec<&GraphFeatures> = examples.iter().map(|e| &*e.features).collect();
     let mut rows: Vec<Vec<f64>> = vec![Vec::new(); examples.len()];
     for t in models {
-        for (chunk, out) in examples.chunks(512).zip(rows.chunks_mut(512)) {
-            let feats: Vec<_> = chunk.iter().map(|e| &*e.features).collect();
-            let b = super::batch::Batch::pack(&feats, &t.device)?;
-            let emb = t
-                .model
-                .encoder
-                .forward(&b)?
-                .to_dtype(candle_core::DType::F64)?
-                .to_vec2::<f64>()?;
-            for (row, e) in out.iter_mut().zip(emb) {
-                row.extend(e);
-            }
+        for (row, e) in rows.iter_mut().zip(t.embeddings(&feats)?) {
+            row.extend(e);
         }
     }
     for ((row, e), p) in rows.iter_mut().zip(examples).zip(params) {
@@ -756,19 +747,15 @@ fn transfer_protocol(
             }
             _ => None,
         };
+        // The aligned copies come back in `models`' order.
         let (aio, plain, extra_owned): (&Trained, Option<&Trained>, Vec<(&Trained, bool)>) =
             match &aligned_models {
                 Some(ms) => {
-                    let np = usize::from(plain.is_some());
-                    (
-                        &ms[0],
-                        plain.map(|_| &ms[1]),
-                        extra
-                            .iter()
-                            .zip(&ms[1 + np..])
-                            .map(|(e, m)| (m, e.1))
-                            .collect(),
-                    )
+                    let mut it = ms.iter();
+                    let aio = it.next().expect("AIO-P is aligned first");
+                    let plain = plain.map(|_| it.next().expect("then the no-transform model"));
+                    let extra = extra.iter().zip(it).map(|(e, m)| (m, e.1)).collect();
+                    (aio, plain, extra)
                 }
                 None => (aio, plain, extra.to_vec()),
             };
