@@ -245,10 +245,11 @@ pub struct TunedMeta {
     pub final_loss: Option<f64>,
     pub fit: FitReport,
     /// The same measures on the cross-validation's out-of-fold predictions, through the blend
-    /// and the calibration (each sample predicted by models that never saw its label; the blend
-    /// weights and the calibration line were fitted on these predictions, so slightly
-    /// optimistic): an estimate of how the model ranks networks it has not seen, unlike `fit`.
-    /// Absent without `select_epochs` and in sidecars written before session 15.
+    /// and the calibration (each sample predicted by models that never saw its label and were
+    /// trained on fewer samples; the blend weights and the calibration line were fitted on these
+    /// predictions): an estimate of how the model ranks networks it has not seen, unlike `fit`.
+    /// On validation it averaged 0.07 below the test Spearman, noisily (BENCHMARKS.md, session
+    /// 15). Absent without `select_epochs` and in sidecars written before session 15.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_validated: Option<FitReport>,
     pub seconds: f64,
