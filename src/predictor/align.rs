@@ -19,7 +19,9 @@
 //! unseen spaces `shift` raised every column (the default blend 0.824 → 0.838) and `scale`
 //! lowered the blend (0.791); on NB-201 and TNB-101 micro as unseen spaces `shift` lowered the
 //! blend (0.685 → 0.674, a row by 0.039), so neither was adopted. The mixture of pretraining
-//! spaces is a poor reference where the target resembles one of them.
+//! spaces is a poor reference where the target resembles one of them; `nearest` (session 16),
+//! which takes the nearest pretraining task's centroid instead, raised every zero-shot column
+//! on NB-101 and DARTS but left the blend level (0.824 → 0.824, DARTS −0.011): not adopted.
 //!
 //! Invariants: a pure function of the model and the two sets of graphs; the aligned model's
 //! prediction for a graph whose embedding equals `μt` is the original model's prediction at
@@ -37,14 +39,27 @@ use super::features::{FeatureConfig, GraphFeatures};
 use super::PredictorError;
 use crate::rng::Rng;
 
-/// Which moments are matched.
+/// Which moments are matched, and onto which source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlignMode {
-    /// Means only.
+    /// Means only, onto the mixture of every pretraining task's graphs.
     Shift,
-    /// Means and per-dimension spreads (the spread ratio clamped to [1/8, 8]).
+    /// Means and per-dimension spreads (the spread ratio clamped to [1/8, 8]), onto the mixture.
     Scale,
+    /// Means only, onto the one pretraining task whose graphs lie nearest the target's
+    /// ([`offset`]; [`nearest`]). Why: where a new space resembles one pretraining space, the
+    /// mixture's centre is the wrong reference (session 15's `shift` lowered those rows), while
+    /// the nearest task's centre moves such a target little and a far one still onto ground the
+    /// head knows.
+    Nearest,
+}
+
+impl AlignMode {
+    /// Whether the source is one moment set per pretraining task (else one for the mixture).
+    pub fn per_task(self) -> bool {
+        self == AlignMode::Nearest
+    }
 }
 
 /// The largest spread ratio `scale` applies (and its inverse the smallest).
@@ -109,6 +124,36 @@ pub fn source_graphs(
     Ok(out)
 }
 
+/// One pretraining task's source graphs.
+pub type TaskGraphs = (TaskKey, Vec<Arc<GraphFeatures>>);
+
+/// The same graphs as [`source_graphs`], kept apart per task.
+pub fn source_graphs_by_task(
+    fc: &FeatureConfig,
+    tasks: &[TaskKey],
+) -> Result<Vec<TaskGraphs>, PredictorError> {
+    tasks
+        .iter()
+        .map(|&key| Ok((key, source_graphs(fc, &[key])?)))
+        .collect()
+}
+
+/// Of several named source moment sets, the one whose centroid lies nearest `target`'s
+/// ([`offset`]), with that offset; ties go to the first. An error when there is none.
+pub fn nearest<'a, K>(
+    sources: &'a [(K, Moments)],
+    target: &Moments,
+) -> Result<(&'a K, &'a Moments, f64), PredictorError> {
+    sources
+        .iter()
+        .map(|(k, m)| (k, m, offset(m, target)))
+        .fold(None, |best: Option<(&K, &Moments, f64)>, c| match best {
+            Some(b) if b.2 <= c.2 => Some(b),
+            _ => Some(c),
+        })
+        .ok_or_else(|| PredictorError::Data("alignment without source moments".into()))
+}
+
 /// `t`'s embedding moments over `graphs`.
 pub fn moments_of(t: &Trained, graphs: &[&GraphFeatures]) -> Result<Moments, PredictorError> {
     Moments::of(&t.embeddings(graphs)?)
@@ -150,7 +195,7 @@ pub fn affine(
         .iter()
         .zip(&target.std)
         .map(|(&s, &t)| match mode {
-            AlignMode::Shift => 1.0,
+            AlignMode::Shift | AlignMode::Nearest => 1.0,
             AlignMode::Scale if s > 1e-12 && t > 1e-12 => (s / t).clamp(1.0 / MAX_RATIO, MAX_RATIO),
             AlignMode::Scale => 1.0,
         })
@@ -264,6 +309,32 @@ mod tests {
         assert!((offset(&m, &t) - 1.0).abs() < 1e-12);
         assert_eq!(offset(&m, &m), 0.0);
         assert!(Moments::of(&[vec![1.0], vec![1.0, 2.0]]).is_err());
+    }
+
+    #[test]
+    fn nearest_picks_the_smallest_offset_and_the_first_of_a_tie() {
+        let m = |mean: f64, std: f64| Moments {
+            mean: vec![mean, 0.0],
+            std: vec![std, 1.0],
+            count: 5,
+        };
+        let target = m(3.0, 1.0);
+        // Offsets from the target: a 3 / √2, b (wide) 0.5 / √2, c 0.
+        let sources = vec![("a", m(0.0, 1.0)), ("b", m(1.0, 4.0)), ("c", m(3.0, 0.5))];
+        let (k, s, off) = nearest(&sources, &target).unwrap();
+        assert_eq!((*k, off), ("c", 0.0));
+        assert_eq!(s, &sources[2].1);
+        let (k, _, off) = nearest(&sources[..2], &target).unwrap();
+        assert_eq!(*k, "b");
+        assert!((off - 0.5 / 2f64.sqrt()).abs() < 1e-12);
+        let tie = vec![("x", m(2.0, 1.0)), ("y", m(4.0, 1.0))];
+        assert_eq!(*nearest(&tie, &target).unwrap().0, "x");
+        let none: Vec<(&str, Moments)> = Vec::new();
+        assert!(nearest(&none, &target).is_err());
+        // Nearest shifts like `shift`: no rescaling.
+        let (a, _) = affine(&sources[1].1, &target, AlignMode::Nearest).unwrap();
+        assert_eq!(a, vec![1.0, 1.0]);
+        assert!(AlignMode::Nearest.per_task() && !AlignMode::Shift.per_task());
     }
 
     #[test]

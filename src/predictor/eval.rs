@@ -12,12 +12,13 @@
 //! target's graphs (every network of its table), never their labels.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use candle_core::Device;
 
-use super::align::{moments_of, offset, source_graphs, AlignMode};
+use super::align::{moments_of, nearest, source_graphs, source_graphs_by_task, AlignMode, Moments};
 use super::blend::{flops_signal, Blend, Weighting};
 use super::calibrate::{Calibration, Form};
 use super::checkpoint::Trained;
@@ -176,7 +177,8 @@ pub struct EvalConfig {
     /// Map each target's graph embeddings onto the pretraining graphs' moments before the head
     /// ([`super::align`]), in every model of the transfer protocols (AIO-P, no-transform and
     /// extra members) and so in every column but scratch, FLOPs and params; none by default.
-    /// Session 15 validated `shift` and `scale` and adopted neither (BENCHMARKS.md).
+    /// Session 15 validated `shift` and `scale`, session 16 `nearest`; none was adopted
+    /// (BENCHMARKS.md).
     pub align: Option<AlignMode>,
     /// Also report `wmeanz (bagged)`: each member predicts by the mean of its cross-validation
     /// fold models at the chosen length instead of a model refitted on all the samples
@@ -708,18 +710,37 @@ fn transfer_protocol(
         .chain(plain)
         .chain(extra.iter().map(|e| e.0))
         .collect();
-    let sources = match cfg.align {
-        Some(_) => {
+    // Per model, the named source moment sets: one for the mixture, or one per task.
+    let sources: Option<Vec<Vec<(String, Moments)>>> = match cfg.align {
+        Some(mode) => {
             let tasks = pretrain_tasks_of(protocol, cfg);
-            let graphs = source_graphs(&cfg.model.features(), &tasks)?;
-            let refs: Vec<&GraphFeatures> = graphs.iter().map(|g| &**g).collect();
+            let fc = cfg.model.features();
+            let sets: Vec<(String, Vec<Arc<GraphFeatures>>)> = if mode.per_task() {
+                source_graphs_by_task(&fc, &tasks)?
+                    .into_iter()
+                    .map(|(k, g)| (k.to_string(), g))
+                    .collect()
+            } else {
+                vec![(
+                    "the pretraining mixture".into(),
+                    source_graphs(&fc, &tasks)?,
+                )]
+            };
             let moments = models
                 .iter()
-                .map(|m| moments_of(m, &refs))
+                .map(|m| {
+                    sets.iter()
+                        .map(|(name, g)| {
+                            let refs: Vec<&GraphFeatures> = g.iter().map(|g| &**g).collect();
+                            Ok((name.clone(), moments_of(m, &refs)?))
+                        })
+                        .collect::<Result<Vec<_>, PredictorError>>()
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             log(&format!(
-                "alignment: moments of {} pretraining graphs",
-                refs.len()
+                "alignment: moments of {} pretraining graphs in {} set(s)",
+                sets.iter().map(|s| s.1.len()).sum::<usize>(),
+                sets.len()
             ));
             Some(moments)
         }
@@ -736,10 +757,10 @@ fn transfer_protocol(
                 let mut out = Vec::new();
                 for (m, s) in models.iter().zip(src) {
                     let t = moments_of(m, &refs)?;
+                    let (name, s, off) = nearest(s, &t)?;
                     log(&format!(
-                        "alignment {key}: model {}: offset {:.3} from the pretraining graphs",
+                        "alignment {key}: model {}: offset {off:.3} from {name}",
                         out.len(),
-                        offset(s, &t)
                     ));
                     out.push(m.aligned(s, &t, mode)?);
                 }

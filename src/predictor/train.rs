@@ -41,8 +41,8 @@ pub struct TrainConfig {
     pub dev_fraction: f64,
     pub seed: u64,
     /// Weight of a pairwise ranking term added to each sample's squared error (0: MSE only).
-    /// For sample `i` it is the mean over the other training samples `j` with a different
-    /// label of `softplus(−s·(u_i − u_j)/τ)`, `s` the sign of their labels' difference, `u` the
+    /// For sample `i` it is the mean over the other training samples `j` of the same task
+    /// (the same [`TaskScaler`]: a pretraining set holds many) with a different label of `softplus(−s·(u_i − u_j)/τ)`, `s` the sign of their labels' difference, `u` the
     /// predictions in the task's units (higher better; see [`Sample::units`]) and `τ` the mean
     /// of `du/dz`, so differences are in standardised units. The other samples' predictions are
     /// those of the epoch's start. Why: the transfer is judged by rank, and with Eq. 5 the
@@ -159,6 +159,68 @@ fn rank_terms(
             (weight * loss / n, (weight * grad / n) as f32)
         })
         .collect()
+}
+
+/// `set` (indices into `samples`) split by task, in order of first appearance, each part in
+/// `set`'s order. Samples of one task share its [`TaskScaler`]; samples without units form one
+/// group. A single-task set (every fine-tuning) is one group equal to `set`.
+fn task_groups(samples: &[Sample], set: &[usize]) -> Vec<Vec<usize>> {
+    let key = |i: usize| {
+        samples[i].units.map(|(s, _)| {
+            (
+                s.mu.to_bits(),
+                s.sigma.to_bits(),
+                s.higher_is_better,
+                s.flops_scaling,
+            )
+        })
+    };
+    let mut keys = Vec::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &i in set {
+        let k = key(i);
+        match keys.iter().position(|x| *x == k) {
+            Some(g) => groups[g].push(i),
+            None => {
+                keys.push(k);
+                groups.push(vec![i]);
+            }
+        }
+    }
+    groups
+}
+
+/// [`rank_terms`] of each member of `chunk` against the other members of its task group
+/// (`groups` from [`task_groups`]), in `chunk`'s order.
+fn grouped_rank_terms(
+    samples: &[Sample],
+    groups: &[Vec<usize>],
+    z: &[f32],
+    chunk: &[usize],
+    weight: f64,
+) -> Vec<(f64, f32)> {
+    if let [all] = groups {
+        return rank_terms(samples, all, z, chunk, weight);
+    }
+    let mut out = vec![(0.0, 0.0); chunk.len()];
+    for g in groups {
+        let (pos, members): (Vec<usize>, Vec<usize>) = chunk
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| g.binary_search(i).is_ok())
+            .map(|(p, &i)| (p, i))
+            .unzip();
+        if members.is_empty() {
+            continue;
+        }
+        for (p, t) in pos
+            .into_iter()
+            .zip(rank_terms(samples, g, z, &members, weight))
+        {
+            out[p] = t;
+        }
+    }
+    out
 }
 
 /// What happened in one epoch.
@@ -540,6 +602,12 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
         let train_graphs: Vec<&GraphFeatures> =
             train_idx.iter().map(|&i| &*samples[i].features).collect();
         let train_set = train_idx.clone();
+        // Ranking compares networks of one task only: the training set split by task scaler.
+        let groups = if ranked {
+            task_groups(samples, &train_set)
+        } else {
+            Vec::new()
+        };
         for epoch in 1..=cfg.epochs {
             // The predictions every ranking term of this epoch compares against.
             let z_start: Vec<f32> = if ranked {
@@ -562,7 +630,8 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
                     chunk.iter().map(|&i| &*samples[i].features).collect();
                 let t: Vec<f32> = chunk.iter().map(|&i| samples[i].target).collect();
                 let (l, mut grads) = if ranked {
-                    let terms = rank_terms(samples, &train_set, &z_start, chunk, cfg.rank_weight);
+                    let terms =
+                        grouped_rank_terms(samples, &groups, &z_start, chunk, cfg.rank_weight);
                     let c: Vec<f32> = terms.iter().map(|t| t.1).collect();
                     let (l, g) = batch_gradients_with(model, &graphs, &t, &c, trainable, dev)?;
                     let r = terms.iter().map(|t| t.0).sum::<f64>() / chunk.len() as f64;
@@ -644,18 +713,61 @@ mod tests {
             .collect()
     }
 
+    /// The features of the first NB-201 CIFAR-10 network (the ranking tests need any graph).
+    fn first_nb201_graph() -> Arc<GraphFeatures> {
+        let arch = &labels::load(SpaceId::Nb201, Task::Cifar10).unwrap().rows[0].arch;
+        Arc::new(extract(
+            &arch.build(Task::Cifar10).unwrap(),
+            &Config::default().features(),
+        ))
+    }
+
+    /// Several tasks in one training set: each sample's ranking term is the one its own task's
+    /// samples alone would give; one task gives the ungrouped term exactly.
+    #[test]
+    fn ranking_terms_compare_within_a_task_only() {
+        let g = first_nb201_graph();
+        let a = TaskScaler::fit_with(&[1.0, 2.0, 3.0], &[0.1, 0.2, 0.3], true, true).unwrap();
+        let b = TaskScaler::fit_with(&[5.0, 4.0, 9.0], &[0.1, 0.2, 0.3], false, true).unwrap();
+        // Interleaved: 0, 2, 4 of task a; 1, 3 of task b; 5 without units.
+        let spec = [(a, 1.0), (b, 5.0), (a, 2.0), (b, 9.0), (a, 3.0)];
+        let mut samples: Vec<Sample> = spec
+            .iter()
+            .map(|&(s, v)| Sample {
+                features: g.clone(),
+                target: s.forward(v, 0.2) as f32,
+                units: Some((s, 0.2)),
+            })
+            .collect();
+        samples.push(Sample {
+            features: g.clone(),
+            target: 0.0,
+            units: None,
+        });
+        let set: Vec<usize> = (0..6).collect();
+        let groups = task_groups(&samples, &set);
+        assert_eq!(groups, vec![vec![0, 2, 4], vec![1, 3], vec![5]]);
+        let z = [0.3f32, -0.2, 0.9, 0.1, -0.4, 0.5];
+        let chunk = [4, 1, 0, 5];
+        let got = grouped_rank_terms(&samples, &groups, &z, &chunk, 0.7);
+        for (&i, t) in chunk.iter().zip(&got) {
+            let own = groups.iter().find(|g| g.contains(&i)).unwrap();
+            assert_eq!(*t, rank_terms(&samples, own, &z, &[i], 0.7)[0]);
+        }
+        // The lone sample has nobody to be ranked against.
+        assert_eq!(got[3], (0.0, 0.0));
+        let one = task_groups(&samples, &[0, 2, 4]);
+        assert_eq!(
+            grouped_rank_terms(&samples, &one, &z, &[2, 0], 0.7),
+            rank_terms(&samples, &[0, 2, 4], &z, &[2, 0], 0.7)
+        );
+    }
+
     #[test]
     fn the_ranking_term_s_derivative_matches_finite_differences() {
         let y = [70.0, 88.0, 91.5, 93.0, 93.0];
         let f = [0.2, 0.9, 1.4, 3.0, 0.5];
-        let fc = Config::default().features();
-        let g = Arc::new(extract(
-            &labels::load(SpaceId::Nb201, Task::Cifar10).unwrap().rows[0]
-                .arch
-                .build(Task::Cifar10)
-                .unwrap(),
-            &fc,
-        ));
+        let g = first_nb201_graph();
         for scaling in [true, false] {
             let s = TaskScaler::fit_with(&y, &f, true, scaling).unwrap();
             let samples: Vec<Sample> = y
