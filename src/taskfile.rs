@@ -19,7 +19,7 @@ use toml::Spanned;
 
 use crate::graph::{hash::GraphHash, json, Graph};
 use crate::names::bare_key;
-use crate::predictor::train::RANK_WEIGHT;
+use crate::predictor::train::{FINETUNE_LR, RANK_WEIGHT};
 use crate::spaces::{Arch, SpaceId, Task};
 
 /// Longest task name.
@@ -175,8 +175,9 @@ pub struct SearchSpec {
 }
 
 /// The optional `[finetune]` table: how the predictor is fine-tuned on the samples. Unset
-/// fields take the defaults of [`FinetuneSpec::resolved`] (AIO-P's: at most 100 epochs,
-/// batch 1, lr 1e-4, seed 0; the number of epochs chosen by cross-validation on the samples).
+/// fields take the defaults of [`FinetuneSpec::resolved`] (at most 100 epochs, batch 1 and
+/// seed 0 as AIO-P; lr [`FINETUNE_LR`], 3e-4, where AIO-P has 1e-4; the number of epochs
+/// chosen by cross-validation on the samples).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneSpec {
@@ -258,7 +259,7 @@ impl FinetuneSpec {
         Finetune {
             epochs: self.epochs.unwrap_or(100) as usize,
             batch_size: self.batch_size.unwrap_or(1) as usize,
-            lr: self.lr.unwrap_or(1e-4),
+            lr: self.lr.unwrap_or(FINETUNE_LR),
             seed: self.seed.unwrap_or(0),
             select_epochs: self.select_epochs.unwrap_or(true),
             calibrate: self.calibrate.unwrap_or(true),

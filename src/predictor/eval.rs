@@ -168,6 +168,11 @@ pub struct EvalConfig {
     /// daemon use it; the paper's `ft-20` columns train with `fine_tune` as it is. 3 and 10 were
     /// measured against 1 in session 12 and not adopted (BENCHMARKS.md).
     pub rank_weight: f64,
+    /// The learning rate of the product's fine-tuning (`aiop finetune`, the daemon) in the
+    /// cross-validated columns; the paper's `ft-20` columns train with `fine_tune.lr`. 3e-4
+    /// since session 16 ([`super::train::FINETUNE_LR`]); 1e-4 gives the columns of sessions
+    /// 5–15.
+    pub cv_lr: f64,
     /// More pretrained members of the `ens wmeanz` column: each is pretrained on the
     /// protocol's tasks (its own schedule when given) and fine-tuned like the two default
     /// members, and all are blended by `wmeanz`. None by default (no column). Session 12 measured
@@ -235,6 +240,7 @@ impl Default for EvalConfig {
             select: Some(EpochSelection::default()),
             pretrain_tasks: Vec::new(),
             rank_weight: super::train::RANK_WEIGHT,
+            cv_lr: super::train::FINETUNE_LR,
             members: Vec::new(),
             align: None,
             bagged: false,
@@ -894,6 +900,7 @@ fn one_seed(
     if let Some(sel) = &cfg.select {
         let ft_cv = TrainConfig {
             rank_weight: cfg.rank_weight,
+            lr: cfg.cv_lr,
             ..ft.clone()
         };
         let data: Vec<Labelled> = sp
