@@ -175,9 +175,9 @@ pub struct SearchSpec {
 }
 
 /// The optional `[finetune]` table: how the predictor is fine-tuned on the samples. Unset
-/// fields take the defaults of [`FinetuneSpec::resolved`] (at most 100 epochs, batch 1 and
-/// seed 0 as AIO-P; lr [`FINETUNE_LR`], 3e-4, where AIO-P has 1e-4; the number of epochs
-/// chosen by cross-validation on the samples).
+/// fields take the defaults of [`FinetuneSpec::resolved`] (AIO-P's: at most 100 epochs,
+/// batch 1, lr [`FINETUNE_LR`] = 1e-4, seed 0; the number of epochs chosen by cross-validation
+/// on the samples).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneSpec {
@@ -1166,7 +1166,8 @@ mod tests {
         let (_d, t) = setup(GOOD, &good_csv());
         let plain = load(&t, &Limits::default()).unwrap();
         assert_eq!(plain.finetune, None);
-        assert_eq!(plain.finetune.unwrap_or_default().resolved().epochs, 100);
+        let defaults = plain.finetune.unwrap_or_default().resolved();
+        assert_eq!((defaults.epochs, defaults.lr), (100, FINETUNE_LR));
         let (_d2, t2) = setup(
             &format!("{GOOD}[finetune]\nepochs = 3\nlr = 0.001\n[search]\nbatch = 4\n"),
             &good_csv(),

@@ -5,8 +5,7 @@
 //! head, or the task's JSON graph), extracts its features and GFLOPs, fits the task's
 //! [`TaskScaler`] (AIO-P's FLOPs transform and standardisation) on all samples, and, unless the
 //! task is zero-shot, fine-tunes the model on them as [`crate::predictor::transfer`] does
-//! (defaults: batch 1, Adam lr 3e-4, `FINETUNE_LR`, where AIO-P has 1e-4; the encoder,
-//! embeddings and head trainable, or the adapters
+//! (defaults: batch 1, Adam lr 1e-4; the encoder, embeddings and head trainable, or the adapters
 //! when the base model has K-Adapters). The number of epochs, at most `epochs` (100), is chosen
 //! by 5-fold cross-validation on the samples themselves ([`crate::predictor::select`]; 0 keeps
 //! the zero-shot model) unless `select_epochs = false`: AIO-P's fixed 100 epochs ranked

@@ -321,6 +321,9 @@ pub struct FlopsExperimentArgs {
     /// like --model).
     #[arg(long)]
     pub companion: Option<PathBuf>,
+    /// Learning rate of the `task` recipe's fine-tuning (a task file's `[finetune] lr`).
+    #[arg(long, default_value_t = aiop::predictor::train::FINETUNE_LR)]
+    pub lr: f64,
     /// Largest predicted drop allowed (task units, points for accuracies).
     #[arg(long, default_value_t = 0.5)]
     pub tolerance: f64,
@@ -364,6 +367,7 @@ fn labelled_task(
     higher_is_better: bool,
     pool: &[aiop::predictor::data::Example],
     seed: u64,
+    lr: f64,
 ) -> aiop::taskfile::TaskSpec {
     use aiop::taskfile::{FinetuneSpec, Mode, Sample, SampleInput, TaskSpace};
     aiop::taskfile::TaskSpec {
@@ -385,6 +389,7 @@ fn labelled_task(
         search: None,
         finetune: Some(FinetuneSpec {
             seed: Some(seed),
+            lr: Some(lr),
             ..FinetuneSpec::default()
         }),
         hash: "0".repeat(32),
@@ -452,7 +457,7 @@ impl Fitted<'_> {
                 Box::new(search::PredictorFitness::new(model, space, task)?)
             }
             Recipe::Task => {
-                let spec = labelled_task(space, task, self.higher_is_better, &pool, seed);
+                let spec = labelled_task(space, task, self.higher_is_better, &pool, seed, a.lr);
                 let second = match self.companion {
                     Some(c) => Some((c.duplicate()?, "companion".to_string())),
                     None => None,

@@ -169,9 +169,8 @@ pub struct EvalConfig {
     /// measured against 1 in session 12 and not adopted (BENCHMARKS.md).
     pub rank_weight: f64,
     /// The learning rate of the product's fine-tuning (`aiop finetune`, the daemon) in the
-    /// cross-validated columns; the paper's `ft-20` columns train with `fine_tune.lr`. 3e-4
-    /// since session 16 ([`super::train::FINETUNE_LR`]); 1e-4 gives the columns of sessions
-    /// 5–15.
+    /// cross-validated columns; the paper's `ft-20` columns train with `fine_tune.lr`. By
+    /// default [`super::train::FINETUNE_LR`] (1e-4); session 16 measured 3e-4 (BENCHMARKS.md).
     pub cv_lr: f64,
     /// More pretrained members of the `ens wmeanz` column: each is pretrained on the
     /// protocol's tasks (its own schedule when given) and fine-tuned like the two default
@@ -1277,6 +1276,17 @@ mod tests {
             .map(|l| l.chars().count())
             .collect();
         assert!(ends.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    /// The cross-validated columns measure the product's fine-tuning step unless a config
+    /// says otherwise; the paper's columns keep their own.
+    #[test]
+    fn cross_validated_columns_fine_tune_at_the_product_s_learning_rate() {
+        let d = EvalConfig::default();
+        assert_eq!(d.cv_lr, super::super::train::FINETUNE_LR);
+        assert_eq!(d.fine_tune.lr, 1e-4);
+        let c: EvalConfig = serde_json::from_str(r#"{"cv_lr": 3e-4}"#).unwrap();
+        assert_eq!((c.cv_lr, c.fine_tune.lr), (3e-4, 1e-4));
     }
 
     #[test]

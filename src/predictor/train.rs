@@ -116,12 +116,12 @@ impl Sample {
 /// cross-validated columns), chosen on validation tasks (BENCHMARKS.md, session 8).
 pub const RANK_WEIGHT: f64 = 1.0;
 
-/// The default learning rate of the product's fine-tuning (task files, `aiop eval`'s
-/// cross-validated columns): 3e-4, three times AIO-P's 1e-4, since session 16. The
-/// cross-validated length guards against a step that is too large, and on validation the
-/// larger step let the AIO-P member adapt where 2,000 steps of 1e-4 barely moved it (mean of
-/// the ten rows (a)–(c) 0.6851 → 0.6938; BENCHMARKS.md).
-pub const FINETUNE_LR: f64 = 3e-4;
+/// The default learning rate of the product's fine-tuning (task files, `aiop experiment flops
+/// --recipe task`, `aiop eval`'s cross-validated columns): AIO-P's 1e-4. Session 16 measured
+/// 3e-4: it ranked the validation rows (a)–(c) better (0.6851 → 0.6938) and was adopted, then
+/// withdrawn when FLOP reduction's validation tasks, which fit task models the same way, lost
+/// more networks to a true drop over the tolerance with it (BENCHMARKS.md).
+pub const FINETUNE_LR: f64 = 1e-4;
 
 /// The ranking term of [`TrainConfig::rank_weight`] for the samples `chunk` against every
 /// sample of `all` (indices into `samples`; `z` the predictions of `samples` in the same
