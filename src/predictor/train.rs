@@ -42,7 +42,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Weight of a pairwise ranking term added to each sample's squared error (0: MSE only).
     /// For sample `i` it is the mean over the other training samples `j` of the same task
-    /// (the same [`TaskScaler`]: a pretraining set holds many) with a different label of `softplus(−s·(u_i − u_j)/τ)`, `s` the sign of their labels' difference, `u` the
+    /// (the same [`TaskScaler`]: a pretraining set holds many) with a different label of
+    /// `softplus(−s·(u_i − u_j)/τ)`, `s` the sign of their labels' difference, `u` the
     /// predictions in the task's units (higher better; see [`Sample::units`]) and `τ` the mean
     /// of `du/dz`, so differences are in standardised units. The other samples' predictions are
     /// those of the epoch's start. Why: the transfer is judged by rank, and with Eq. 5 the
