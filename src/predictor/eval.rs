@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use candle_core::Device;
 
-use super::align::{moments_of, nearest, source_graphs, source_graphs_by_task, AlignMode, Moments};
+use super::align::{moments_of, nearest, source_graphs_by_task, AlignMode, Moments};
 use super::blend::{flops_signal, Blend, Weighting};
 use super::calibrate::{Calibration, Form};
 use super::checkpoint::Trained;
@@ -719,17 +719,15 @@ fn transfer_protocol(
     let sources: Option<Vec<Vec<(String, Moments)>>> = match cfg.align {
         Some(mode) => {
             let tasks = pretrain_tasks_of(protocol, cfg);
-            let fc = cfg.model.features();
+            let by_task = source_graphs_by_task(&cfg.model.features(), &tasks)?;
             let sets: Vec<(String, Vec<Arc<GraphFeatures>>)> = if mode.per_task() {
-                source_graphs_by_task(&fc, &tasks)?
+                by_task
                     .into_iter()
                     .map(|(k, g)| (k.to_string(), g))
                     .collect()
             } else {
-                vec![(
-                    "the pretraining mixture".into(),
-                    source_graphs(&fc, &tasks)?,
-                )]
+                let all = by_task.into_iter().flat_map(|(_, g)| g).collect();
+                vec![("the pretraining mixture".into(), all)]
             };
             let moments = models
                 .iter()
