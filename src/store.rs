@@ -14,7 +14,8 @@
 //! task turning ready, its model's metadata and the search its file asks for; a search's progress
 //! and its checkpoint) happen in one sled transaction, and the store is flushed to disk after
 //! each transition a restart must see (new task version, status change, removal, every search
-//! generation). Search status moves are conditional (queued → running is claimed once; only a
+//! generation), and a reader never sees such a write before its flush has finished
+//! ([`Store::durable`]): what the daemon reports survives a `kill -9`. Search status moves are conditional (queued → running is claimed once; only a
 //! queued search is cancelled here, a running one by its worker), so two writers never race.
 //! A task name is owned by one source file at a time. Removing a task file keeps its record,
 //! versions and results (`removed_at` is set). [`Store::export`] / [`Store::import`] round-trip
@@ -22,6 +23,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -269,6 +271,12 @@ pub struct Store {
     search_history: sled::Tree,
     predictions: sled::Tree,
     models: sled::Tree,
+    /// Held for writing by every write that is flushed, from its commit to the end of its
+    /// flush, and for reading by the record readers (`task`, `tasks`, `search`, `searches`,
+    /// `task_spec`, `model_meta`). sled makes a commit visible before it is on disk; without the
+    /// gate the API could report a generation that a `kill -9` a moment later loses. With it,
+    /// whatever a reader sees of a flushed write is already durable.
+    durable: Arc<RwLock<()>>,
 }
 
 /// What a search generation writes besides its record: the state's head (everything but the
@@ -379,6 +387,7 @@ impl Store {
             predictions: db.open_tree("predictions")?,
             models: db.open_tree("models")?,
             db,
+            durable: Arc::new(RwLock::new(())),
         })
     }
 
@@ -391,6 +400,16 @@ impl Store {
         Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
             StoreError::Schema(format!("{} bytes", v.len()))
         })?))
+    }
+
+    /// The write side of [`Store::durable`]: hold it across a write's commit and flush.
+    fn durable_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.durable.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The read side of [`Store::durable`]: a record read waits for a flush in progress.
+    fn durable_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.durable.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Write everything to disk now.
@@ -417,6 +436,7 @@ impl Store {
             space: spec.space.name().to_string(),
             samples: spec.samples.len(),
         };
+        let _durable = self.durable_write();
         let out = (&self.tasks, &self.task_specs).transaction(|(tasks, specs)| {
             let old: Option<TaskRecord> = match tasks.get(spec.name.as_bytes())? {
                 Some(v) => Some(decode("tasks", spec.name.as_bytes(), &v).map_err(abort)?),
@@ -482,6 +502,7 @@ impl Store {
         name: &str,
         f: impl Fn(&mut TaskRecord) -> bool,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        let _durable = self.durable_write();
         let out = self.tasks.transaction(|tasks| {
             let Some(v) = tasks.get(name.as_bytes())? else {
                 return Ok(None);
@@ -571,6 +592,7 @@ impl Store {
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         let meta = meta.map(encode);
         let search_bytes = search.map(encode);
+        let _durable = self.durable_write();
         let out = (&self.tasks, &self.models, &self.searches).transaction(
             |(tasks, models, searches)| {
                 let Some(v) = tasks.get(name.as_bytes())? else {
@@ -606,6 +628,7 @@ impl Store {
 
     /// The metadata of the task model `id` (`name/hash`), if recorded.
     pub fn model_meta(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let _durable = self.durable_read();
         self.models
             .get(id.as_bytes())?
             .map(|v| decode("models", id.as_bytes(), &v))
@@ -613,6 +636,7 @@ impl Store {
     }
 
     pub fn task(&self, name: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let _durable = self.durable_read();
         self.tasks
             .get(name.as_bytes())?
             .map(|v| decode("tasks", name.as_bytes(), &v))
@@ -621,6 +645,7 @@ impl Store {
 
     /// All tasks, by name.
     pub fn tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let _durable = self.durable_read();
         self.tasks
             .iter()
             .map(|kv| {
@@ -637,6 +662,7 @@ impl Store {
         hash: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let key = format!("{name}/{hash}");
+        let _durable = self.durable_read();
         self.task_specs
             .get(key.as_bytes())?
             .map(|v| decode("task_specs", key.as_bytes(), &v))
@@ -645,6 +671,7 @@ impl Store {
 
     /// Create or replace a search record.
     pub fn put_search(&self, rec: &SearchRecord) -> Result<(), StoreError> {
+        let _durable = self.durable_write();
         self.searches.insert(rec.id.as_bytes(), encode(rec))?;
         self.flush()
     }
@@ -652,6 +679,7 @@ impl Store {
     /// Create a search record; an error when the id is taken. Flushed: a search is on disk
     /// before it runs.
     pub fn insert_search(&self, rec: &SearchRecord) -> Result<(), StoreError> {
+        let _durable = self.durable_write();
         let swapped = self.searches.compare_and_swap(
             rec.id.as_bytes(),
             None as Option<&[u8]>,
@@ -664,6 +692,7 @@ impl Store {
     }
 
     pub fn search(&self, id: &str) -> Result<Option<SearchRecord>, StoreError> {
+        let _durable = self.durable_read();
         self.searches
             .get(id.as_bytes())?
             .map(|v| decode("searches", id.as_bytes(), &v))
@@ -671,6 +700,7 @@ impl Store {
     }
 
     pub fn searches(&self) -> Result<Vec<SearchRecord>, StoreError> {
+        let _durable = self.durable_read();
         self.searches
             .iter()
             .map(|kv| {
@@ -690,6 +720,7 @@ impl Store {
         flush: bool,
         f: impl Fn(&mut SearchRecord) -> bool,
     ) -> Result<Option<SearchRecord>, StoreError> {
+        let _durable = flush.then(|| self.durable_write());
         let trees = (&self.searches, &self.checkpoints, &self.search_history);
         let rec = trees.transaction(|(searches, cps, history)| {
             let v = searches
@@ -928,6 +959,7 @@ impl Store {
         }
         let mut batches: Vec<(&'static str, sled::Batch)> =
             TREES.iter().map(|t| (*t, sled::Batch::default())).collect();
+        let _durable = self.durable_write();
         let mut n = 0;
         for (k, line) in r.lines().enumerate() {
             let line_no = k + 1;
@@ -1134,6 +1166,40 @@ mod tests {
         )
         .unwrap();
         (taskfile::load(&t, &Limits::default()).unwrap(), t)
+    }
+
+    /// Every record reader waits while a flushed write holds the gate (between its commit and
+    /// the end of its flush), and goes on once it is released.
+    #[test]
+    fn record_readers_wait_for_a_flush_in_progress() {
+        let state = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        st.insert_search(&SearchRecord::queued("s", "t", serde_json::json!({}), 10))
+            .unwrap();
+        type Read = fn(&Store) -> bool;
+        let readers: [(&str, Read); 6] = [
+            ("search", |st| st.search("s").unwrap().is_some()),
+            ("searches", |st| st.searches().unwrap().len() == 1),
+            ("task", |st| st.task("t").unwrap().is_none()),
+            ("tasks", |st| st.tasks().unwrap().is_empty()),
+            ("task_spec", |st| st.task_spec("t", "h").unwrap().is_none()),
+            ("model_meta", |st| st.model_meta("t/h").unwrap().is_none()),
+        ];
+        for (name, read) in readers {
+            let gate = st.durable_write();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reader = st.clone();
+            let h = std::thread::spawn(move || tx.send(read(&reader)).unwrap());
+            assert!(
+                rx.recv_timeout(std::time::Duration::from_millis(150))
+                    .is_err(),
+                "{name} read past a flush in progress"
+            );
+            drop(gate);
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(got, Ok(true), "{name}");
+            h.join().unwrap();
+        }
     }
 
     #[test]

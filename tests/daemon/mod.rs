@@ -133,6 +133,12 @@ impl Daemon {
         assert!(ok, "kill {sig}");
     }
 
+    /// SIGKILL at once (no `kill` process to spawn first, so the signal lands as soon as the
+    /// test decides).
+    fn kill_now(&mut self) {
+        self.child.kill().unwrap();
+    }
+
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let end = Instant::now() + within;
         loop {
