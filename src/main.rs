@@ -68,6 +68,10 @@ enum ExperimentCommand {
     /// FLOP reduction from the table's best architecture, scored by the predictor fine-tuned on
     /// 20 labelled networks: FLOPs saved, predicted and TRUE drop.
     Flops(cmd::experiment::FlopsExperimentArgs),
+    /// Base predictions of the shipped pair on networks neither pretraining drew: per task, the
+    /// member that ranks better and its calibration (fitted on one seeded sample, reported on
+    /// another); `--write` saves the selection the binary embeds.
+    Base(cmd::experiment::BaseExperimentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::search::export(a),
         Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
         Command::Experiment(ExperimentCommand::Flops(a)) => cmd::experiment::flops_experiment(a),
+        Command::Experiment(ExperimentCommand::Base(a)) => cmd::experiment::base_experiment(a),
         Command::Bench(BenchCommand::Graph(a)) => cmd::bench::graph(a),
         Command::Bench(BenchCommand::Predictor(a)) => cmd::bench_predictor::bench(a),
         Command::Bench(BenchCommand::Api(a)) => cmd::bench::api(a),

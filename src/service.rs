@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::hash::GraphHash;
 use crate::graph::Graph;
+use crate::predictor::base::Base;
+use crate::predictor::calibrate::Calibration;
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::data::TaskKey;
 use crate::predictor::features::{extract, FeatureConfig, GraphFeatures};
@@ -36,7 +38,7 @@ use crate::predictor::transform::{gflops, TaskScaler};
 use crate::predictor::{default_device, Device};
 use crate::spaces::{SpaceId, Task};
 use crate::store::{Store, StoreError};
-use crate::tuned::{fingerprint, BaseModel, TaskModel};
+use crate::tuned::{BaseModel, TaskModel};
 
 /// Task models kept loaded at once (least recently used dropped first).
 const MAX_LOADED: usize = 16;
@@ -217,7 +219,7 @@ impl PredictorService {
             .name("aiop-predictor".into())
             .spawn(move || {
                 let device = default_device();
-                let base = match cfg.base.load(&device) {
+                let base = match cfg.base.load_base(&device) {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = ready_tx.send(Err(ServiceError::Base {
@@ -227,7 +229,7 @@ impl PredictorService {
                         return;
                     }
                 };
-                let fp = match fingerprint(&base) {
+                let fp = match base.fingerprint() {
                     Ok(f) => f,
                     Err(e) => {
                         let _ = ready_tx.send(Err(ServiceError::Base {
@@ -237,7 +239,7 @@ impl PredictorService {
                         return;
                     }
                 };
-                let features = base.model.config.features();
+                let features = base.aio.model.config.features();
                 let _ = ready_tx.send(Ok((fp, features)));
                 let mut w = Worker {
                     base,
@@ -364,12 +366,13 @@ impl PredictorService {
 
 /// What predicts for one [`ModelRef`].
 enum Loaded<'a> {
-    Base(&'a Trained, TaskScaler),
+    Base(&'a Trained, TaskScaler, Calibration),
     Tuned(&'a TaskModel),
 }
 
 struct Worker {
-    base: Trained,
+    /// The base predictor (the AIO-P model, and the shipped pair's per-task selection).
+    base: Base,
     features: FeatureConfig,
     device: Device,
     cfg: ServiceConfig,
@@ -457,11 +460,10 @@ impl Worker {
     fn model(&self, m: &ModelRef) -> Result<Loaded<'_>, String> {
         match m {
             ModelRef::Base { space, task } => {
-                let s = self
-                    .base
-                    .scaler(TaskKey::new(*space, *task))
-                    .map_err(|e| e.to_string())?;
-                Ok(Loaded::Base(&self.base, s))
+                let key = TaskKey::new(*space, *task);
+                let (t, c) = self.base.resolve(key);
+                let s = t.scaler(key).map_err(|e| e.to_string())?;
+                Ok(Loaded::Base(t, s, c))
             }
             ModelRef::Tuned { id } => self
                 .loaded
@@ -514,9 +516,12 @@ impl Worker {
         let start = Instant::now();
         let max = self.cfg.max_batch_graphs.max(1);
         let out = match self.model(m)? {
-            Loaded::Base(t, s) => t
+            Loaded::Base(t, s, c) => t
                 .predict_scaled(&s, &inputs, max)
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|p| c.apply(p))
+                .collect(),
             Loaded::Tuned(t) => t.predict(&inputs, max).map_err(|e| e.to_string())?,
         };
         self.metrics
@@ -594,17 +599,15 @@ mod tests {
         }
         // Batch composition does not change a graph's prediction (what makes a resumed search
         // score exactly as an uninterrupted one, whatever other requests share its batches).
-        let base = BaseModel::Embedded.load(&Device::Cpu).unwrap();
+        let base = BaseModel::Embedded.load_base(&Device::Cpu).unwrap();
         let its = items(&svc);
-        let s = base
-            .scaler(TaskKey::new(SpaceId::Nb201, Task::Cifar10))
-            .unwrap();
+        let key = TaskKey::new(SpaceId::Nb201, Task::Cifar10);
         let alone = base
-            .predict_scaled(&s, &[(&its[0].features, its[0].gflops)], 8)
+            .predict(key, &[(&its[0].features, its[0].gflops)], 8)
             .unwrap();
         let both = base
-            .predict_scaled(
-                &s,
+            .predict(
+                key,
                 &[
                     (&its[1].features, its[1].gflops),
                     (&its[0].features, its[0].gflops),

@@ -35,11 +35,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::predictor::base::{Base, BaseSelection};
 use crate::predictor::blend::{Blend, Weighting};
 use crate::predictor::calibrate::Calibration;
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::features::{extract, GraphFeatures};
-use crate::predictor::init::sorted_vars;
 use crate::predictor::select::{
     samples_of, select_epochs, EpochSelection, Labelled, SelectionReport,
 };
@@ -120,6 +120,33 @@ impl BaseModel {
         }
     }
 
+    /// What predicts a pretraining task without a task model: the embedded pair with its
+    /// selection; a directory's model with `plain/` and `base.json` beside it likewise; else the
+    /// directory's model alone ([`crate::predictor::base`]).
+    pub fn load_base(&self, device: &Device) -> Result<Base, PredictorError> {
+        match self {
+            BaseModel::Embedded => shipped::base(device),
+            BaseModel::Dir(d) => {
+                let aio = Trained::load(d, device)?;
+                let sel = d.join("base.json");
+                match (self.load_plain(device)?, sel.exists()) {
+                    (Some((plain, _)), true) => {
+                        let text =
+                            std::fs::read_to_string(&sel).map_err(|e| PredictorError::Io {
+                                path: sel.display().to_string(),
+                                source: e,
+                            })?;
+                        let s: BaseSelection = serde_json::from_str(&text).map_err(|e| {
+                            PredictorError::Config(format!("{}: {e}", sel.display()))
+                        })?;
+                        Base::with_selection(aio, plain, s)
+                    }
+                    _ => Ok(Base::single(aio)),
+                }
+            }
+        }
+    }
+
     /// How it is named in sidecars and logs.
     pub fn describe(&self) -> String {
         match self {
@@ -162,27 +189,7 @@ impl BaseModel {
     }
 }
 
-/// A content fingerprint of a model's weights and configuration (32 hex digits): two models
-/// with the same fingerprint predict the same.
-pub fn fingerprint(t: &Trained) -> Result<String, PredictorError> {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let config = serde_json::to_vec(&(&t.meta.config, &t.meta.adapters)).map_err(|e| {
-        PredictorError::Config(format!("the model configuration does not serialise: {e}"))
-    })?;
-    h.update(&config);
-    for (name, var) in sorted_vars(&t.map) {
-        h.update(name.as_bytes());
-        let v: Vec<f32> = var
-            .as_tensor()
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        for x in v {
-            h.update(&x.to_le_bytes());
-        }
-    }
-    Ok(format!("{:032x}", h.digest128()))
-}
+pub use crate::predictor::checkpoint::fingerprint;
 
 /// How well the model fits its own samples after transfer (in-sample, for information).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,9 @@
 //! predictor fitted to a few labelled networks as a task file is (`--recipe task`:
 //! [`aiop::tuned::finetune`], what `aiop finetune` and the daemon run) or by AIO-P's fixed
 //! fine-tuning (`--recipe paper`), reporting the TRUE drop of the network it returns.
+//!
+//! `aiop experiment base`: fits the base selection ([`aiop::predictor::base`]) of a pretrained
+//! pair and reports it per task on networks it was not fitted on.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -708,6 +711,110 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&runs)?)
             .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct BaseExperimentArgs {
+    /// The AIO-P model (default: the embedded one); its companion is DIR/plain.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The pretraining config of the AIO-P model (checked against its data hash).
+    #[arg(long, default_value = "search_spaces/predictor/pretrain.json")]
+    pub config: PathBuf,
+    /// The pretraining config of the companion.
+    #[arg(long, default_value = "search_spaces/predictor/pretrain-plain.json")]
+    pub plain_config: PathBuf,
+    /// Networks per task to choose and calibrate on.
+    #[arg(long, default_value_t = 500)]
+    pub fit: usize,
+    /// Further networks per task to report on.
+    #[arg(long, default_value_t = 1000)]
+    pub eval: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the selection here (JSON; the embedded one is search_spaces/predictor/base.json).
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+    /// Write the per-task report here (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
+    use aiop::predictor::base::{self, FitConfig, Member};
+    use aiop::predictor::pretrain::PretrainConfig;
+    let device = aiop::predictor::default_device();
+    let base_model = aiop::tuned::BaseModel::from_option(a.model.as_deref());
+    let aio = base_model
+        .load(&device)
+        .with_context(|| format!("loading {}", base_model.describe()))?;
+    let (plain, plain_name) = base_model
+        .load_plain(&device)?
+        .with_context(|| format!("{} has no companion (plain/)", base_model.describe()))?;
+    let read = |p: &PathBuf| -> anyhow::Result<PretrainConfig> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    };
+    let (mut ca, mut cp) = (read(&a.config)?, read(&a.plain_config)?);
+    for c in [&mut ca, &mut cp] {
+        if c.tasks.is_empty() {
+            c.tasks = PretrainConfig::default().tasks;
+        }
+    }
+    let cfg = FitConfig {
+        fit: a.fit,
+        eval: a.eval,
+        seed: a.seed,
+    };
+    let (sel, report) = base::fit(&aio, &ca, &plain, &cp, cfg)?;
+    println!(
+        "base selection of {} and {plain_name}: fitted on {} networks per task outside both pretrainings, reported on up to {} others",
+        base_model.describe(),
+        a.fit,
+        a.eval
+    );
+    println!(
+        "{:<30} {:>5}  {:>6}  {:>22}  {:>28}",
+        "task", "n", "member", "spearman aio/plain/base", "mae aio/plain/base"
+    );
+    for r in &report {
+        println!(
+            "{:<30} {:>5}  {:>6}  {:>6.3} / {:>6.3} / {:>6.3}  {:>8.4} / {:>8.4} / {:>8.4}",
+            r.task.to_string(),
+            r.n,
+            match r.member {
+                Member::Aio => "aio",
+                Member::Plain => "plain",
+            },
+            r.spearman_aio,
+            r.spearman_plain,
+            r.spearman_base,
+            r.mae_aio,
+            r.mae_plain,
+            r.mae_base
+        );
+    }
+    let m = |f: fn(&base::BaseEval) -> f64| {
+        report.iter().map(f).sum::<f64>() / report.len().max(1) as f64
+    };
+    println!(
+        "mean spearman: aio {:.3}, plain {:.3}, base {:.3}",
+        m(|r| r.spearman_aio),
+        m(|r| r.spearman_plain),
+        m(|r| r.spearman_base)
+    );
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.write {
+        let mut text = serde_json::to_string_pretty(&sel)?;
+        text.push('\n');
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("aiop: wrote {}", p.display());
     }
     Ok(())
 }

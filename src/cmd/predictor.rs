@@ -169,6 +169,18 @@ struct PredictionLine<'a> {
     prediction: f64,
 }
 
+/// What predicts a pretraining task without a task model: the embedded pair with its base
+/// selection, or the checkpoint in `dir` (with its own `plain/` and `base.json` when it has them).
+pub fn load_base(
+    dir: Option<&std::path::Path>,
+    device: &aiop::predictor::Device,
+) -> anyhow::Result<aiop::predictor::base::Base> {
+    use anyhow::Context;
+    let b = BaseModel::from_option(dir);
+    b.load_base(device)
+        .with_context(|| format!("loading the base predictor {}", b.describe()))
+}
+
 /// The checkpoint in `dir`, or the embedded default model when none is given.
 pub fn load_model(
     dir: Option<&std::path::Path>,
@@ -252,14 +264,14 @@ pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
 
 /// What predicts: the base (or given) model for a benchmark task, or a task model.
 enum Predictor {
-    Base(Box<Trained>, TaskKey),
+    Base(Box<aiop::predictor::base::Base>, TaskKey),
     Tuned(Box<TaskModel>),
 }
 
 impl Predictor {
     fn features(&self) -> aiop::predictor::features::FeatureConfig {
         match self {
-            Predictor::Base(t, _) => t.model.config.features(),
+            Predictor::Base(t, key) => t.resolve(*key).0.model.config.features(),
             Predictor::Tuned(m) => m.trained.model.config.features(),
         }
     }
@@ -289,8 +301,8 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             let space = SpaceId::from_name(space)?;
             let task = space.task(task)?;
             let key = TaskKey::new(space, task);
-            let t = load_model(a.model.as_deref(), &device)?;
-            t.scaler(key)?;
+            let t = load_base(a.model.as_deref(), &device)?;
+            t.features_for(key)?;
             (Predictor::Base(Box::new(t), key), Some((space, task)))
         }
         _ => anyhow::bail!("give --tuned NAME, or --space and --task"),

@@ -242,11 +242,11 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
             let (Some(space), Some(task)) = (space, task) else {
                 anyhow::bail!("the predictor fitness needs --space and --task");
             };
-            let model = crate::cmd::predictor::load_model(
+            let model = crate::cmd::predictor::load_base(
                 a.model.as_deref(),
                 &aiop::predictor::default_device(),
             )?;
-            Box::new(search::PredictorFitness::new(model, space, task)?)
+            Box::new(search::PredictorFitness::from_base(model, space, task)?)
         }
     };
     let bar = progress_bar(a.quiet, spec.budget as u64);

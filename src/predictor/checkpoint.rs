@@ -334,6 +334,28 @@ impl Trained {
     }
 }
 
+/// A content fingerprint of a model's weights and configuration (32 hex digits): two models
+/// with the same fingerprint predict the same.
+pub fn fingerprint(t: &Trained) -> Result<String, PredictorError> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let config = serde_json::to_vec(&(&t.meta.config, &t.meta.adapters)).map_err(|e| {
+        PredictorError::Config(format!("the model configuration does not serialise: {e}"))
+    })?;
+    h.update(&config);
+    for (name, var) in sorted_vars(&t.map) {
+        h.update(name.as_bytes());
+        let v: Vec<f32> = var
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        for x in v {
+            h.update(&x.to_le_bytes());
+        }
+    }
+    Ok(format!("{:032x}", h.digest128()))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

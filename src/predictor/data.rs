@@ -119,14 +119,7 @@ pub fn load_task(
     limit: Option<usize>,
     rng: &mut Rng,
 ) -> Result<TaskSet, PredictorError> {
-    let table = labels::load(key.space, key.task)?;
-    let mut rows = table.rows;
-    if let Some(n) = limit {
-        if n < rows.len() {
-            rng.shuffle(&mut rows);
-            rows.truncate(n);
-        }
-    }
+    let (rows, higher_is_better) = sample_rows(key, limit, rng)?;
     let examples = rows
         .into_iter()
         .map(|r| {
@@ -141,14 +134,32 @@ pub fn load_task(
         .collect::<Result<Vec<_>, PredictorError>>()?;
     Ok(TaskSet {
         key,
-        higher_is_better: table.higher_is_better,
+        higher_is_better,
         examples,
     })
 }
 
+/// The labelled rows [`load_task`] keeps for the same arguments (the same seeded subsample, in
+/// the same order), without building their graphs; and whether higher is better.
+pub fn sample_rows(
+    key: TaskKey,
+    limit: Option<usize>,
+    rng: &mut Rng,
+) -> Result<(Vec<labels::Labelled>, bool), PredictorError> {
+    let table = labels::load(key.space, key.task)?;
+    let mut rows = table.rows;
+    if let Some(n) = limit {
+        if n < rows.len() {
+            rng.shuffle(&mut rows);
+            rows.truncate(n);
+        }
+    }
+    Ok((rows, table.higher_is_better))
+}
+
 /// Split off a seeded `fraction` of the examples (rounded, at least one when the fraction is
 /// positive and there are two or more): returns (kept, held out).
-pub fn split(examples: Vec<Example>, fraction: f64, rng: &mut Rng) -> (Vec<Example>, Vec<Example>) {
+pub fn split<T>(examples: Vec<T>, fraction: f64, rng: &mut Rng) -> (Vec<T>, Vec<T>) {
     let n = examples.len();
     let k = if fraction > 0.0 && n >= 2 {
         ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
@@ -174,14 +185,22 @@ pub fn split(examples: Vec<Example>, fraction: f64, rng: &mut Rng) -> (Vec<Examp
 
 /// A hex hash of the training data: task keys, architecture strings and label bits, in order.
 pub fn data_hash<'a>(sets: impl IntoIterator<Item = (TaskKey, &'a [Example])>) -> String {
+    data_hash_of(
+        sets.into_iter()
+            .map(|(k, ex)| (k, ex.iter().map(|e| (&e.arch, e.value)).collect())),
+    )
+}
+
+/// [`data_hash`] of (architecture, label) pairs per task.
+pub fn data_hash_of<'a>(sets: impl IntoIterator<Item = (TaskKey, Vec<(&'a Arch, f64)>)>) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (key, ex) in sets {
+    for (key, rows) in sets {
         h.update(key.to_string().as_bytes());
         h.update(&[0]);
-        for e in ex {
-            h.update(e.arch.to_string().as_bytes());
+        for (arch, value) in rows {
+            h.update(arch.to_string().as_bytes());
             h.update(&[0]);
-            h.update(&e.value.to_bits().to_le_bytes());
+            h.update(&value.to_bits().to_le_bytes());
         }
     }
     format!("{:032x}", h.digest128())

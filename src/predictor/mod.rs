@@ -23,6 +23,7 @@
 
 pub mod adapters;
 pub mod align;
+pub mod base;
 pub mod batch;
 pub mod blend;
 pub mod calibrate;

@@ -13,13 +13,14 @@ use candle_core::Device;
 
 use super::adapters::{train_adapters, AdapterConfig};
 use super::checkpoint::Trained;
-use super::data::{data_hash, load_task, split, Example, TaskKey};
+use super::data::{data_hash, data_hash_of, load_task, sample_rows, split, Example, TaskKey};
 use super::init::sorted_vars;
 use super::model::Config;
 use super::train::{train, Sample, TrainConfig, TrainReport};
 use super::transform::TaskScaler;
 use super::PredictorError;
 use crate::rng::Rng;
+use crate::spaces::labels::Labelled;
 use crate::spaces::SpaceId;
 use crate::stats::{kendall, mae, spearman};
 
@@ -134,6 +135,48 @@ pub fn evaluate(
 }
 
 /// Run a pretraining as configured.
+/// The labelled networks a pretraining by `cfg` draws, per task, in [`pretrain`]'s order: the
+/// training part and the test part (the same seeded subsamples and splits, without building a
+/// graph). Their [`data_hash_of`] training parts equal the model's `data_hash`, which is how a
+/// caller checks that `cfg` is the configuration a checkpoint was pretrained with.
+pub fn drawn_rows(cfg: &PretrainConfig) -> Result<Vec<DrawnRows>, PredictorError> {
+    let mut rng = Rng::new(cfg.train.seed ^ 0x5eed_da7a);
+    let mut out = Vec::with_capacity(cfg.tasks.len());
+    for &key in &cfg.tasks {
+        let (rows, _) = sample_rows(key, cfg.max_per_task, &mut rng.fork())?;
+        let (kept, test) = split(rows, cfg.test_fraction, &mut rng.fork());
+        out.push(DrawnRows { key, kept, test });
+    }
+    if let Some(stage) = &cfg.adapters {
+        for &key in &stage.tasks {
+            if !out.iter().any(|d| d.key == key) {
+                let (rows, _) = sample_rows(key, cfg.max_per_task, &mut rng.fork())?;
+                let (kept, test) = split(rows, cfg.test_fraction, &mut rng.fork());
+                out.push(DrawnRows { key, kept, test });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One task's networks in a pretraining ([`drawn_rows`]).
+#[derive(Debug, Clone)]
+pub struct DrawnRows {
+    pub key: TaskKey,
+    pub kept: Vec<Labelled>,
+    pub test: Vec<Labelled>,
+}
+
+/// [`data_hash_of`] the training parts of `drawn`: a checkpoint's `data_hash` when `drawn` is
+/// what its pretraining drew.
+pub fn drawn_hash(drawn: &[DrawnRows]) -> String {
+    data_hash_of(
+        drawn
+            .iter()
+            .map(|d| (d.key, d.kept.iter().map(|r| (&r.arch, r.value)).collect())),
+    )
+}
+
 pub fn pretrain(
     cfg: &PretrainConfig,
     quiet: bool,

@@ -7,13 +7,18 @@
 //! (plain per-task z-scores): fine-tuning cross-validates both on a task's samples and, by
 //! default, blends them, each weighted by how well it ranks the held-out samples
 //! (`companion = "weighted"`, [`crate::tuned`]).
+//! `base.json` beside them is the [`super::base::BaseSelection`] of the pair (which member
+//! predicts each pretraining task without a task model, and its calibration), written by `aiop
+//! experiment base --write`.
 //! Invariant: [`load`] gives exactly the model `Trained::load("search_spaces/predictor")` gives,
-//! [`load_plain`] the one of `search_spaces/predictor/plain`.
+//! [`load_plain`] the one of `search_spaces/predictor/plain`; [`base`] is the pair with that
+//! selection, which must have been fitted for exactly these two models.
 
 use std::path::Path;
 
 use candle_core::Device;
 
+use super::base::{Base, BaseSelection};
 use super::checkpoint::Trained;
 use super::PredictorError;
 
@@ -25,6 +30,7 @@ pub const PLAIN_DIR: &str = "search_spaces/predictor/plain";
 
 const META: &str = include_str!("../../search_spaces/predictor/model.json");
 const WEIGHTS: &[u8] = include_bytes!("../../search_spaces/predictor/model.safetensors");
+const BASE_SELECTION: &str = include_str!("../../search_spaces/predictor/base.json");
 const PLAIN_META: &str = include_str!("../../search_spaces/predictor/plain/model.json");
 const PLAIN_WEIGHTS: &[u8] =
     include_bytes!("../../search_spaces/predictor/plain/model.safetensors");
@@ -37,6 +43,17 @@ pub fn load(device: &Device) -> Result<Trained, PredictorError> {
 /// The embedded no-transform companion on `device`.
 pub fn load_plain(device: &Device) -> Result<Trained, PredictorError> {
     Trained::from_bytes(PLAIN_META, PLAIN_WEIGHTS, Path::new(PLAIN_DIR), device)
+}
+
+/// The embedded base selection.
+pub fn selection() -> Result<BaseSelection, PredictorError> {
+    serde_json::from_str(BASE_SELECTION)
+        .map_err(|e| PredictorError::Config(format!("{DIR}/base.json: {e}")))
+}
+
+/// The embedded pair with its selection: what base predictions use.
+pub fn base(device: &Device) -> Result<Base, PredictorError> {
+    Base::with_selection(load(device)?, load_plain(device)?, selection()?)
 }
 
 #[cfg(test)]

@@ -67,9 +67,11 @@ impl Fitness for TableFitness {
 }
 
 /// The AIO-P predictor as a fitness: predicted performance in the task's units (higher is
-/// better for every shipped metric; the checkpoint's label statistics carry the direction).
+/// better for every shipped metric; the checkpoint's label statistics carry the direction),
+/// by the base predictor ([`crate::predictor::base::Base`]: a checkpoint alone, or the shipped
+/// pair with its per-task selection).
 pub struct PredictorFitness {
-    model: crate::predictor::checkpoint::Trained,
+    model: crate::predictor::base::Base,
     key: crate::predictor::data::TaskKey,
     features: crate::predictor::features::FeatureConfig,
     /// Graphs per forward pass.
@@ -83,11 +85,19 @@ impl PredictorFitness {
         space: SpaceId,
         task: Task,
     ) -> Result<PredictorFitness, SearchError> {
+        PredictorFitness::from_base(crate::predictor::base::Base::single(model), space, task)
+    }
+
+    /// A fitness for (space, task) from a base predictor that has that task's statistics.
+    pub fn from_base(
+        model: crate::predictor::base::Base,
+        space: SpaceId,
+        task: Task,
+    ) -> Result<PredictorFitness, SearchError> {
         let key = crate::predictor::data::TaskKey::new(space, task);
-        model
-            .scaler(key)
+        let features = model
+            .features_for(key)
             .map_err(|e| SearchError::Fitness(e.to_string()))?;
-        let features = model.model.config.features();
         Ok(PredictorFitness {
             model,
             key,
