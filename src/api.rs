@@ -319,15 +319,24 @@ struct SpaceInfo {
     space: &'static str,
     tasks: Vec<&'static str>,
     labelled: usize,
+    /// The tasks the base model predicts (`POST /v1/predict` with space and task), each with the
+    /// member of the shipped pair that answers it (`aio` or `plain`).
+    base: std::collections::BTreeMap<&'static str, crate::predictor::base::Member>,
 }
 
-async fn spaces() -> Json<serde_json::Value> {
+async fn spaces(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let members = st.backend.predictor.base_members();
     let v: Vec<SpaceInfo> = SpaceId::ALL
         .into_iter()
         .map(|s| SpaceInfo {
             space: s.name(),
             tasks: s.tasks().iter().map(|t| t.name()).collect(),
             labelled: labels::count(s),
+            base: members
+                .iter()
+                .filter(|(k, _)| k.space == s)
+                .map(|(k, m)| (k.task.name(), *m))
+                .collect(),
         })
         .collect();
     Json(serde_json::json!({"spaces": v}))

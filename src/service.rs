@@ -17,7 +17,7 @@
 //! by callers with [`PredictorService::feature_config`]); a model that fails to load fails the
 //! requests for it, never the service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::hash::GraphHash;
 use crate::graph::Graph;
-use crate::predictor::base::Base;
+use crate::predictor::base::{Base, Member};
 use crate::predictor::calibrate::Calibration;
 use crate::predictor::checkpoint::Trained;
 use crate::predictor::data::TaskKey;
@@ -193,6 +193,8 @@ struct Inner {
     tx: Sender<Msg>,
     store: Store,
     base_fingerprint: String,
+    /// Which member of the base answers each task it knows (for `GET /v1/spaces`).
+    base_members: BTreeMap<TaskKey, Member>,
     features: FeatureConfig,
     metrics: Metrics,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -240,7 +242,7 @@ impl PredictorService {
                     }
                 };
                 let features = base.aio.model.config.features();
-                let _ = ready_tx.send(Ok((fp, features)));
+                let _ = ready_tx.send(Ok((fp, base.members(), features)));
                 let mut w = Worker {
                     base,
                     features,
@@ -253,13 +255,15 @@ impl PredictorService {
                 w.run(rx);
             })
             .map_err(ServiceError::Thread)?;
-        let (base_fingerprint, features) = ready_rx.recv().map_err(|_| ServiceError::Stopped)??;
+        let (base_fingerprint, base_members, features) =
+            ready_rx.recv().map_err(|_| ServiceError::Stopped)??;
         tracing::info!(base = %base_fingerprint, "predictor service ready");
         Ok(PredictorService {
             inner: Arc::new(Inner {
                 tx,
                 store,
                 base_fingerprint,
+                base_members,
                 features,
                 metrics,
                 thread: Mutex::new(Some(thread)),
@@ -270,6 +274,11 @@ impl PredictorService {
     /// The feature configuration every served model uses.
     pub fn feature_config(&self) -> FeatureConfig {
         self.inner.features
+    }
+
+    /// The tasks the base predicts, and which member of it answers each.
+    pub fn base_members(&self) -> &BTreeMap<TaskKey, Member> {
+        &self.inner.base_members
     }
 
     /// The base model's fingerprint.

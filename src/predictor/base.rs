@@ -267,6 +267,24 @@ impl Base {
         })
     }
 
+    /// Every task the base predicts, with the member that answers it (the AIO-P model for a
+    /// task its selection does not name, and for every task without a selection).
+    pub fn members(&self) -> BTreeMap<TaskKey, Member> {
+        self.aio
+            .meta
+            .stats
+            .keys()
+            .map(|&k| {
+                let m = if self.resolve(k).0.flops_scaling() {
+                    Member::Aio
+                } else {
+                    Member::Plain
+                };
+                (k, m)
+            })
+            .collect()
+    }
+
     /// The selection in use, if any.
     pub fn selection(&self) -> Option<&BaseSelection> {
         self.picks.as_ref().map(|(_, s)| s)

@@ -463,6 +463,43 @@ fn a_second_daemon_on_the_same_state_is_refused() {
     assert_eq!(d.get("/healthz").status, 200);
 }
 
+/// `GET /v1/spaces` names, per task the base model predicts, the member of the shipped pair that
+/// answers it: the embedded base selection's choice.
+#[test]
+fn spaces_name_the_member_that_answers_each_base_task() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&root.path().join("state"));
+    let r = d.get("/v1/spaces");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let spaces = r.json()["spaces"].as_array().unwrap().clone();
+    let selection: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/search_spaces/predictor/base.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let picks = selection["tasks"].as_object().unwrap();
+    let mut seen = 0;
+    for s in &spaces {
+        let space = s["space"].as_str().unwrap();
+        for (task, member) in s["base"].as_object().unwrap() {
+            let key = format!("{space}/{task}");
+            assert_eq!(member, &picks[&key]["member"], "{key}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, picks.len());
+    let nb101 = spaces.iter().find(|s| s["space"] == "nb101").unwrap();
+    assert!(nb101["base"].as_object().unwrap().is_empty(), "{nb101}");
+    let members: Vec<&serde_json::Value> = picks.values().map(|p| &p["member"]).collect();
+    assert!(
+        members.contains(&&serde_json::json!("aio"))
+            && members.contains(&&serde_json::json!("plain"))
+    );
+}
+
 #[test]
 fn a_stuck_client_cannot_hold_shutdown_past_the_grace_period() {
     use std::io::Write;
