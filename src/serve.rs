@@ -303,14 +303,19 @@ mod tests {
             max_predictions_per_request: 2,
             ..Config::default()
         };
-        // Left from an earlier run: a base model's prediction and one of a task-model version
-        // no task or search uses any more (pruned at start).
+        // Left from an earlier run: a prediction of this base model (kept), and one of a
+        // task-model version no task or search uses any more (pruned at start).
         let stale = format!("{}gone/{}", crate::service::TUNED_PREFIX, "0".repeat(32));
+        let fp = crate::tuned::BaseModel::Embedded
+            .load_base(&crate::predictor::Device::Cpu)
+            .unwrap()
+            .fingerprint()
+            .unwrap();
+        let base_key = format!("{}{}/nb201/cifar10", crate::service::BASE_PREFIX, &fp[..16]);
         let h = crate::graph::hash::GraphHash(5);
         {
             let st = Store::open(state.path()).unwrap();
-            st.cache_prediction("base-0123/nb201/cifar10", h, 1.0)
-                .unwrap();
+            st.cache_prediction(&base_key, h, 1.0).unwrap();
             st.cache_prediction(&stale, h, 2.0).unwrap();
             st.flush().unwrap();
         }
@@ -393,9 +398,6 @@ mod tests {
         assert!(!state.path().join(ADDR_FILE).exists());
         let st = Store::open(state.path()).unwrap();
         assert_eq!(st.cached_prediction(&stale, h).unwrap(), None);
-        assert_eq!(
-            st.cached_prediction("base-0123/nb201/cifar10", h).unwrap(),
-            Some(1.0)
-        );
+        assert_eq!(st.cached_prediction(&base_key, h).unwrap(), Some(1.0));
     }
 }

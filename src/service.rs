@@ -81,6 +81,9 @@ impl Source {
 /// How the cache names of task models ([`ModelRef::Tuned`]) begin.
 pub const TUNED_PREFIX: &str = "tuned/";
 
+/// Model versions of base predictions start with this (`base-<fingerprint>/<space>/<task>`).
+pub const BASE_PREFIX: &str = "base-";
+
 /// One graph to predict: its hash (the cache key), features and GFLOPs.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -258,6 +261,25 @@ impl PredictorService {
         let (base_fingerprint, base_members, features) =
             ready_rx.recv().map_err(|_| ServiceError::Stopped)??;
         tracing::info!(base = %base_fingerprint, "predictor service ready");
+        // Base predictions cached for another base (an older binary's models or selection) are
+        // never read again: drop them in the background, keeping this base's.
+        let (st, live) = (
+            store.clone(),
+            format!("{BASE_PREFIX}{}/", &base_fingerprint[..16]),
+        );
+        std::thread::Builder::new()
+            .name("aiop-base-prune".into())
+            .spawn(
+                move || match st.prune_predictions(BASE_PREFIX, |m| m.starts_with(&live)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        removed = n,
+                        "cached predictions of an earlier base model pruned"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "pruning earlier base predictions failed"),
+                },
+            )
+            .map_err(ServiceError::Thread)?;
         Ok(PredictorService {
             inner: Arc::new(Inner {
                 tx,
@@ -290,7 +312,10 @@ impl PredictorService {
     pub fn model_version(&self, m: &ModelRef) -> String {
         match m {
             ModelRef::Base { space, task } => {
-                format!("base-{}/{space}/{task}", &self.inner.base_fingerprint[..16])
+                format!(
+                    "{BASE_PREFIX}{}/{space}/{task}",
+                    &self.inner.base_fingerprint[..16]
+                )
             }
             ModelRef::Tuned { id } => format!("{TUNED_PREFIX}{id}"),
         }
@@ -548,6 +573,48 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::spaces::Arch;
+
+    #[test]
+    fn base_predictions_cached_for_another_base_are_pruned_at_start() {
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let fp = BaseModel::Embedded
+            .load_base(&Device::Cpu)
+            .unwrap()
+            .fingerprint()
+            .unwrap();
+        let g = GraphHash(7);
+        let current = format!("{BASE_PREFIX}{}/nb201/cifar10", &fp[..16]);
+        let stale = format!("{BASE_PREFIX}{}/nb201/cifar10", "0".repeat(16));
+        let tuned = format!("{TUNED_PREFIX}t/abc");
+        for (m, v) in [(&current, 1.0), (&stale, 2.0), (&tuned, 3.0)] {
+            store.cache_prediction(m, g, v).unwrap();
+        }
+        let svc = PredictorService::start(
+            ServiceConfig {
+                models_dir: state.path().join("models"),
+                base: BaseModel::Embedded,
+                max_batch_graphs: 64,
+            },
+            store.clone(),
+            &Registry::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            svc.model_version(&ModelRef::Base {
+                space: SpaceId::Nb201,
+                task: Task::Cifar10
+            }),
+            current
+        );
+        let t0 = Instant::now();
+        while store.cached_prediction(&stale, g).unwrap().is_some() {
+            assert!(t0.elapsed().as_secs() < 30, "the stale entry stays");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(store.cached_prediction(&current, g).unwrap(), Some(1.0));
+        assert_eq!(store.cached_prediction(&tuned, g).unwrap(), Some(3.0));
+    }
 
     #[test]
     fn batches_caches_and_answers_in_order() {
