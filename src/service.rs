@@ -30,11 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::graph::hash::GraphHash;
 use crate::graph::Graph;
 use crate::predictor::base::{Base, Member};
-use crate::predictor::calibrate::Calibration;
-use crate::predictor::checkpoint::Trained;
 use crate::predictor::data::TaskKey;
 use crate::predictor::features::{extract, FeatureConfig, GraphFeatures};
-use crate::predictor::transform::{gflops, TaskScaler};
+use crate::predictor::transform::gflops;
 use crate::predictor::{default_device, Device};
 use crate::spaces::{SpaceId, Task};
 use crate::store::{Store, StoreError};
@@ -400,7 +398,7 @@ impl PredictorService {
 
 /// What predicts for one [`ModelRef`].
 enum Loaded<'a> {
-    Base(&'a Trained, TaskScaler, Calibration),
+    Base(&'a Base, TaskKey),
     Tuned(&'a TaskModel),
 }
 
@@ -495,9 +493,8 @@ impl Worker {
         match m {
             ModelRef::Base { space, task } => {
                 let key = TaskKey::new(*space, *task);
-                let (t, c) = self.base.resolve(key);
-                let s = t.scaler(key).map_err(|e| e.to_string())?;
-                Ok(Loaded::Base(t, s, c))
+                self.base.features_for(key).map_err(|e| e.to_string())?;
+                Ok(Loaded::Base(&self.base, key))
             }
             ModelRef::Tuned { id } => self
                 .loaded
@@ -550,12 +547,7 @@ impl Worker {
         let start = Instant::now();
         let max = self.cfg.max_batch_graphs.max(1);
         let out = match self.model(m)? {
-            Loaded::Base(t, s, c) => t
-                .predict_scaled(&s, &inputs, max)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|p| c.apply(p))
-                .collect(),
+            Loaded::Base(b, key) => b.predict(key, &inputs, max).map_err(|e| e.to_string())?,
             Loaded::Tuned(t) => t.predict(&inputs, max).map_err(|e| e.to_string())?,
         };
         self.metrics
@@ -574,6 +566,20 @@ mod tests {
     use super::*;
     use crate::spaces::Arch;
 
+    /// A service over the embedded base, its task models under `state/models`.
+    fn start_embedded(state: &std::path::Path, store: &Store, reg: &Registry) -> PredictorService {
+        PredictorService::start(
+            ServiceConfig {
+                models_dir: state.join("models"),
+                base: BaseModel::Embedded,
+                max_batch_graphs: 64,
+            },
+            store.clone(),
+            reg,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn base_predictions_cached_for_another_base_are_pruned_at_start() {
         let state = tempfile::tempdir().unwrap();
@@ -590,16 +596,7 @@ mod tests {
         for (m, v) in [(&current, 1.0), (&stale, 2.0), (&tuned, 3.0)] {
             store.cache_prediction(m, g, v).unwrap();
         }
-        let svc = PredictorService::start(
-            ServiceConfig {
-                models_dir: state.path().join("models"),
-                base: BaseModel::Embedded,
-                max_batch_graphs: 64,
-            },
-            store.clone(),
-            &Registry::new(),
-        )
-        .unwrap();
+        let svc = start_embedded(state.path(), &store, &Registry::new());
         assert_eq!(
             svc.model_version(&ModelRef::Base {
                 space: SpaceId::Nb201,
@@ -621,16 +618,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let store = Store::open(state.path()).unwrap();
         let reg = Registry::new();
-        let svc = PredictorService::start(
-            ServiceConfig {
-                models_dir: state.path().join("models"),
-                base: BaseModel::Embedded,
-                max_batch_graphs: 64,
-            },
-            store.clone(),
-            &reg,
-        )
-        .unwrap();
+        let svc = start_embedded(state.path(), &store, &reg);
         let m = ModelRef::Base {
             space: SpaceId::Nb201,
             task: Task::Cifar10,

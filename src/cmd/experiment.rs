@@ -744,7 +744,6 @@ pub struct BaseExperimentArgs {
 
 pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::base::{self, FitConfig, Member};
-    use aiop::predictor::pretrain::PretrainConfig;
     let device = aiop::predictor::default_device();
     let base_model = aiop::tuned::BaseModel::from_option(a.model.as_deref());
     let aio = base_model
@@ -753,17 +752,8 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
     let (plain, plain_name) = base_model
         .load_plain(&device)?
         .with_context(|| format!("{} has no companion (plain/)", base_model.describe()))?;
-    let read = |p: &PathBuf| -> anyhow::Result<PretrainConfig> {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
-    };
-    let (mut ca, mut cp) = (read(&a.config)?, read(&a.plain_config)?);
-    for c in [&mut ca, &mut cp] {
-        if c.tasks.is_empty() {
-            c.tasks = PretrainConfig::default().tasks;
-        }
-    }
+    let read = crate::cmd::predictor::read_pretrain_config;
+    let (ca, cp) = (read(&a.config)?, read(&a.plain_config)?);
     let cfg = FitConfig {
         fit: a.fit,
         eval: a.eval,

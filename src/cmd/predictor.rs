@@ -96,13 +96,15 @@ pub struct FinetuneArgs {
     pub quiet: bool,
 }
 
+/// A pretraining config file (JSON; unset fields take [`PretrainConfig::default`]'s values).
+pub fn read_pretrain_config(p: &std::path::Path) -> anyhow::Result<PretrainConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(serde_json::from_str(&text).map_err(|e| DataError(format!("{}: {e}", p.display())))?)
+}
+
 fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     let mut cfg = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str(&text).map_err(|e| DataError(format!("{}: {e}", p.display())))?
-        }
+        Some(p) => read_pretrain_config(p)?,
         None => PretrainConfig::default(),
     };
     if let Some(s) = a.seed {

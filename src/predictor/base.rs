@@ -101,19 +101,34 @@ pub struct BaseEval {
     pub mae_base: f64,
 }
 
-/// Predictions of `t` for `key` on `rows` (graphs built with `t`'s features).
+/// An error unless the two members read the same node features (so one graph build serves
+/// both, and the daemon's features serve either).
+fn same_features(aio: &Trained, plain: &Trained) -> Result<(), PredictorError> {
+    if plain.meta.config.features() != aio.meta.config.features() {
+        return Err(PredictorError::Config(
+            "the companion reads other node features than the AIO-P model".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Predictions of both members for `key` on `rows` (each graph built once).
 fn predict_rows(
-    t: &Trained,
+    aio: &Trained,
+    plain: &Trained,
     key: TaskKey,
     rows: &[&labels::Labelled],
-) -> Result<Vec<f64>, PredictorError> {
-    let fc = t.meta.config.features();
+) -> Result<(Vec<f64>, Vec<f64>), PredictorError> {
+    let fc = aio.meta.config.features();
     let prepared: Vec<(GraphFeatures, f64)> = rows
         .iter()
         .map(|r| prepare(&r.arch, key.task, &fc))
         .collect::<Result<_, _>>()?;
     let inputs: Vec<(&GraphFeatures, f64)> = prepared.iter().map(|(f, g)| (f, *g)).collect();
-    t.predict(key, &inputs, 1024)
+    Ok((
+        aio.predict(key, &inputs, 1024)?,
+        plain.predict(key, &inputs, 1024)?,
+    ))
 }
 
 /// Fit a selection for the pair (`aio` pretrained by `aio_cfg`, `plain` by `plain_cfg`) on every
@@ -130,6 +145,7 @@ pub fn fit(
             "a base selection needs at least 4 networks per task to fit on".into(),
         ));
     }
+    same_features(aio, plain)?;
     let mut drawn: HashSet<(TaskKey, String)> = HashSet::new();
     for (t, c, name) in [(aio, aio_cfg, "AIO-P"), (plain, plain_cfg, "no-transform")] {
         let d = drawn_rows(c)?;
@@ -179,8 +195,7 @@ pub fn fit(
         let (fit_rows, rest) = free.split_at(cfg.fit);
         let eval_rows = &rest[..cfg.eval.min(rest.len())];
         let y: Vec<f64> = fit_rows.iter().map(|r| r.value).collect();
-        let pa = predict_rows(aio, key, fit_rows)?;
-        let pp = predict_rows(plain, key, fit_rows)?;
+        let (pa, pp) = predict_rows(aio, plain, key, fit_rows)?;
         let (sa, sp) = (spearman(&pa, &y), spearman(&pp, &y));
         // Both predict in the task's units, so the better ranker has the higher Spearman
         // whichever way the metric points. Ties go to AIO-P, the paper's model.
@@ -199,8 +214,7 @@ pub fn fit(
         );
         if !eval_rows.is_empty() {
             let y: Vec<f64> = eval_rows.iter().map(|r| r.value).collect();
-            let ea = predict_rows(aio, key, eval_rows)?;
-            let ep = predict_rows(plain, key, eval_rows)?;
+            let (ea, ep) = predict_rows(aio, plain, key, eval_rows)?;
             let raw = if member == Member::Aio { &ea } else { &ep };
             let eb: Vec<f64> = raw.iter().map(|&p| calibration.apply(p)).collect();
             report.push(BaseEval {
@@ -250,11 +264,7 @@ impl Base {
             super::checkpoint::fingerprint(&aio)?,
             super::checkpoint::fingerprint(&plain)?,
         );
-        if plain.meta.config.features() != aio.meta.config.features() {
-            return Err(PredictorError::Config(
-                "the companion reads other node features than the AIO-P model".into(),
-            ));
-        }
+        same_features(&aio, &plain)?;
         if fa != selection.aio_fingerprint || fp != selection.plain_fingerprint {
             return Err(PredictorError::Config(format!(
                 "the base selection was fitted for models {} / {}, not {fa} / {fp}",
@@ -331,12 +341,12 @@ impl Base {
     /// and the selection when one is attached (so cached base predictions of another selection
     /// are never served).
     pub fn fingerprint(&self) -> Result<String, PredictorError> {
-        let fa = super::checkpoint::fingerprint(&self.aio)?;
         let Some((_, sel)) = &self.picks else {
-            return Ok(fa);
+            return super::checkpoint::fingerprint(&self.aio);
         };
+        // The selection's AIO-P fingerprint was checked against the model when it was attached.
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(fa.as_bytes());
+        h.update(sel.aio_fingerprint.as_bytes());
         h.update(&serde_json::to_vec(sel).map_err(|e| {
             PredictorError::Config(format!("the base selection does not serialise: {e}"))
         })?);
@@ -354,22 +364,24 @@ mod tests {
     fn configs() -> (PretrainConfig, PretrainConfig) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped::DIR);
         let read = |f: &str| -> PretrainConfig {
-            let mut c: PretrainConfig =
-                serde_json::from_str(&std::fs::read_to_string(root.join(f)).unwrap()).unwrap();
-            if c.tasks.is_empty() {
-                c.tasks = PretrainConfig::default().tasks;
-            }
-            c
+            serde_json::from_str(&std::fs::read_to_string(root.join(f)).unwrap()).unwrap()
         };
         (read("pretrain.json"), read("pretrain-plain.json"))
     }
 
+    /// The embedded AIO-P model and its companion.
+    fn pair() -> (Trained, Trained) {
+        let dev = Device::Cpu;
+        (
+            shipped::load(&dev).unwrap(),
+            shipped::load_plain(&dev).unwrap(),
+        )
+    }
+
     #[test]
     fn the_shipped_configs_reproduce_both_models_data() {
-        let dev = Device::Cpu;
         let (ca, cp) = configs();
-        let a = shipped::load(&dev).unwrap();
-        let p = shipped::load_plain(&dev).unwrap();
+        let (a, p) = pair();
         assert_eq!(drawn_hash(&drawn_rows(&ca).unwrap()), a.meta.data_hash);
         assert_eq!(drawn_hash(&drawn_rows(&cp).unwrap()), p.meta.data_hash);
         // Another seed draws other networks, and the check notices.
@@ -381,10 +393,8 @@ mod tests {
 
     #[test]
     fn fit_picks_the_better_ranker_on_its_networks_and_calibration_keeps_the_order() {
-        let dev = Device::Cpu;
         let (ca, cp) = configs();
-        let a = shipped::load(&dev).unwrap();
-        let p = shipped::load_plain(&dev).unwrap();
+        let (a, p) = pair();
         let cfg = FitConfig {
             fit: 30,
             eval: 25,
@@ -420,10 +430,7 @@ mod tests {
     fn a_selection_applies_to_its_own_pair_and_resolves_per_task() {
         let dev = Device::Cpu;
         let sel = shipped::selection().unwrap();
-        let (a, p) = (
-            shipped::load(&dev).unwrap(),
-            shipped::load_plain(&dev).unwrap(),
-        );
+        let (a, p) = pair();
         let mut wrong = sel.clone();
         wrong.plain_fingerprint = "0".repeat(32);
         assert!(

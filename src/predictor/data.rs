@@ -120,10 +120,22 @@ pub fn load_task(
     rng: &mut Rng,
 ) -> Result<TaskSet, PredictorError> {
     let (rows, higher_is_better) = sample_rows(key, limit, rng)?;
-    let examples = rows
-        .into_iter()
+    Ok(TaskSet {
+        key,
+        higher_is_better,
+        examples: examples(key.task, rows, fc)?,
+    })
+}
+
+/// The examples of labelled `rows` of `task`: each graph built and featurised, in order.
+pub fn examples(
+    task: Task,
+    rows: Vec<labels::Labelled>,
+    fc: &FeatureConfig,
+) -> Result<Vec<Example>, PredictorError> {
+    rows.into_iter()
         .map(|r| {
-            let (f, gf) = prepare(&r.arch, key.task, fc)?;
+            let (f, gf) = prepare(&r.arch, task, fc)?;
             Ok(Example {
                 arch: r.arch,
                 features: Arc::new(f),
@@ -131,12 +143,7 @@ pub fn load_task(
                 value: r.value,
             })
         })
-        .collect::<Result<Vec<_>, PredictorError>>()?;
-    Ok(TaskSet {
-        key,
-        higher_is_better,
-        examples,
-    })
+        .collect()
 }
 
 /// The labelled rows [`load_task`] keeps for the same arguments (the same seeded subsample, in

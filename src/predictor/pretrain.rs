@@ -13,7 +13,7 @@ use candle_core::Device;
 
 use super::adapters::{train_adapters, AdapterConfig};
 use super::checkpoint::Trained;
-use super::data::{data_hash, data_hash_of, load_task, sample_rows, split, Example, TaskKey};
+use super::data::{data_hash, data_hash_of, examples, sample_rows, split, Example, TaskKey};
 use super::init::sorted_vars;
 use super::model::Config;
 use super::train::{train, Sample, TrainConfig, TrainReport};
@@ -135,24 +135,31 @@ pub fn evaluate(
 }
 
 /// Run a pretraining as configured.
-/// The labelled networks a pretraining by `cfg` draws, per task, in [`pretrain`]'s order: the
-/// training part and the test part (the same seeded subsamples and splits, without building a
-/// graph). Their [`data_hash_of`] training parts equal the model's `data_hash`, which is how a
-/// caller checks that `cfg` is the configuration a checkpoint was pretrained with.
+/// The labelled networks a pretraining by `cfg` draws, per task: the training part and the test
+/// part (seeded subsamples and splits; no graph is built), the encoder's tasks first, then the
+/// adapter stage's tasks the encoder does not have. [`pretrain`] trains on exactly these, so
+/// [`drawn_hash`] of them is the model's `data_hash`: how a caller checks that `cfg` is the
+/// configuration a checkpoint was pretrained with.
 pub fn drawn_rows(cfg: &PretrainConfig) -> Result<Vec<DrawnRows>, PredictorError> {
     let mut rng = Rng::new(cfg.train.seed ^ 0x5eed_da7a);
+    let mut draw = |key: TaskKey| -> Result<DrawnRows, PredictorError> {
+        let (rows, higher_is_better) = sample_rows(key, cfg.max_per_task, &mut rng.fork())?;
+        let (kept, test) = split(rows, cfg.test_fraction, &mut rng.fork());
+        Ok(DrawnRows {
+            key,
+            higher_is_better,
+            kept,
+            test,
+        })
+    };
     let mut out = Vec::with_capacity(cfg.tasks.len());
     for &key in &cfg.tasks {
-        let (rows, _) = sample_rows(key, cfg.max_per_task, &mut rng.fork())?;
-        let (kept, test) = split(rows, cfg.test_fraction, &mut rng.fork());
-        out.push(DrawnRows { key, kept, test });
+        out.push(draw(key)?);
     }
     if let Some(stage) = &cfg.adapters {
         for &key in &stage.tasks {
             if !out.iter().any(|d| d.key == key) {
-                let (rows, _) = sample_rows(key, cfg.max_per_task, &mut rng.fork())?;
-                let (kept, test) = split(rows, cfg.test_fraction, &mut rng.fork());
-                out.push(DrawnRows { key, kept, test });
+                out.push(draw(key)?);
             }
         }
     }
@@ -163,6 +170,7 @@ pub fn drawn_rows(cfg: &PretrainConfig) -> Result<Vec<DrawnRows>, PredictorError
 #[derive(Debug, Clone)]
 pub struct DrawnRows {
     pub key: TaskKey,
+    pub higher_is_better: bool,
     pub kept: Vec<Labelled>,
     pub test: Vec<Labelled>,
 }
@@ -200,20 +208,25 @@ pub fn pretrain(
         }
     }
     let seed = cfg.train.seed;
-    let mut rng = Rng::new(seed ^ 0x5eed_da7a);
     let fc = cfg.model.features();
     let start = std::time::Instant::now();
-    let mut sets = Vec::with_capacity(cfg.tasks.len());
-    for &key in &cfg.tasks {
-        let set = load_task(key, &fc, cfg.max_per_task, &mut rng.fork())?;
-        let (kept, test) = split(set.examples, cfg.test_fraction, &mut rng.fork());
-        sets.push((key, set.higher_is_better, kept, test));
-    }
+    // Every task's networks, the adapter stage's own tasks after the encoder's.
+    let sets = drawn_rows(cfg)?
+        .into_iter()
+        .map(|d| {
+            Ok((
+                d.key,
+                d.higher_is_better,
+                examples(d.key.task, d.kept, &fc)?,
+                examples(d.key.task, d.test, &fc)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, PredictorError>>()?;
     let prepare_seconds = start.elapsed().as_secs_f64();
 
     let mut t = Trained::init(&cfg.model, seed, device)?;
     let mut samples = Vec::new();
-    for (key, hib, kept, _) in &sets {
+    for (key, hib, kept, _) in &sets[..cfg.tasks.len()] {
         let y: Vec<f64> = kept.iter().map(|e| e.value).collect();
         let f: Vec<f64> = kept.iter().map(|e| e.gflops).collect();
         let s = TaskScaler::fit_with(&y, &f, *hib, cfg.flops_scaling)?;
@@ -228,16 +241,12 @@ pub fn pretrain(
     if let Some(stage) = &cfg.adapters {
         let mut per_task = Vec::with_capacity(stage.tasks.len());
         for &key in &stage.tasks {
-            if !sets.iter().any(|s| s.0 == key) {
-                let set = load_task(key, &fc, cfg.max_per_task, &mut rng.fork())?;
-                let (kept, test) = split(set.examples, cfg.test_fraction, &mut rng.fork());
+            let (_, hib, kept, _) = sets.iter().find(|s| s.0 == key).expect("drawn above");
+            if let std::collections::btree_map::Entry::Vacant(v) = t.meta.stats.entry(key) {
                 let y: Vec<f64> = kept.iter().map(|e| e.value).collect();
                 let f: Vec<f64> = kept.iter().map(|e| e.gflops).collect();
-                let s = TaskScaler::fit_with(&y, &f, set.higher_is_better, cfg.flops_scaling)?;
-                t.meta.stats.insert(key, s);
-                sets.push((key, set.higher_is_better, kept, test));
+                v.insert(TaskScaler::fit_with(&y, &f, *hib, cfg.flops_scaling)?);
             }
-            let (_, _, kept, _) = sets.iter().find(|s| s.0 == key).expect("just added");
             let s = t.scaler(key)?;
             let samples: Vec<Sample> = kept.iter().map(|e| e.sample(&s)).collect();
             per_task.push((key, samples));
@@ -368,7 +377,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         t.save(dir.path()).unwrap();
         let back = Trained::load(dir.path(), &Device::Cpu).unwrap();
-        let set = load_task(c100, &cfg.model.features(), Some(5), &mut Rng::new(3)).unwrap();
+        let set = crate::predictor::data::load_task(
+            c100,
+            &cfg.model.features(),
+            Some(5),
+            &mut Rng::new(3),
+        )
+        .unwrap();
         let inputs: Vec<_> = set
             .examples
             .iter()

@@ -171,7 +171,9 @@ fn rank_terms(
 
 /// `set` (indices into `samples`) split by task, in order of first appearance, each part in
 /// `set`'s order. Samples of one task share its [`TaskScaler`]; samples without units form one
-/// group. A single-task set (every fine-tuning) is one group equal to `set`.
+/// group. A single-task set (every fine-tuning) is one group equal to `set`. `set` must be
+/// ascending (the training indices are sorted before any shuffle): [`grouped_rank_terms`]
+/// binary-searches the groups.
 fn task_groups(samples: &[Sample], set: &[usize]) -> Vec<Vec<usize>> {
     let key = |i: usize| {
         samples[i].units.map(|(s, _)| {
