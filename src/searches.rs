@@ -494,6 +494,10 @@ impl Searches {
             tracing::info!(search = %id, task = %rec.task, "search started");
         }
         let sign = if stored.higher_is_better { 1.0 } else { -1.0 };
+        let report = Report {
+            sign,
+            oracle: Oracle::of(&stored.model),
+        };
         let mut fitness = ServiceFitness {
             predictor: &self.inner.predictor,
             model: &stored.model,
@@ -529,7 +533,7 @@ impl Searches {
             } else {
                 SearchStatus::Running
             };
-            self.save(id, &mut state, &mut saved, status, sign, None)?;
+            self.save(id, &mut state, &mut saved, status, &report, None)?;
             if let Some(b) = state.best() {
                 m.best.with_label_values(&[id]).set(b.score * sign);
             }
@@ -555,7 +559,7 @@ impl Searches {
                 } else {
                     tracing::info!(search = %id, generation = state.generation, "search stopped at its checkpoint; it resumes at the next start");
                 }
-                self.save(id, &mut state, &mut saved, status, sign, reason)
+                self.save(id, &mut state, &mut saved, status, &report, reason)
             }
             Err(e) => {
                 // The last checkpoint stays: the failure is recorded with what was found.
@@ -572,7 +576,7 @@ impl Searches {
         state: &mut SearchState,
         saved: &mut usize,
         status: SearchStatus,
-        sign: f64,
+        report: &Report,
         error: Option<String>,
     ) -> Result<(), StoreError> {
         let history = std::mem::take(&mut state.history);
@@ -590,14 +594,18 @@ impl Searches {
             .results()
             .into_iter()
             .map(|mut r| {
-                r.predicted *= sign;
+                r.predicted *= report.sign;
+                r.oracle = report
+                    .oracle
+                    .as_ref()
+                    .and_then(|o| o.label(r.arch.as_deref()?));
                 serde_json::to_value(r).expect("rows serialise")
             })
             .collect();
         let best = state.best().map(|b| {
             serde_json::json!({
                 "arch": match &b.genome { search::Genome::Arch(a) => Some(a.to_string()), _ => None },
-                "predicted": b.score * sign,
+                "predicted": b.score * report.sign,
                 "mflops": b.mflops,
                 "mparams": b.mparams,
                 "hash": b.hash,
@@ -633,6 +641,38 @@ impl Searches {
         )?;
         *saved = state.history.len();
         Ok(())
+    }
+}
+
+/// How a search's record reports its scores.
+struct Report {
+    /// Maps the maximised score back to the task's units (−1 where lower is better).
+    sign: f64,
+    /// Fills the results' true labels where a benchmark table has them.
+    oracle: Option<Oracle>,
+}
+
+/// The true labels of a base-model search's benchmark task, for the results' `oracle` column
+/// (a report only: the search never reads them). A task model's search has none: its labels
+/// are the user's, and the benchmark's need not measure the same thing.
+struct Oracle {
+    space: SpaceId,
+    table: search::TableFitness,
+}
+
+impl Oracle {
+    fn of(model: &ModelRef) -> Option<Oracle> {
+        match model {
+            ModelRef::Base { space, task } => Some(Oracle {
+                space: *space,
+                table: search::TableFitness::load(*space, *task).ok()?,
+            }),
+            ModelRef::Tuned { .. } => None,
+        }
+    }
+
+    fn label(&self, arch: &str) -> Option<f64> {
+        self.table.lookup(&Arch::parse(self.space, arch).ok()?)
     }
 }
 

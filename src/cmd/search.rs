@@ -324,7 +324,8 @@ pub(crate) fn progress_bar(quiet: bool, len: u64) -> indicatif::ProgressBar {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A results file written by `aiop search --json`.
+    /// A results file written by `aiop search --json`, or a daemon's ended search as
+    /// `aiop searches ID --json` (or `GET /v1/searches/{id}`) prints it.
     pub results: PathBuf,
     /// Which result (0 = the first: the best, or the cheapest on a front).
     #[arg(long, default_value_t = 0)]
@@ -334,20 +335,55 @@ pub struct ExportArgs {
     pub graph: Option<PathBuf>,
 }
 
+/// A search as the daemon's API shows it (`GET /v1/searches/{id}`): only what export needs.
+#[derive(Deserialize)]
+struct DaemonSearch {
+    id: String,
+    status: String,
+    spec: DaemonSearchSpec,
+    /// Present once the search has ended.
+    results: Option<Vec<ResultRow>>,
+}
+
+#[derive(Deserialize)]
+struct DaemonSearchSpec {
+    search: SearchSpec,
+}
+
+/// The spec and ranked results of either a results file (`aiop search --json`) or a daemon's
+/// search record, told apart by the record's `id`.
+fn read_results(text: &str) -> anyhow::Result<(SearchSpec, Vec<ResultRow>)> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if value.get("id").is_none() {
+        let file: ResultsFile = serde_json::from_value(value)?;
+        return Ok((file.spec, file.results));
+    }
+    let rec: DaemonSearch =
+        serde_json::from_value(value).context("a daemon search record, but not a valid one")?;
+    match rec.results {
+        Some(results) => Ok((rec.spec.search, results)),
+        None => anyhow::bail!(
+            "search {} is {}: its results come once it has ended (its best so far is in `best`)",
+            rec.id,
+            rec.status
+        ),
+    }
+}
+
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.results)
         .with_context(|| format!("reading {}", a.results.display()))?;
-    let file: ResultsFile = serde_json::from_str(&text)
+    let (spec, results) = read_results(&text)
         .with_context(|| format!("{}: not a results file", a.results.display()))?;
-    let r = file.results.get(a.rank).ok_or_else(|| {
+    let r = results.get(a.rank).ok_or_else(|| {
         anyhow::anyhow!(
             "{}: rank {} of {} results",
             a.results.display(),
             a.rank,
-            file.results.len()
+            results.len()
         )
     })?;
-    let graph = match (&r.arch, &r.graph, file.spec.space, file.spec.task) {
+    let graph = match (&r.arch, &r.graph, spec.space, spec.task) {
         (Some(s), _, Some(space), Some(task)) => Arc::new(Arch::parse(space, s)?.build(task)?),
         (_, Some(g), _, _) => Arc::new(json::from_json(&g.to_string())?),
         _ => anyhow::bail!("result {} has neither an architecture nor a graph", a.rank),

@@ -69,6 +69,8 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     assert_eq!(scores[0], done["best"]["predicted"].as_f64().unwrap());
     assert_eq!(done["model"], format!("tuned/seg-macro/{version}"));
+    // A task model's labels are the user's: no benchmark label is offered as the truth.
+    assert!(results.iter().all(|r| r["oracle"].is_null()), "{done}");
 
     // The search's numbers are the task model's predictions, in task units.
     let best_arch = results[0]["arch"].as_str().unwrap().to_string();
@@ -132,6 +134,33 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     // The repeated prediction came from the cache.
     assert!(metric(&m, "aiop_prediction_cache_hits_total") >= 1.0);
 
+    // `aiop export` takes the ended search as the client prints it; a running one is refused.
+    let st = state.to_str().unwrap();
+    let record = root.path().join("search.json");
+    let out = crate::common::aiop(&["searches", &id, "--json", "--state", st], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&record, &out.stdout).unwrap();
+    let graph = root.path().join("best.json");
+    let rec = record.to_str().unwrap();
+    let out = crate::common::aiop(&["export", rec, "--graph", graph.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), best_arch);
+    let out = crate::common::aiop(&["graph", "--file", graph.to_str().unwrap()], "");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["hash"], results[0]["hash"]);
+    std::fs::write(&record, running[0].to_string()).unwrap();
+    let out = crate::common::aiop(&["export", rec], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is running"), "{err}");
+
     // A second search through the CLI client, cancelled: its results so far are kept.
     let spec = root.path().join("spec.json");
     std::fs::write(
@@ -139,7 +168,6 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
         r#"{"task": "seg-macro", "algorithm": "random", "budget": 100000, "batch": 4, "seed": 1}"#,
     )
     .unwrap();
-    let st = state.to_str().unwrap();
     let out = crate::common::aiop(&["submit", "--state", st, spec.to_str().unwrap()], "");
     assert!(
         out.status.success(),
@@ -250,6 +278,36 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
         d.wait_exit(Duration::from_secs(GRACE_SECS + 3)).code(),
         Some(0)
     );
+}
+
+#[test]
+fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&root.path().join("state"));
+    let r = d.send(
+        "POST",
+        "/v1/searches",
+        &serde_json::json!({"space": "nb201", "task": "cifar10", "budget": 48,
+            "population": 16, "sample": 4, "batch": 8, "seed": 5}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let done = watch_search(&d, &id, |v| v["status"] == "done")
+        .pop()
+        .unwrap();
+    let table: std::collections::HashMap<String, f64> =
+        crate::common::table_rows("nb201", "val_acc_cifar10", 1, usize::MAX)
+            .into_iter()
+            .map(|(a, v)| (a, v.parse().unwrap()))
+            .collect();
+    assert_eq!(table.len(), 15625);
+    let results = done["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    for r in results {
+        let arch = r["arch"].as_str().unwrap();
+        assert_eq!(r["oracle"].as_f64(), Some(table[arch]), "{r}");
+        assert_ne!(r["oracle"], r["predicted"], "{r}");
+    }
 }
 
 /// The search spec of the interrupted and the uninterrupted runs.
