@@ -521,24 +521,30 @@ impl Store {
         Ok(out)
     }
 
-    /// Mark the task read from `source` as removed (its file was deleted). Returns the record
-    /// when one was changed.
-    pub fn mark_removed(&self, source: &Path) -> Result<Option<TaskRecord>, StoreError> {
+    /// Mark the tasks read from `source` as removed, but the one named `keep`: every one when
+    /// the file was deleted (`keep` None), the older names when the file now defines another
+    /// (a task renamed in place). Returns the records changed.
+    pub fn mark_removed(
+        &self,
+        source: &Path,
+        keep: Option<&str>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let src = source.display().to_string();
-        let Some(rec) = self
-            .tasks()?
-            .into_iter()
-            .find(|r| r.source == src && r.removed_at.is_none())
-        else {
-            return Ok(None);
-        };
-        self.update_task(&rec.name, |r| {
-            if r.source != src || r.removed_at.is_some() {
-                return false;
+        let mut changed = Vec::new();
+        for rec in self.tasks()? {
+            if rec.source != src || rec.removed_at.is_some() || Some(rec.name.as_str()) == keep {
+                continue;
             }
-            r.removed_at = Some(now_ms());
-            true
-        })
+            let out = self.update_task(&rec.name, |r| {
+                if r.source != src || r.removed_at.is_some() {
+                    return false;
+                }
+                r.removed_at = Some(now_ms());
+                true
+            })?;
+            changed.extend(out);
+        }
+        Ok(changed)
     }
 
     /// Set a task's status (the jobs' side: tuning, ready, failed with an error) for the
@@ -1233,8 +1239,10 @@ mod tests {
         assert_eq!(rec.error.as_deref(), Some("boom"));
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
         // Removal keeps the record; the same content brings it back.
-        let removed = st.mark_removed(&src).unwrap().unwrap();
-        assert!(removed.removed_at.is_some());
+        let removed = st.mark_removed(&src, None).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(removed[0].removed_at.is_some());
+        assert!(st.mark_removed(&src, None).unwrap().is_empty());
         let (s2, _) = spec(files.path(), "a", &CSV.replace("90.39", "91"));
         assert_eq!(st.record_task(&s2, &src).unwrap().1, Recorded::Restored);
     }
@@ -1250,6 +1258,30 @@ mod tests {
             .record_task(&s, &files.path().join("other.toml"))
             .unwrap_err();
         assert!(matches!(e, StoreError::NameTaken { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_task_renamed_in_its_file_retires_the_old_name_only() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        let (a, src) = spec(files.path(), "a", CSV);
+        let (b, _) = spec(files.path(), "b", CSV);
+        st.record_task(&a, &src).unwrap();
+        st.record_task(&b, &src).unwrap();
+        let gone = st.mark_removed(&src, Some("b")).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].name, "a");
+        assert!(st.task("a").unwrap().unwrap().removed_at.is_some());
+        assert!(st.task("b").unwrap().unwrap().removed_at.is_none());
+        // The old name is free for another file.
+        st.record_task(&a, &files.path().join("other.toml"))
+            .unwrap();
+        let gone = st.mark_removed(&src, None).unwrap();
+        assert_eq!(
+            gone.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
     }
 
     #[test]

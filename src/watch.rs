@@ -9,7 +9,9 @@
 //! `.error`, is recorded in the store (a new version, queued, when its hash changed) and counts
 //! in `aiop_task_files_accepted_total`. A change to any other file (a samples CSV, a graph)
 //! re-validates every task file. A deleted task file marks its task removed, keeping its results,
-//! and cancels its unfinished searches (their results so far are kept too).
+//! and cancels its unfinished searches (their results so far are kept too); so does a file that
+//! now defines another name, for the name it defined before. A file rejected because another
+//! file holds its name is read again as soon as that name is freed.
 //! Files present at start-up are picked up, and tasks whose file vanished while the daemon was
 //! down are marked removed. Nothing a file contains can stop the thread: every failure is
 //! reported and the loop goes on.
@@ -139,6 +141,9 @@ struct Worker {
     jobs: Option<Submitter>,
     searches: Option<Searches>,
     pending: HashMap<PathBuf, Pending>,
+    /// Task files rejected only because another file holds their name, with that name: each
+    /// is read again when the name is freed (its holder deleted, or renamed to another task).
+    conflicts: HashMap<PathBuf, String>,
 }
 
 impl Watcher {
@@ -175,6 +180,7 @@ impl Watcher {
             jobs,
             searches,
             pending: HashMap::new(),
+            conflicts: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("aiop-watch".into())
@@ -336,43 +342,36 @@ impl Worker {
         let err_file = error_path(path);
         if !path.exists() {
             let _ = std::fs::remove_file(&err_file);
-            match self.store.mark_removed(path) {
-                Ok(Some(t)) => {
-                    self.metrics.removed.inc();
-                    tracing::info!(task = %t.name, file = %path.display(), "task file deleted: task marked removed, results kept");
-                    if let Some(s) = &self.searches {
-                        let n = s.cancel_task(&t.name, "the task file was deleted");
-                        if n > 0 {
-                            tracing::info!(task = %t.name, searches = n, "its searches stopped, results kept");
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "marking a task removed")
-                }
-            }
+            self.conflicts.remove(path);
+            self.retire(path, None, "the task file was deleted");
             return;
         }
         let spec = match taskfile::load(path, &self.limits) {
             Ok(spec) => spec,
-            Err(e) => return self.reject(path, &e.to_string(), &ErrorReport::from(&e)),
+            Err(e) => {
+                self.conflicts.remove(path);
+                return self.reject(path, &e.to_string(), &ErrorReport::from(&e));
+            }
         };
         let mut recorded = self.store.record_task(&spec, path);
         if let Err(StoreError::NameTaken { file, .. }) = &recorded {
             // The owner was renamed or deleted and its event is not processed yet: take over.
             let owner = PathBuf::from(file);
             if !owner.exists() {
-                if let Err(e) = self.store.mark_removed(&owner) {
-                    tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
-                }
+                self.retire(&owner, None, "the task file was deleted");
                 recorded = self.store.record_task(&spec, path);
             }
         }
         match recorded {
             Ok((rec, what)) => {
+                self.conflicts.remove(path);
                 if err_file.exists() {
                     let _ = std::fs::remove_file(&err_file);
+                }
+                if what != Recorded::Unchanged {
+                    // The file may have defined another task until now: that name is retired.
+                    let why = format!("its task file now defines task '{}'", rec.name);
+                    self.retire(path, Some(&rec.name), &why);
                 }
                 self.metrics.accepted.inc();
                 if let (Some(jobs), TaskStatus::Queued) = (&self.jobs, rec.status) {
@@ -393,6 +392,7 @@ impl Worker {
                 tracing::info!(task = %rec.name, version = %rec.spec_hash, samples = spec.samples.len(), status = ?rec.status, file = %path.display(), "task file accepted: {what}");
             }
             Err(e @ StoreError::NameTaken { .. }) => {
+                self.conflicts.insert(path.to_path_buf(), spec.name.clone());
                 let report = ErrorReport {
                     file: path.to_path_buf(),
                     line: None,
@@ -402,6 +402,38 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "recording a valid task file failed")
+            }
+        }
+    }
+
+    /// Mark the tasks `source` defined as removed, but `keep` (results kept, their searches
+    /// cancelled), and read again the files that were waiting for one of those names.
+    fn retire(&mut self, source: &Path, keep: Option<&str>, why: &str) {
+        let gone = match self.store.mark_removed(source, keep) {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::error!(file = %source.display(), error = %e, "marking a task removed");
+                return;
+            }
+        };
+        for t in gone {
+            self.metrics.removed.inc();
+            tracing::info!(task = %t.name, file = %source.display(), "task marked removed ({why}), results kept");
+            if let Some(s) = &self.searches {
+                let n = s.cancel_task(&t.name, why);
+                if n > 0 {
+                    tracing::info!(task = %t.name, searches = n, "its searches stopped, results kept");
+                }
+            }
+            let waiting: Vec<PathBuf> = self
+                .conflicts
+                .iter()
+                .filter(|(_, name)| **name == t.name)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in waiting {
+                tracing::info!(task = %t.name, file = %p.display(), "the name is free: reading the file that asked for it");
+                self.arm(p, true);
             }
         }
     }
@@ -545,5 +577,59 @@ mod tests {
         assert!(!tasks.join(".hidden.toml.error").exists());
         w.stop();
         assert_eq!(store.tasks().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_renamed_task_frees_its_old_name_for_the_file_waiting_for_it() {
+        let state = tempfile::tempdir().unwrap();
+        let tasks = state.path().join("tasks");
+        std::fs::create_dir(&tasks).unwrap();
+        let csv = "arch,value\n\
+            |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
+            |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
+        std::fs::write(tasks.join("s.csv"), csv).unwrap();
+        let task = |name: &str, head: &str| {
+            format!(
+                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"{head}\"\nsamples = \"s.csv\"\n"
+            )
+        };
+        std::fs::write(tasks.join("a.toml"), task("x", "cifar10")).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let m = Metrics::register(&Registry::new()).unwrap();
+        let cfg = WatchConfig {
+            dir: tasks.clone(),
+            debounce: Duration::from_millis(50),
+            limits: Limits::default(),
+        };
+        let w = Watcher::start(cfg, store.clone(), m.clone(), None, None).unwrap();
+        assert!(wait_for(|| store.task("x").unwrap().is_some()));
+        // b.toml asks for the name a.toml holds: rejected, naming the holder.
+        std::fs::write(tasks.join("b.toml"), task("x", "cifar100")).unwrap();
+        let err = tasks.join("b.toml.error");
+        assert!(wait_for(|| err.exists()));
+        let report = std::fs::read_to_string(&err).unwrap();
+        assert!(
+            report.contains("field: name") && report.contains("a.toml"),
+            "{report}"
+        );
+        // a.toml now defines y: x is retired, and b.toml takes it without being touched.
+        std::fs::write(tasks.join("a.toml"), task("y", "cifar10")).unwrap();
+        assert!(wait_for(|| {
+            store.task("x").unwrap().is_some_and(|t| {
+                t.source.ends_with("b.toml") && t.removed_at.is_none() && !err.exists()
+            })
+        }));
+        let y = store.task("y").unwrap().unwrap();
+        assert!(y.source.ends_with("a.toml") && y.removed_at.is_none());
+        assert_eq!(m.removed.get(), 1, "x retired from a.toml once");
+        // Deleting a.toml retires y alone.
+        std::fs::remove_file(tasks.join("a.toml")).unwrap();
+        assert!(wait_for(|| store
+            .task("y")
+            .unwrap()
+            .is_some_and(|t| t.removed_at.is_some())));
+        w.stop();
+        assert!(store.task("x").unwrap().unwrap().removed_at.is_none());
+        assert_eq!(m.removed.get(), 2);
     }
 }
