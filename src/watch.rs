@@ -356,9 +356,12 @@ impl Worker {
         let mut recorded = self.store.record_task(&spec, path);
         if let Err(StoreError::NameTaken { file, .. }) = &recorded {
             // The owner was renamed or deleted and its event is not processed yet: take over.
+            // The task goes on under this file, its searches too (no retirement).
             let owner = PathBuf::from(file);
             if !owner.exists() {
-                self.retire(&owner, None, "the task file was deleted");
+                if let Err(e) = self.store.mark_removed(&owner, None) {
+                    tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
+                }
                 recorded = self.store.record_task(&spec, path);
             }
         }
