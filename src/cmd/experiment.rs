@@ -57,8 +57,9 @@ pub struct ExperimentArgs {
     /// beside it; the surrogate is the mean of the two (`predictor`; checked like `--model`).
     #[arg(long)]
     pub companion: Option<PathBuf>,
-    /// Fine-tuning updates per round of the `predictor` method.
-    #[arg(long, default_value_t = 400)]
+    /// Fine-tuning updates per round of the `predictor` method (200 since session 18; 400
+    /// before).
+    #[arg(long, default_value_t = 200)]
     pub surrogate_steps: usize,
     /// Weight of the ranking term in each round's fine-tuning (`predictor` method; 0: squared
     /// error alone).

@@ -23,7 +23,9 @@ use crate::predictor::transform::{gflops, TaskScaler};
 /// How the surrogate fine-tunes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SurrogateConfig {
-    /// Single-network updates per fit (epochs = steps / labels, clamped).
+    /// Single-network updates per fit (epochs = steps / labels, clamped). 200 since session 18
+    /// (400 before): on the ten search-validation tasks the gap at 150 queries was lower on
+    /// seven and higher on two, at 100 lower on seven; 800 was higher on seven (BENCHMARKS.md).
     pub steps: usize,
     pub min_epochs: usize,
     pub max_epochs: usize,
@@ -39,7 +41,7 @@ pub struct SurrogateConfig {
 impl Default for SurrogateConfig {
     fn default() -> SurrogateConfig {
         SurrogateConfig {
-            steps: 400,
+            steps: 200,
             min_epochs: 2,
             max_epochs: 100,
             lr: 1e-4,
