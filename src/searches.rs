@@ -590,15 +590,14 @@ impl Searches {
             .iter()
             .map(|e| serde_json::to_vec(e).expect("candidates serialise"))
             .collect();
-        let results: Vec<serde_json::Value> = state
-            .results()
+        let mut rows = state.results();
+        if let Some(o) = &report.oracle {
+            o.table.fill_oracle(o.space, &mut rows);
+        }
+        let results: Vec<serde_json::Value> = rows
             .into_iter()
             .map(|mut r| {
                 r.predicted *= report.sign;
-                r.oracle = report
-                    .oracle
-                    .as_ref()
-                    .and_then(|o| o.label(r.arch.as_deref()?));
                 serde_json::to_value(r).expect("rows serialise")
             })
             .collect();
@@ -669,10 +668,6 @@ impl Oracle {
             }),
             ModelRef::Tuned { .. } => None,
         }
-    }
-
-    fn label(&self, arch: &str) -> Option<f64> {
-        self.table.lookup(&Arch::parse(self.space, arch).ok()?)
     }
 }
 

@@ -510,8 +510,8 @@ mod tests {
         false
     }
 
-    #[test]
-    fn picks_up_rejects_accepts_and_removes() {
+    /// A state folder with an empty `tasks/` holding `s.csv`, two labelled NB-201 networks.
+    fn folder_with_samples() -> (tempfile::TempDir, PathBuf) {
         let state = tempfile::tempdir().unwrap();
         let tasks = state.path().join("tasks");
         std::fs::create_dir(&tasks).unwrap();
@@ -519,23 +519,28 @@ mod tests {
             |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
             |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
         std::fs::write(tasks.join("s.csv"), csv).unwrap();
+        (state, tasks)
+    }
+
+    /// A watcher on `tasks` (50 ms debounce, no jobs or searches) and its metrics.
+    fn watch(tasks: &Path, store: &Store) -> (Watcher, Metrics) {
+        let m = Metrics::register(&Registry::new()).unwrap();
+        let cfg = WatchConfig {
+            dir: tasks.to_path_buf(),
+            debounce: Duration::from_millis(50),
+            limits: Limits::default(),
+        };
+        let w = Watcher::start(cfg, store.clone(), m.clone(), None, None).unwrap();
+        (w, m)
+    }
+
+    #[test]
+    fn picks_up_rejects_accepts_and_removes() {
+        let (state, tasks) = folder_with_samples();
         let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
         std::fs::write(tasks.join("a.toml"), good).unwrap();
         let store = Store::open(state.path()).unwrap();
-        let reg = Registry::new();
-        let m = Metrics::register(&reg).unwrap();
-        let w = Watcher::start(
-            WatchConfig {
-                dir: tasks.clone(),
-                debounce: Duration::from_millis(50),
-                limits: Limits::default(),
-            },
-            store.clone(),
-            m.clone(),
-            None,
-            None,
-        )
-        .unwrap();
+        let (w, m) = watch(&tasks, &store);
         assert!(
             wait_for(|| store.task("a").unwrap().is_some()),
             "start-up pick-up"
@@ -584,13 +589,7 @@ mod tests {
 
     #[test]
     fn a_renamed_task_frees_its_old_name_for_the_file_waiting_for_it() {
-        let state = tempfile::tempdir().unwrap();
-        let tasks = state.path().join("tasks");
-        std::fs::create_dir(&tasks).unwrap();
-        let csv = "arch,value\n\
-            |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
-            |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
-        std::fs::write(tasks.join("s.csv"), csv).unwrap();
+        let (state, tasks) = folder_with_samples();
         let task = |name: &str, head: &str| {
             format!(
                 "name = \"{name}\"\nspace = \"nb201\"\nhead = \"{head}\"\nsamples = \"s.csv\"\n"
@@ -598,13 +597,7 @@ mod tests {
         };
         std::fs::write(tasks.join("a.toml"), task("x", "cifar10")).unwrap();
         let store = Store::open(state.path()).unwrap();
-        let m = Metrics::register(&Registry::new()).unwrap();
-        let cfg = WatchConfig {
-            dir: tasks.clone(),
-            debounce: Duration::from_millis(50),
-            limits: Limits::default(),
-        };
-        let w = Watcher::start(cfg, store.clone(), m.clone(), None, None).unwrap();
+        let (w, m) = watch(&tasks, &store);
         assert!(wait_for(|| store.task("x").unwrap().is_some()));
         // b.toml asks for the name a.toml holds: rejected, naming the holder.
         std::fs::write(tasks.join("b.toml"), task("x", "cifar100")).unwrap();

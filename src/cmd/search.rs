@@ -296,13 +296,8 @@ fn fill_oracle(results: &mut [ResultRow], space: Option<SpaceId>, task: Option<T
     let (Some(space), Some(task)) = (space, task) else {
         return;
     };
-    let Ok(table) = search::TableFitness::load(space, task) else {
-        return;
-    };
-    for r in results {
-        if let Some(a) = r.arch.as_deref().and_then(|s| Arch::parse(space, s).ok()) {
-            r.oracle = table.lookup(&a);
-        }
+    if let Ok(table) = search::TableFitness::load(space, task) {
+        table.fill_oracle(space, results);
     }
 }
 

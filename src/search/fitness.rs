@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::{Genome, SearchError};
+use super::{Genome, ResultRow, SearchError};
 use crate::graph::Graph;
 use crate::spaces::{labels, Arch, SpaceId, Task};
 
@@ -45,6 +45,18 @@ impl TableFitness {
     /// The label of an architecture, if the table has it (task units).
     pub fn lookup(&self, arch: &Arch) -> Option<f64> {
         self.values.get(arch).copied()
+    }
+
+    /// Fill the `oracle` column of result rows of `space` with the table's labels (a report:
+    /// no search reads it); a row without an architecture, or one the table lacks, gets None.
+    pub fn fill_oracle(&self, space: SpaceId, rows: &mut [ResultRow]) {
+        for r in rows {
+            r.oracle = r
+                .arch
+                .as_deref()
+                .and_then(|s| Arch::parse(space, s).ok())
+                .and_then(|a| self.lookup(&a));
+        }
     }
 }
 
