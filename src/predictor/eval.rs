@@ -24,6 +24,7 @@ use super::calibrate::{Calibration, Form};
 use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
 use super::features::GraphFeatures;
+use super::heads::{Networks, TaskHeads};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
 use super::probe::Probe;
@@ -188,6 +189,10 @@ pub struct EvalConfig {
     /// fold models at the chosen length instead of a model refitted on all the samples
     /// ([`super::select::select_epochs_bagged`]); off by default. Session 15 (BENCHMARKS.md).
     pub bagged: bool,
+    /// Also report the task heads' columns (`heads`, `top head`, `wmeanz+heads`, `wmeanz+top
+    /// head`): per-pretraining-task linear readouts of both frozen encoders ([`super::heads`]),
+    /// weighed on the 20; off by default. Session 19 (BENCHMARKS.md). Not with `align`.
+    pub heads: bool,
 }
 
 /// One more pretrained model of the `ens wmeanz` column (validation of ensembles, session 12).
@@ -243,6 +248,7 @@ impl Default for EvalConfig {
             members: Vec::new(),
             align: None,
             bagged: false,
+            heads: false,
         }
     }
 }
@@ -359,6 +365,10 @@ pub const WPROBE_CAL: &str = "wmeanz+probe ft-20 cv cal";
 pub const GPROBE_CAL: &str = "wmeanz+gated probe ft-20 cv cal";
 pub const FPROBE_CAL: &str = "wmeanz+probe (folds) ft-20 cv cal";
 pub const BAG_CAL: &str = "wmeanz (bagged) ft-20 cv cal";
+pub const HEADS: &str = "heads";
+pub const TOP_HEAD: &str = "top head";
+pub const WHEADS_CAL: &str = "wmeanz+heads ft-20 cv cal";
+pub const WTOP_CAL: &str = "wmeanz+top head ft-20 cv cal";
 pub const PLAIN_ZERO_SHOT: &str = "no-transform zero-shot";
 pub const PLAIN_FT: &str = "no-transform ft-20";
 pub const SCRATCH: &str = "scratch-20";
@@ -663,6 +673,10 @@ pub fn run(
             GPROBE_CAL,
             FPROBE_CAL,
             BAG_CAL,
+            HEADS,
+            TOP_HEAD,
+            WHEADS_CAL,
+            WTOP_CAL,
             PLAIN_ZERO_SHOT,
             PLAIN_FT,
             SCRATCH,
@@ -749,6 +763,24 @@ fn transfer_protocol(
         }
         None => None,
     };
+    // Task heads of both models, once (they read no target).
+    let heads = match plain {
+        Some(p) if cfg.heads && cfg.baselines && cfg.select.is_some() => {
+            if cfg.align.is_some() {
+                return Err(PredictorError::Config(
+                    "the task heads' columns are not measured with align".into(),
+                ));
+            }
+            let tasks = pretrain_tasks_of(protocol, cfg);
+            Some(TaskHeads::fit(
+                &[aio, p],
+                &tasks,
+                super::heads::NETWORKS_PER_TASK,
+                log,
+            )?)
+        }
+        _ => None,
+    };
     for key in targets_of(protocol, cfg) {
         let data = load_target(key, cfg)?;
         let n = data.examples.len();
@@ -797,11 +829,29 @@ fn transfer_protocol(
             }
             _ => None,
         };
+        // Each head's standardised prediction of every target network, and its model (0:
+        // AIO-P, 1: no-transform).
+        let head_z = match (&heads, plain) {
+            (Some(h), Some(p)) => {
+                let gflops: Vec<f64> = data.examples.iter().map(|e| e.gflops).collect();
+                let nets = Networks {
+                    features: data.examples.iter().map(|e| &*e.features).collect(),
+                    gflops: &gflops,
+                    params: &data.params,
+                };
+                let z = h.predict(&[aio, p], &nets)?;
+                let owner: Vec<usize> = h.heads.iter().map(|h| h.model).collect();
+                Some((z, owner))
+            }
+            _ => None,
+        };
         let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
         let per_seed = crate::pool::parallel(&seeds, cfg.threads, |&seed| {
             let plain = plain.zip(z_plain.as_deref());
             let probe_x = probe_x.as_deref();
-            one_seed(cfg, &data, aio, plain, extra, &z_aio, probe_x, seed, device)
+            let head_z = head_z.as_ref().map(|(z, o)| (&z[..], &o[..]));
+            let extras = Extras { probe_x, head_z };
+            one_seed(cfg, &data, aio, plain, extra, &z_aio, extras, seed, device)
         })?;
         let mut methods: BTreeMap<String, Vec<SeedScore>> = BTreeMap::new();
         for scores in per_seed {
@@ -833,6 +883,20 @@ fn transfer_protocol(
     Ok(rows)
 }
 
+/// Per signal, its values for a set of networks.
+type Signals = Vec<Vec<f64>>;
+/// One signal's values on the labelled networks and on the evaluation set.
+type FitAndEval = (Vec<f64>, Vec<f64>);
+
+/// Seed-independent inputs of the measured-only columns of one target.
+struct Extras<'a> {
+    /// The probe's features of every network.
+    probe_x: Option<&'a [Vec<f64>]>,
+    /// Each task head's standardised prediction of every network, and its model (0: AIO-P,
+    /// 1: no-transform).
+    head_z: Option<(&'a [Vec<f64>], &'a [usize])>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn one_seed(
     cfg: &EvalConfig,
@@ -841,10 +905,11 @@ fn one_seed(
     plain: Option<(&Trained, &[f32])>,
     extra: &[(&Trained, bool)],
     z_aio: &[f32],
-    probe_x: Option<&[Vec<f64>]>,
+    extras: Extras,
     seed: u64,
     device: &Device,
 ) -> Result<SeedScores, PredictorError> {
+    let probe_x = extras.probe_x;
     let ex = &data.examples;
     let sp = choose(ex.len(), cfg.samples, cfg.max_eval, seed, data.key);
     if sp.fit.len() < cfg.samples || sp.eval.len() < 2 {
@@ -1071,6 +1136,85 @@ fn one_seed(
                 let probe_folds = Probe::out_of_folds(&px_fit, &y, &folds)?;
                 let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &probe_folds];
                 out.push((FPROBE_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
+            }
+            if let Some((hz, owner)) = extras.head_z {
+                // The task heads: each in the target's units through its model's scaler fitted
+                // on the labelled networks at hand (for the out-of-fold signals, the other
+                // folds' only), blended by rank (`heads`) or the best one alone (`top head`),
+                // then a third member of `wmeanz`.
+                let folds = fold_of_each(y.len(), sel.folds, ft_cv.seed);
+                let fit_g: Vec<f64> = sp.fit.iter().map(|&i| ex[i].gflops).collect();
+                // Per head, its units of the rows `rows` of the fit set (indices into
+                // `sp.fit`) and of the evaluation set, with scalers fitted on `rows`.
+                let head_units = |rows: &[usize]| -> Result<(Signals, Signals), PredictorError> {
+                    let ry: Vec<f64> = rows.iter().map(|&r| y[r]).collect();
+                    let rg: Vec<f64> = rows.iter().map(|&r| fit_g[r]).collect();
+                    let scalers = [
+                        TaskScaler::fit_with(&ry, &rg, hib, true)?,
+                        TaskScaler::fit_with(&ry, &rg, hib, false)?,
+                    ];
+                    let on = |h: usize, idx: &mut dyn Iterator<Item = usize>| -> Vec<f64> {
+                        let s = &scalers[owner[h].min(1)];
+                        idx.map(|i| s.inverse(hz[h][i], ex[i].gflops)).collect()
+                    };
+                    let fit: Vec<Vec<f64>> = (0..hz.len())
+                        .map(|h| on(h, &mut (0..y.len()).map(|r| sp.fit[r])))
+                        .collect();
+                    let eval: Vec<Vec<f64>> = (0..hz.len())
+                        .map(|h| on(h, &mut sp.eval.iter().copied()))
+                        .collect();
+                    Ok((fit, eval))
+                };
+                // The blend of all heads and the best head, fitted on `rows`, for all 20 fit
+                // rows and for the evaluation set.
+                let combine = |rows: &[usize]| -> Result<[FitAndEval; 2], PredictorError> {
+                    let (fit, eval) = head_units(rows)?;
+                    let ry: Vec<f64> = rows.iter().map(|&r| y[r]).collect();
+                    let on_rows: Vec<Vec<f64>> = fit
+                        .iter()
+                        .map(|f| rows.iter().map(|&r| f[r]).collect())
+                        .collect();
+                    let refs: Vec<&[f64]> = on_rows.iter().map(Vec::as_slice).collect();
+                    let b = Blend::fit(&refs, &ry, Weighting::Rank)?;
+                    let all_fit: Vec<&[f64]> = fit.iter().map(Vec::as_slice).collect();
+                    let all_eval: Vec<&[f64]> = eval.iter().map(Vec::as_slice).collect();
+                    let mut top = 0;
+                    let mut top_rho = f64::NEG_INFINITY;
+                    for (h, r) in refs.iter().enumerate() {
+                        let rho = spearman(r, &ry);
+                        if rho > top_rho {
+                            (top, top_rho) = (h, rho);
+                        }
+                    }
+                    Ok([
+                        (b.apply_all(&all_fit), b.apply_all(&all_eval)),
+                        (fit[top].clone(), eval[top].clone()),
+                    ])
+                };
+                let every: Vec<usize> = (0..y.len()).collect();
+                let full = combine(&every)?;
+                // Out-of-fold signals: fold f's rows from the combination fitted on the rest.
+                let mut oof = [vec![f64::NAN; y.len()], vec![f64::NAN; y.len()]];
+                let mut fs: Vec<usize> = folds.clone();
+                fs.sort_unstable();
+                fs.dedup();
+                for f in fs {
+                    let rest: Vec<usize> =
+                        every.iter().copied().filter(|&r| folds[r] != f).collect();
+                    let c = combine(&rest)?;
+                    for r in every.iter().copied().filter(|&r| folds[r] == f) {
+                        for k in 0..2 {
+                            oof[k][r] = c[k].0[r];
+                        }
+                    }
+                }
+                let names = [(HEADS, WHEADS_CAL), (TOP_HEAD, WTOP_CAL)];
+                for (k, (alone, with)) in names.into_iter().enumerate() {
+                    out.push((alone, score(seed, &full[k].1, &truth, true)));
+                    let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &oof[k]];
+                    let eval_sig: Vec<&[f64]> = vec![&units, &plain_units, &full[k].1];
+                    out.push((with, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
+                }
             }
             if !extra.is_empty() {
                 // The two members above and every extra one, each fine-tuned for its own

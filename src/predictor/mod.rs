@@ -33,6 +33,7 @@ pub mod eval;
 pub mod fast;
 pub mod features;
 pub mod gnn;
+pub mod heads;
 pub mod init;
 pub mod kernels;
 pub mod model;

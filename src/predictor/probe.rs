@@ -171,6 +171,59 @@ fn fit_dual(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorErro
     Ok((lambda, alpha))
 }
 
+/// The same choice and fit as [`fit_dual`] in the primal form, for designs with more rows than
+/// columns: `w = (ZᵀZ + λI)⁻¹ Zᵀ yc`, the leave-one-out residual `e_i / (1 − 1/n − z_iᵀ(ZᵀZ +
+/// λI)⁻¹z_i)`. Returns the penalty and the primal weights.
+fn fit_primal(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorError> {
+    let n = z.len();
+    let d = z.first().map_or(0, |r| r.len());
+    let mut gram = vec![0.0; d * d];
+    let mut zty = vec![0.0; d];
+    for (r, &y) in z.iter().zip(yc) {
+        for a in 0..d {
+            zty[a] += r[a] * y;
+            for b in 0..d {
+                gram[a * d + b] += r[a] * r[b];
+            }
+        }
+    }
+    let mut best: Option<(f64, f64, Vec<f64>)> = None;
+    for c in GRID {
+        let lambda = c * d.max(1) as f64;
+        let mut a = gram.clone();
+        for i in 0..d {
+            a[i * d + i] += lambda;
+        }
+        let inv = invert(a, d)
+            .ok_or_else(|| PredictorError::Data("probe: a singular ridge system".into()))?;
+        let w: Vec<f64> = (0..d)
+            .map(|i| (0..d).map(|j| inv[i * d + j] * zty[j]).sum())
+            .collect();
+        let loo: f64 = z
+            .iter()
+            .zip(yc)
+            .map(|(r, &y)| {
+                let fit: f64 = r.iter().zip(&w).map(|(a, b)| a * b).sum();
+                let h: f64 = (0..d)
+                    .map(|i| r[i] * (0..d).map(|j| inv[i * d + j] * r[j]).sum::<f64>())
+                    .sum();
+                let e = (y - fit) / (1.0 - 1.0 / n as f64 - h);
+                e * e
+            })
+            .sum::<f64>()
+            / n as f64;
+        let better = match &best {
+            None => true,
+            Some((b, _, _)) => b.is_nan() || (!loo.is_nan() && loo <= *b),
+        };
+        if better {
+            best = Some((loo, lambda, w));
+        }
+    }
+    let (_, lambda, w) = best.expect("GRID is not empty");
+    Ok((lambda, w))
+}
+
 impl Probe {
     /// Fit on the rows `x[i]` (one feature vector per labelled network, all equally long)
     /// against labels `y`.
@@ -206,12 +259,20 @@ impl Probe {
         let y_mean = mean(&ys);
         let yc: Vec<f64> = ys.iter().map(|v| v - y_mean).collect();
         let des = design(x, idx);
-        let (lambda, alpha) = fit_dual(&des.z, &yc)?;
-        // Primal weights w = Zᵀα over the usable columns, then spread back over all columns.
         let used = des.z.first().map_or(0, |r| r.len());
-        let w_used: Vec<f64> = (0..used)
-            .map(|j| des.z.iter().zip(&alpha).map(|(r, a)| r[j] * a).sum())
-            .collect();
+        // Many networks, few columns (a task head, [`super::heads`]): the d × d system; else
+        // the n × n one. Both give the same penalty and weights.
+        let (lambda, w_used) = if n > 2 * used {
+            fit_primal(&des.z, &yc)?
+        } else {
+            let (lambda, alpha) = fit_dual(&des.z, &yc)?;
+            // Primal weights w = Zᵀα over the usable columns.
+            let w: Vec<f64> = (0..used)
+                .map(|j| des.z.iter().zip(&alpha).map(|(r, a)| r[j] * a).sum())
+                .collect();
+            (lambda, w)
+        };
+        // Spread back over all columns.
         let mut it = w_used.into_iter();
         let weights = des
             .columns
@@ -430,6 +491,30 @@ mod tests {
         let flat = vec![vec![1.0]; 5];
         let z = Probe::fit(&flat, &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
         assert_eq!(z.apply(&[9.0]), 3.0);
+    }
+
+    #[test]
+    fn the_primal_form_gives_the_dual_form_s_fit() {
+        let x = rows(40, 5, 8);
+        let mut r = Rng::new(9);
+        let y: Vec<f64> = x
+            .iter()
+            .map(|v| v[0] - 0.5 * v[2] + 0.8 * r.next_f64())
+            .collect();
+        let des = design(&x, &(0..40).collect::<Vec<_>>());
+        let yc: Vec<f64> = y.iter().map(|v| v - mean(&y)).collect();
+        let (l_dual, alpha) = fit_dual(&des.z, &yc).unwrap();
+        let (l_primal, w) = fit_primal(&des.z, &yc).unwrap();
+        assert_eq!(l_dual, l_primal);
+        for (j, wj) in w.iter().enumerate() {
+            let from_dual: f64 = des.z.iter().zip(&alpha).map(|(r, a)| r[j] * a).sum();
+            assert!(
+                (wj - from_dual).abs() < 1e-9,
+                "{j}: {wj} against {from_dual}"
+            );
+        }
+        // Noisy labels: a penalty above the weakest, so the LOO choice itself was compared.
+        assert!(l_primal > GRID[0] * 5.0, "{l_primal}");
     }
 
     #[test]
