@@ -630,8 +630,11 @@ async fn predict(
     Ok(Json(out))
 }
 
-/// A search record as the API shows it: progress always, the spec and results in the detail
-/// view once the search has ended (results so far are in `best` while it runs).
+/// A search record as the API shows it: progress always; in the detail view the spec, and
+/// `results` once the search has ended, `results_so_far` (the same ranking or front, as of its
+/// last checkpoint) while it is queued or running and has any: a search of days is worth
+/// looking at before it ends, but a consumer of `results` must never take an interim ranking
+/// for the final one.
 fn search_view(r: &SearchRecord, detail: bool) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": r.id,
@@ -657,6 +660,8 @@ fn search_view(r: &SearchRecord, detail: bool) -> serde_json::Value {
         );
         if ended {
             v["results"] = r.results.clone();
+        } else if r.results.as_array().is_some_and(|a| !a.is_empty()) {
+            v["results_so_far"] = r.results.clone();
         }
     }
     v

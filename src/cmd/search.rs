@@ -328,6 +328,10 @@ pub struct ExportArgs {
     /// Write the network in the graph format here (default: stdout after the arch line).
     #[arg(long)]
     pub graph: Option<PathBuf>,
+    /// Export from a daemon search that has not ended, from its ranking so far
+    /// (`results_so_far`, as of its last checkpoint); without it such a search is refused.
+    #[arg(long)]
+    pub so_far: bool,
 }
 
 /// A search as the daemon's API shows it (`GET /v1/searches/{id}`): only what export needs.
@@ -338,6 +342,8 @@ struct DaemonSearch {
     spec: DaemonSearchSpec,
     /// Present once the search has ended.
     results: Option<Vec<ResultRow>>,
+    /// Present while it is queued or running, once it has a ranking.
+    results_so_far: Option<Vec<ResultRow>>,
 }
 
 #[derive(Deserialize)]
@@ -346,8 +352,9 @@ struct DaemonSearchSpec {
 }
 
 /// The spec and ranked results of either a results file (`aiop search --json`) or a daemon's
-/// search record, told apart by the record's `id`.
-fn read_results(text: &str) -> anyhow::Result<(SearchSpec, Vec<ResultRow>)> {
+/// search record, told apart by the record's `id`; a search that has not ended gives its
+/// ranking so far only when `so_far` asks for it.
+fn read_results(text: &str, so_far: bool) -> anyhow::Result<(SearchSpec, Vec<ResultRow>)> {
     let value: serde_json::Value = serde_json::from_str(text)?;
     if value.get("id").is_none() {
         let file: ResultsFile = serde_json::from_value(value)?;
@@ -355,10 +362,17 @@ fn read_results(text: &str) -> anyhow::Result<(SearchSpec, Vec<ResultRow>)> {
     }
     let rec: DaemonSearch =
         serde_json::from_value(value).context("a daemon search record, but not a valid one")?;
-    match rec.results {
-        Some(results) => Ok((rec.spec.search, results)),
-        None => anyhow::bail!(
-            "search {} is {}: its results come once it has ended (its best so far is in `best`)",
+    match (rec.results, rec.results_so_far) {
+        (Some(results), _) => Ok((rec.spec.search, results)),
+        (None, Some(results)) if so_far => Ok((rec.spec.search, results)),
+        (None, Some(_)) => anyhow::bail!(
+            "search {} is {}: its results come once it has ended \
+             (`--so-far` exports from its ranking so far)",
+            rec.id,
+            rec.status
+        ),
+        (None, None) => anyhow::bail!(
+            "search {} is {} and has no ranking yet: its results come once it has ended",
             rec.id,
             rec.status
         ),
@@ -368,7 +382,7 @@ fn read_results(text: &str) -> anyhow::Result<(SearchSpec, Vec<ResultRow>)> {
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.results)
         .with_context(|| format!("reading {}", a.results.display()))?;
-    let (spec, results) = read_results(&text)
+    let (spec, results) = read_results(&text, a.so_far)
         .with_context(|| format!("{}: not a results file", a.results.display()))?;
     let r = results.get(a.rank).ok_or_else(|| {
         anyhow::anyhow!(

@@ -182,11 +182,15 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
             .map(|e| format!(" ({e})"))
             .unwrap_or_default()
     )?;
-    let rows = v["results"]
-        .as_array()
-        .cloned()
-        .or_else(|| v["best"].is_object().then(|| vec![v["best"].clone()]))
-        .unwrap_or_default();
+    let rows = match (v["results"].as_array(), v["results_so_far"].as_array()) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => {
+            writeln!(out, "  so far (generation {}):", v["generation"])?;
+            r.clone()
+        }
+        (None, None) if v["best"].is_object() => vec![v["best"].clone()],
+        (None, None) => Vec::new(),
+    };
     for r in rows {
         writeln!(
             out,

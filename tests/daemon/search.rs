@@ -52,11 +52,21 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
         })
         .collect();
     assert!(!running.is_empty(), "no progress seen: {seen:?}");
+    let done = seen.last().unwrap();
     for v in &running {
         assert!(v["best"]["predicted"].as_f64().is_some(), "{v}");
         assert!(v.get("results").is_none(), "results only once it ends: {v}");
+        // The ranking so far, as of the generation shown, led by the best so far.
+        let so_far = v["results_so_far"].as_array().expect("a ranking so far");
+        assert!(!so_far.is_empty() && so_far.len() <= 10, "{v}");
+        let s: Vec<f64> = so_far
+            .iter()
+            .map(|r| r["predicted"].as_f64().unwrap())
+            .collect();
+        assert!(s.windows(2).all(|w| w[0] >= w[1]), "{s:?}");
+        assert_eq!(s[0], v["best"]["predicted"].as_f64().unwrap(), "{v}");
     }
-    let done = seen.last().unwrap();
+    assert!(done.get("results_so_far").is_none(), "{done}");
     assert_eq!(done["progress"], 1.0);
     assert_eq!(done["evaluations"], 240);
     assert_eq!(done["budget"], 240);
@@ -159,7 +169,22 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     std::fs::write(&record, running[0].to_string()).unwrap();
     let out = crate::common::aiop(&["export", rec], "");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("is running"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("is running") && err.contains("--so-far"),
+        "{err}"
+    );
+    // Unless asked for its ranking so far.
+    let out = crate::common::aiop(&["export", rec, "--so-far"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        first.lines().next().unwrap(),
+        running[0]["results_so_far"][0]["arch"].as_str().unwrap()
+    );
 
     // A second search through the CLI client, cancelled: its results so far are kept.
     let spec = root.path().join("spec.json");
