@@ -649,6 +649,7 @@ fn search_view(r: &SearchRecord, detail: bool) -> serde_json::Value {
         "best": r.best,
         "resumes": r.resumes,
         "resumed_from_generation": r.resumed_from_generation,
+        "ended_because": r.ended_because,
         "created_at": r.created_at,
         "updated_at": r.updated_at,
     });

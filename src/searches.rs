@@ -631,6 +631,7 @@ impl Searches {
                     (state.evaluations as f64 / budget).min(1.0)
                 };
                 r.best = best.clone();
+                r.ended_because = state.end_reason();
                 r.results = serde_json::Value::Array(results.clone());
                 if error.is_some() {
                     r.error = error.clone();

@@ -233,6 +233,10 @@ pub struct SearchRecord {
     /// The generation of the checkpoint the last resumption started from.
     #[serde(default)]
     pub resumed_from_generation: Option<u64>,
+    /// Why a done search ended ([`crate::search::EndReason`]: `budget`, `stalled`,
+    /// `no_candidates`): a search that stops short of its budget says so.
+    #[serde(default)]
+    pub ended_because: Option<crate::search::EndReason>,
 }
 
 impl SearchRecord {
@@ -256,6 +260,7 @@ impl SearchRecord {
             model: None,
             resumes: 0,
             resumed_from_generation: None,
+            ended_because: None,
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct ResultsFile {
     pub spec: SearchSpec,
     pub evaluations: usize,
     pub generations: u64,
+    /// Why it ended (absent in files of older versions).
+    #[serde(default)]
+    pub ended_because: Option<search::EndReason>,
     pub results: Vec<ResultRow>,
 }
 
@@ -272,8 +275,21 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
         spec,
         evaluations: state.evaluations,
         generations: state.generation,
+        ended_because: state.end_reason(),
         results,
     };
+    if let Some(e) = file
+        .ended_because
+        .filter(|e| *e != search::EndReason::Budget)
+    {
+        // Stopping short of the budget is worth a line on stderr; a full run is the norm.
+        eprintln!(
+            "aiop search: ended after {} of {} evaluations: {}",
+            file.evaluations,
+            file.spec.budget,
+            e.describe()
+        );
+    }
     let mut out = std::io::stdout().lock();
     for r in &file.results {
         let name = r.arch.clone().unwrap_or_else(|| "<graph>".into());

@@ -182,6 +182,11 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
             .map(|e| format!(" ({e})"))
             .unwrap_or_default()
     )?;
+    let ended: Option<aiop::search::EndReason> =
+        serde_json::from_value(v["ended_because"].clone()).unwrap_or(None);
+    if let Some(e) = ended.filter(|e| *e != aiop::search::EndReason::Budget) {
+        writeln!(out, "  ended short of its budget: {}", e.describe())?;
+    }
     let rows = match (v["results"].as_array(), v["results_so_far"].as_array()) {
         (Some(r), _) => r.clone(),
         (None, Some(r)) => {

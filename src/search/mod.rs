@@ -21,7 +21,8 @@ pub mod surrogate;
 
 pub use fitness::{Fitness, PredictorFitness, TableFitness};
 pub use state::{
-    run, step, Algorithm, Evaluated, Genome, Outcome, ResultRow, SearchSpec, SearchState, Start,
+    run, step, Algorithm, EndReason, Evaluated, Genome, Outcome, ResultRow, SearchSpec,
+    SearchState, Start,
 };
 
 /// Errors of the search room.

@@ -297,6 +297,19 @@ struct Built {
 }
 
 impl SearchState {
+    /// Why the search ended; `None` while it has not (a cancelled search has not).
+    pub fn end_reason(&self) -> Option<EndReason> {
+        if !self.done {
+            None
+        } else if self.evaluations >= self.spec.budget {
+            Some(EndReason::Budget)
+        } else if self.stalled >= MAX_STALLED {
+            Some(EndReason::Stalled)
+        } else {
+            Some(EndReason::NoCandidates)
+        }
+    }
+
     pub fn new(spec: SearchSpec) -> Result<SearchState, SearchError> {
         spec.validate()?;
         Ok(SearchState {
@@ -735,6 +748,35 @@ pub fn step(state: &mut SearchState, fitness: &mut dyn Fitness) -> Result<(), Se
     Ok(())
 }
 
+/// Why a finished search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Its budget of evaluations is spent.
+    Budget,
+    /// [`MAX_STALLED`] generations in a row proposed only networks it had already evaluated:
+    /// an evolution converged (every mutation of its population seen), or the space within
+    /// the constraints is exhausted.
+    Stalled,
+    /// FLOP reduction: no cheaper feasible network is left within reach.
+    NoCandidates,
+}
+
+impl EndReason {
+    /// A sentence for people.
+    pub fn describe(self) -> String {
+        match self {
+            EndReason::Budget => "its budget of evaluations is spent".into(),
+            EndReason::Stalled => format!(
+                "{MAX_STALLED} generations in a row found no network it had not evaluated \
+                 (converged, or the space within its constraints exhausted); a smaller tournament \
+                 `sample` (weaker selection) or another seed explores further"
+            ),
+            EndReason::NoCandidates => "no cheaper feasible network is left within reach".into(),
+        }
+    }
+}
+
 /// How a [`run`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -879,6 +921,44 @@ mod tests {
         assert!(r.iter().all(|x| x.predicted >= start.score - 0.5));
         assert!(r.iter().any(|x| x.mflops < start.mflops));
         assert!(r.windows(2).all(|w| w[0].mflops <= w[1].mflops));
+    }
+
+    #[test]
+    fn a_finished_search_says_why_it_ended() {
+        let cancel = AtomicBool::new(false);
+        let ended = |sp: SearchSpec| {
+            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+            let mut s = SearchState::new(sp).unwrap();
+            assert_eq!(s.end_reason(), None, "not before it ends");
+            run(&mut s, &mut fit, &cancel, |_| Ok(())).unwrap();
+            s
+        };
+        let s = ended(spec(Algorithm::Evolution));
+        assert_eq!(s.end_reason(), Some(EndReason::Budget));
+        // A tiny population converges long before a budget beyond the space's 15,625 networks.
+        let s = ended(SearchSpec {
+            population: 4,
+            sample: 2,
+            batch: 2,
+            budget: 100_000,
+            ..spec(Algorithm::Evolution)
+        });
+        assert!(s.evaluations < 15_625, "{}", s.evaluations);
+        assert_eq!(s.end_reason(), Some(EndReason::Stalled));
+        assert!(EndReason::Stalled.describe().contains("100 generations"));
+        // A FLOP reduction that runs out of cheaper networks within its tolerance.
+        let s = reduce_on_table(
+            "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+            100_000,
+            |_| {},
+        );
+        assert!(s.evaluations < 100_000);
+        assert_eq!(s.end_reason(), Some(EndReason::NoCandidates));
+        // The reason serialises as the record and the results file carry it.
+        assert_eq!(
+            serde_json::to_string(&EndReason::NoCandidates).unwrap(),
+            "\"no_candidates\""
+        );
     }
 
     /// A FLOP reduction of the NB-201 CIFAR-10 architecture `start` with tolerance 0.5, scored

@@ -70,6 +70,7 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     assert_eq!(done["progress"], 1.0);
     assert_eq!(done["evaluations"], 240);
     assert_eq!(done["budget"], 240);
+    assert_eq!(done["ended_because"], "budget", "{done}");
     let results = done["results"].as_array().unwrap();
     assert_eq!(results.len(), 10);
     let scores: Vec<f64> = results
