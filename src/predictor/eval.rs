@@ -24,7 +24,7 @@ use super::calibrate::{Calibration, Form};
 use super::checkpoint::Trained;
 use super::data::{load_task, Example, TaskKey};
 use super::features::GraphFeatures;
-use super::heads::{Networks, TaskHeads};
+use super::heads::{head_members, HeadTarget, Networks, TaskHeads};
 use super::model::Config;
 use super::pretrain::{pretrain, AdapterStage, PretrainConfig};
 use super::probe::Probe;
@@ -883,11 +883,6 @@ fn transfer_protocol(
     Ok(rows)
 }
 
-/// Per signal, its values for a set of networks.
-type Signals = Vec<Vec<f64>>;
-/// One signal's values on the labelled networks and on the evaluation set.
-type FitAndEval = (Vec<f64>, Vec<f64>);
-
 /// Seed-independent inputs of the measured-only columns of one target.
 struct Extras<'a> {
     /// The probe's features of every network.
@@ -1138,81 +1133,32 @@ fn one_seed(
                 out.push((FPROBE_CAL, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
             }
             if let Some((hz, owner)) = extras.head_z {
-                // The task heads: each in the target's units through its model's scaler fitted
-                // on the labelled networks at hand (for the out-of-fold signals, the other
-                // folds' only), blended by rank (`heads`) or the best one alone (`top head`),
-                // then a third member of `wmeanz`.
+                // The task heads, blended (`heads`) or the best one (`top head`), alone and
+                // as a third member of `wmeanz`, weighed by their out-of-fold signals on the
+                // members' own folds.
+                let pick = |idx: &[usize]| -> Vec<Vec<f64>> {
+                    hz.iter()
+                        .map(|h| idx.iter().map(|&i| h[i]).collect())
+                        .collect()
+                };
+                let gflops =
+                    |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| ex[i].gflops).collect() };
+                let target = HeadTarget {
+                    owner,
+                    fit_z: pick(&sp.fit),
+                    fit_gflops: gflops(&sp.fit),
+                    y: &y,
+                    eval_z: pick(&sp.eval),
+                    eval_gflops: gflops(&sp.eval),
+                    higher_is_better: hib,
+                };
                 let folds = fold_of_each(y.len(), sel.folds, ft_cv.seed);
-                let fit_g: Vec<f64> = sp.fit.iter().map(|&i| ex[i].gflops).collect();
-                // Per head, its units of the rows `rows` of the fit set (indices into
-                // `sp.fit`) and of the evaluation set, with scalers fitted on `rows`.
-                let head_units = |rows: &[usize]| -> Result<(Signals, Signals), PredictorError> {
-                    let ry: Vec<f64> = rows.iter().map(|&r| y[r]).collect();
-                    let rg: Vec<f64> = rows.iter().map(|&r| fit_g[r]).collect();
-                    let scalers = [
-                        TaskScaler::fit_with(&ry, &rg, hib, true)?,
-                        TaskScaler::fit_with(&ry, &rg, hib, false)?,
-                    ];
-                    let on = |h: usize, idx: &mut dyn Iterator<Item = usize>| -> Vec<f64> {
-                        let s = &scalers[owner[h].min(1)];
-                        idx.map(|i| s.inverse(hz[h][i], ex[i].gflops)).collect()
-                    };
-                    let fit: Vec<Vec<f64>> = (0..hz.len())
-                        .map(|h| on(h, &mut (0..y.len()).map(|r| sp.fit[r])))
-                        .collect();
-                    let eval: Vec<Vec<f64>> = (0..hz.len())
-                        .map(|h| on(h, &mut sp.eval.iter().copied()))
-                        .collect();
-                    Ok((fit, eval))
-                };
-                // The blend of all heads and the best head, fitted on `rows`, for all 20 fit
-                // rows and for the evaluation set.
-                let combine = |rows: &[usize]| -> Result<[FitAndEval; 2], PredictorError> {
-                    let (fit, eval) = head_units(rows)?;
-                    let ry: Vec<f64> = rows.iter().map(|&r| y[r]).collect();
-                    let on_rows: Vec<Vec<f64>> = fit
-                        .iter()
-                        .map(|f| rows.iter().map(|&r| f[r]).collect())
-                        .collect();
-                    let refs: Vec<&[f64]> = on_rows.iter().map(Vec::as_slice).collect();
-                    let b = Blend::fit(&refs, &ry, Weighting::Rank)?;
-                    let all_fit: Vec<&[f64]> = fit.iter().map(Vec::as_slice).collect();
-                    let all_eval: Vec<&[f64]> = eval.iter().map(Vec::as_slice).collect();
-                    let mut top = 0;
-                    let mut top_rho = f64::NEG_INFINITY;
-                    for (h, r) in refs.iter().enumerate() {
-                        let rho = spearman(r, &ry);
-                        if rho > top_rho {
-                            (top, top_rho) = (h, rho);
-                        }
-                    }
-                    Ok([
-                        (b.apply_all(&all_fit), b.apply_all(&all_eval)),
-                        (fit[top].clone(), eval[top].clone()),
-                    ])
-                };
-                let every: Vec<usize> = (0..y.len()).collect();
-                let full = combine(&every)?;
-                // Out-of-fold signals: fold f's rows from the combination fitted on the rest.
-                let mut oof = [vec![f64::NAN; y.len()], vec![f64::NAN; y.len()]];
-                let mut fs: Vec<usize> = folds.clone();
-                fs.sort_unstable();
-                fs.dedup();
-                for f in fs {
-                    let rest: Vec<usize> =
-                        every.iter().copied().filter(|&r| folds[r] != f).collect();
-                    let c = combine(&rest)?;
-                    for r in every.iter().copied().filter(|&r| folds[r] == f) {
-                        for k in 0..2 {
-                            oof[k][r] = c[k].0[r];
-                        }
-                    }
-                }
+                let members = head_members(&target, &folds)?;
                 let names = [(HEADS, WHEADS_CAL), (TOP_HEAD, WTOP_CAL)];
-                for (k, (alone, with)) in names.into_iter().enumerate() {
-                    out.push((alone, score(seed, &full[k].1, &truth, true)));
-                    let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &oof[k]];
-                    let eval_sig: Vec<&[f64]> = vec![&units, &plain_units, &full[k].1];
+                for (m, (alone, with)) in members.iter().zip(names) {
+                    out.push((alone, score(seed, &m.eval, &truth, true)));
+                    let fit_sig: Vec<&[f64]> = vec![&chosen.oof, &other.oof, &m.oof];
+                    let eval_sig: Vec<&[f64]> = vec![&units, &plain_units, &m.eval];
                     out.push((with, blended(Weighting::Rank, &fit_sig, &eval_sig)?));
                 }
             }

@@ -26,13 +26,16 @@
 
 use std::sync::Arc;
 
+use super::blend::{Blend, Weighting};
 use super::checkpoint::Trained;
 use super::data::{load_task, TaskKey};
 use super::features::GraphFeatures;
 use super::probe::Probe;
 use super::train::predict_batched;
+use super::transform::TaskScaler;
 use super::PredictorError;
 use crate::rng::Rng;
+use crate::stats::spearman;
 
 /// Networks per pretraining task a head is fitted on (the pretraining's default budget).
 pub const NETWORKS_PER_TASK: usize = 1000;
@@ -154,14 +157,150 @@ impl TaskHeads {
     }
 }
 
+/// A target task as the heads' members see it: every head's standardised prediction of the
+/// labelled networks and of the evaluation set, with their GFLOPs and the labels.
+pub struct HeadTarget<'a> {
+    /// Per head, its model (0: an AIO-P model, Eq. 5; 1: a no-transform one).
+    pub owner: &'a [usize],
+    /// `fit_z[h][i]`: head `h`'s prediction of labelled network `i`.
+    pub fit_z: Vec<Vec<f64>>,
+    pub fit_gflops: Vec<f64>,
+    /// The labels, in the task's units.
+    pub y: &'a [f64],
+    /// `eval_z[h][j]`: head `h`'s prediction of evaluation network `j`.
+    pub eval_z: Vec<Vec<f64>>,
+    pub eval_gflops: Vec<f64>,
+    pub higher_is_better: bool,
+}
+
+/// One blend member made of heads: its out-of-fold predictions of the labelled networks and
+/// its predictions of the evaluation set, in the task's units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadMember {
+    pub oof: Vec<f64>,
+    pub eval: Vec<f64>,
+}
+
+/// Per head, its values for a set of networks.
+type PerHead = Vec<Vec<f64>>;
+
+/// A member fitted on some labelled networks: its predictions of all of them and of the
+/// evaluation set.
+struct Fitted {
+    labelled: Vec<f64>,
+    eval: Vec<f64>,
+}
+
+/// Every head in the target's units, through its model's kind of scaler fitted on the labelled
+/// networks `rows` only: per head, all labelled networks and the evaluation set.
+fn head_units(t: &HeadTarget, rows: &[usize]) -> Result<(PerHead, PerHead), PredictorError> {
+    let ry: Vec<f64> = rows.iter().map(|&r| t.y[r]).collect();
+    let rg: Vec<f64> = rows.iter().map(|&r| t.fit_gflops[r]).collect();
+    let scalers = [
+        TaskScaler::fit_with(&ry, &rg, t.higher_is_better, true)?,
+        TaskScaler::fit_with(&ry, &rg, t.higher_is_better, false)?,
+    ];
+    let units = |z: &[Vec<f64>], g: &[f64]| -> Vec<Vec<f64>> {
+        z.iter()
+            .zip(t.owner)
+            .map(|(h, &o)| {
+                let s = &scalers[o.min(1)];
+                h.iter().zip(g).map(|(&z, &g)| s.inverse(z, g)).collect()
+            })
+            .collect()
+    };
+    Ok((
+        units(&t.fit_z, &t.fit_gflops),
+        units(&t.eval_z, &t.eval_gflops),
+    ))
+}
+
+/// The two members fitted on labelled networks `rows`: the [`Weighting::Rank`] blend of every
+/// head, and the head whose Spearman on `rows` is best (ties: the first); each as its
+/// predictions of all labelled networks and of the evaluation set.
+fn combine(t: &HeadTarget, rows: &[usize]) -> Result<[Fitted; 2], PredictorError> {
+    let (fit, eval) = head_units(t, rows)?;
+    let ry: Vec<f64> = rows.iter().map(|&r| t.y[r]).collect();
+    let on_rows: Vec<Vec<f64>> = fit
+        .iter()
+        .map(|f| rows.iter().map(|&r| f[r]).collect())
+        .collect();
+    let refs: Vec<&[f64]> = on_rows.iter().map(Vec::as_slice).collect();
+    let b = Blend::fit(&refs, &ry, Weighting::Rank)?;
+    let all_fit: Vec<&[f64]> = fit.iter().map(Vec::as_slice).collect();
+    let all_eval: Vec<&[f64]> = eval.iter().map(Vec::as_slice).collect();
+    let (mut top, mut top_rho) = (0, f64::NEG_INFINITY);
+    for (h, r) in refs.iter().enumerate() {
+        let rho = spearman(r, &ry);
+        if rho > top_rho {
+            (top, top_rho) = (h, rho);
+        }
+    }
+    Ok([
+        Fitted {
+            labelled: b.apply_all(&all_fit),
+            eval: b.apply_all(&all_eval),
+        },
+        Fitted {
+            labelled: fit[top].clone(),
+            eval: eval[top].clone(),
+        },
+    ])
+}
+
+/// The heads' two members of a blend (`heads`, `top head`): each fitted on all labelled
+/// networks for the evaluation set, and, for its out-of-fold predictions, on the other folds
+/// (`fold[i]`: the fold of labelled network `i`), scalers included, so no labelled network's
+/// own label reaches its out-of-fold prediction.
+pub fn head_members(t: &HeadTarget, fold: &[usize]) -> Result<[HeadMember; 2], PredictorError> {
+    let n = t.y.len();
+    let shaped = t.owner.len() == t.fit_z.len()
+        && t.fit_z.len() == t.eval_z.len()
+        && !t.fit_z.is_empty()
+        && fold.len() == n
+        && t.fit_gflops.len() == n
+        && t.fit_z.iter().all(|h| h.len() == n)
+        && t.eval_z.iter().all(|h| h.len() == t.eval_gflops.len());
+    if !shaped {
+        return Err(PredictorError::Data(
+            "task heads: predictions, labels, GFLOPs and folds of different shapes".into(),
+        ));
+    }
+    let every: Vec<usize> = (0..n).collect();
+    let full = combine(t, &every)?;
+    let mut oof = [vec![f64::NAN; n], vec![f64::NAN; n]];
+    let mut folds: Vec<usize> = fold.to_vec();
+    folds.sort_unstable();
+    folds.dedup();
+    for f in folds {
+        let rest: Vec<usize> = every.iter().copied().filter(|&r| fold[r] != f).collect();
+        let c = combine(t, &rest)?;
+        for r in every.iter().copied().filter(|&r| fold[r] == f) {
+            for (o, ci) in oof.iter_mut().zip(&c) {
+                o[r] = ci.labelled[r];
+            }
+        }
+    }
+    let [a, b] = full;
+    let [oa, ob] = oof;
+    Ok([
+        HeadMember {
+            oof: oa,
+            eval: a.eval,
+        },
+        HeadMember {
+            oof: ob,
+            eval: b.eval,
+        },
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::predictor::model::Config;
-    use crate::predictor::transform::TaskScaler;
     use crate::predictor::Device;
     use crate::spaces::{SpaceId, Task};
-    use crate::stats::spearman;
 
     /// An untrained model with label statistics of `tasks` (plain z-scores), as if it had been
     /// pretrained on them.
@@ -229,5 +368,56 @@ mod tests {
             params: &params,
         };
         assert!(heads.predict(&[&a, &b], &short).is_err());
+    }
+
+    #[test]
+    fn head_members_pick_the_head_that_ranks_and_keep_folds_apart() {
+        // Three no-transform heads of 12 labelled and 30 evaluation networks: one ranks the
+        // labels, one is their reverse, one is noise.
+        let mut r = Rng::new(5);
+        let y: Vec<f64> = (0..12).map(|i| i as f64 + 0.1 * r.next_f64()).collect();
+        let truth: Vec<f64> = (0..30).map(|j| j as f64).collect();
+        let noise = |r: &mut Rng, n: usize| -> Vec<f64> { (0..n).map(|_| r.next_f64()).collect() };
+        let fit_z = vec![y.clone(), y.iter().map(|v| -v).collect(), noise(&mut r, 12)];
+        let eval_z = vec![
+            truth.clone(),
+            truth.iter().map(|v| -v).collect(),
+            noise(&mut r, 30),
+        ];
+        let owner = [1, 1, 1];
+        let t = HeadTarget {
+            owner: &owner,
+            fit_z,
+            fit_gflops: vec![1.0; 12],
+            y: &y,
+            eval_z,
+            eval_gflops: vec![1.0; 30],
+            higher_is_better: true,
+        };
+        let fold: Vec<usize> = (0..12).map(|i| i % 3).collect();
+        let [blend, top] = head_members(&t, &fold).unwrap();
+        // The best head alone is the one that ranks; the blend leaves the reversed one out.
+        assert!(spearman(&top.eval, &truth) > 0.999);
+        assert!(spearman(&blend.eval, &truth) > 0.8);
+        assert!(spearman(&top.oof, &y) > 0.999);
+        // An out-of-fold prediction is what the combination fitted without its fold gives:
+        // changing a label of fold 0 moves no prediction of fold 0 ...
+        let mut y2 = y.clone();
+        y2[0] += 100.0;
+        let t2 = HeadTarget {
+            fit_z: t.fit_z.clone(),
+            eval_z: t.eval_z.clone(),
+            fit_gflops: t.fit_gflops.clone(),
+            eval_gflops: t.eval_gflops.clone(),
+            y: &y2,
+            ..t
+        };
+        let [blend2, _] = head_members(&t2, &fold).unwrap();
+        for i in (0..12).filter(|i| i % 3 == 0) {
+            assert_eq!(blend.oof[i], blend2.oof[i], "{i}");
+        }
+        // ... but may move the others'.
+        assert!((0..12).any(|i| i % 3 != 0 && blend.oof[i] != blend2.oof[i]));
+        assert!(head_members(&t, &fold[..5]).is_err());
     }
 }
