@@ -7,7 +7,10 @@
 //!   generation and resumed bit for bit (nothing depends on hash-map iteration order);
 //! - each generation's new candidates are scored in ONE [`Fitness::score`] call; a candidate whose
 //!   graph hash was scored before is not sent again and does not count against the budget;
-//! - `budget` counts fitness evaluations and is never exceeded;
+//! - `budget` counts fitness evaluations and is never exceeded; a search ends when it is spent
+//!   or when 100 generations in a row find nothing new; an evolution whose generation found
+//!   nothing new (a converged population re-proposes what it has seen) draws random immigrants
+//!   for the next, so a budget larger than what convergence needs is still spent exploring;
 //! - a candidate over the FLOPs or parameter limit is never evaluated nor returned;
 //! - the fitness is "higher is better" in the task's units (a fitness for a lower-is-better
 //!   metric negates it); the search never reads true labels (the oracle column of results is

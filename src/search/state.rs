@@ -523,6 +523,14 @@ impl SearchState {
             for _ in 0..n {
                 cands.push(self.random_feasible()?);
             }
+        } else if self.stalled > 0 {
+            // The last generation found nothing new: a converged population re-proposes what
+            // it has seen, so this one brings random immigrants instead of mutants (they join
+            // the population and age out like any child). The search stops as stalled only
+            // when [`MAX_STALLED`] generations in a row, immigrants included, find nothing new.
+            for _ in 0..self.spec.batch {
+                cands.push(self.random_feasible()?);
+            }
         } else {
             for _ in 0..self.spec.batch {
                 let parent = self.tournament();
@@ -754,9 +762,9 @@ pub fn step(state: &mut SearchState, fitness: &mut dyn Fitness) -> Result<(), Se
 pub enum EndReason {
     /// Its budget of evaluations is spent.
     Budget,
-    /// [`MAX_STALLED`] generations in a row proposed only networks it had already evaluated:
-    /// an evolution converged (every mutation of its population seen), or the space within
-    /// the constraints is exhausted.
+    /// [`MAX_STALLED`] generations in a row proposed only networks it had already evaluated,
+    /// an evolution's random immigrants included: the space within the constraints is (nearly)
+    /// exhausted.
     Stalled,
     /// FLOP reduction: no cheaper feasible network is left within reach.
     NoCandidates,
@@ -768,9 +776,8 @@ impl EndReason {
         match self {
             EndReason::Budget => "its budget of evaluations is spent".into(),
             EndReason::Stalled => format!(
-                "{MAX_STALLED} generations in a row found no network it had not evaluated \
-                 (converged, or the space within its constraints exhausted); a smaller tournament \
-                 `sample` (weaker selection) or another seed explores further"
+                "{MAX_STALLED} generations in a row, random draws included, found no network \
+                 it had not evaluated: the space within its constraints is (nearly) exhausted"
             ),
             EndReason::NoCandidates => "no cheaper feasible network is left within reach".into(),
         }
@@ -935,15 +942,18 @@ mod tests {
         };
         let s = ended(spec(Algorithm::Evolution));
         assert_eq!(s.end_reason(), Some(EndReason::Budget));
-        // A tiny population converges long before a budget beyond the space's 15,625 networks.
+        // A budget beyond the space's 15,625 networks: the default population converges after
+        // about a thousand, then immigrants carry the search on until the space is nearly
+        // exhausted.
         let s = ended(SearchSpec {
-            population: 4,
-            sample: 2,
-            batch: 2,
+            population: 64,
+            sample: 16,
+            batch: 16,
             budget: 100_000,
             ..spec(Algorithm::Evolution)
         });
-        assert!(s.evaluations < 15_625, "{}", s.evaluations);
+        assert!(s.evaluations > 14_000, "{}", s.evaluations);
+        assert!(s.evaluations <= 15_625, "{}", s.evaluations);
         assert_eq!(s.end_reason(), Some(EndReason::Stalled));
         assert!(EndReason::Stalled.describe().contains("100 generations"));
         // A FLOP reduction that runs out of cheaper networks within its tolerance.
