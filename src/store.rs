@@ -1168,6 +1168,14 @@ mod tests {
         |avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|,81.9\n\
         |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,90.39\n";
 
+    /// A fresh store and a folder for task files (the guards keep both alive).
+    fn store_and_files() -> (tempfile::TempDir, tempfile::TempDir, Store) {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        (state, files, st)
+    }
+
     fn spec(dir: &Path, name: &str, csv: &str) -> (TaskSpec, PathBuf) {
         std::fs::write(dir.join(format!("{name}.csv")), csv).unwrap();
         let t = dir.join(format!("{name}.toml"));
@@ -1254,9 +1262,7 @@ mod tests {
 
     #[test]
     fn a_name_belongs_to_one_file() {
-        let state = tempfile::tempdir().unwrap();
-        let files = tempfile::tempdir().unwrap();
-        let st = Store::open(state.path()).unwrap();
+        let (_state, files, st) = store_and_files();
         let (s, src) = spec(files.path(), "a", CSV);
         st.record_task(&s, &src).unwrap();
         let e = st
@@ -1267,9 +1273,7 @@ mod tests {
 
     #[test]
     fn a_task_renamed_in_its_file_retires_the_old_name_only() {
-        let state = tempfile::tempdir().unwrap();
-        let files = tempfile::tempdir().unwrap();
-        let st = Store::open(state.path()).unwrap();
+        let (_state, files, st) = store_and_files();
         let (a, src) = spec(files.path(), "a", CSV);
         let (b, _) = spec(files.path(), "b", CSV);
         st.record_task(&a, &src).unwrap();
@@ -1396,9 +1400,7 @@ mod tests {
 
     #[test]
     fn ready_task_model_and_search_are_one_write() {
-        let state = tempfile::tempdir().unwrap();
-        let files = tempfile::tempdir().unwrap();
-        let st = Store::open(state.path()).unwrap();
+        let (_state, files, st) = store_and_files();
         let (s, src) = spec(files.path(), "a", CSV);
         st.record_task(&s, &src).unwrap();
         let search = SearchRecord::queued("t-a", "a", serde_json::json!({}), 5);
@@ -1430,9 +1432,7 @@ mod tests {
 
     #[test]
     fn searches_predictions_and_export_roundtrip() {
-        let state = tempfile::tempdir().unwrap();
-        let files = tempfile::tempdir().unwrap();
-        let st = Store::open(state.path()).unwrap();
+        let (_state, files, st) = store_and_files();
         let (s, src) = spec(files.path(), "a", CSV);
         st.record_task(&s, &src).unwrap();
         let rec = SearchRecord::queued("s1", "a", serde_json::json!({"budget": 10}), 10);

@@ -511,6 +511,12 @@ mod tests {
     }
 
     /// A state folder with an empty `tasks/` holding `s.csv`, two labelled NB-201 networks.
+    /// The error report `err`, once the watcher has written it.
+    fn error_report(err: &Path) -> String {
+        assert!(wait_for(|| err.exists()), "no report {}", err.display());
+        std::fs::read_to_string(err).unwrap()
+    }
+
     fn folder_with_samples() -> (tempfile::TempDir, PathBuf) {
         let state = tempfile::tempdir().unwrap();
         let tasks = state.path().join("tasks");
@@ -551,8 +557,7 @@ mod tests {
         )
         .unwrap();
         let err = tasks.join("b.toml.error");
-        assert!(wait_for(|| err.exists()));
-        let report = std::fs::read_to_string(&err).unwrap();
+        let report = error_report(&err);
         assert!(
             report.contains("field: space") && report.contains("b.toml"),
             "{report}"
@@ -602,8 +607,7 @@ mod tests {
         // b.toml asks for the name a.toml holds: rejected, naming the holder.
         std::fs::write(tasks.join("b.toml"), task("x", "cifar100")).unwrap();
         let err = tasks.join("b.toml.error");
-        assert!(wait_for(|| err.exists()));
-        let report = std::fs::read_to_string(&err).unwrap();
+        let report = error_report(&err);
         assert!(
             report.contains("field: name") && report.contains("a.toml"),
             "{report}"

@@ -125,6 +125,38 @@ fn design(x: &[Vec<f64>], idx: &[usize]) -> Design {
     Design { columns, z }
 }
 
+/// `gram + λI` inverted, `gram` being `m × m` (row-major).
+fn ridge_inverse(gram: &[f64], m: usize, lambda: f64) -> Result<Vec<f64>, PredictorError> {
+    let mut a = gram.to_vec();
+    for i in 0..m {
+        a[i * m + i] += lambda;
+    }
+    invert(a, m).ok_or_else(|| PredictorError::Data("probe: a singular ridge system".into()))
+}
+
+/// The penalty `λ = c · d` of [`GRID`] whose fit `fit_at(λ)` (its mean leave-one-out squared
+/// error and its coefficients) errs least, with those coefficients. Ties (and a grid whose
+/// every error is undefined) go to the larger penalty.
+fn least_loo(
+    d: usize,
+    mut fit_at: impl FnMut(f64) -> Result<(f64, Vec<f64>), PredictorError>,
+) -> Result<(f64, Vec<f64>), PredictorError> {
+    let mut best: Option<(f64, f64, Vec<f64>)> = None;
+    for c in GRID {
+        let lambda = c * d.max(1) as f64;
+        let (loo, coef) = fit_at(lambda)?;
+        let better = match &best {
+            None => true,
+            Some((b, _, _)) => b.is_nan() || (!loo.is_nan() && loo <= *b),
+        };
+        if better {
+            best = Some((loo, lambda, coef));
+        }
+    }
+    let (_, lambda, coef) = best.expect("GRID is not empty");
+    Ok((lambda, coef))
+}
+
 /// The penalty of [`GRID`] with the least exact leave-one-out squared error on the standardised
 /// design `z` and centred labels `yc`, and its dual coefficients `α = (ZZᵀ + λI)⁻¹ yc`.
 fn fit_dual(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorError> {
@@ -136,15 +168,8 @@ fn fit_dual(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorErro
             z[i].iter().zip(&z[j]).map(|(a, b)| a * b).sum()
         })
         .collect();
-    let mut best: Option<(f64, f64, Vec<f64>)> = None;
-    for c in GRID {
-        let lambda = c * d.max(1) as f64;
-        let mut a = gram.clone();
-        for i in 0..n {
-            a[i * n + i] += lambda;
-        }
-        let inv = invert(a, n)
-            .ok_or_else(|| PredictorError::Data("probe: a singular ridge system".into()))?;
+    least_loo(d, |lambda| {
+        let inv = ridge_inverse(&gram, n, lambda)?;
         let alpha: Vec<f64> = (0..n)
             .map(|i| (0..n).map(|j| inv[i * n + j] * yc[j]).sum())
             .collect();
@@ -158,17 +183,8 @@ fn fit_dual(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorErro
             })
             .sum::<f64>()
             / n as f64;
-        // Ties (and a grid whose every error is undefined) go to the larger penalty.
-        let better = match &best {
-            None => true,
-            Some((b, _, _)) => b.is_nan() || (!loo.is_nan() && loo <= *b),
-        };
-        if better {
-            best = Some((loo, lambda, alpha));
-        }
-    }
-    let (_, lambda, alpha) = best.expect("GRID is not empty");
-    Ok((lambda, alpha))
+        Ok((loo, alpha))
+    })
 }
 
 /// The same choice and fit as [`fit_dual`] in the primal form, for designs with more rows than
@@ -187,15 +203,8 @@ fn fit_primal(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorEr
             }
         }
     }
-    let mut best: Option<(f64, f64, Vec<f64>)> = None;
-    for c in GRID {
-        let lambda = c * d.max(1) as f64;
-        let mut a = gram.clone();
-        for i in 0..d {
-            a[i * d + i] += lambda;
-        }
-        let inv = invert(a, d)
-            .ok_or_else(|| PredictorError::Data("probe: a singular ridge system".into()))?;
+    least_loo(d, |lambda| {
+        let inv = ridge_inverse(&gram, d, lambda)?;
         let w: Vec<f64> = (0..d)
             .map(|i| (0..d).map(|j| inv[i * d + j] * zty[j]).sum())
             .collect();
@@ -212,16 +221,8 @@ fn fit_primal(z: &[Vec<f64>], yc: &[f64]) -> Result<(f64, Vec<f64>), PredictorEr
             })
             .sum::<f64>()
             / n as f64;
-        let better = match &best {
-            None => true,
-            Some((b, _, _)) => b.is_nan() || (!loo.is_nan() && loo <= *b),
-        };
-        if better {
-            best = Some((loo, lambda, w));
-        }
-    }
-    let (_, lambda, w) = best.expect("GRID is not empty");
-    Ok((lambda, w))
+        Ok((loo, w))
+    })
 }
 
 impl Probe {
