@@ -150,5 +150,5 @@ fn one(
     let t = Instant::now();
     search::run(&mut state, &mut fitness, &cancel, |_| Ok(()))?;
     let seconds = t.elapsed().as_secs_f64();
-    Ok((state.history.len(), state.evaluations, seconds))
+    Ok((state.proposed, state.evaluations, seconds))
 }

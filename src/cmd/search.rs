@@ -257,7 +257,7 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
     let cancel = AtomicBool::new(false);
     search::run(&mut state, fitness.as_mut(), &cancel, |s| {
         bar.set_position(s.evaluations as u64);
-        let rate = s.history.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let rate = s.proposed as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let best = s.best().map_or(f64::NAN, |b| b.score * sign);
         bar.set_message(format!(
             "gen {} best {best:.4} {rate:.0} cand/s",

@@ -6,7 +6,9 @@
 //!   counters); [`step`] advances it by one generation, so it can be checkpointed after any
 //!   generation and resumed bit for bit (nothing depends on hash-map iteration order);
 //! - each generation's new candidates are scored in ONE [`Fitness::score`] call; a candidate whose
-//!   graph hash was scored before is not sent again and does not count against the budget;
+//!   graph hash was scored before is not sent again and does not count against the budget, and
+//!   (with the cache) one whose genome is already in the history adds no entry to it, so the
+//!   history holds each evaluated genome once however often a converged search re-proposes it;
 //! - `budget` counts fitness evaluations and is never exceeded; a search ends when it is spent
 //!   or when 100 generations in a row find nothing new; an evolution whose generation found
 //!   nothing new (a converged population re-proposes what it has seen) draws random immigrants

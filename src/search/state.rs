@@ -250,20 +250,28 @@ pub struct SearchState {
     pub generation: u64,
     /// Fitness evaluations used.
     pub evaluations: usize,
+    /// Candidates proposed, re-proposals the cache served included (a throughput figure; a
+    /// checkpoint written before it existed resumes counting from zero).
+    #[serde(default)]
+    pub proposed: usize,
     /// Consecutive generations that found nothing new.
     pub stalled: u32,
     /// Evolution: history indices of the population, oldest first.
     pub population: VecDeque<usize>,
-    /// Every candidate added, in order.
+    /// Every candidate evaluated, in order. With the cache, each (network, genome) appears
+    /// once, where it was first proposed: a re-proposal is served the entry's score and joins
+    /// the population by the entry's index, so a converged search does not grow its history
+    /// (nor its checkpoints). Without the cache every evaluation is an entry of its own.
     pub history: Vec<Evaluated>,
     /// FLOP reduction: history indices to expand next.
     pub frontier: Vec<usize>,
     /// FLOP reduction: history index of the start network.
     pub start: Option<usize>,
     pub done: bool,
-    /// Index from graph hash to the first history entry with it (derived, rebuilt on demand).
+    /// Index from graph hash to the history entries with it, first first (derived, rebuilt on
+    /// demand; more than one where different genomes build the same network).
     #[serde(skip)]
-    seen: Option<HashMap<GraphHash, usize>>,
+    seen: Option<HashMap<GraphHash, Vec<usize>>>,
 }
 
 impl PartialEq for SearchState {
@@ -272,6 +280,7 @@ impl PartialEq for SearchState {
             && self.rng == o.rng
             && self.generation == o.generation
             && self.evaluations == o.evaluations
+            && self.proposed == o.proposed
             && self.stalled == o.stalled
             && self.population == o.population
             && self.history == o.history
@@ -317,6 +326,7 @@ impl SearchState {
             spec,
             generation: 0,
             evaluations: 0,
+            proposed: 0,
             stalled: 0,
             population: VecDeque::new(),
             history: Vec::new(),
@@ -327,15 +337,29 @@ impl SearchState {
         })
     }
 
-    fn seen(&mut self) -> &mut HashMap<GraphHash, usize> {
+    fn seen(&mut self) -> &mut HashMap<GraphHash, Vec<usize>> {
         let history = &self.history;
         self.seen.get_or_insert_with(|| {
-            let mut m = HashMap::with_capacity(history.len());
+            let mut m: HashMap<GraphHash, Vec<usize>> = HashMap::with_capacity(history.len());
             for (i, e) in history.iter().enumerate() {
-                m.entry(e.hash).or_insert(i);
+                m.entry(e.hash).or_default().push(i);
             }
             m
         })
+    }
+
+    /// The first history entry with this network, if any.
+    fn first_seen(&mut self, hash: &GraphHash) -> Option<usize> {
+        self.seen().get(hash).map(|v| v[0])
+    }
+
+    /// The history entry of this very candidate (same network and same genome), if any.
+    fn entry_of(&mut self, b: &Built) -> Option<usize> {
+        self.seen();
+        let ids = self.seen.as_ref()?.get(&b.hash)?;
+        ids.iter()
+            .copied()
+            .find(|&j| self.history[j].genome == b.genome)
     }
 
     fn build(&self, genome: Genome) -> Result<Built, SearchError> {
@@ -401,8 +425,10 @@ impl SearchState {
 
     /// Tournament selection over the population: S distinct members, the best wins (in
     /// multi-objective mode, a member no other sampled member dominates; ties by score, then age).
+    /// Members are drawn by position in the population (a re-proposed network may stand at
+    /// several), and ties go to the younger position.
     fn tournament(&mut self) -> usize {
-        let mut pool: Vec<usize> = self.population.iter().copied().collect();
+        let mut pool: Vec<usize> = (0..self.population.len()).collect();
         let s = self.spec.sample.min(pool.len());
         for i in 0..s {
             let j = i + self.rng.index(pool.len() - i);
@@ -410,7 +436,9 @@ impl SearchState {
         }
         let contenders = &pool[..s];
         let h = &self.history;
-        let key = |i: usize| (h[i].score, -h[i].mflops);
+        let pop = &self.population;
+        let score = |p: usize| h[pop[p]].score;
+        let key = |p: usize| (h[pop[p]].score, -h[pop[p]].mflops);
         let eligible: Vec<usize> = if self.spec.multi_objective {
             contenders
                 .iter()
@@ -424,14 +452,18 @@ impl SearchState {
         } else {
             contenders.to_vec()
         };
-        eligible
+        let winner = eligible
             .into_iter()
-            .max_by(|&i, &j| h[i].score.total_cmp(&h[j].score).then(i.cmp(&j)))
-            .expect("a tournament has contenders")
+            .max_by(|&p, &q| score(p).total_cmp(&score(q)).then(p.cmp(&q)))
+            .expect("a tournament has contenders");
+        pop[winner]
     }
 
-    /// Score the new ones among `cands` in one fitness call and append all to the history.
-    /// Misses beyond the remaining budget are dropped. Returns the history indices added.
+    /// Score the new ones among `cands` in one fitness call and append them to the history.
+    /// Misses beyond the remaining budget are dropped. Returns each kept candidate's history
+    /// index, in order: with the cache, a candidate already in the history (same network, same
+    /// genome) keeps its entry's index and adds nothing; a known network of another genome is
+    /// appended with the known score.
     fn evaluate(
         &mut self,
         cands: Vec<Built>,
@@ -442,11 +474,7 @@ impl SearchState {
         let mut batch_hashes: HashSet<GraphHash> = HashSet::new();
         let mut misses = 0usize;
         for b in cands {
-            let cached = self
-                .spec
-                .cache
-                .then(|| self.seen().get(&b.hash).copied())
-                .flatten();
+            let cached = self.spec.cache.then(|| self.first_seen(&b.hash)).flatten();
             if let Some(i) = cached {
                 let s = self.history[i].score;
                 keep.push((b, Some(s)));
@@ -496,11 +524,18 @@ impl SearchState {
         } else {
             self.stalled = 0;
         }
+        self.proposed += keep.len();
         let mut added = Vec::with_capacity(keep.len());
         for (b, s) in keep {
+            if self.spec.cache {
+                if let Some(j) = self.entry_of(&b) {
+                    added.push(j);
+                    continue;
+                }
+            }
             let score = s.unwrap_or_else(|| scores[first[&b.hash]]);
             let idx = self.history.len();
-            self.seen().entry(b.hash).or_insert(idx);
+            self.seen().entry(b.hash).or_default().push(idx);
             self.history.push(Evaluated {
                 genome: b.genome,
                 hash: b.hash,
@@ -625,7 +660,7 @@ impl SearchState {
                 b.moves = moves;
                 if b.mflops < fl
                     && self.feasible(&b)
-                    && !self.seen().contains_key(&b.hash)
+                    && self.first_seen(&b.hash).is_none()
                     && batch_seen.insert(b.hash)
                 {
                     cands.push(b);
@@ -846,10 +881,22 @@ mod tests {
             assert_eq!(fit.queries, 300);
             runs.push(s);
         }
-        // A small population re-proposes networks: the cache serves them; without it each one
-        // is scored again, to the same score.
-        assert!(runs[0].history.len() > 300, "{}", runs[0].history.len());
+        // A small population re-proposes networks: the cache serves them without a new history
+        // entry (each genome once); without it each one is scored again, to the same score.
+        assert!(runs[0].proposed > 300, "{}", runs[0].proposed);
+        assert!(runs[0].history.len() < runs[0].proposed);
+        let genomes: std::collections::HashSet<String> = runs[0]
+            .history
+            .iter()
+            .map(|e| serde_json::to_string(&e.genome).unwrap())
+            .collect();
+        assert_eq!(genomes.len(), runs[0].history.len());
+        assert!(runs[0]
+            .population
+            .iter()
+            .all(|&i| i < runs[0].history.len()));
         assert_eq!(runs[1].history.len(), 300);
+        assert_eq!(runs[1].proposed, 300);
         let hashes: std::collections::HashSet<_> = runs[1].history.iter().map(|e| e.hash).collect();
         assert!(hashes.len() < 300);
         for e in &runs[1].history {
@@ -897,6 +944,73 @@ mod tests {
             serde_json::to_string(&resumed).unwrap(),
             serde_json::to_string(&whole).unwrap()
         );
+    }
+
+    #[test]
+    fn a_history_with_repeated_entries_resumes_the_same_search() {
+        // Checkpoints written before re-proposals were folded into their first entry hold a
+        // history entry per proposal, the population pointing at the latest: such a state must
+        // go on exactly as the folded one does.
+        let cancel = AtomicBool::new(false);
+        let small = || SearchSpec {
+            population: 24,
+            sample: 12,
+            batch: 4,
+            ..spec(Algorithm::Evolution)
+        };
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let mut folded = SearchState::new(small()).unwrap();
+        for _ in 0..40 {
+            step(&mut folded, &mut fit).unwrap();
+        }
+        let mut unfolded = folded.clone();
+        unfolded.seen = None;
+        for k in 0..unfolded.population.len() {
+            let i = unfolded.population[k];
+            let copy = Evaluated {
+                generation: folded.generation,
+                ..unfolded.history[i].clone()
+            };
+            unfolded.history.push(copy);
+            unfolded.population[k] = unfolded.history.len() - 1;
+        }
+        let fork = folded.history.len();
+        assert!(
+            folded.population.iter().any(|&i| i < folded.population[0]),
+            "no re-proposal in the population: nothing to check"
+        );
+        // Ties (here every tournament is one: all scores flattened) go to the youngest
+        // contender by its place in the population, not by the history entry it stands for.
+        let (mut a, mut b) = (folded.clone(), unfolded.clone());
+        for e in a.history.iter_mut().chain(b.history.iter_mut()) {
+            e.score = 1.0;
+        }
+        for _ in 0..200 {
+            let (i, j) = (a.tournament(), b.tournament());
+            assert_eq!(a.history[i].genome, b.history[j].genome);
+        }
+        run(&mut folded, &mut fit, &cancel, |_| Ok(())).unwrap();
+        run(&mut unfolded, &mut fit, &cancel, |_| Ok(())).unwrap();
+        let mut rest: Vec<Evaluated> = unfolded.history[..fork].to_vec();
+        rest.extend_from_slice(&unfolded.history[fork + 24..]);
+        assert_eq!(folded.history, rest);
+        assert!(
+            folded.proposed > folded.history.len(),
+            "the search re-proposed nothing"
+        );
+        assert_eq!(folded.results(), unfolded.results());
+        assert_eq!(
+            (folded.evaluations, folded.generation, folded.proposed),
+            (unfolded.evaluations, unfolded.generation, unfolded.proposed)
+        );
+        let genomes = |s: &SearchState| -> Vec<Genome> {
+            s.population
+                .iter()
+                .map(|&i| s.history[i].genome.clone())
+                .collect()
+        };
+        assert_eq!(genomes(&folded), genomes(&unfolded));
+        assert_eq!(unfolded.history.len(), folded.history.len() + 24);
     }
 
     #[test]
