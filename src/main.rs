@@ -108,6 +108,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                         | aiop::predictor::PredictorError::Space(_)
                 )
             )
+            || matches!(
+                cause.downcast_ref::<aiop::search::SearchError>(),
+                Some(aiop::search::SearchError::Predictor(
+                    aiop::predictor::PredictorError::Data(_)
+                        | aiop::predictor::PredictorError::Space(_)
+                ))
+            )
         {
             return 65;
         }

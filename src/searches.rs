@@ -272,8 +272,23 @@ impl Searches {
     }
 
     /// Turn a request into a stored spec: resolve the model, check the search is valid.
+    /// A benchmark task the base model has no statistics for is refused here, not at the
+    /// search's first generation.
     pub fn resolve(&self, req: &SearchRequest, origin: &str) -> Result<StoredSpec, SearchesError> {
-        resolve(&self.inner.store, req, origin)
+        let stored = resolve(&self.inner.store, req, origin)?;
+        if let ModelRef::Base { space, task } = stored.model {
+            let known = self.inner.predictor.base_members();
+            if !known.contains_key(&crate::predictor::data::TaskKey::new(space, task)) {
+                let names: Vec<String> = known.keys().map(|k| k.to_string()).collect();
+                return Err(invalid(format!(
+                    "task: the base model does not predict {space}/{task} (it predicts {}); \
+                     search a task of the daemon instead (a task file with labelled samples \
+                     of it, without \"space\")",
+                    names.join(", ")
+                )));
+            }
+        }
+        Ok(stored)
     }
 
     /// Create a search from a request (written before it runs) and queue it.

@@ -107,9 +107,7 @@ impl PredictorFitness {
         task: Task,
     ) -> Result<PredictorFitness, SearchError> {
         let key = crate::predictor::data::TaskKey::new(space, task);
-        let features = model
-            .features_for(key)
-            .map_err(|e| SearchError::Fitness(e.to_string()))?;
+        let features = model.features_for(key).map_err(SearchError::Predictor)?;
         Ok(PredictorFitness {
             model,
             key,

@@ -39,6 +39,9 @@ pub enum SearchError {
     Graph(#[from] crate::graph::GraphError),
     #[error("fitness: {0}")]
     Fitness(String),
+    /// The predictor refused the search's task (its statistics are missing, say).
+    #[error("fitness: {0}")]
+    Predictor(crate::predictor::PredictorError),
     #[error("invalid search: {0}")]
     Invalid(String),
     #[error("no candidate satisfies the constraints after {0} tries")]

@@ -128,6 +128,28 @@ fn bad_input_names_the_line_and_what_was_expected() {
 }
 
 #[test]
+fn a_task_the_base_model_does_not_know_is_a_data_error_before_any_work() {
+    // DARTS is a space of the tables, but the embedded models were not pretrained on it: both
+    // the search and the prediction refuse at once, with the same exit code, naming the task.
+    let search = aiop(
+        &[
+            "search", "--space", "darts", "--task", "cifar10", "--budget", "10", "--quiet",
+        ],
+        "",
+    );
+    let predict = aiop(&["predict", "--space", "darts", "--task", "cifar10"], "");
+    for o in [search, predict] {
+        assert_eq!(o.status.code(), Some(65));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("no label statistics for darts/cifar10"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
 fn a_shape_inconsistent_graph_file_names_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");

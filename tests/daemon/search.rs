@@ -334,6 +334,23 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
         assert_eq!(r["oracle"].as_f64(), Some(table[arch]), "{r}");
         assert_ne!(r["oracle"], r["predicted"], "{r}");
     }
+
+    // A benchmark task the base model was not pretrained on is refused at submission, naming
+    // the field, and nothing is stored: it does not fail later as a search.
+    let r = d.send(
+        "POST",
+        "/v1/searches",
+        &serde_json::json!({"space": "darts", "task": "cifar10", "budget": 48}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("task: the base model does not predict darts/cifar10")
+            && text.contains("nb201/cifar10"),
+        "{text}"
+    );
+    let all = d.get("/v1/searches").json();
+    assert_eq!(all["searches"].as_array().unwrap().len(), 1, "{all}");
 }
 
 /// The search spec of the interrupted and the uninterrupted runs.
