@@ -64,6 +64,11 @@ pub struct Config {
     pub max_samples_file_bytes: u64,
     /// Seconds a single HTTP request may take before it is answered 408.
     pub request_timeout_secs: u64,
+    /// Least time between two checkpoints of a running search, in milliseconds (0: after
+    /// every generation). A search of fast generations would otherwise spend most of its time
+    /// flushing the store; a crash loses at most this much of a search's work, which the
+    /// resumed search redoes exactly. Ends, cancellations and stops are always checkpointed.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -85,6 +90,7 @@ impl Default for Config {
             max_task_file_bytes: 1 << 20,
             max_samples_file_bytes: 16 << 20,
             request_timeout_secs: 30,
+            checkpoint_interval_ms: 1000,
         }
     }
 }
@@ -124,7 +130,7 @@ pub enum ConfigError {
 use crate::taskfile::line_of;
 
 /// The environment variables read, one per [`Config`] field.
-pub const ENV_KEYS: [&str; 16] = [
+pub const ENV_KEYS: [&str; 17] = [
     "AIOP_STATE_DIR",
     "AIOP_TASKS_DIR",
     "AIOP_LISTEN",
@@ -141,6 +147,7 @@ pub const ENV_KEYS: [&str; 16] = [
     "AIOP_MAX_TASK_FILE_BYTES",
     "AIOP_MAX_SAMPLES_FILE_BYTES",
     "AIOP_REQUEST_TIMEOUT_SECS",
+    "AIOP_CHECKPOINT_INTERVAL_MS",
 ];
 
 /// `AIOP_*` variables that belong to other parts of aiop (not settings of the daemon).
@@ -250,6 +257,9 @@ impl Config {
                 "AIOP_REQUEST_TIMEOUT_SECS" => {
                     self.request_timeout_secs = num(&value).map_err(bad)?
                 }
+                "AIOP_CHECKPOINT_INTERVAL_MS" => {
+                    self.checkpoint_interval_ms = num(&value).map_err(bad)?
+                }
                 v if ENV_OTHER.contains(&v) => {}
                 _ => return Err(ConfigError::UnknownEnv(var.clone())),
             }
@@ -284,6 +294,15 @@ impl Config {
         positive("max_task_file_bytes", self.max_task_file_bytes)?;
         positive("max_samples_file_bytes", self.max_samples_file_bytes)?;
         positive("request_timeout_secs", self.request_timeout_secs)?;
+        if self.checkpoint_interval_ms > MAX_CHECKPOINT_INTERVAL_MS {
+            return Err(ConfigError::Invalid {
+                key: "checkpoint_interval_ms",
+                message: format!(
+                    "at most {MAX_CHECKPOINT_INTERVAL_MS} (an hour): a crash loses up to this \
+                     much of every running search"
+                ),
+            });
+        }
         if self.token.as_deref() == Some("") {
             return Err(ConfigError::Invalid {
                 key: "token",
@@ -307,7 +326,14 @@ impl Config {
     pub fn watch_debounce(&self) -> Duration {
         Duration::from_millis(self.watch_debounce_ms)
     }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
 }
+
+/// The longest accepted `checkpoint_interval_ms`.
+pub const MAX_CHECKPOINT_INTERVAL_MS: u64 = 3_600_000;
 
 #[cfg(test)]
 mod tests {
@@ -394,5 +420,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("body_limit_bytes"));
+        // 0 is a valid checkpoint interval (every generation); more than an hour is not.
+        let every = Config {
+            checkpoint_interval_ms: 0,
+            ..Config::default()
+        };
+        assert!(every.validate().is_ok());
+        let huge = Config {
+            checkpoint_interval_ms: MAX_CHECKPOINT_INTERVAL_MS + 1,
+            ..Config::default()
+        };
+        let e = huge.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("checkpoint_interval_ms") && e.contains("3600000"),
+            "{e}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! [`tuned`] (task models: the predictor fine-tuned to a task file, on disk) ← [`store`] (the
 //! daemon's sled database) ← [`service`] (the predictor service: one thread, batched forward
 //! passes, the prediction cache) ← [`searches`] (the daemon's searches on worker threads,
-//! checkpointed every generation) ← [`jobs`] (fine-tuning work on dedicated threads) ←
+//! checkpointed as they go) ← [`jobs`] (fine-tuning work on dedicated threads) ←
 //! [`watch`] (the task folder watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring).
 //! [`pool`] runs independent jobs on worker threads; [`names`] is the one rule for names that
 //! become keys and folders. [`config`] is the daemon's settings, read by `main` and handed down; [`client`] talks HTTP

@@ -1,15 +1,19 @@
 //! The daemon's architecture searches: submitted through the API or asked for by a task file's
 //! `[search]` table, run on a bounded pool of dedicated worker threads, scored by the shared
-//! [`PredictorService`], checkpointed in the store after every generation.
+//! [`PredictorService`], checkpointed in the store as they go (every generation, or at most
+//! once per checkpoint interval).
 //!
 //! A search record (in the store's `searches` tree) holds the request as submitted, the
 //! resolved [`crate::search::SearchSpec`] and the model that scores candidates (a task model id,
 //! or the base model for a benchmark task), fixed when the search is created so that a resumed
 //! search scores with the model it started with.
 //!
-//! Invariants: the record is written (flushed) before the search runs; after every generation
-//! the serialised [`SearchState`] and the record's progress, best and results are written in one
-//! transaction and flushed, so a crash loses at most the generation in flight; a worker checks
+//! Invariants: the record is written (flushed) before the search runs; after its first
+//! generation, then after any generation that ends at least the checkpoint interval after the
+//! last checkpoint (every one when the interval is 0), and whenever it ends, is cancelled or
+//! stopped, the serialised [`SearchState`] and the record's progress, best and results are
+//! written in one transaction and flushed, so the record always shows a durable checkpoint and
+//! a crash loses at most the interval's work plus the generation in flight; a worker checks
 //! its search's cancellation flag and the pool's stop flag before every generation; a stop
 //! (SIGTERM) leaves the search `queued` at its last checkpoint, and at start-up queued and
 //! interrupted (`running`) searches are queued again and resume from their checkpoint, which
@@ -186,6 +190,9 @@ struct Inner {
     metrics: Metrics,
     workers: Mutex<Vec<JoinHandle<()>>>,
     counter: AtomicU64,
+    /// Least time between two checkpoints of a running search (zero: every generation): a
+    /// search of millisecond generations would otherwise spend most of its time flushing.
+    checkpoint_interval: std::time::Duration,
     /// Ended searches whose `aiop_search_best_score` series is still exported, oldest first
     /// (at most [`FINISHED_SERIES`]): a daemon running searches for months would otherwise
     /// export one series per search it ever ran.
@@ -217,12 +224,14 @@ pub fn task_search_id(task: &str, version: &str) -> String {
 
 impl Searches {
     /// Start `workers` threads and queue every search the store has as queued or running
-    /// (interrupted by a stop or a crash).
+    /// (interrupted by a stop or a crash). A running search is checkpointed at most once per
+    /// `checkpoint_interval` (besides its first generation and its end).
     pub fn start(
         workers: usize,
         store: Store,
         predictor: PredictorService,
         registry: &Registry,
+        checkpoint_interval: std::time::Duration,
     ) -> Result<Searches, SearchesError> {
         let metrics = Metrics::register(registry)?;
         let (tx, rx) = crossbeam_channel::unbounded::<String>();
@@ -257,6 +266,7 @@ impl Searches {
             metrics,
             workers: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
+            checkpoint_interval,
             finished_series: Mutex::new(VecDeque::new()),
         });
         let me = Searches { inner };
@@ -527,6 +537,9 @@ impl Searches {
         }
         m.running.inc();
         let running = Running(&m.running);
+        // When the last checkpoint was written (none yet in this run: the first generation's
+        // is written at once, so a new search shows progress without waiting an interval).
+        let mut last_save: Option<std::time::Instant> = None;
         let outcome = loop {
             if state.done {
                 break Ok(SearchStatus::Done);
@@ -548,7 +561,11 @@ impl Searches {
             } else {
                 SearchStatus::Running
             };
-            self.save(id, &mut state, &mut saved, status, &report, None)?;
+            let due = last_save.is_none_or(|t| t.elapsed() >= self.inner.checkpoint_interval);
+            if state.done || due {
+                self.save(id, &mut state, &mut saved, status, &report, None)?;
+                last_save = Some(std::time::Instant::now());
+            }
             if let Some(b) = state.best() {
                 m.best.with_label_values(&[id]).set(b.score * sign);
             }

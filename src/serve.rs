@@ -126,6 +126,7 @@ pub async fn run(
         store.clone(),
         predictor.clone(),
         &registry,
+        config.checkpoint_interval(),
     )?;
 
     let jobs = match finetuner {

@@ -2,9 +2,12 @@
 # A search that exhausts NB-201 in a fresh `aiop serve` (base model, CIFAR-10, budget 200,000:
 # it stops as stalled near 15,600 networks): wall time from submission to done, and the store's
 # size on disk (BENCHMARKS.md, throughput of evolution). Each run prints its record's
-# evaluations, generations and why it ended. Usage: tests/bench/daemon_search.sh [BINARY] [RUNS]
+# evaluations, generations, why it ended and a digest of its results. The daemon's settings
+# come from the environment (AIOP_CHECKPOINT_INTERVAL_MS=0: a checkpoint every generation), never
+# from a config/aiop.toml (it runs in a temporary folder).
+# Usage: tests/bench/daemon_search.sh [BINARY] [RUNS]
 set -euo pipefail
-bin=${1:-target/release/aiop}
+bin=$(realpath "${1:-target/release/aiop}")
 runs=${2:-3}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -12,9 +15,12 @@ echo '{"task": "cifar10", "space": "nb201", "budget": 200000, "seed": 0}' > "$di
 for i in $(seq 1 "$runs"); do
   state="$dir/state$i"
   mkdir -p "$state/tasks"
-  "$bin" serve --listen 127.0.0.1:0 --state "$state" --tasks "$state/tasks" 2> "$dir/serve$i.log" &
+  (cd "$dir" && exec "$bin" serve --listen 127.0.0.1:0 --state "$state" --tasks "$state/tasks") 2> "$dir/serve$i.log" &
   pid=$!
-  until [ -s "$state/aiop.addr" ]; do sleep 0.1; done
+  until [ -s "$state/aiop.addr" ]; do
+    kill -0 "$pid" 2>/dev/null || { echo "aiop serve exited:"; tail -3 "$dir/serve$i.log"; exit 1; }
+    sleep 0.1
+  done
   t0=$(date +%s.%N)
   id=$("$bin" submit "$dir/body.json" --state "$state" | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -1)
   until "$bin" searches "$id" --state "$state" --json > "$dir/rec.json" 2>/dev/null \
@@ -24,6 +30,6 @@ for i in $(seq 1 "$runs"); do
   t1=$(date +%s.%N)
   kill -TERM "$pid"
   wait "$pid"
-  rec=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["status"], "evaluations", r["evaluations"], "generations", r["generation"], "ended_because", r["ended_because"])' "$dir/rec.json")
+  rec=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); import hashlib; print(r["status"], "evaluations", r["evaluations"], "generations", r["generation"], "ended_because", r["ended_because"], "results", hashlib.sha256(json.dumps(r["results"], sort_keys=True).encode()).hexdigest()[:12])' "$dir/rec.json")
   echo "run $i: $(echo "$t1 - $t0" | bc) s, store $(du -sk "$state/db" | cut -f1) KiB, $rec"
 done

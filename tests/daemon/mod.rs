@@ -22,7 +22,14 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon on `state` that checkpoints its searches after every generation, so that tests
+    /// can watch (and interrupt) a search generation by generation.
     fn start(state: &Path) -> Daemon {
+        Daemon::start_with(state, &[("AIOP_CHECKPOINT_INTERVAL_MS", "0")])
+    }
+
+    /// A daemon on `state` with these `AIOP_*` settings besides the tests' usual ones.
+    fn start_with(state: &Path, env: &[(&str, &str)]) -> Daemon {
         let _ = std::fs::remove_file(state.join("aiop.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -37,6 +44,7 @@ impl Daemon {
             .env("AIOP_WATCH_DEBOUNCE_MS", "100")
             .env("AIOP_SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
             .env("AIOP_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

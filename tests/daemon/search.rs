@@ -501,3 +501,55 @@ fn sigterm_mid_search_exits_within_the_grace_period_and_the_search_resumes() {
     let t = d.get("/v1/tasks/seg-term").json();
     assert!(t["removed_at"].is_u64(), "{t}");
 }
+
+#[test]
+fn between_checkpoints_the_record_stands_still_and_a_crash_redoes_the_lost_generations() {
+    // A ten-minute checkpoint interval: after its first generation (checkpointed at once) the
+    // search's record waits for the search to end, while the metrics count every generation.
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let long = [("AIOP_CHECKPOINT_INTERVAL_MS", "600000")];
+    let mut d = Daemon::start_with(&state, &long);
+    let spec = serde_json::json!({"space": "nb201", "task": "cifar10", "budget": 100000,
+        "seed": 3});
+    let r = d.send("POST", "/v1/searches", &spec);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    wait_long("generations past the first checkpoint", || {
+        (d.metrics()["aiop_search_generations_total"] >= 50.0).then_some(())
+    });
+    let rec = d.get(&format!("/v1/searches/{id}")).json();
+    assert_eq!(rec["status"], "running", "the search ended too soon: {rec}");
+    assert_eq!(rec["generation"], 1, "{rec}");
+    d.kill_now();
+    assert_eq!(d.wait_exit(T).code(), None, "killed by a signal");
+    drop(d);
+
+    // The restarted daemon redoes the generations after the checkpoint and ends exactly where
+    // an uninterrupted run of the same spec does; the end is always checkpointed.
+    let d = Daemon::start_with(&state, &long);
+    let resumed = watch_search(&d, &id, |v| v["status"] == "done")
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (&resumed["resumes"], &resumed["resumed_from_generation"]),
+        (&1.into(), &1.into()),
+        "{resumed}"
+    );
+    assert!(resumed["generation"].as_u64().unwrap() > 50, "{resumed}");
+    let r = d.send("POST", "/v1/searches", &spec);
+    let id2 = r.json()["id"].as_str().unwrap().to_string();
+    let whole = watch_search(&d, &id2, |v| v["status"] == "done")
+        .pop()
+        .unwrap();
+    assert_eq!(whole["resumes"], 0);
+    for k in [
+        "results",
+        "best",
+        "evaluations",
+        "generation",
+        "ended_because",
+    ] {
+        assert_eq!(resumed[k], whole[k], "{k}");
+    }
+}
