@@ -102,24 +102,27 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             )
             || cause.is::<cmd::DataError>()
             || matches!(
-                cause.downcast_ref::<aiop::predictor::PredictorError>(),
+                predictor_error(cause),
                 Some(
                     aiop::predictor::PredictorError::Data(_)
                         | aiop::predictor::PredictorError::Space(_)
                 )
-            )
-            || matches!(
-                cause.downcast_ref::<aiop::search::SearchError>(),
-                Some(aiop::search::SearchError::Predictor(
-                    aiop::predictor::PredictorError::Data(_)
-                        | aiop::predictor::PredictorError::Space(_)
-                ))
             )
         {
             return 65;
         }
     }
     1
+}
+
+/// The predictor's error in `cause`, on its own or carried by a search's.
+fn predictor_error<'a>(
+    cause: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a aiop::predictor::PredictorError> {
+    match cause.downcast_ref::<aiop::search::SearchError>() {
+        Some(aiop::search::SearchError::Predictor(p)) => Some(p),
+        _ => cause.downcast_ref(),
+    }
 }
 
 fn main() -> ExitCode {

@@ -6,6 +6,7 @@
 # the search's record. Settings come from the environment (e.g. AIOP_CHECKPOINT_INTERVAL_MS=0).
 # Usage: tests/bench/daemon_growth.sh [BINARY] [SECONDS]
 set -euo pipefail
+. "$(dirname "$0")/serve.sh"
 bin=$(realpath "${1:-target/release/aiop}")
 secs=${2:-120}
 labels=$(cd "$(dirname "$0")/../.." && pwd)/search_spaces/darts/labels.csv
@@ -15,12 +16,7 @@ state="$dir/state"
 mkdir -p "$state/tasks" "$dir/stage"
 head -21 "$labels" | sed '1s/.*/arch,value/' > "$dir/stage/d.csv"
 printf 'name = "darts-zs"\nspace = "darts"\nhead = "cifar10"\nsamples = "d.csv"\nmode = "zero-shot"\n[search]\nbudget = 1000000\n' > "$dir/stage/d.toml"
-(cd "$dir" && exec "$bin" serve --listen 127.0.0.1:0 --state "$state" --tasks "$state/tasks") 2> "$dir/serve.log" &
-pid=$!
-until [ -s "$state/aiop.addr" ]; do
-  kill -0 "$pid" 2>/dev/null || { echo "aiop serve exited:"; tail -3 "$dir/serve.log"; exit 1; }
-  sleep 0.1
-done
+start_serve "$bin" "$dir" "$state" "$dir/serve.log"
 cp "$dir/stage/d.csv" "$dir/stage/d.toml" "$state/tasks/"
 until "$bin" searches --state "$state" 2>/dev/null | grep -q running; do sleep 0.2; done
 sleep "$secs"

@@ -7,6 +7,7 @@
 # from a config/aiop.toml (it runs in a temporary folder).
 # Usage: tests/bench/daemon_search.sh [BINARY] [RUNS]
 set -euo pipefail
+. "$(dirname "$0")/serve.sh"
 bin=$(realpath "${1:-target/release/aiop}")
 runs=${2:-3}
 dir=$(mktemp -d)
@@ -15,12 +16,7 @@ echo '{"task": "cifar10", "space": "nb201", "budget": 200000, "seed": 0}' > "$di
 for i in $(seq 1 "$runs"); do
   state="$dir/state$i"
   mkdir -p "$state/tasks"
-  (cd "$dir" && exec "$bin" serve --listen 127.0.0.1:0 --state "$state" --tasks "$state/tasks") 2> "$dir/serve$i.log" &
-  pid=$!
-  until [ -s "$state/aiop.addr" ]; do
-    kill -0 "$pid" 2>/dev/null || { echo "aiop serve exited:"; tail -3 "$dir/serve$i.log"; exit 1; }
-    sleep 0.1
-  done
+  start_serve "$bin" "$dir" "$state" "$dir/serve$i.log"
   t0=$(date +%s.%N)
   id=$("$bin" submit "$dir/body.json" --state "$state" | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -1)
   until "$bin" searches "$id" --state "$state" --json > "$dir/rec.json" 2>/dev/null \
