@@ -14,10 +14,11 @@
 //! cancelled by [`Searches`], and a submitted task file is validated in a hidden staging folder
 //! and then moved into the watched folder, where the watcher records it like any dropped file.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -131,6 +132,36 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError::BadRequest(format!("the URL's path: {}", r.body_text()))
+    }
+}
+
+/// The JSON body of a request whose size limit is `limit` bytes (the `setting` that sets it):
+/// a body over it is told both.
+fn body_of<T>(
+    body: Result<Json<T>, JsonRejection>,
+    limit: usize,
+    setting: &str,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(v)) => Ok(v),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge(
+            format!("the request body is over its limit of {limit} bytes ({setting})"),
+        )),
+        Err(r) => Err(r.into()),
+    }
+}
+
+/// The body limit of `POST /v1/tasks`: room for a task file and a samples file at their own
+/// limits, JSON-escaped (at most doubled), beside the API's limit for everything else, so
+/// that whatever the folder accepts can be submitted.
+fn task_body_limit(api: usize, limits: &Limits) -> usize {
+    let files = 2 * (limits.max_toml_bytes + limits.max_samples_bytes);
+    api.saturating_add(usize::try_from(files).unwrap_or(usize::MAX))
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         ApiError::Internal(e.to_string())
@@ -233,7 +264,15 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/spaces", get(spaces))
-        .route("/v1/tasks", get(tasks).post(submit_task))
+        .route(
+            "/v1/tasks",
+            get(tasks)
+                .post(submit_task)
+                .layer(DefaultBodyLimit::max(task_body_limit(
+                    cfg.body_limit_bytes,
+                    &state.backend.limits,
+                ))),
+        )
         .route("/v1/tasks/{name}", get(task))
         .route("/v1/graph", post(graph))
         .route("/v1/predict", post(predict))
@@ -350,14 +389,66 @@ struct TaskSummary<'a> {
     versions: usize,
     removed: bool,
     error: Option<&'a str>,
+    /// The watcher's report on the task's file, when the file as it stands is rejected (the
+    /// task keeps its last good version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_error: Option<String>,
     updated_at: u64,
+}
+
+/// A task file the watcher rejected, as its `.error` report says.
+#[derive(Serialize)]
+struct Rejected {
+    /// The task file.
+    file: String,
+    /// The report's `error:` line.
+    error: String,
+    /// The whole report (file, line, field, error).
+    report: String,
+}
+
+/// The rejected task files of the folder `dir` (those with a `.error` report beside them).
+fn rejected_files(dir: &std::path::Path) -> Vec<Rejected> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<Rejected> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_name()?.to_str()?;
+            let file = name.strip_suffix(".error")?;
+            if !file.ends_with(".toml") || file.starts_with('.') {
+                return None;
+            }
+            let report = std::fs::read_to_string(&p).ok()?;
+            let error = report
+                .lines()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or("")
+                .to_string();
+            Some(Rejected {
+                file: p.with_file_name(file).display().to_string(),
+                error,
+                report,
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.file.cmp(&b.file));
+    v
 }
 
 async fn tasks(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let store = st.store.clone();
-    let all = tokio::task::spawn_blocking(move || store.tasks())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let dir = st
+        .backend
+        .tasks_dir
+        .canonicalize()
+        .unwrap_or(st.backend.tasks_dir.clone());
+    let (all, rejected) =
+        tokio::task::spawn_blocking(move || store.tasks().map(|t| (t, rejected_files(&dir))))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
     let v: Vec<TaskSummary> = all
         .iter()
         .map(|t| TaskSummary {
@@ -367,16 +458,21 @@ async fn tasks(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Ap
             versions: t.versions.len(),
             removed: t.removed_at.is_some(),
             error: t.error.as_deref(),
+            file_error: rejected
+                .iter()
+                .find(|r| t.removed_at.is_none() && r.file == t.source)
+                .map(|r| r.error.clone()),
             updated_at: t.updated_at,
         })
         .collect();
-    Ok(Json(serde_json::json!({"tasks": v})))
+    Ok(Json(serde_json::json!({"tasks": v, "rejected": rejected})))
 }
 
 async fn task(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name?;
     let rec = st
         .store
         .task(&name)?
@@ -484,7 +580,7 @@ async fn graph(
     _auth: Authorized,
     body: Result<Json<GraphRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body?;
+    let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
     let n = req.archs.len() + usize::from(req.arch.is_some()) + req.graphs.len();
     if n == 0 {
         return Err(unprocessable(
@@ -608,7 +704,7 @@ async fn predict(
     _auth: Authorized,
     body: Result<Json<PredictRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body?;
+    let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
     let n = req.archs.len() + usize::from(req.arch.is_some()) + req.graphs.len();
     if n == 0 {
         return Err(unprocessable(
@@ -678,8 +774,9 @@ async fn list_searches(State(st): State<AppState>) -> Result<Json<serde_json::Va
 
 async fn get_search(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = id?;
     let store = st.store.clone();
     let rec = tokio::task::spawn_blocking(move || store.search(&id).map(|r| (id, r))).await??;
     match rec {
@@ -693,7 +790,7 @@ async fn create_search(
     _auth: Authorized,
     body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(req) = body?;
+    let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
     let searches = st.backend.searches.clone();
     let rec = tokio::task::spawn_blocking(move || searches.submit(req)).await??;
     Ok((StatusCode::CREATED, Json(search_view(&rec, true))))
@@ -702,8 +799,9 @@ async fn create_search(
 async fn cancel_search(
     State(st): State<AppState>,
     _auth: Authorized,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Path(id) = id?;
     let searches = st.backend.searches.clone();
     let rec = tokio::task::spawn_blocking(move || {
         searches.cancel(&id, Some("cancelled through the API"))
@@ -815,6 +913,25 @@ fn submit_blocking(
                 )));
             }
         }
+        // A submission may replace its own task's files, never another task's: neither a task
+        // file that defines another task nor, with other content, a file another task reads.
+        let readers = files_of_other_tasks(store, &dir, &spec.name)?;
+        for (k, (f, p)) in req.files.iter().zip(&paths).enumerate() {
+            let target = dir.join(p);
+            let Some(tasks) = readers.get(&target) else {
+                continue;
+            };
+            if k != toml && std::fs::read(&target).is_ok_and(|c| c == f.content.as_bytes()) {
+                continue;
+            }
+            let what = if k == toml { "defines" } else { "is read by" };
+            return Err(ApiError::Conflict(format!(
+                "files[{k}]: '{}' {what} task {}; submitting it would change {}: give this task's files names of their own",
+                f.path,
+                tasks.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", "),
+                if tasks.len() == 1 { "that task" } else { "those tasks" },
+            )));
+        }
         // The files the task names first, the task file last.
         let mut order: Vec<usize> = (0..paths.len()).filter(|&i| i != toml).collect();
         order.push(toml);
@@ -835,12 +952,53 @@ fn submit_blocking(
     result
 }
 
+/// The files in the tasks folder that the live tasks other than `name` are defined by or read
+/// (task file, samples file, graph files of their current version), each with those tasks.
+fn files_of_other_tasks(
+    store: &Store,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<std::collections::HashMap<PathBuf, Vec<String>>, ApiError> {
+    let mut out: std::collections::HashMap<PathBuf, Vec<String>> = Default::default();
+    for t in store.tasks()? {
+        if t.name == name || t.removed_at.is_some() {
+            continue;
+        }
+        let source = PathBuf::from(&t.source);
+        if source.parent() != Some(dir) {
+            continue;
+        }
+        let mut files = vec![source];
+        if let Some(snap) = store.task_spec(&t.name, &t.spec_hash)? {
+            let rel = std::iter::once(&snap["samples_file"]).chain(
+                snap["samples"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| &s["graph_file"]),
+            );
+            files.extend(rel.filter_map(|v| v.as_str()).map(|r| dir.join(r)));
+        }
+        for f in files {
+            let e = out.entry(f).or_default();
+            if !e.contains(&t.name) {
+                e.push(t.name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn submit_task(
     State(st): State<AppState>,
     _auth: Authorized,
     body: Result<Json<SubmitTask>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(req) = body?;
+    let req = body_of(
+        body,
+        task_body_limit(st.cfg.body_limit_bytes, &st.backend.limits),
+        "2 x (max_task_file_bytes + max_samples_file_bytes) + body_limit_bytes",
+    )?;
     let (store, backend) = (st.store.clone(), st.backend.clone());
     let out = tokio::task::spawn_blocking(move || submit_blocking(&store, &backend, req)).await??;
     Ok((StatusCode::ACCEPTED, Json(out)))

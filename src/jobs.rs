@@ -199,6 +199,10 @@ impl Metrics {
                  unfinished search uses them",
             )?,
         };
+        // Every outcome's series from the start, at 0: a dashboard shows "none yet", not "no data".
+        for outcome in ["ready", "failed", "interrupted", "skipped"] {
+            m.finished.with_label_values(&[outcome]);
+        }
         reg.register(Box::new(m.finished.clone()))?;
         reg.register(Box::new(m.running.clone()))?;
         reg.register(Box::new(m.recovered.clone()))?;

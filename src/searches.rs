@@ -315,6 +315,11 @@ impl Searches {
             stored.search.budget as u64,
         );
         rec.model = Some(self.inner.predictor.model_version(&stored.model));
+        // A stopping daemon refuses before anything is stored: a client that retries the 503
+        // must not find the first attempt queued at the next start.
+        if self.inner.tx.lock().expect("queue lock").is_none() {
+            return Err(SearchesError::Stopped);
+        }
         loop {
             rec.id = self.new_id();
             match self.inner.store.insert_search(&rec) {
@@ -324,8 +329,16 @@ impl Searches {
             }
         }
         tracing::info!(search = %rec.id, task = %rec.task, budget = rec.budget, "search submitted");
-        self.enqueue(&rec.id)?;
-        Ok(rec)
+        match self.enqueue(&rec.id) {
+            // The stop came between the check above and here: the record is stored, queued,
+            // and runs at the next start (as every queued search does), so the submission
+            // stands and the client is told so rather than invited to retry.
+            Err(SearchesError::Stopped) => {
+                tracing::info!(search = %rec.id, "the daemon is stopping: the search runs at the next start");
+                Ok(rec)
+            }
+            r => r.map(|()| rec),
+        }
     }
 
     fn new_id(&self) -> String {
@@ -351,6 +364,29 @@ impl Searches {
             .model_version(&ModelRef::Tuned { id: id.to_string() })
     }
 
+    /// Create and queue the search a ready task's file asks for, unless it exists (whatever
+    /// its state: a search cancelled when its file was deleted stays cancelled). For a task
+    /// restored after its file was deleted while it was fine-tuning: the search was not
+    /// created then, the file being gone. Returns the record created.
+    pub fn ensure_task_search(
+        &self,
+        spec: &TaskSpec,
+        model: &str,
+    ) -> Result<Option<SearchRecord>, SearchesError> {
+        let Some(rec) = task_search_record(spec, model, &self.model_version(model)) else {
+            return Ok(None);
+        };
+        match self.inner.store.insert_search(&rec) {
+            Ok(()) => {}
+            Err(StoreError::SearchExists(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        if rec.status == SearchStatus::Queued {
+            self.enqueue(&rec.id)?;
+        }
+        Ok(Some(rec))
+    }
+
     /// Queue a search already in the store.
     pub fn enqueue(&self, id: &str) -> Result<(), SearchesError> {
         let tx = self.inner.tx.lock().expect("queue lock");
@@ -369,7 +405,12 @@ impl Searches {
             *c.reason.lock().expect("reason lock") = reason.map(str::to_string);
             c.flag.store(true, Ordering::SeqCst);
             tracing::info!(search = %id, "search cancellation requested");
-        } else if let Some(rec) = self.inner.store.cancel_queued_search(id, reason)? {
+        } else if let Some(rec) = match self.inner.store.cancel_queued_search(id, reason) {
+            Err(StoreError::NoSearch(_)) => {
+                return Err(SearchesError::NotFound(format!("no search '{id}'")))
+            }
+            r => r?,
+        } {
             self.inner
                 .metrics
                 .finished

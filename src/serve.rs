@@ -67,6 +67,74 @@ pub enum ServeError {
 }
 
 /// Time left until `deadline` (zero when past).
+/// The HTTP server: the router on hyper's HTTP/1 connections, as `axum::serve` runs it, plus a
+/// limit on the time a client may take to send a request's headers (`header_timeout`; hyper
+/// then closes the connection, an idle keep-alive one likewise). `axum::serve` sets none, so a
+/// client that stopped halfway through a request line held its connection open for ever, and
+/// the shutdown until the end of the grace period. When `stop` fires (or its sender is
+/// dropped) no connection is accepted any more, open ones finish the request they are in and
+/// close, and the future ends when the last one has.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let service = TowerToHyperService::new(app.clone());
+                    let mut closing = closing_rx.clone();
+                    conns.spawn(async move {
+                        let mut builder = hyper::server::conn::http1::Builder::new();
+                        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        tokio::pin!(conn);
+                        let ended = tokio::select! {
+                            r = conn.as_mut() => Some(r),
+                            _ = closing.changed() => None,
+                        };
+                        let r = match ended {
+                            Some(r) => r,
+                            None => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "an HTTP connection ended with an error");
+                        }
+                    });
+                }
+                // A refused or reset connection concerns that client alone; anything else (out
+                // of file descriptors) is waited out as axum::serve does, not a reason to stop.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                ) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -182,13 +250,8 @@ pub async fn run(
         .local_addr()
         .map_err(io_err("reading the listener address of", &state_dir))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let header_timeout = std::time::Duration::from_secs(config.request_timeout_secs);
+    let mut server = tokio::spawn(serve_http(listener, app, header_timeout, stop_rx));
     write_addr_file(&state_dir, addr)?;
     tracing::info!(%addr, "listening on {addr}");
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {

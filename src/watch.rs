@@ -7,8 +7,14 @@
 //! is validated ([`crate::taskfile`]); an invalid one gets `<file>.error` beside it (file, line,
 //! field, message), a log line and `aiop_task_files_rejected_total`; a valid one loses any stale
 //! `.error`, is recorded in the store (a new version, queued, when its hash changed) and counts
-//! in `aiop_task_files_accepted_total`. A change to any other file (a samples CSV, a graph)
-//! re-validates every task file. A deleted task file marks its task removed, keeping its results,
+//! in `aiop_task_files_accepted_total` (a re-read that changes nothing counts nowhere). Any
+//! other file (a samples CSV, a graph) is debounced the same way, and once it is complete every
+//! task file is read again. A vanished task file is handled after the task files pending beside
+//! it (a rename's new name takes its task over, searches and all, rather than the task being
+//! retired and restored). A task restored while ready gets the search its `[search]` table asks
+//! for when it has none (its file was away when its model was saved). The folder's identity is
+//! checked every 2 s: a folder removed, or moved away and replaced, is watched again once one is
+//! back at its path, and read as at start-up. A deleted task file marks its task removed, keeping its results,
 //! and cancels its unfinished searches (their results so far are kept too); so does a file that
 //! now defines another name, for the name it defined before. A file rejected because another
 //! file holds its name is read again as soon as that name is freed.
@@ -96,7 +102,6 @@ enum Msg {
 pub struct Watcher {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
-    _notify: RecommendedWatcher,
 }
 
 /// Whether the watcher ignores a file name.
@@ -130,6 +135,28 @@ fn signature(p: &Path) -> Signature {
 struct Pending {
     due: Instant,
     sig: Signature,
+    /// A vanished task file whose handling already waited once for the files pending beside
+    /// it (a rename's new name), so that it waits no more.
+    deferred: bool,
+}
+
+/// How often the worker checks that the folder it watches is still the one at its path (one
+/// removed, or moved away and replaced, has lost its watch).
+const FOLDER_CHECK: Duration = Duration::from_secs(2);
+
+/// The identity of a folder: device and inode where the platform has them.
+fn folder_id(p: &Path) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(p).ok().filter(|m| m.is_dir())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        Some((0, 0))
+    }
 }
 
 struct Worker {
@@ -141,6 +168,12 @@ struct Worker {
     jobs: Option<Submitter>,
     searches: Option<Searches>,
     pending: HashMap<PathBuf, Pending>,
+    /// The notify watch on `dir`; renewed when the folder is replaced.
+    notify: RecommendedWatcher,
+    /// The identity of the folder being watched (`None` while it is missing).
+    folder: Option<(u64, u64)>,
+    /// When the folder's identity was last checked.
+    checked: Instant,
     /// Task files rejected only because another file holds their name, with that name: each
     /// is read again when the name is freed (its holder deleted, or renamed to another task).
     conflicts: HashMap<PathBuf, String>,
@@ -172,6 +205,8 @@ impl Watcher {
         })?;
         notify.watch(&dir, RecursiveMode::NonRecursive)?;
         let mut worker = Worker {
+            folder: folder_id(&dir),
+            checked: Instant::now(),
             dir,
             debounce: cfg.debounce,
             limits: cfg.limits,
@@ -180,6 +215,7 @@ impl Watcher {
             jobs,
             searches,
             pending: HashMap::new(),
+            notify,
             conflicts: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -192,7 +228,6 @@ impl Watcher {
         Ok(Watcher {
             tx,
             thread: Some(thread),
-            _notify: notify,
         })
     }
 
@@ -204,6 +239,14 @@ impl Watcher {
                 tracing::error!("the watcher thread panicked");
             }
         }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // The thread owns the notify watch, whose callback holds a sender: the channel alone
+        // would never close.
+        let _ = self.tx.send(Msg::Stop);
     }
 }
 
@@ -257,16 +300,44 @@ impl Worker {
                 .values()
                 .map(|p| p.due.saturating_duration_since(Instant::now()))
                 .min()
-                .unwrap_or(Duration::from_secs(3600));
+                .unwrap_or(FOLDER_CHECK)
+                .min((self.checked + FOLDER_CHECK).saturating_duration_since(Instant::now()));
             match rx.recv_timeout(timeout) {
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Msg::Fs(Ok(ev))) => self.on_event(ev),
                 Ok(Msg::Fs(Err(e))) => tracing::warn!(error = %e, "file watch error"),
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            if self.checked.elapsed() >= FOLDER_CHECK {
+                self.check_folder();
+            }
             self.flush_due();
         }
         tracing::info!("tasks folder watcher stopped");
+    }
+
+    /// Watch the folder again when it was removed, or moved away and replaced, since the last
+    /// check: a watch follows the folder it was set on, not its path. Its files are then read
+    /// as at start-up (tasks whose file is not there any more are marked removed).
+    fn check_folder(&mut self) {
+        self.checked = Instant::now();
+        let now = folder_id(&self.dir);
+        if now == self.folder {
+            return;
+        }
+        let Some(id) = now else {
+            tracing::error!(dir = %self.dir.display(), "the tasks folder was removed: no task file is read until it is back");
+            self.folder = None;
+            return;
+        };
+        let _ = self.notify.unwatch(&self.dir);
+        if let Err(e) = self.notify.watch(&self.dir, RecursiveMode::NonRecursive) {
+            tracing::error!(dir = %self.dir.display(), error = %e, "cannot watch the new tasks folder; trying again");
+            return;
+        }
+        tracing::warn!(dir = %self.dir.display(), "the tasks folder was replaced: watching the new one");
+        self.folder = Some(id);
+        self.startup();
     }
 
     fn arm(&mut self, path: PathBuf, now: bool) {
@@ -276,7 +347,14 @@ impl Worker {
             Instant::now() + self.debounce
         };
         let sig = signature(&path);
-        self.pending.insert(path, Pending { due, sig });
+        self.pending.insert(
+            path,
+            Pending {
+                due,
+                sig,
+                deferred: false,
+            },
+        );
     }
 
     fn on_event(&mut self, ev: notify::Event) {
@@ -297,27 +375,23 @@ impl Worker {
             if ignored(name) {
                 continue;
             }
-            if is_task_file(&p) {
-                self.arm(p, closed);
-            } else {
-                // A samples or graph file changed: every task may depend on it.
-                for f in self.task_files() {
-                    if !self.pending.contains_key(&f) {
-                        self.arm(f, false);
-                    }
-                }
-            }
+            // A samples or graph file is debounced like a task file: its tasks are read once
+            // it is complete, not at every write.
+            self.arm(p, closed);
         }
     }
 
     fn flush_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<PathBuf> = self
+        let mut due: Vec<PathBuf> = self
             .pending
             .iter()
             .filter(|(_, p)| p.due <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        // Files that exist first: a renamed task file's new name takes its task over before
+        // the old name's removal is handled.
+        due.sort_by_key(|p| !p.exists());
         for path in due {
             let Some(p) = self.pending.remove(&path) else {
                 continue;
@@ -330,9 +404,38 @@ impl Worker {
                     Pending {
                         due: now + self.debounce,
                         sig,
+                        deferred: false,
                     },
                 );
                 continue;
+            }
+            if !is_task_file(&path) {
+                // A samples or graph file is complete: every task may depend on it.
+                for f in self.task_files() {
+                    self.arm(f, true);
+                }
+                continue;
+            }
+            if sig.is_none() && !p.deferred {
+                // A vanished task file waits, once, for the task files pending beside it: the
+                // new name of a rename may come due a moment later.
+                let last = self
+                    .pending
+                    .iter()
+                    .filter(|(f, _)| is_task_file(f) && f.exists())
+                    .map(|(_, q)| q.due)
+                    .max();
+                if let Some(last) = last {
+                    self.pending.insert(
+                        path,
+                        Pending {
+                            due: last.max(now),
+                            sig,
+                            deferred: true,
+                        },
+                    );
+                    continue;
+                }
             }
             self.process(&path);
         }
@@ -376,7 +479,24 @@ impl Worker {
                     let why = format!("its task file now defines task '{}'", rec.name);
                     self.retire(path, Some(&rec.name), &why);
                 }
+                if what == Recorded::Unchanged {
+                    tracing::debug!(task = %rec.name, file = %path.display(), "task file re-read: unchanged");
+                    return;
+                }
                 self.metrics.accepted.inc();
+                if let (Some(s), Recorded::Restored, TaskStatus::Ready, Some(model)) =
+                    (&self.searches, what, rec.status, &rec.model)
+                {
+                    match s.ensure_task_search(&spec, model) {
+                        Ok(Some(search)) => {
+                            tracing::info!(task = %rec.name, search = %search.id, "the restored task's search was created")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(task = %rec.name, error = %e, "creating the restored task's search")
+                        }
+                    }
+                }
                 if let (Some(jobs), TaskStatus::Queued) = (&self.jobs, rec.status) {
                     jobs.submit(Job {
                         task: rec.name.clone(),
@@ -387,10 +507,7 @@ impl Worker {
                     Recorded::New => "new task",
                     Recorded::NewVersion => "new version",
                     Recorded::Restored => "task restored",
-                    Recorded::Unchanged => {
-                        tracing::debug!(task = %rec.name, file = %path.display(), "task file re-read: unchanged");
-                        return;
-                    }
+                    Recorded::Unchanged => unreachable!("returned above"),
                 };
                 tracing::info!(task = %rec.name, version = %rec.spec_hash, samples = spec.samples.len(), status = ?rec.status, file = %path.display(), "task file accepted: {what}");
             }
@@ -590,6 +707,119 @@ mod tests {
         assert!(!tasks.join(".hidden.toml.error").exists());
         w.stop();
         assert_eq!(store.tasks().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_renamed_task_file_never_retires_its_task() {
+        let (state, tasks) = folder_with_samples();
+        let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+        std::fs::write(tasks.join("a.toml"), good).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, m) = watch(&tasks, &store);
+        let source_is = |f: &str| {
+            let f = f.to_string();
+            let store = store.clone();
+            move || {
+                store
+                    .task("a")
+                    .unwrap()
+                    .is_some_and(|t| t.source.ends_with(&f) && t.removed_at.is_none())
+            }
+        };
+        assert!(wait_for(source_is("a.toml")));
+        // A plain rename, then one through a name the watcher does not take for a task file,
+        // whose new name comes due after the old one: the old name's removal waits for it.
+        std::fs::rename(tasks.join("a.toml"), tasks.join("a2.toml")).unwrap();
+        assert!(wait_for(source_is("a2.toml")));
+        std::fs::rename(tasks.join("a2.toml"), tasks.join("a2.bak")).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+        std::fs::rename(tasks.join("a2.bak"), tasks.join("a3.toml")).unwrap();
+        assert!(wait_for(source_is("a3.toml")));
+        std::thread::sleep(Duration::from_millis(300));
+        w.stop();
+        assert_eq!(m.removed.get(), 0, "the task was never retired");
+        assert!(source_is("a3.toml")());
+    }
+
+    /// 12 distinct NB-201 networks with made-up labels, as a samples CSV (the watcher does
+    /// not look the labels up).
+    fn rows(n: usize) -> Vec<String> {
+        let ops = [
+            "skip_connect",
+            "nor_conv_1x1",
+            "nor_conv_3x3",
+            "avg_pool_3x3",
+        ];
+        (0..n)
+            .map(|k| {
+                let (a, b) = (ops[k % 4], ops[(k / 4) % 4]);
+                format!("|{a}~0|+|{b}~0|{a}~1|+|{b}~0|{a}~1|{b}~2|,{}\n", 50 + k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_samples_file_still_being_written_is_read_once_complete() {
+        use std::io::Write;
+        let (state, tasks) = folder_with_samples();
+        let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+        std::fs::write(tasks.join("a.toml"), good).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, m) = watch(&tasks, &store);
+        assert!(wait_for(|| store.task("a").unwrap().is_some()));
+        let accepted = m.accepted.get();
+        // Rewritten row by row, every 20 ms (the debounce is 50 ms), the file open throughout.
+        let mut f = std::fs::File::create(tasks.join("s.csv")).unwrap();
+        f.write_all(b"arch,value\n").unwrap();
+        for r in rows(12) {
+            std::thread::sleep(Duration::from_millis(20));
+            f.write_all(r.as_bytes()).unwrap();
+            f.flush().unwrap();
+        }
+        drop(f);
+        assert!(wait_for(|| store
+            .task("a")
+            .unwrap()
+            .is_some_and(|t| t.versions.len() == 2)));
+        std::thread::sleep(Duration::from_millis(300));
+        w.stop();
+        let t = store.task("a").unwrap().unwrap();
+        assert_eq!(
+            t.versions.iter().map(|v| v.samples).collect::<Vec<_>>(),
+            [2, 12],
+            "no version of a half-written file"
+        );
+        assert_eq!(m.accepted.get(), accepted + 1);
+    }
+
+    #[test]
+    fn a_replaced_folder_is_watched_again() {
+        let (state, tasks) = folder_with_samples();
+        let task = |name: &str| {
+            format!(
+                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n"
+            )
+        };
+        std::fs::write(tasks.join("a.toml"), task("a")).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, _m) = watch(&tasks, &store);
+        assert!(wait_for(|| store.task("a").unwrap().is_some()));
+        let csv = std::fs::read(tasks.join("s.csv")).unwrap();
+        // Moved away (the watch follows the old folder), and a new one put in its place.
+        std::fs::rename(&tasks, state.path().join("old-tasks")).unwrap();
+        std::fs::create_dir(&tasks).unwrap();
+        std::fs::write(tasks.join("s.csv"), &csv).unwrap();
+        std::fs::write(tasks.join("b.toml"), task("b")).unwrap();
+        assert!(wait_for(|| store.task("b").unwrap().is_some()));
+        // a.toml is not in the new folder: its task is marked removed, as at a start-up.
+        assert!(wait_for(|| store
+            .task("a")
+            .unwrap()
+            .is_some_and(|t| t.removed_at.is_some())));
+        // And files dropped later are seen too.
+        std::fs::write(tasks.join("c.toml"), task("c")).unwrap();
+        assert!(wait_for(|| store.task("c").unwrap().is_some()));
+        w.stop();
     }
 
     #[test]

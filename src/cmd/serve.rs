@@ -366,6 +366,29 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
         )?;
+        if let Some(e) = t["file_error"].as_str() {
+            writeln!(
+                out,
+                "  {:<24} its file is rejected (the version above stands): {e}",
+                ""
+            )?;
+        }
+    }
+    let rejected = tasks["rejected"].as_array().cloned().unwrap_or_default();
+    if !rejected.is_empty() {
+        writeln!(
+            out,
+            "{} task file(s) rejected (see <file>.error):",
+            rejected.len()
+        )?;
+        for r in rejected {
+            writeln!(
+                out,
+                "  {}: {}",
+                r["file"].as_str().unwrap_or("?"),
+                r["error"].as_str().unwrap_or("?")
+            )?;
+        }
     }
     Ok(())
 }

@@ -335,6 +335,50 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     let t = wait_for("the submitted task", || d.task("api-task"));
     assert_eq!(t["version"], answer["version"]);
 
+    // A submission never replaces another task's files: a samples file it reads (with other
+    // content), or a task file that defines it.
+    let c10 = std::fs::read_to_string(tasks.join("c10.csv")).unwrap();
+    let theirs = serde_json::json!({"files": [
+        {"path": "api2.toml", "content": quick_task("api2", "c10.csv")},
+        {"path": "c10.csv", "content": five},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &theirs);
+    assert_eq!(r.status, 409, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("files[1]: 'c10.csv' is read by task") && msg.contains("'nb201-c10'"),
+        "{msg}"
+    );
+    let owner = serde_json::json!({"files": [
+        {"path": "c10.toml", "content": quick_task("other", "c10.csv")},
+        {"path": "c10.csv", "content": c10},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &owner);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.text().contains("'c10.toml' defines task 'nb201-c10'"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(std::fs::read_to_string(tasks.join("c10.csv")).unwrap(), c10);
+    assert!(!tasks.join("api2.toml").exists());
+    assert_eq!(d.task("nb201-c10").unwrap()["versions"], 1);
+    // The same content is no change: a second task may share the samples file.
+    let shared = serde_json::json!({"files": [
+        {"path": "api3.toml", "content": format!("{}mode = \"zero-shot\"\n", task_toml("api3", "c10.csv"))},
+        {"path": "c10.csv", "content": c10},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &shared);
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    // Errors in the URL's path are JSON errors like the rest; an unknown search is not found.
+    let r = d.get("/v1/searches/%ff");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "bad_request", "{}", r.text());
+    let r = d.send("DELETE", "/v1/searches/nosuch", &serde_json::Value::Null);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "not_found");
+
     // The graph endpoint answers real statistics.
     let body = serde_json::json!({"space": "nb201", "task": "cifar10", "archs": [NB201_ARCH]});
     let r = d.send("POST", "/v1/graph", &body);
@@ -351,6 +395,22 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("nb201-c10") && text.contains("ready"),
+        "{text}"
+    );
+    // The rejected files are listed with their errors, beside the tasks.
+    let rejected = d.get("/v1/tasks").json()["rejected"].clone();
+    let syntax = rejected
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with("syntax.toml"))
+        .unwrap_or_else(|| panic!("{rejected}"));
+    assert!(
+        syntax["report"].as_str().unwrap().contains("line: 2"),
+        "{syntax}"
+    );
+    assert!(
+        text.contains("task file(s) rejected") && text.contains("syntax.toml: "),
         "{text}"
     );
 

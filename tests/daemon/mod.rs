@@ -531,3 +531,58 @@ fn a_stuck_client_cannot_hold_shutdown_past_the_grace_period() {
     );
     drop(stuck);
 }
+
+#[test]
+fn what_the_folder_takes_can_be_submitted_and_half_sent_headers_time_out() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let d = Daemon::start_with(
+        &state,
+        &[
+            ("AIOP_BODY_LIMIT_BYTES", "2048"),
+            ("AIOP_REQUEST_TIMEOUT_SECS", "3"),
+        ],
+    );
+    // Over the API's body limit: refused, naming the limit and its setting.
+    let big =
+        serde_json::json!({"space": "nb201", "task": "cifar10", "archs": vec![NB201_ARCH; 40]});
+    let r = d.send("POST", "/v1/predict", &big);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("limit of 2048 bytes (body_limit_bytes)"),
+        "{}",
+        r.text()
+    );
+    // A task's files have the folder's limits, whatever the API's.
+    let csv = nb201_samples(80);
+    assert!(csv.len() > 2 * 2048);
+    let task = serde_json::json!({"files": [
+        {"path": "z.toml", "content": format!("{}mode = \"zero-shot\"\n", task_toml("z", "z.csv"))},
+        {"path": "z.csv", "content": csv},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &task);
+    assert_eq!(r.status, 202, "{}", r.text());
+    wait_for("the submitted task", || d.task("z"));
+    // Its samples broken: the task keeps its version, and its summary says why the file is not read.
+    drop_file(&d.tasks_dir(), "z.csv", b"arch,value\nnot-an-arch,1\n");
+    let t = wait_for("the file's error", || {
+        d.task("z").filter(|t| t["file_error"].is_string())
+    });
+    assert!(t["file_error"].as_str().unwrap().contains("z.csv"), "{t}");
+    assert_eq!(t["versions"], 1);
+    // A client that stops halfway through its headers is cut off after the time limit.
+    let mut stuck = std::net::TcpStream::connect(&d.addr).unwrap();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stuck
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = stuck.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+}

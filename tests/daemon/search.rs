@@ -553,3 +553,46 @@ fn between_checkpoints_the_record_stands_still_and_a_crash_redoes_the_lost_gener
         assert_eq!(resumed[k], whole[k], "{k}");
     }
 }
+
+#[test]
+fn a_task_file_taken_away_while_tuning_and_put_back_runs_its_search() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let d = Daemon::start(&state);
+    let tasks = d.tasks_dir();
+    drop_file(&tasks, "seg.csv", seg_samples(20).as_bytes());
+    let search = "\n[search]\nalgorithm = \"evolution\"\nbudget = 32\npopulation = 8\n\
+                  sample = 4\nbatch = 8\nseed = 3\n";
+    // Long enough a fine-tune to take the file away while it runs.
+    let toml =
+        seg_task("back", search).replace("epochs = 2\n", "epochs = 300\nselect_epochs = false\n");
+    drop_file(&tasks, "seg.toml", toml.as_bytes());
+    wait_long("fine-tuning to start", || {
+        d.task("back")
+            .filter(|t| t["status"] == "tuning")
+            .map(|_| ())
+    });
+    let aside = root.path().join("seg.toml");
+    std::fs::rename(tasks.join("seg.toml"), &aside).unwrap();
+    let t = wait_long("the model, its file gone", || {
+        d.task("back")
+            .filter(|t| t["status"] == "ready" && t["removed"] == true)
+    });
+    let version = t["version"].as_str().unwrap().to_string();
+    let id = format!("t-back-{}", &version[..12]);
+    assert_eq!(
+        d.get(&format!("/v1/searches/{id}")).status,
+        404,
+        "no search without its file"
+    );
+    // Back in the folder: the task is restored and its search created and run.
+    std::fs::rename(&aside, tasks.join("seg.toml")).unwrap();
+    wait_for("the search", || {
+        (d.get(&format!("/v1/searches/{id}")).status == 200).then_some(())
+    });
+    let seen = watch_search(&d, &id, |v| v["status"] == "done");
+    let done = seen.last().unwrap();
+    assert!(!done["results"].as_array().unwrap().is_empty(), "{done}");
+    assert_eq!(d.task("back").unwrap()["removed"], false);
+    assert_eq!(d.task("back").unwrap()["version"], version.as_str());
+}
