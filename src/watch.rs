@@ -370,6 +370,7 @@ impl Worker {
                 continue;
             }
             let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                tracing::warn!(file = %p.display(), "a file name that is not UTF-8 is never read: rename the file");
                 continue;
             };
             if ignored(name) {
