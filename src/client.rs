@@ -2,8 +2,9 @@
 //! (`aiop status`) and the integration tests: one request per connection (`Connection: close`),
 //! bodies framed by `Content-Length`, chunked encoding, or the end of the stream.
 //!
-//! Invariants: every call is bounded by its timeout (connect, read and write); a response that
-//! is not well-formed HTTP/1.x is an error, never a partial [`Response`].
+//! Invariants: every call is bounded by its timeout (connect, read and write), and running out
+//! of it is [`ClientError::Timeout`]; a response that is not well-formed HTTP/1.x is an error,
+//! never a partial [`Response`]. Paths are sent as given: encode ids with [`path_segment`].
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -14,8 +15,30 @@ use std::time::Duration;
 pub enum ClientError {
     #[error("{addr}: {error}")]
     Io { addr: String, error: std::io::Error },
+    /// Connected (or connecting) but no progress within the timeout: a daemon that hangs, or
+    /// something else listening there.
+    #[error("{addr}: timed out after {} s {during}", after.as_secs_f64())]
+    Timeout {
+        addr: String,
+        after: Duration,
+        during: &'static str,
+    },
     #[error("{addr}: malformed HTTP response: {message}")]
     Malformed { addr: String, message: String },
+}
+
+/// `s` as one path segment of a URL: every byte but the unreserved `A-Z a-z 0-9 - . _ ~`
+/// percent-encoded, so that a space, `?`, `#` or `/` in an id stays part of the segment.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A response: status, headers (names lower-cased), body.
@@ -58,12 +81,23 @@ pub fn request(
         addr: addr.to_string(),
         error: source,
     };
+    // An I/O error during a step, a timeout (a socket timeout reads as WouldBlock) said as one.
+    let step = |during: &'static str| {
+        move |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+                addr: addr.to_string(),
+                after: timeout,
+                during,
+            },
+            _ => io(e),
+        }
+    };
     let sock: SocketAddr = addr
         .to_socket_addrs()
         .map_err(io)?
         .next()
         .ok_or_else(|| io(std::io::Error::other("no address")))?;
-    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(io)?;
+    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(step("connecting"))?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -74,21 +108,22 @@ pub fn request(
         head.push_str(&format!("Content-Length: {}\r\n", b.len()));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).map_err(io)?;
+    s.write_all(head.as_bytes())
+        .map_err(step("sending the request"))?;
     if let Some(b) = body {
         // The server may answer (413) and close before reading a large body: not an error here.
         if let Err(e) = s.write_all(b) {
             if e.kind() != std::io::ErrorKind::BrokenPipe
                 && e.kind() != std::io::ErrorKind::ConnectionReset
             {
-                return Err(io(e));
+                return Err(step("sending the request")(e));
             }
         }
     }
     let mut raw = Vec::new();
     if let Err(e) = s.read_to_end(&mut raw) {
         if raw.is_empty() || e.kind() != std::io::ErrorKind::ConnectionReset {
-            return Err(io(e));
+            return Err(step("waiting for the response")(e));
         }
     }
     parse(addr, &raw)
@@ -179,5 +214,12 @@ mod tests {
         .unwrap();
         assert_eq!((r.status, r.text().as_str()), (404, "abcde"));
         assert!(parse("x", b"garbage").is_err());
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(path_segment("t-seg-0123abcd"), "t-seg-0123abcd");
+        assert_eq!(path_segment("a b?c/d#e%"), "a%20b%3Fc%2Fd%23e%25");
+        assert_eq!(path_segment("é~._"), "%C3%A9~._");
     }
 }

@@ -86,12 +86,17 @@ enum BenchCommand {
     Search(cmd::bench_search::BenchSearchArgs),
 }
 
-/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap), 65 bad input data,
-/// 78 bad configuration (EX_CONFIG).
+/// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap's, and [`cmd::UsageError`]:
+/// an argument that does not fit the input), 65 bad input data (EX_DATAERR: a malformed file
+/// or line), 78 bad configuration (EX_CONFIG). A closed standard output (`aiop status | head`)
+/// is not a failure: see [`broken_pipe`].
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<aiop::config::ConfigError>() {
             return 78;
+        }
+        if cause.is::<cmd::UsageError>() {
+            return 2;
         }
         if cause.is::<aiop::spaces::SpaceError>()
             || cause.is::<aiop::graph::GraphError>()
@@ -101,6 +106,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 Some(aiop::tuned::TunedError::Sample { .. })
             )
             || cause.is::<cmd::DataError>()
+            // A malformed line of an export (line 0 is the store, not the file: not empty).
+            || matches!(
+                cause.downcast_ref::<aiop::store::StoreError>(),
+                Some(aiop::store::StoreError::Import { line: 1.., .. })
+            )
             || matches!(
                 predictor_error(cause),
                 Some(
@@ -113,6 +123,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+/// Whether `e` is a write to a closed pipe: the reader (`head`, a pager) has all it wants, so the
+/// command ends quietly with success, as when nothing had been left to write.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The predictor's error in `cause`, on its own or carried by a search's.
@@ -158,6 +177,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aiop: {e:#}");
             ExitCode::from(exit_code(&e))

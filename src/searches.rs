@@ -1054,12 +1054,8 @@ fn build_spec(
     Ok(spec)
 }
 
-/// Most evaluations one search may ask for.
-pub const MAX_BUDGET: usize = 1_000_000;
-/// Most candidates per generation.
-pub const MAX_BATCH: usize = 4096;
-/// Largest evolution population (and tournament).
-pub const MAX_POPULATION: usize = 100_000;
+/// The daemon's limits on a search, shared with the task-file check.
+pub use crate::search::{MAX_BATCH, MAX_BUDGET, MAX_POPULATION};
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,8 @@
 //! naming the file at fault, and where it applies the line and the field. No file is read before
 //! its size is checked against [`Limits`]; binary and non-UTF-8 files are rejected; every path a
 //! task names is relative and resolves (symlinks included) inside the folder of its TOML. A spec
-//! has at least two samples, no duplicate architecture (or graph), and only finite labels.
+//! has at least two samples, no duplicate architecture (or graph), and only finite labels of
+//! magnitude at most [`MAX_LABEL`].
 //! [`TaskSpec::hash`] depends on the normalised content only (not on file names, key order,
 //! whitespace or architecture spelling), so it is the task's version.
 
@@ -20,12 +21,17 @@ use toml::Spanned;
 use crate::graph::{hash::GraphHash, json, Graph};
 use crate::names::bare_key;
 use crate::predictor::train::{FINETUNE_LR, RANK_WEIGHT};
+use crate::search;
 use crate::spaces::{Arch, SpaceId, Task};
 
 /// Longest task name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Fewest labelled samples a task may have.
 pub const MIN_SAMPLES: usize = 2;
+/// Largest label magnitude. Fine-tuning squares labels and their differences (label
+/// statistics, calibration, the blend), which must stay finite; a label near `f64::MAX` would
+/// overflow them, so a task's labels are refused beyond ±1e100, far past any real metric.
+pub const MAX_LABEL: f64 = 1e100;
 
 /// File size limits, checked before any byte is read.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +54,8 @@ impl Default for Limits {
 /// JSON graph); `field` is the TOML key or CSV column concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFileError {
-    /// A whole-file problem: unreadable, missing, too large, binary, not UTF-8, outside the folder.
+    /// A whole-file problem: unreadable, missing, too large, binary, not UTF-8, outside the folder;
+    /// or a required key that is absent (it has no line).
     #[error("{}: {}{message}", file.display(), field_prefix(field))]
     File {
         file: PathBuf,
@@ -580,7 +587,9 @@ pub(crate) fn task_name(s: &str) -> bool {
 
 /// Guess the key a TOML error is about: from "unknown/missing field `x`", else the key written
 /// on the error's line (1-based `line` of `text`); inside a `[table]`, prefixed with its name
-/// (`search.budget`), as the checks after parsing name their fields.
+/// (`search.budget`), as the checks after parsing name their fields. An unknown table is
+/// reported at its own header with its last name part as the unknown key (`[serch]`: `serch`;
+/// `[finetune.sub]`: `sub`): its field is the header's whole dotted name.
 fn toml_error_field(message: &str, text: &str, line: usize) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     let line_text = lines.get(line.wrapping_sub(1)).copied().unwrap_or("");
@@ -592,19 +601,28 @@ fn toml_error_field(message: &str, text: &str, line: usize) -> Option<String> {
             let key = line_text.split('=').next()?.trim();
             (line_text.contains('=') && bare_key(key)).then(|| key.to_string())
         })?;
-    // The table the error's line is in: the last `[name]` header above it, if any. A header
-    // line itself (a missing field of a table is reported there) names its own table.
-    let table = lines[..line.min(lines.len())]
+    // The table the error's line is in: the last `[name]` header above it (or on it), if any,
+    // as its dotted parts.
+    let above = &lines[..line.min(lines.len())];
+    let (at, table) = match above
         .iter()
+        .enumerate()
         .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .and_then(|l| l.strip_prefix('[')?.split(']').next())
-        .map(str::trim)
-        .filter(|t| bare_key(t));
-    Some(match table {
-        Some(t) if !key.contains('.') => format!("{t}.{key}"),
-        _ => key,
+        .map(|(k, l)| (k, l.trim()))
+        .find(|(_, l)| l.starts_with('[') && !l.starts_with("[["))
+        .and_then(|(k, l)| Some((k, l.strip_prefix('[')?.split(']').next()?)))
+        .map(|(k, t)| (k, t.split('.').map(str::trim).collect::<Vec<_>>()))
+        .filter(|(_, parts)| parts.iter().all(|p| bare_key(p)))
+    {
+        Some((k, parts)) => (Some(k + 1), parts),
+        None => (None, Vec::new()),
+    };
+    Some(if at == Some(line) && table.last() == Some(&key.as_str()) {
+        table.join(".")
+    } else if !table.is_empty() && !key.contains('.') {
+        format!("{}.{key}", table.join("."))
+    } else {
+        key
     })
 }
 
@@ -637,6 +655,14 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         let line = e.span().map_or(1, |s| line_of(&text, s.start));
         let message = e.message().trim().to_string();
         match toml_error_field(&message, &text, line) {
+            // A required top-level key that is absent has no line to point at.
+            Some(field) if message.starts_with("missing field") && !field.contains('.') => {
+                TaskFileError::File {
+                    file: file.clone(),
+                    field: Some(field),
+                    message,
+                }
+            }
             Some(field) => TaskFileError::Field {
                 file: file.clone(),
                 line,
@@ -853,13 +879,19 @@ fn parse_search(
             }
         },
     };
-    let count = |name: &str, v: &Option<Spanned<i64>>, min: i64| match v {
+    // A whole number in min..=max, else an error naming the field and the bound it breaks.
+    let count = |name: &str, v: &Option<Spanned<i64>>, min: i64, max: i64| match v {
         None => Ok(None),
-        Some(x) if *x.get_ref() >= min => Ok(Some(*x.get_ref() as u64)),
-        Some(x) => Err(field_err(
+        Some(x) if (min..=max).contains(x.get_ref()) => Ok(Some(*x.get_ref() as u64)),
+        Some(x) if *x.get_ref() < min => Err(field_err(
             name,
             x.span(),
             format!("{} is below the minimum of {min}", x.get_ref()),
+        )),
+        Some(x) => Err(field_err(
+            name,
+            x.span(),
+            format!("{} is over the limit of {max}", x.get_ref()),
         )),
     };
     let positive = |name: &str, v: &Option<Spanned<f64>>, allow_zero: bool| match v {
@@ -880,22 +912,50 @@ fn parse_search(
             ),
         )),
     };
-    let budget = count("search.budget", &s.budget, 1)?;
-    let population = count("search.population", &s.population, 2)?;
-    let sample = count("search.sample", &s.sample, 1)?;
-    let batch = count("search.batch", &s.batch, 1)?;
-    if let (Some(p), Some(k), Some(span)) =
-        (population, sample, s.sample.as_ref().map(|x| x.span()))
-    {
-        if k > p {
+    // The daemon's limits (`searches::build_spec` refuses the same values).
+    let budget = count("search.budget", &s.budget, 1, search::MAX_BUDGET as i64)?;
+    let population = count(
+        "search.population",
+        &s.population,
+        2,
+        search::MAX_POPULATION as i64,
+    )?;
+    let sample = count("search.sample", &s.sample, 1, search::MAX_POPULATION as i64)?;
+    let batch = count("search.batch", &s.batch, 1, search::MAX_BATCH as i64)?;
+    // The tournament must fit in the population, an unset one taking the search's default
+    // (evolution only uses them; for the others a given pair is still checked).
+    let d = search::SearchSpec::default();
+    let (p, k) = (
+        population.unwrap_or(d.population as u64),
+        sample.unwrap_or(d.sample as u64),
+    );
+    if k > p && (algorithm == Algorithm::Evolution || (population.is_some() && sample.is_some())) {
+        // Defaults alone always fit, so one of the two is given.
+        if let Some(x) = &s.sample {
+            let of = if population.is_some() { "" } else { "default " };
+            let hint = if population.is_some() {
+                ""
+            } else {
+                " (give search.population too)"
+            };
             return Err(field_err(
                 "search.sample",
-                span,
-                format!("tournament sample {k} exceeds the population {p}"),
+                x.span(),
+                format!("tournament sample {k} exceeds the {of}population {p}{hint}"),
+            ));
+        }
+        if let Some(x) = &s.population {
+            return Err(field_err(
+                "search.population",
+                x.span(),
+                format!(
+                    "population {p} is below the default tournament sample {k} \
+                     (give search.sample of at most {p} too)"
+                ),
             ));
         }
     }
-    let seed = count("search.seed", &s.seed, 0)?;
+    let seed = count("search.seed", &s.seed, 0, i64::MAX)?;
     let start =
         match (&s.start, space) {
             (None, _) => None,
@@ -936,7 +996,7 @@ fn parse_search(
         seed,
         start,
         tolerance: positive("search.tolerance", &s.tolerance, true)?,
-        radius: count("search.radius", &s.radius, 1)?,
+        radius: count("search.radius", &s.radius, 1, i64::MAX)?,
         two_sided: s.two_sided,
     })
 }
@@ -982,19 +1042,48 @@ fn read_samples(
     let mut samples = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut seen_graphs: HashMap<GraphHash, usize> = HashMap::new();
+    // Lines come from byte offsets: csv's own line count is off in CRLF files, and there a
+    // record's offset can be that of the `\n` ending the line before it (csv ends a record at
+    // the `\r`), so line ends at the offset are skipped first (a record never starts with one).
+    let line_at = |p: Option<&csv::Position>| {
+        p.map_or(0, |p| {
+            let start = p.byte() as usize;
+            let skip = text.as_bytes()[start.min(text.len())..]
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            line_of(&text, start + skip)
+        })
+    };
     for rec in rdr.records() {
         let rec = rec.map_err(|e| TaskFileError::Syntax {
             file: csv_path.to_path_buf(),
-            line: e.position().map_or(0, |p| p.line() as usize),
-            message: e.to_string(),
+            line: line_at(e.position()),
+            // csv's own message repeats its (CRLF-blind) line count.
+            message: match e.kind() {
+                csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => format!("{len} field(s), expected {expected_len} ({key_col},value)"),
+                _ => e.to_string(),
+            },
         })?;
-        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let line = line_at(rec.position());
         let (key, v) = (&rec[0], &rec[1]);
         let value: f64 = v
             .parse()
             .map_err(|_| at(line, "value", format!("'{v}' is not a number")))?;
         if !value.is_finite() {
             return Err(at(line, "value", format!("'{v}' is not a finite number")));
+        }
+        if value.abs() > MAX_LABEL {
+            return Err(at(
+                line,
+                "value",
+                format!(
+                    "'{v}' is beyond ±{MAX_LABEL:e}, the largest label magnitude a task may \
+                     have (rescale the labels)"
+                ),
+            ));
         }
         let input = match space {
             TaskSpace::Builtin { space, .. } => {
@@ -1125,11 +1214,17 @@ mod tests {
             (Some(6), Some("search.budget")),
             "{e}"
         );
+        // A missing key has no line (not line 1).
         let e = err(
-            "name = \"x\"\nspace = \"nb201\"\nhead = \"cifar10\"\n",
+            "\nname = \"x\"\nspace = \"nb201\"\nhead = \"cifar10\"\n",
             &good_csv(),
         );
-        assert_eq!(e.field(), Some("samples"), "{e}");
+        assert_eq!((e.line(), e.field()), (None, Some("samples")), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("t.toml: field 'samples': missing field `samples`"),
+            "{e}"
+        );
         let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
         assert_eq!(e.field(), Some("search.population"), "{e}");
         // Checked values, type errors and unknown keys inside a table name the table too.
@@ -1159,6 +1254,75 @@ mod tests {
             let e = err(&format!("{GOOD}[finetune]\n{bad}\n"), &good_csv());
             assert_eq!((e.line(), e.field()), (Some(6), Some(field)), "{e}");
         }
+    }
+
+    #[test]
+    fn misspelled_tables_are_named_whole() {
+        // An unknown table is reported at its header: its field is the header's dotted name,
+        // not the last part twice or alone.
+        for (table, field) in [
+            ("[serch]\nbudget = 1", "serch"),
+            ("[Search]\nbudget = 1", "Search"),
+            ("[finetune.sub]\nepochs = 1", "finetune.sub"),
+            ("[search]\nsearch = 1", "search.search"),
+        ] {
+            let e = err(&format!("{GOOD}{table}\n"), &good_csv());
+            let line = if field == "search.search" { 6 } else { 5 };
+            assert_eq!((e.line(), e.field()), (Some(line), Some(field)), "{e}");
+        }
+    }
+
+    #[test]
+    fn search_values_past_the_daemon_s_limits_are_refused() {
+        use crate::search::{MAX_BATCH, MAX_BUDGET, MAX_POPULATION};
+        // (That the check accepts what the daemon searches, at the limits themselves, is
+        // tests/daemon/malformed.rs's: it needs `searches`, a room above this one.)
+        let p = MAX_POPULATION;
+        for (table, field, limit) in [
+            (
+                format!("budget = {}", MAX_BUDGET + 1),
+                "search.budget",
+                MAX_BUDGET,
+            ),
+            (
+                format!("budget = {}", i64::MAX),
+                "search.budget",
+                MAX_BUDGET,
+            ),
+            (
+                format!("batch = {}", MAX_BATCH + 1),
+                "search.batch",
+                MAX_BATCH,
+            ),
+            (format!("population = {}", p + 1), "search.population", p),
+            (format!("population = {}", i64::MAX), "search.population", p),
+            (
+                format!("population = {p}\nsample = {}", p + 1),
+                "search.sample",
+                p,
+            ),
+        ] {
+            let e = err(&format!("{GOOD}[search]\n{table}\n"), &good_csv());
+            assert_eq!(e.field(), Some(field), "{table}: {e}");
+            assert!(e.message().contains(&format!("limit of {limit}")), "{e}");
+        }
+        // The tournament fits the population, an unset one taking the default (64 and 16).
+        let e = err(&format!("{GOOD}[search]\nsample = 100\n"), &good_csv());
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.sample")),
+            "{e}"
+        );
+        assert!(e.message().contains("default population 64"), "{e}");
+        let e = err(&format!("{GOOD}[search]\npopulation = 8\n"), &good_csv());
+        assert_eq!(e.field(), Some("search.population"), "{e}");
+        assert!(e.message().contains("default tournament sample 16"), "{e}");
+        // A random search uses neither: only a given pair is checked.
+        let e = err(
+            &format!("{GOOD}[search]\nalgorithm = \"random\"\npopulation = 8\nsample = 9\n"),
+            &good_csv(),
+        );
+        assert_eq!(e.field(), Some("search.sample"), "{e}");
     }
 
     #[test]
@@ -1220,6 +1384,51 @@ mod tests {
         assert_eq!(e.field(), Some("samples"), "{e}");
         let e = err(GOOD, "arch,acc\n");
         assert_eq!(e.field(), Some("header"), "{e}");
+    }
+
+    #[test]
+    fn crlf_samples_errors_name_the_right_line() {
+        let crlf = |s: &str| s.replace('\n', "\r\n");
+        let e = err(GOOD, &crlf(&good_csv().replace("90.39", "ninety")));
+        assert_eq!((e.line(), e.field()), (Some(3), Some("value")), "{e}");
+        let e = err(GOOD, &crlf(&format!("{}{},1\n", good_csv(), A[0])));
+        assert_eq!((e.line(), e.field()), (Some(5), Some("arch")), "{e}");
+        assert!(e.message().contains("line 2"), "{e}");
+        // Blank lines count as lines, in either ending.
+        for nl in ["\n", "\r\n"] {
+            let csv = format!("arch,value{nl}{nl}{},1{nl}{nl}{},abc{nl}", A[0], A[1]);
+            let e = err(GOOD, &csv);
+            assert_eq!(
+                (e.line(), e.field()),
+                (Some(5), Some("value")),
+                "{nl:?}: {e}"
+            );
+        }
+        // A row of the wrong width: the line, and csv's own line count left out.
+        let e = err(
+            GOOD,
+            &crlf(&format!("arch,value\n{},1\n{},1,2\n", A[0], A[1])),
+        );
+        assert!(matches!(e, TaskFileError::Syntax { line: 3, .. }), "{e}");
+        assert_eq!(e.message(), "3 field(s), expected 2 (arch,value)", "{e}");
+    }
+
+    #[test]
+    fn labels_beyond_the_bound_are_refused() {
+        for bad in ["1e300", "-1e101", "1.0000001e100"] {
+            let e = err(GOOD, &good_csv().replace("90.39", bad));
+            assert_eq!(
+                (e.line(), e.field()),
+                (Some(3), Some("value")),
+                "{bad}: {e}"
+            );
+            assert!(e.message().contains("1e100"), "{e}");
+        }
+        let (_d, t) = setup(GOOD, &good_csv().replace("90.39", "-1e100"));
+        assert_eq!(
+            load(&t, &Limits::default()).unwrap().samples[1].value,
+            -1e100
+        );
     }
 
     #[test]

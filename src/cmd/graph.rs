@@ -1,6 +1,6 @@
 //! `aiop spaces` and `aiop graph`: the search spaces and the computational graphs they build.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -10,7 +10,7 @@ use serde::Serialize;
 use aiop::graph::{dot, json, Convention, Graph};
 use aiop::spaces::{labels, Arch, SpaceId};
 
-use super::DataError;
+use super::{numbered_lines, DataError};
 
 #[derive(Debug, Args)]
 pub struct SpacesArgs {
@@ -157,8 +157,16 @@ pub fn graph(a: GraphArgs) -> anyhow::Result<()> {
         return Ok(out.flush()?);
     }
     let mut failed = 0usize;
-    for (k, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.context("reading stdin")?;
+    for line in numbered_lines(std::io::stdin().lock()) {
+        let (n, line) = line.context("reading stdin")?;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                failed += 1;
+                eprintln!("aiop: stdin line {n}: {e}");
+                continue;
+            }
+        };
         let s = line.trim();
         if s.is_empty() {
             continue;
@@ -167,7 +175,7 @@ pub fn graph(a: GraphArgs) -> anyhow::Result<()> {
             Ok((g, arch)) => emit(&mut out, &g, Some(&arch.to_string()), None, &a)?,
             Err(e) => {
                 failed += 1;
-                eprintln!("aiop: stdin line {}: {e}", k + 1);
+                eprintln!("aiop: stdin line {n}: {e}");
             }
         }
     }

@@ -17,3 +17,52 @@ pub mod store;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct DataError(pub String);
+
+/// An argument clap cannot check (it depends on the input, such as `aiop export --rank` past
+/// the results); maps to exit code 2, as clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The lines of `r` numbered from 1, without their `\n` (or `\r\n`), as `BufRead::lines` gives
+/// them, except that a line that is not UTF-8 is an `Err` with the reason instead of ending the
+/// stream: batch commands report such a line and answer the others. A read error still ends it.
+pub fn numbered_lines(
+    r: impl std::io::BufRead,
+) -> impl Iterator<Item = std::io::Result<(usize, Result<String, String>)>> {
+    r.split(b'\n').enumerate().map(|(k, bytes)| {
+        let mut bytes = bytes?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let line = String::from_utf8(bytes).map_err(|e| {
+            format!(
+                "not UTF-8 text (invalid byte at column {})",
+                e.utf8_error().valid_up_to() + 1
+            )
+        });
+        Ok((k + 1, line))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbered_lines_report_bad_utf8_and_go_on() {
+        let lines: Vec<_> = super::numbered_lines(&b"a\r\nb\xff\n\nc"[..])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (1, Ok("a".to_string())),
+                (
+                    2,
+                    Err("not UTF-8 text (invalid byte at column 2)".to_string())
+                ),
+                (3, Ok(String::new())),
+                (4, Ok("c".to_string())),
+            ]
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! predicting architectures (or JSON graphs) read from stdin (`aiop bench predictor` is in
 //! [`super::bench_predictor`]).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -353,19 +353,20 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         pending.clear();
         Ok(())
     };
-    for (k, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.context("reading stdin")?;
-        let s = line.trim();
-        if s.is_empty() {
-            continue;
-        }
-        match read(s) {
+    for line in super::numbered_lines(std::io::stdin().lock()) {
+        let (n, line) = line.context("reading stdin")?;
+        let result = match &line {
+            Ok(l) if l.trim().is_empty() => continue,
+            Ok(l) => read(l.trim()),
+            Err(e) => Err(DataError(e.clone()).into()),
+        };
+        match result {
             Ok(x) => pending.push(x),
             Err(e) => {
                 // Keep output in input order: emit what came before, then report.
                 flush(&mut pending, &mut out)?;
                 failed += 1;
-                eprintln!("aiop: stdin line {}: {e:#}", k + 1);
+                eprintln!("aiop: stdin line {n}: {e:#}");
             }
         }
         if pending.len() >= a.batch_size.max(1) {

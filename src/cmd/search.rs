@@ -14,6 +14,8 @@ use aiop::graph::json;
 use aiop::search::{self, Algorithm, Fitness, ResultRow, SearchSpec, SearchState, Start};
 use aiop::spaces::{Arch, SpaceId, Task};
 
+use super::{DataError, UsageError};
+
 /// What scores candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FitnessKind {
@@ -371,19 +373,31 @@ struct DaemonSearchSpec {
 /// search record, told apart by the record's `id`; a search that has not ended gives its
 /// ranking so far only when `so_far` asks for it.
 fn read_results(text: &str, so_far: bool) -> anyhow::Result<(SearchSpec, Vec<ResultRow>)> {
-    let value: serde_json::Value = serde_json::from_str(text)?;
+    let not_results = |e: serde_json::Error| {
+        DataError(format!(
+            "not a results file (`aiop search --json`) nor a daemon search record: {e}"
+        ))
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(not_results)?;
     if value.get("id").is_none() {
-        let file: ResultsFile = serde_json::from_value(value)?;
+        let file: ResultsFile = serde_json::from_value(value).map_err(not_results)?;
         return Ok((file.spec, file.results));
     }
-    let rec: DaemonSearch =
-        serde_json::from_value(value).context("a daemon search record, but not a valid one")?;
+    let rec: DaemonSearch = serde_json::from_value(value)
+        .map_err(|e| DataError(format!("a daemon search record, but not a valid one: {e}")))?;
+    // Statuses of a search that has ended (the store's `SearchStatus`, as the API spells them).
+    let ended = matches!(rec.status.as_str(), "done" | "failed" | "cancelled");
     match (rec.results, rec.results_so_far) {
         (Some(results), _) => Ok((rec.spec.search, results)),
         (None, Some(results)) if so_far => Ok((rec.spec.search, results)),
         (None, Some(_)) => anyhow::bail!(
             "search {} is {}: its results come once it has ended \
              (`--so-far` exports from its ranking so far)",
+            rec.id,
+            rec.status
+        ),
+        (None, None) if ended => anyhow::bail!(
+            "search {} has ended ({}) without results: it ranked no network",
             rec.id,
             rec.status
         ),
@@ -398,15 +412,22 @@ fn read_results(text: &str, so_far: bool) -> anyhow::Result<(SearchSpec, Vec<Res
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.results)
         .with_context(|| format!("reading {}", a.results.display()))?;
-    let (spec, results) = read_results(&text, a.so_far)
-        .with_context(|| format!("{}: not a results file", a.results.display()))?;
+    let (spec, results) =
+        read_results(&text, a.so_far).with_context(|| a.results.display().to_string())?;
+    if results.is_empty() {
+        anyhow::bail!(
+            "{}: the search found no network (no results to export)",
+            a.results.display()
+        );
+    }
     let r = results.get(a.rank).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: rank {} of {} results",
-            a.results.display(),
+        UsageError(format!(
+            "--rank {}: {} holds {} result(s), ranks 0 to {} (0 is the first)",
             a.rank,
-            results.len()
-        )
+            a.results.display(),
+            results.len(),
+            results.len() - 1
+        ))
     })?;
     let graph = match (&r.arch, &r.graph, spec.space, spec.task) {
         (Some(s), _, Some(space), Some(task)) => Arc::new(Arch::parse(space, s)?.build(task)?),

@@ -157,7 +157,7 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let path = format!("/v1/searches/{id}");
+    let path = format!("/v1/searches/{}", client::path_segment(id));
     let r = if a.cancel {
         call(&addr, "DELETE", &path, None)?
     } else {

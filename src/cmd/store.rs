@@ -39,6 +39,17 @@ pub struct ImportArgs {
 pub fn store(c: StoreCommand) -> anyhow::Result<()> {
     match c {
         StoreCommand::Export(a) => {
+            // Opening creates a store; a state directory without one is a mistyped --state,
+            // not an empty backup. (`db` is where `Store::open` keeps it.)
+            let db = a.state.join("db");
+            if !db.is_dir() {
+                anyhow::bail!(
+                    "no store at {}: --state {} is not the state directory of a daemon \
+                     (nothing exported)",
+                    db.display(),
+                    a.state.display()
+                );
+            }
             let store = Store::open(&a.state)?;
             let n = match &a.output {
                 Some(f) => {
@@ -51,11 +62,12 @@ pub fn store(c: StoreCommand) -> anyhow::Result<()> {
             eprintln!("aiop: exported {n} record(s) from {}", a.state.display());
         }
         StoreCommand::Import(a) => {
+            // The input first: a missing file creates no store.
+            let file = std::fs::File::open(&a.file)
+                .with_context(|| format!("reading {}", a.file.display()))?;
             std::fs::create_dir_all(&a.state)
                 .with_context(|| format!("creating {}", a.state.display()))?;
             let store = Store::open(&a.state)?;
-            let file = std::fs::File::open(&a.file)
-                .with_context(|| format!("reading {}", a.file.display()))?;
             let n = store
                 .import(BufReader::new(file))
                 .with_context(|| format!("{}", a.file.display()))?;

@@ -13,7 +13,10 @@
 //!
 //! Parameters are the same in both: conv `Cout*(Cin/groups)*kh*kw (+Cout)`, transposed conv
 //! `Cin*(Cout/groups)*kh*kw (+Cout)`, linear `in*out (+out)`, affine batch norm `2C`.
-//! All arithmetic saturates instead of overflowing.
+//! Counts are checked ([`node_flops_checked`], [`node_params_checked`]: `None` past `u64::MAX`);
+//! the plain functions saturate instead. A graph read from JSON has been checked not to
+//! overflow, in either convention, node by node and in total (`json::from_json`), so for it
+//! the plain functions are exact.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,12 +44,12 @@ impl std::str::FromStr for Convention {
     }
 }
 
-fn mul(xs: &[u64]) -> u64 {
-    xs.iter().fold(1u64, |a, &b| a.saturating_mul(b))
+fn mul(xs: &[u64]) -> Option<u64> {
+    xs.iter().try_fold(1u64, |a, &b| a.checked_mul(b))
 }
 
 /// Per-call multiply-accumulates of a weighted node (0 for other ops).
-fn macs_per_call(n: &Node) -> u64 {
+fn macs_per_call(n: &Node) -> Option<u64> {
     let (i, o, a) = (n.input, n.output, &n.attrs);
     let k = a.kernel[0] as u64 * a.kernel[1] as u64;
     let g = a.groups.max(1) as u64;
@@ -57,52 +60,67 @@ fn macs_per_call(n: &Node) -> u64 {
         // Every input pixel is scattered through the whole kernel into every output channel.
         Op::ConvTranspose => mul(&[k, i.c as u64, o.c as u64 / g, i.h as u64, i.w as u64]),
         Op::Linear => mul(&[i.c as u64, o.c as u64, o.h as u64, o.w as u64]),
-        _ => 0,
+        _ => Some(0),
     }
 }
 
-/// FLOPs of one node under a convention.
+/// FLOPs of one node under a convention, saturating at `u64::MAX`.
 pub fn node_flops(n: &Node, convention: Convention) -> u64 {
+    node_flops_checked(n, convention).unwrap_or(u64::MAX)
+}
+
+/// FLOPs of one node under a convention; `None` when they do not fit in a `u64`.
+pub fn node_flops_checked(n: &Node, convention: Convention) -> Option<u64> {
     match convention {
-        Convention::Macs => macs_per_call(n).saturating_mul(n.batch as u64),
+        Convention::Macs => macs_per_call(n)?.checked_mul(n.batch as u64),
         Convention::Naslib => naslib_flops(n),
     }
 }
 
-fn naslib_flops(n: &Node) -> u64 {
+fn naslib_flops(n: &Node) -> Option<u64> {
     let (i, o, a) = (n.input, n.output, &n.attrs);
     let k = a.kernel[0] as u64 * a.kernel[1] as u64;
     match n.op {
         Op::Conv | Op::DepthwiseConv => {
             let g = a.groups.max(1) as u64;
-            let base = mul(&[k, i.c as u64, o.c as u64 / g, o.h as u64, o.w as u64]);
-            let bias = if a.bias { o.numel() } else { 0 };
-            base.saturating_add(bias)
+            let base = mul(&[k, i.c as u64, o.c as u64 / g, o.h as u64, o.w as u64])?;
+            let bias = if a.bias { numel(o)? } else { 0 };
+            base.checked_add(bias)
         }
-        Op::ConvTranspose => 0,
-        Op::BatchNorm => i.numel().saturating_mul(if a.affine { 2 } else { 1 }),
-        Op::Relu | Op::Relu6 | Op::LeakyRelu => i.numel(),
-        Op::MaxPool | Op::AvgPool => o.numel().saturating_mul(k),
+        Op::ConvTranspose => Some(0),
+        Op::BatchNorm => numel(i)?.checked_mul(if a.affine { 2 } else { 1 }),
+        Op::Relu | Op::Relu6 | Op::LeakyRelu => numel(i),
+        Op::MaxPool | Op::AvgPool => numel(o)?.checked_mul(k),
         Op::GlobalAvgPool => mul(&[i.c as u64, i.h as u64 + 1, i.w as u64 + 1]),
         Op::Linear => mul(&[i.c as u64, o.c as u64, o.h as u64, o.w as u64]),
-        _ => 0,
+        _ => Some(0),
     }
 }
 
-/// Learned parameters of one node.
+/// Elements of a shape, checked (`Shape::numel` saturates).
+fn numel(s: super::Shape) -> Option<u64> {
+    mul(&[s.c as u64, s.h as u64, s.w as u64])
+}
+
+/// Learned parameters of one node, saturating at `u64::MAX`.
 pub fn node_params(n: &Node) -> u64 {
+    node_params_checked(n).unwrap_or(u64::MAX)
+}
+
+/// Learned parameters of one node; `None` when they do not fit in a `u64`.
+pub fn node_params_checked(n: &Node) -> Option<u64> {
     let (i, o, a) = (n.input, n.output, &n.attrs);
     let k = a.kernel[0] as u64 * a.kernel[1] as u64;
     let g = a.groups.max(1) as u64;
     let bias = |c: u32| if a.bias { c as u64 } else { 0 };
     match n.op {
         Op::Conv | Op::DepthwiseConv => {
-            mul(&[o.c as u64, i.c as u64 / g, k]).saturating_add(bias(o.c))
+            mul(&[o.c as u64, i.c as u64 / g, k])?.checked_add(bias(o.c))
         }
-        Op::ConvTranspose => mul(&[i.c as u64, o.c as u64 / g, k]).saturating_add(bias(o.c)),
-        Op::Linear => mul(&[i.c as u64, o.c as u64]).saturating_add(bias(o.c)),
-        Op::BatchNorm if a.affine => 2 * i.c as u64,
-        _ => 0,
+        Op::ConvTranspose => mul(&[i.c as u64, o.c as u64 / g, k])?.checked_add(bias(o.c)),
+        Op::Linear => mul(&[i.c as u64, o.c as u64])?.checked_add(bias(o.c)),
+        Op::BatchNorm if a.affine => Some(2 * i.c as u64),
+        _ => Some(0),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Invariants: reading validates everything a [`Graph`] promises (known ops, known inputs, no
 //! cycle, the op's arity and shape rule, no attribute an op does not read) and names the node and
 //! field at fault; nodes may be listed in any order and are stored topologically (file order kept
-//! where it already is one); writing is deterministic, one node per line, and
+//! where it already is one); its FLOPs (both conventions) and parameters fit in a `u64` (a
+//! graph whose counts would overflow is refused, naming the node); writing is deterministic, one node per line, and
 //! `write(read(write(g))) == write(g)` byte for byte.
 
 use std::collections::{BinaryHeap, HashMap};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::builder::canonical_attrs;
 use super::shape::{infer_checked, InputTensor};
-use super::{Attrs, Graph, GraphError, Node, Op, Shape};
+use super::{flops, Attrs, Convention, Graph, GraphError, Node, Op, Shape};
 
 /// The `format` value of a graph file.
 pub const FORMAT: &str = "aiop-graph";
@@ -235,6 +236,8 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
         names: Some(Vec::with_capacity(order.len())),
     };
     let mut tensors: Vec<InputTensor> = Vec::new();
+    // The graph's MACs, NASLib FLOPs and parameters so far: each must fit in a u64.
+    let mut totals = [0u64; 3];
     for &i in &order {
         let n = &file.nodes[i];
         let op = ops[i];
@@ -297,6 +300,27 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
             first_input,
             num_inputs: preds[i].len() as u32,
         });
+        let node = &g.nodes[g.nodes.len() - 1];
+        let counts = [
+            (
+                flops::node_flops_checked(node, Convention::Macs),
+                "FLOPs (macs)",
+            ),
+            (
+                flops::node_flops_checked(node, Convention::Naslib),
+                "FLOPs (naslib)",
+            ),
+            (flops::node_params_checked(node), "parameters"),
+        ];
+        for (total, (count, what)) in totals.iter_mut().zip(counts) {
+            *total =
+                count
+                    .and_then(|c| total.checked_add(c))
+                    .ok_or_else(|| GraphError::Overflow {
+                        node: format!("'{}'", n.id),
+                        what,
+                    })?;
+        }
         if let Some(names) = g.names.as_mut() {
             names.push(n.id.clone());
         }
@@ -421,5 +445,40 @@ mod tests {
             {"id": "a", "op": "input", "out": [3, 8, 8], "kernal": 3}]}"#;
         let e = from_json(typo).unwrap_err().to_string();
         assert!(e.contains("kernal") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn counts_past_u64_are_refused_at_the_node_that_overflows() {
+        // Each conv: 2^20 · 2^20 · 2^20 · 2^3 = 2^63 MACs, so the second one's sum overflows.
+        let m = 1 << 20;
+        let graph = |nodes: &str| {
+            format!(
+                r#"{{"format": "aiop-graph", "version": 1, "nodes": [
+                {{"id": "x", "op": "input", "out": [{m}, {m}, 8]}}, {nodes}]}}"#
+            )
+        };
+        let conv = |id: &str| {
+            format!(
+                r#"{{"id": "{id}", "op": "conv", "inputs": ["x"], "out": [{m}, {m}, 8], "kernel": 1}}"#
+            )
+        };
+        let one = from_json(&graph(&conv("a"))).unwrap();
+        assert_eq!(one.flops(Convention::Macs), 1 << 63);
+        let e = from_json(&graph(&format!("{}, {}", conv("a"), conv("b")))).unwrap_err();
+        assert!(
+            matches!(&e, GraphError::Overflow { node, what: "FLOPs (macs)" } if node == "'b'"),
+            "{e}"
+        );
+        // One node past u64 on its own (2^20 channels in and out at 2^20 x 2^20).
+        let huge = format!(
+            r#"{{"format": "aiop-graph", "version": 1, "nodes": [
+            {{"id": "x", "op": "input", "out": [{m}, {m}, {m}]}},
+            {{"id": "c", "op": "conv", "inputs": ["x"], "out": [{m}, {m}, {m}], "kernel": 1}}]}}"#
+        );
+        let e = from_json(&huge).unwrap_err().to_string();
+        assert!(
+            e.starts_with("node 'c': the graph's FLOPs (macs) overflow 64 bits"),
+            "{e}"
+        );
     }
 }

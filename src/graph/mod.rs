@@ -73,8 +73,22 @@ pub enum GraphError {
     Cycle(String),
     #[error("{0}")]
     Invalid(String),
+    /// A count of the graph, summed up to this node, past `u64::MAX`.
+    #[error(
+        "node {node}: the graph's {what} overflow 64 bits at this node (over {})",
+        u64::MAX
+    )]
+    Overflow { node: String, what: &'static str },
+    /// The serde message is in the text, so it is not also a `source` (an error chain printed
+    /// whole, `{:#}`, would say it twice).
     #[error("JSON graph: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
+}
+
+impl From<serde_json::Error> for GraphError {
+    fn from(e: serde_json::Error) -> GraphError {
+        GraphError::Json(e)
+    }
 }
 
 /// A computational graph. Build one with [`GraphBuilder`] or read one with [`json::from_json`].

@@ -30,6 +30,17 @@ pub use state::{
     SearchState, Start,
 };
 
+/// Most evaluations one search may ask for.
+///
+/// These three limits are the daemon's: `searches::build_spec` refuses a search over them, and
+/// the task-file check (`taskfile`) refuses a `[search]` table over them, so that a task file
+/// is never accepted whose search would then fail (`searches` re-exports these).
+pub const MAX_BUDGET: usize = 1_000_000;
+/// Most candidates per generation (see [`MAX_BUDGET`]).
+pub const MAX_BATCH: usize = 4096;
+/// Largest evolution population, and tournament sample (see [`MAX_BUDGET`]).
+pub const MAX_POPULATION: usize = 100_000;
+
 /// Errors of the search room.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {

@@ -1,7 +1,7 @@
 //! The `aiop` binary as a user runs it: `aiop spaces`, `aiop graph` on stdin, one arch, DOT,
 //! the interchange format and back, and bad input with a precise error and exit code 65.
 
-use crate::common::{aiop, aiop_ok};
+use crate::common::{aiop, aiop_bytes, aiop_ok};
 
 const A: &str =
     "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
@@ -128,6 +128,120 @@ fn bad_input_names_the_line_and_what_was_expected() {
 }
 
 #[test]
+fn a_line_that_is_not_utf8_is_reported_and_the_rest_answered() {
+    let input = [
+        format!("{A}\n").as_bytes(),
+        b"\xff\xfe\n",
+        format!("{A}\n").as_bytes(),
+    ]
+    .concat();
+    for args in [
+        ["graph", "--space", "nb201", "--task", "cifar10"],
+        ["predict", "--space", "nb201", "--task", "cifar10"],
+    ] {
+        let o = aiop_bytes(&args, &input);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(65), "{}: {err}", args[0]);
+        assert!(
+            err.contains("stdin line 2: not UTF-8 text (invalid byte at column 1)"),
+            "{}: {err}",
+            args[0]
+        );
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert_eq!(out.lines().count(), 2, "{}: {out}", args[0]);
+        for l in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["arch"], A, "{}: {l}", args[0]);
+        }
+    }
+}
+
+#[test]
+fn a_graph_file_error_is_said_once_and_overflowing_flops_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.json");
+    let file = path.to_str().unwrap();
+    std::fs::write(&path, r#"{"format": "aiop-graph", "nodes": []}"#).unwrap();
+    let o = aiop(&["graph", "--file", file], "");
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.matches("missing field `version`").count(), 1, "{err}");
+    assert!(err.contains("g.json: JSON graph: missing field"), "{err}");
+    // 2^20 channels in and out at 2^20 x 2^20: 2^80 multiply-accumulates.
+    let m = 1 << 20;
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"format": "aiop-graph", "version": 1, "nodes": [
+  {{"id": "x", "op": "input", "out": [{m}, {m}, {m}]}},
+  {{"id": "huge", "op": "conv", "inputs": ["x"], "out": [{m}, {m}, {m}], "kernel": 1}}
+]}}"#
+        ),
+    )
+    .unwrap();
+    let o = aiop(&["graph", "--file", file], "");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("g.json") && err.contains("node 'huge'") && err.contains("overflow"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn store_commands_create_no_store_they_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("stat");
+    let o = aiop(&["store", "export", "--state", typo.to_str().unwrap()], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no store at") && err.contains("stat"), "{err}");
+    assert!(o.stdout.is_empty() && !typo.exists());
+    // An import opens its input first.
+    let missing = dir.path().join("nope.jsonl");
+    let o = aiop(
+        &[
+            "store",
+            "import",
+            "--state",
+            typo.to_str().unwrap(),
+            missing.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jsonl"));
+    assert!(!typo.exists());
+    // A malformed export is bad input data.
+    let header = format!("{{\"aiop_store\": {}}}\n", aiop::store::SCHEMA_VERSION);
+    for (k, bad) in [
+        "garbage\n".to_string(),
+        format!("{header}{{\"tree\": \"nope\"}}\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = dir.path().join(format!("bad{k}.jsonl"));
+        std::fs::write(&f, &bad).unwrap();
+        let state = dir.path().join(format!("s{k}"));
+        let o = aiop(
+            &[
+                "store",
+                "import",
+                "--state",
+                state.to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            "",
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(65), "{bad}: {err}");
+        assert!(err.contains(&format!("import line {}", k + 1)), "{err}");
+    }
+}
+
+#[test]
 fn a_task_the_base_model_does_not_know_is_a_data_error_before_any_work() {
     // DARTS is a space of the tables, but the embedded models were not pretrained on it: both
     // the search and the prediction refuse at once, with the same exit code, naming the task.
@@ -227,6 +341,41 @@ fn search_writes_results_that_export_as_arch_and_graph() {
     let o = aiop(&["graph", "--file", g.to_str().unwrap()], "");
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(line["hash"], results[0]["hash"]);
+    // Ranks are 0-based: past the last is a usage error that says which there are.
+    let res_s = res.to_str().unwrap();
+    let o = aiop(&["export", res_s, "--rank", "10"], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--rank 10:") && err.contains("holds 10 result(s), ranks 0 to 9"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+    let o = aiop(&["export", res_s, "--rank", "9"], "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Not a results file: bad input data.
+    let garbage = dir.path().join("garbage.json");
+    for text in ["not json", r#"{"spec": 3}"#, r#"{"id": "x"}"#] {
+        std::fs::write(&garbage, text).unwrap();
+        let o = aiop(&["export", garbage.to_str().unwrap()], "");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(65), "{text}: {err}");
+        assert!(err.contains("garbage.json: "), "{err}");
+    }
+    // A daemon search that ended without results (failed, or cancelled while queued) is
+    // said to have ended.
+    for status in ["cancelled", "failed"] {
+        let rec = serde_json::json!({"id": "s1", "status": status, "spec": {"search": file["spec"]},
+            "results": null});
+        std::fs::write(&garbage, rec.to_string()).unwrap();
+        let o = aiop(&["export", garbage.to_str().unwrap()], "");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("search s1 has ended ({status}) without results")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

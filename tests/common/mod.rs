@@ -7,6 +7,11 @@ use std::process::{Command, Output, Stdio};
 /// refuses its arguments may exit before reading its input: the write then meets a closed pipe,
 /// which is not an error of the test (on a loaded machine it happened).
 pub fn aiop(args: &[&str], stdin: &str) -> Output {
+    aiop_bytes(args, stdin.as_bytes())
+}
+
+/// [`aiop`] with standard input of any bytes (not UTF-8, say).
+pub fn aiop_bytes(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
         .args(args)
         .stdin(Stdio::piped())
@@ -14,7 +19,7 @@ pub fn aiop(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    match child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+    match child.stdin.take().unwrap().write_all(stdin) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         r => r.unwrap(),
     }

@@ -419,3 +419,76 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     assert!(!state.join("aiop.addr").exists());
 }
+
+/// What the task-file check accepts in `[search]` is what the daemon then searches: at each of
+/// the daemon's limits the task's search is queued (`build_spec` takes it), one past the limit
+/// the file is refused naming the field (taskfile's own unit test has more such values).
+#[test]
+fn task_file_search_limits_are_the_daemon_s() {
+    use aiop::search::{MAX_BATCH, MAX_BUDGET, MAX_POPULATION};
+    // searches.rs keeps its own copies of the limits its build_spec enforces.
+    assert_eq!(
+        (MAX_BUDGET, MAX_BATCH, MAX_POPULATION),
+        (
+            aiop::searches::MAX_BUDGET,
+            aiop::searches::MAX_BATCH,
+            aiop::searches::MAX_POPULATION
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.csv"), nb201_samples(3)).unwrap();
+    let t = dir.path().join("t.toml");
+    let load = |table: &str| {
+        std::fs::write(
+            &t,
+            format!("{}[search]\n{table}\n", task_toml("lim", "s.csv")),
+        )
+        .unwrap();
+        aiop::taskfile::load(&t, &aiop::taskfile::Limits::default())
+    };
+    let searched = |table: &str| {
+        let spec = load(table).unwrap_or_else(|e| panic!("{table}: {e}"));
+        let rec = aiop::searches::task_search_record(&spec, "m", "v").unwrap();
+        assert_ne!(
+            rec.status,
+            aiop::store::SearchStatus::Failed,
+            "{table}: {:?}",
+            rec.error
+        );
+    };
+    let p = MAX_POPULATION;
+    for (at, past, field) in [
+        (
+            format!("budget = {MAX_BUDGET}"),
+            format!("budget = {}", MAX_BUDGET + 1),
+            "search.budget",
+        ),
+        (
+            format!("batch = {MAX_BATCH}"),
+            format!("batch = {}", MAX_BATCH + 1),
+            "search.batch",
+        ),
+        (
+            format!("population = {p}"),
+            format!("population = {}", p + 1),
+            "search.population",
+        ),
+        (
+            format!("population = {p}\nsample = {p}"),
+            format!("population = {p}\nsample = {}", p + 1),
+            "search.sample",
+        ),
+        ("sample = 64".into(), "sample = 65".into(), "search.sample"),
+        (
+            "population = 16".into(),
+            "population = 15".into(),
+            "search.population",
+        ),
+    ] {
+        searched(&at);
+        let e = load(&past).unwrap_err();
+        assert_eq!(e.field(), Some(field), "{past}: {e}");
+    }
+    // A random search uses neither population nor sample.
+    searched("algorithm = \"random\"\nsample = 100");
+}

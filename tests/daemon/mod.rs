@@ -586,3 +586,48 @@ fn what_the_folder_takes_can_be_submitted_and_half_sent_headers_time_out() {
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn client_commands_encode_ids_name_a_timeout_and_end_quietly_on_a_closed_pipe() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&root.path().join("state"));
+    // An id with a space or a `?` reaches the daemon whole.
+    for id in ["a b", "x?y", "p/q#r"] {
+        let o = crate::common::aiop(&["searches", id, "--addr", &d.addr], "");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("HTTP 404") && err.contains(&format!("no search '{id}'")),
+            "{id}: {err}"
+        );
+    }
+    // A reader that has gone (`aiop status | head -0`): no message, success.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["status", "--addr", &d.addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.is_empty(),
+        "{:?}: {err}",
+        out.status
+    );
+    // A port that accepts but never answers: a timeout, said as one.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let t0 = Instant::now();
+    let o = crate::common::aiop(&["status", "--addr", &addr], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{addr}: timed out after 5 s waiting for the response"
+        )),
+        "{err}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(5));
+}
