@@ -905,6 +905,20 @@ fn submit_blocking(
             bad(e.to_string().replace(&stage_s, ""))
         })?;
         let final_toml = dir.join(&paths[toml]);
+        // Every file submitted is one the task reads: nothing else is written into the folder.
+        let reads: Vec<PathBuf> = spec
+            .files()
+            .into_iter()
+            .map(|rel| std::path::Path::new(rel).components().collect())
+            .collect();
+        for (k, p) in paths.iter().enumerate() {
+            if k != toml && !reads.contains(p) {
+                return Err(bad(format!(
+                    "files[{k}]: '{}' is not a file the task reads (its samples file, its graph files)",
+                    req.files[k].path
+                )));
+            }
+        }
         if let Some(t) = store.task(&spec.name)? {
             if t.removed_at.is_none() && std::path::Path::new(&t.source) != final_toml {
                 return Err(ApiError::Conflict(format!(

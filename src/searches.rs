@@ -162,6 +162,10 @@ impl Metrics {
                 &["outcome"],
             )?,
         };
+        // Every outcome's series from the start, at 0 (a dashboard shows "none yet").
+        for outcome in ["done", "failed", "cancelled"] {
+            m.finished.with_label_values(&[outcome]);
+        }
         reg.register(Box::new(m.running.clone()))?;
         reg.register(Box::new(m.generations.clone()))?;
         reg.register(Box::new(m.candidates.clone()))?;

@@ -89,7 +89,20 @@ async fn serve_http(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    let service = TowerToHyperService::new(app.clone());
+                    let inner = TowerToHyperService::new(app.clone());
+                    // Requests of this connection being answered: at shutdown a connection
+                    // with none (idle, or still sending headers) is not waited for.
+                    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                    let counter = active.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let guard = Active::enter(&counter);
+                        let answer = hyper::service::Service::call(&inner, req);
+                        async move {
+                            let r = answer.await;
+                            drop(guard);
+                            r
+                        }
+                    });
                     let mut closing = closing_rx.clone();
                     conns.spawn(async move {
                         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -104,7 +117,19 @@ async fn serve_http(
                             Some(r) => r,
                             None => {
                                 conn.as_mut().graceful_shutdown();
-                                conn.await
+                                // A request being answered finishes (the grace period bounds
+                                // it); a connection answering none for a moment (its last
+                                // answer flushed) is dropped rather than waited for.
+                                loop {
+                                    tokio::select! {
+                                        r = conn.as_mut() => break r,
+                                        () = tokio::time::sleep(IDLE_AT_SHUTDOWN) => {
+                                            if active.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                                                break Ok(());
+                                            }
+                                        }
+                                    }
+                                }
                             }
                         };
                         if let Err(e) = r {
@@ -133,6 +158,26 @@ async fn serve_http(
     let _ = closing_tx.send(true);
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+/// How long a connection answering no request may linger at shutdown (to flush its last
+/// answer) before it is dropped.
+const IDLE_AT_SHUTDOWN: Duration = Duration::from_millis(200);
+
+/// One request being answered on a connection, counted while it lives.
+struct Active(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Active {
+    fn enter(n: &Arc<std::sync::atomic::AtomicUsize>) -> Active {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn left(deadline: Instant) -> Duration {

@@ -401,6 +401,20 @@ impl TaskSpec {
 }
 
 impl TaskSpec {
+    /// The files the task reads besides its task file, as written (relative to the task file's
+    /// folder): the samples file, then each graph file once.
+    pub fn files(&self) -> Vec<&str> {
+        let mut v = vec![self.samples_file.as_str()];
+        for s in &self.samples {
+            if let SampleInput::Graph { path, .. } = &s.input {
+                if !v.contains(&path.as_str()) {
+                    v.push(path);
+                }
+            }
+        }
+        v
+    }
+
     /// Read back a [`TaskSpec::snapshot`], checking that its content still hashes to its
     /// version (a snapshot that does not is refused, never used).
     pub fn from_snapshot(v: &serde_json::Value) -> Result<TaskSpec, String> {

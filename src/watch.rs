@@ -3,13 +3,15 @@
 //! One dedicated thread owns a notify watcher on the folder (created if missing) and debounces
 //! its events. Invariants: hidden and temporary files (`.`-prefixed, `~`-suffixed, `.swp`,
 //! `.tmp`) and the watcher's own `.error` files are ignored; a file is read only once it is
-//! complete: closed after writing, or unchanged (size and mtime) for the debounce time. A `*.toml`
-//! is validated ([`crate::taskfile`]); an invalid one gets `<file>.error` beside it (file, line,
-//! field, message), a log line and `aiop_task_files_rejected_total`; a valid one loses any stale
-//! `.error`, is recorded in the store (a new version, queued, when its hash changed) and counts
-//! in `aiop_task_files_accepted_total` (a re-read that changes nothing counts nowhere). Any
-//! other file (a samples CSV, a graph) is debounced the same way, and once it is complete every
-//! task file is read again. A vanished task file is handled after the task files pending beside
+//! complete: closed after writing (one written to and still open: after [`OPEN_QUIET`] without a
+//! write), or else unchanged (size and mtime) for the debounce time. A `*.toml` is validated
+//! ([`crate::taskfile`]; `aiop_task_files_read_total`); an invalid one gets `<file>.error`
+//! beside it (file, line, field, message), a log line and `aiop_task_files_rejected_total`, once
+//! per distinct report; a valid one loses any stale `.error`, is recorded in the store (a new
+//! version, queued, when its hash changed) and counts in `aiop_task_files_accepted_total` (a
+//! re-read that changes nothing counts nowhere). Any other file (a samples CSV, a graph) is
+//! debounced the same way, and once it is complete the task files that read it when last
+//! accepted are read again, with those not accepted yet. A vanished task file is handled after the task files pending beside
 //! it (a rename's new name takes its task over, searches and all, rather than the task being
 //! retired and restored). A task restored while ready gets the search its `[search]` table asks
 //! for when it has none (its file was away when its model was saved). The folder's identity is
@@ -28,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use prometheus::{IntCounter, Registry};
 
@@ -56,6 +58,8 @@ pub enum WatchError {
 /// Counters of the watcher, registered in the daemon's registry.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Task files read and validated, re-reads included: the watcher's work.
+    pub read: IntCounter,
     pub accepted: IntCounter,
     pub rejected: IntCounter,
     pub removed: IntCounter,
@@ -64,6 +68,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(reg: &Registry) -> Result<Metrics, prometheus::Error> {
         let m = Metrics {
+            read: IntCounter::new(
+                "aiop_task_files_read_total",
+                "Task files read and validated (re-reads after a change to a file they use included)",
+            )?,
             accepted: IntCounter::new(
                 "aiop_task_files_accepted_total",
                 "Task files validated and recorded",
@@ -77,6 +85,7 @@ impl Metrics {
                 "Task files deleted from the folder (their tasks are marked removed)",
             )?,
         };
+        reg.register(Box::new(m.read.clone()))?;
         reg.register(Box::new(m.accepted.clone()))?;
         reg.register(Box::new(m.rejected.clone()))?;
         reg.register(Box::new(m.removed.clone()))?;
@@ -138,7 +147,16 @@ struct Pending {
     /// A vanished task file whose handling already waited once for the files pending beside
     /// it (a rename's new name), so that it waits no more.
     deferred: bool,
+    /// Written to, and not closed since: read once closed, or after [`OPEN_QUIET`] without a
+    /// write (a writer that keeps it open), not after a mere debounce.
+    open: bool,
+    /// When the file was last seen written (its last event).
+    last_write: Instant,
 }
+
+/// How long a file written to and not closed must go without a write before it is read all
+/// the same (writers normally close their files, which reads them at once).
+const OPEN_QUIET: Duration = Duration::from_secs(10);
 
 /// How often the worker checks that the folder it watches is still the one at its path (one
 /// removed, or moved away and replaced, has lost its watch).
@@ -174,6 +192,13 @@ struct Worker {
     folder: Option<(u64, u64)>,
     /// When the folder's identity was last checked.
     checked: Instant,
+    /// The files (samples, graphs) each task file read when it was last accepted: a change to
+    /// another file does not read it again. A task file without an entry (rejected, not read
+    /// yet) is read again at every change, since what it would read is unknown.
+    deps: HashMap<PathBuf, Vec<PathBuf>>,
+    /// The report last written for each rejected task file: the same refusal is not reported
+    /// (logged, counted, rewritten) again at every re-read.
+    reported: HashMap<PathBuf, String>,
     /// Task files rejected only because another file holds their name, with that name: each
     /// is read again when the name is freed (its holder deleted, or renamed to another task).
     conflicts: HashMap<PathBuf, String>,
@@ -216,6 +241,8 @@ impl Watcher {
             searches,
             pending: HashMap::new(),
             notify,
+            reported: HashMap::new(),
+            deps: HashMap::new(),
             conflicts: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -252,9 +279,14 @@ impl Drop for Watcher {
 
 impl Worker {
     fn task_files(&self) -> Vec<PathBuf> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            tracing::error!(dir = %self.dir.display(), "cannot list the tasks folder");
-            return Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            // Removed: said once, by the folder check.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot list the tasks folder");
+                return Vec::new();
+            }
         };
         let mut v: Vec<PathBuf> = rd
             .filter_map(|e| e.ok())
@@ -341,11 +373,13 @@ impl Worker {
     }
 
     fn arm(&mut self, path: PathBuf, now: bool) {
-        let due = if now {
-            Instant::now()
-        } else {
-            Instant::now() + self.debounce
-        };
+        self.arm_written(path, now, false);
+    }
+
+    /// Arm `path`; `open` when the event was a write to a file not closed since.
+    fn arm_written(&mut self, path: PathBuf, now: bool, open: bool) {
+        let t = Instant::now();
+        let due = if now { t } else { t + self.debounce };
         let sig = signature(&path);
         self.pending.insert(
             path,
@@ -353,6 +387,8 @@ impl Worker {
                 due,
                 sig,
                 deferred: false,
+                open,
+                last_write: t,
             },
         );
     }
@@ -377,8 +413,16 @@ impl Worker {
                 continue;
             }
             // A samples or graph file is debounced like a task file: its tasks are read once
-            // it is complete, not at every write.
-            self.arm(p, closed);
+            // it is complete, not at every write. A write to a file not yet closed waits for
+            // the close (or a long quiet): rows written slowly are no partial versions.
+            let open = !closed
+                && matches!(
+                    ev.kind,
+                    EventKind::Create(_)
+                        | EventKind::Modify(ModifyKind::Data(_))
+                        | EventKind::Modify(ModifyKind::Any)
+                );
+            self.arm_written(p, closed, open);
         }
     }
 
@@ -406,14 +450,29 @@ impl Worker {
                         due: now + self.debounce,
                         sig,
                         deferred: false,
+                        open: p.open,
+                        last_write: now,
+                    },
+                );
+                continue;
+            }
+            if p.open && sig.is_some() && now < p.last_write + OPEN_QUIET {
+                // Written and still open: its close reads it (or a long quiet).
+                self.pending.insert(
+                    path,
+                    Pending {
+                        due: (now + self.debounce).min(p.last_write + OPEN_QUIET),
+                        ..p
                     },
                 );
                 continue;
             }
             if !is_task_file(&path) {
-                // A samples or graph file is complete: every task may depend on it.
+                // A samples or graph file is complete: the task files that read it, or may.
                 for f in self.task_files() {
-                    self.arm(f, true);
+                    if self.deps.get(&f).is_none_or(|d| d.contains(&path)) {
+                        self.arm(f, true);
+                    }
                 }
                 continue;
             }
@@ -433,6 +492,8 @@ impl Worker {
                             due: last.max(now),
                             sig,
                             deferred: true,
+                            open: false,
+                            last_write: p.last_write,
                         },
                     );
                     continue;
@@ -444,12 +505,15 @@ impl Worker {
 
     fn process(&mut self, path: &Path) {
         let err_file = error_path(path);
+        self.deps.remove(path);
         if !path.exists() {
             let _ = std::fs::remove_file(&err_file);
+            self.reported.remove(path);
             self.conflicts.remove(path);
             self.retire(path, None, "the task file was deleted");
             return;
         }
+        self.metrics.read.inc();
         let spec = match taskfile::load(path, &self.limits) {
             Ok(spec) => spec,
             Err(e) => {
@@ -472,6 +536,9 @@ impl Worker {
         match recorded {
             Ok((rec, what)) => {
                 self.conflicts.remove(path);
+                self.reported.remove(path);
+                self.deps
+                    .insert(path.to_path_buf(), files_read(path, &spec));
                 if err_file.exists() {
                     let _ = std::fs::remove_file(&err_file);
                 }
@@ -560,8 +627,6 @@ impl Worker {
     }
 
     fn reject(&mut self, path: &Path, message: &str, r: &ErrorReport) {
-        self.metrics.rejected.inc();
-        tracing::warn!(file = %path.display(), error = %message, "task file rejected");
         let mut text = format!("file: {}\n", r.file.display());
         if let Some(l) = r.line {
             text.push_str(&format!("line: {l}\n"));
@@ -574,6 +639,15 @@ impl Worker {
             text.push_str(&format!("task file: {}\n", path.display()));
         }
         let target = error_path(path);
+        if self.reported.get(path) == Some(&text) && target.exists() {
+            // Read again (another file changed) and refused for the same reason: reported
+            // already, once is enough.
+            tracing::debug!(file = %path.display(), "task file still rejected, for the same reason");
+            return;
+        }
+        self.metrics.rejected.inc();
+        tracing::warn!(file = %path.display(), error = %message, "task file rejected");
+        self.reported.insert(path.to_path_buf(), text.clone());
         // Written beside, then renamed: readers never see half a report.
         let tmp = self.dir.join(format!(
             ".{}.tmp",
@@ -583,6 +657,20 @@ impl Worker {
             tracing::error!(file = %target.display(), error = %e, "cannot write the .error file");
         }
     }
+}
+
+/// The files a task file read (its samples file, its graph files), as paths the watcher's
+/// events name (`.` components dropped).
+fn files_read(task_file: &Path, spec: &taskfile::TaskSpec) -> Vec<PathBuf> {
+    let dir = task_file.parent().unwrap_or(Path::new(""));
+    let mut v: Vec<PathBuf> = spec
+        .files()
+        .into_iter()
+        .map(|rel| dir.join(rel).components().collect())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 struct ErrorReport {
@@ -681,6 +769,15 @@ mod tests {
             "{report}"
         );
         assert!(m.rejected.get() >= 1);
+        // Another file changing reads it again: the same refusal is not reported again.
+        let (r0, mtime) = (
+            m.rejected.get(),
+            std::fs::metadata(&err).unwrap().modified().unwrap(),
+        );
+        std::fs::write(tasks.join("notes.txt"), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(m.rejected.get(), r0);
+        assert_eq!(std::fs::metadata(&err).unwrap().modified().unwrap(), mtime);
         // Fixing the file removes the report.
         std::fs::write(tasks.join("b.toml"), good.replace("\"a\"", "\"b\"")).unwrap();
         assert!(wait_for(
@@ -769,11 +866,11 @@ mod tests {
         let (w, m) = watch(&tasks, &store);
         assert!(wait_for(|| store.task("a").unwrap().is_some()));
         let accepted = m.accepted.get();
-        // Rewritten row by row, every 20 ms (the debounce is 50 ms), the file open throughout.
+        // Rewritten row by row, every 80 ms (the debounce is 50 ms), the file open throughout.
         let mut f = std::fs::File::create(tasks.join("s.csv")).unwrap();
         f.write_all(b"arch,value\n").unwrap();
         for r in rows(12) {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(80));
             f.write_all(r.as_bytes()).unwrap();
             f.flush().unwrap();
         }
@@ -791,6 +888,38 @@ mod tests {
             "no version of a half-written file"
         );
         assert_eq!(m.accepted.get(), accepted + 1);
+    }
+
+    #[test]
+    fn a_changed_samples_file_reads_again_the_tasks_that_use_it_only() {
+        let (state, tasks) = folder_with_samples();
+        std::fs::copy(tasks.join("s.csv"), tasks.join("t.csv")).unwrap();
+        let task = |name: &str, csv: &str| {
+            format!(
+                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"./{csv}\"\n"
+            )
+        };
+        std::fs::write(tasks.join("a.toml"), task("a", "s.csv")).unwrap();
+        std::fs::write(tasks.join("b.toml"), task("b", "t.csv")).unwrap();
+        std::fs::write(tasks.join("bad.toml"), "name = ").unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, m) = watch(&tasks, &store);
+        assert!(wait_for(|| store.task("a").unwrap().is_some()
+            && store.task("b").unwrap().is_some()
+            && m.rejected.get() == 1));
+        let reads = m.read.get();
+        let mut csv = std::fs::read_to_string(tasks.join("t.csv")).unwrap();
+        csv.push_str(&rows(1)[0]);
+        std::fs::write(tasks.join("t.csv"), csv).unwrap();
+        assert!(wait_for(|| store
+            .task("b")
+            .unwrap()
+            .is_some_and(|t| t.versions.len() == 2)));
+        std::thread::sleep(Duration::from_millis(300));
+        w.stop();
+        // b, which reads t.csv, and bad.toml, which may (unknown): not a.
+        assert_eq!(m.read.get(), reads + 2);
+        assert_eq!(store.task("a").unwrap().unwrap().versions.len(), 1);
     }
 
     #[test]

@@ -370,6 +370,21 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     ]});
     let r = d.send("POST", "/v1/tasks", &shared);
     assert_eq!(r.status, 202, "{}", r.text());
+    // Nor does it write files the task does not read.
+    let extra = serde_json::json!({"files": [
+        {"path": "api4.toml", "content": quick_task("api4", "api4.csv")},
+        {"path": "api4.csv", "content": five},
+        {"path": "notes.csv", "content": "x"},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &extra);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("files[2]: 'notes.csv' is not a file the task reads"),
+        "{}",
+        r.text()
+    );
+    assert!(!tasks.join("notes.csv").exists() && !tasks.join("api4.toml").exists());
 
     // Errors in the URL's path are JSON errors like the rest; an unknown search is not found.
     let r = d.get("/v1/searches/%ff");
