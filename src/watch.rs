@@ -348,6 +348,12 @@ impl Worker {
         tracing::info!("tasks folder watcher stopped");
     }
 
+    /// Whether task file `f` reads `file`, or may: its files when it was last accepted (or
+    /// refused in its samples file) are known; otherwise anything may be.
+    fn may_read(&self, f: &Path, file: &Path) -> bool {
+        self.deps.get(f).is_none_or(|d| d.iter().any(|x| x == file))
+    }
+
     /// Watch the folder again when it was removed, or moved away and replaced, since the last
     /// check: a watch follows the folder it was set on, not its path. Its files are then read
     /// as at start-up (tasks whose file is not there any more are marked removed).
@@ -468,12 +474,23 @@ impl Worker {
                 continue;
             }
             if !is_task_file(&path) {
-                // A samples or graph file is complete: the task files that read it, or may.
+                // A samples or graph file is complete: the task files that read it, or may
+                // (one pending already, being written, is left to come due by itself).
                 for f in self.task_files() {
-                    if self.deps.get(&f).is_none_or(|d| d.contains(&path)) {
+                    if !self.pending.contains_key(&f) && self.may_read(&f, &path) {
                         self.arm(f, true);
                     }
                 }
+                continue;
+            }
+            if let Some(q) = self
+                .pending
+                .keys()
+                .find(|q| !is_task_file(q) && q.exists() && self.may_read(&path, q))
+            {
+                // A file it reads (or may) is still being written: read it once that file is
+                // complete, which arms it again. (One gone, renamed away, is no reason to wait.)
+                tracing::debug!(file = %path.display(), waiting_for = %q.display(), "task file waits for a file it may read");
                 continue;
             }
             if sig.is_none() && !p.deferred {
@@ -518,10 +535,16 @@ impl Worker {
             Ok(spec) => spec,
             Err(e) => {
                 self.conflicts.remove(path);
+                // Refused in its samples file: the task file parsed, and that file is all it
+                // reads so far (a graph file refused leaves the rest unknown).
+                if e.file() != path && e.file().extension().is_some_and(|x| x == "csv") {
+                    self.deps.insert(path.to_path_buf(), event_paths(e.file()));
+                }
                 return self.reject(path, &e.to_string(), &ErrorReport::from(&e));
             }
         };
         let mut recorded = self.store.record_task(&spec, path);
+        let mut renamed = false;
         if let Err(StoreError::NameTaken { file, .. }) = &recorded {
             // The owner was renamed or deleted and its event is not processed yet: take over.
             // The task goes on under this file, its searches too (no retirement).
@@ -531,6 +554,7 @@ impl Worker {
                     tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
                 }
                 recorded = self.store.record_task(&spec, path);
+                renamed = true;
             }
         }
         match recorded {
@@ -574,6 +598,7 @@ impl Worker {
                 let what = match what {
                     Recorded::New => "new task",
                     Recorded::NewVersion => "new version",
+                    Recorded::Restored if renamed => "the task's file was renamed",
                     Recorded::Restored => "task restored",
                     Recorded::Unchanged => unreachable!("returned above"),
                 };
@@ -666,10 +691,23 @@ fn files_read(task_file: &Path, spec: &taskfile::TaskSpec) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = spec
         .files()
         .into_iter()
-        .map(|rel| dir.join(rel).components().collect())
+        .flat_map(|rel| event_paths(&dir.join(rel)))
         .collect();
     v.sort();
     v.dedup();
+    v
+}
+
+/// The paths an event about file `p` may name: `p` as written (`.` dropped) and, when it goes
+/// through `..` or a symlink, the file it resolves to.
+fn event_paths(p: &Path) -> Vec<PathBuf> {
+    let lexical: PathBuf = p.components().collect();
+    let mut v = vec![lexical];
+    if let Ok(c) = p.canonicalize() {
+        if c != v[0] {
+            v.push(c);
+        }
+    }
     v
 }
 
@@ -736,10 +774,14 @@ mod tests {
 
     /// A watcher on `tasks` (50 ms debounce, no jobs or searches) and its metrics.
     fn watch(tasks: &Path, store: &Store) -> (Watcher, Metrics) {
+        watch_with(tasks, store, Duration::from_millis(50))
+    }
+
+    fn watch_with(tasks: &Path, store: &Store, debounce: Duration) -> (Watcher, Metrics) {
         let m = Metrics::register(&Registry::new()).unwrap();
         let cfg = WatchConfig {
             dir: tasks.to_path_buf(),
-            debounce: Duration::from_millis(50),
+            debounce,
             limits: Limits::default(),
         };
         let w = Watcher::start(cfg, store.clone(), m.clone(), None, None).unwrap();
@@ -813,7 +855,9 @@ mod tests {
         let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
         std::fs::write(tasks.join("a.toml"), good).unwrap();
         let store = Store::open(state.path()).unwrap();
-        let (w, m) = watch(&tasks, &store);
+        // A debounce far longer than the 15 ms between the two steps below, even on a loaded
+        // machine.
+        let (w, m) = watch_with(&tasks, &store, Duration::from_millis(400));
         let source_is = |f: &str| {
             let f = f.to_string();
             let store = store.clone();
@@ -833,7 +877,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(15));
         std::fs::rename(tasks.join("a2.bak"), tasks.join("a3.toml")).unwrap();
         assert!(wait_for(source_is("a3.toml")));
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(900));
         w.stop();
         assert_eq!(m.removed.get(), 0, "the task was never retired");
         assert!(source_is("a3.toml")());
@@ -920,6 +964,64 @@ mod tests {
         // b, which reads t.csv, and bad.toml, which may (unknown): not a.
         assert_eq!(m.read.get(), reads + 2);
         assert_eq!(store.task("a").unwrap().unwrap().versions.len(), 1);
+    }
+
+    #[test]
+    fn files_being_written_are_not_read_when_another_completes() {
+        use std::io::Write;
+        let (state, tasks) = folder_with_samples();
+        std::fs::create_dir(tasks.join("sub")).unwrap();
+        // Its samples named through `sub/..`: a change to s.csv still reads it again.
+        let a = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"sub/../s.csv\"\n";
+        std::fs::write(tasks.join("a.toml"), a).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, m) = watch(&tasks, &store);
+        assert!(wait_for(|| store.task("a").unwrap().is_some()));
+        let mut csv = std::fs::read_to_string(tasks.join("s.csv")).unwrap();
+        csv.push_str(&rows(1)[0]);
+        std::fs::write(tasks.join("s.csv"), &csv).unwrap();
+        assert!(wait_for(|| store
+            .task("a")
+            .unwrap()
+            .is_some_and(|t| t.versions.len() == 2)));
+        // A task file written and still open, and a samples file likewise, while another
+        // file completes: neither is read before it is closed.
+        let mut toml = std::fs::File::create(tasks.join("p.toml")).unwrap();
+        toml.write_all(b"name = \"p\"\nspace = \"nb201\"\n")
+            .unwrap();
+        toml.flush().unwrap();
+        let mut q = std::fs::File::create(tasks.join("q.csv")).unwrap();
+        q.write_all(b"arch,value\n").unwrap();
+        q.write_all(rows(2)[1].as_bytes()).unwrap();
+        q.flush().unwrap();
+        std::fs::write(tasks.join("notes.txt"), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(store.task("p").unwrap().is_none());
+        assert!(
+            !tasks.join("p.toml.error").exists(),
+            "a half-written file is not refused"
+        );
+        toml.write_all(b"head = \"cifar10\"\nsamples = \"q.csv\"\n")
+            .unwrap();
+        drop(toml);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            store.task("p").unwrap().is_none(),
+            "its samples are still open"
+        );
+        for r in rows(6).iter().skip(2) {
+            q.write_all(r.as_bytes()).unwrap();
+        }
+        drop(q);
+        assert!(wait_for(|| store.task("p").unwrap().is_some()));
+        std::thread::sleep(Duration::from_millis(200));
+        w.stop();
+        let p = store.task("p").unwrap().unwrap();
+        assert_eq!(
+            p.versions.iter().map(|v| v.samples).collect::<Vec<_>>(),
+            [5]
+        );
+        assert_eq!(m.rejected.get(), 0);
     }
 
     #[test]
