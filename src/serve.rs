@@ -72,8 +72,9 @@ pub enum ServeError {
 /// then closes the connection, an idle keep-alive one likewise). `axum::serve` sets none, so a
 /// client that stopped halfway through a request line held its connection open for ever, and
 /// the shutdown until the end of the grace period. When `stop` fires (or its sender is
-/// dropped) no connection is accepted any more, open ones finish the request they are in and
-/// close, and the future ends when the last one has.
+/// dropped) no connection is accepted any more, open ones finish the request being answered
+/// and close, those answering none (idle keep-alive, headers still coming) are dropped after
+/// [`IDLE_AT_SHUTDOWN`], and the future ends when the last one has gone.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
