@@ -351,7 +351,10 @@ impl Worker {
     /// Whether task file `f` reads `file`, or may: its files when it was last accepted (or
     /// refused in its samples file) are known; otherwise anything may be.
     fn may_read(&self, f: &Path, file: &Path) -> bool {
-        self.deps.get(f).is_none_or(|d| d.iter().any(|x| x == file))
+        match self.deps.get(f) {
+            Some(d) => d.iter().any(|x| x == file),
+            None => named_reads(f, &self.limits).is_none_or(|d| d.iter().any(|x| x == file)),
+        }
     }
 
     /// Watch the folder again when it was removed, or moved away and replaced, since the last
@@ -421,13 +424,16 @@ impl Worker {
             // A samples or graph file is debounced like a task file: its tasks are read once
             // it is complete, not at every write. A write to a file not yet closed waits for
             // the close (or a long quiet): rows written slowly are no partial versions.
+            // (A creation alone is no write: folders, links and hard links are made whole.)
             let open = !closed
                 && matches!(
                     ev.kind,
-                    EventKind::Create(_)
-                        | EventKind::Modify(ModifyKind::Data(_))
-                        | EventKind::Modify(ModifyKind::Any)
+                    EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any)
                 );
+            if is_task_file(&p) {
+                // Its own change: what it reads is what its new content names.
+                self.deps.remove(&p);
+            }
             self.arm_written(p, closed, open);
         }
     }
@@ -483,11 +489,9 @@ impl Worker {
                 }
                 continue;
             }
-            if let Some(q) = self
-                .pending
-                .keys()
-                .find(|q| !is_task_file(q) && q.exists() && self.may_read(&path, q))
-            {
+            if let Some(q) = self.pending.keys().find(|q| {
+                sig.is_some() && !is_task_file(q) && q.exists() && self.may_read(&path, q)
+            }) {
                 // A file it reads (or may) is still being written: read it once that file is
                 // complete, which arms it again. (One gone, renamed away, is no reason to wait.)
                 tracing::debug!(file = %path.display(), waiting_for = %q.display(), "task file waits for a file it may read");
@@ -535,14 +539,11 @@ impl Worker {
             Ok(spec) => spec,
             Err(e) => {
                 self.conflicts.remove(path);
-                // Refused in its samples file: the task file parsed, and that file is all it
-                // reads so far (a graph file refused leaves the rest unknown).
-                if e.file() != path && e.file().extension().is_some_and(|x| x == "csv") {
-                    self.deps.insert(path.to_path_buf(), event_paths(e.file()));
-                }
                 return self.reject(path, &e.to_string(), &ErrorReport::from(&e));
             }
         };
+        self.deps
+            .insert(path.to_path_buf(), files_read(path, &spec));
         let mut recorded = self.store.record_task(&spec, path);
         let mut renamed = false;
         if let Err(StoreError::NameTaken { file, .. }) = &recorded {
@@ -561,8 +562,6 @@ impl Worker {
             Ok((rec, what)) => {
                 self.conflicts.remove(path);
                 self.reported.remove(path);
-                self.deps
-                    .insert(path.to_path_buf(), files_read(path, &spec));
                 if err_file.exists() {
                     let _ = std::fs::remove_file(&err_file);
                 }
@@ -696,6 +695,23 @@ fn files_read(task_file: &Path, spec: &taskfile::TaskSpec) -> Vec<PathBuf> {
     v.sort();
     v.dedup();
     v
+}
+
+/// What a task file not accepted as it stands reads, as far as its text says: the samples file
+/// it names (with `event_paths`), for a built-in space; `None` (anything) when that is unknown:
+/// unreadable or unparsable text, no samples path, or `space = "graph"` (whose graph files
+/// only the samples file names).
+fn named_reads(task_file: &Path, limits: &Limits) -> Option<Vec<PathBuf>> {
+    let meta = std::fs::metadata(task_file).ok()?;
+    if meta.len() > limits.max_toml_bytes {
+        return None;
+    }
+    let v: toml::Table = std::fs::read_to_string(task_file).ok()?.parse().ok()?;
+    if v.get("space").and_then(|s| s.as_str()) == Some("graph") {
+        return None;
+    }
+    let rel = v.get("samples")?.as_str()?;
+    Some(event_paths(&task_file.parent()?.join(rel)))
 }
 
 /// The paths an event about file `p` may name: `p` as written (`.` dropped) and, when it goes
@@ -1022,6 +1038,51 @@ mod tests {
             [5]
         );
         assert_eq!(m.rejected.get(), 0);
+    }
+
+    #[test]
+    fn a_folder_made_or_a_file_deleted_beside_a_file_being_written_waits_for_nothing() {
+        use std::io::Write;
+        let (state, tasks) = folder_with_samples();
+        let task = |name: &str, csv: &str| {
+            format!(
+                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"{csv}\"\n"
+            )
+        };
+        std::fs::write(tasks.join("a.toml"), task("a", "s.csv")).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, _m) = watch(&tasks, &store);
+        assert!(wait_for(|| store.task("a").unwrap().is_some()));
+        // A folder made (no write follows a creation) does not hold a new task file back.
+        std::fs::create_dir(tasks.join("d")).unwrap();
+        std::fs::write(tasks.join("b.toml"), task("b", "s.csv")).unwrap();
+        let t0 = Instant::now();
+        assert!(wait_for(|| store.task("b").unwrap().is_some()));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // A task file deleted while the file it reads is being written is retired all the same;
+        // an unrelated file kept open holds back no task file that does not read it.
+        let mut log = std::fs::File::create(tasks.join("app.log")).unwrap();
+        log.write_all(b"x\n").unwrap();
+        let mut csv = std::fs::OpenOptions::new()
+            .append(true)
+            .open(tasks.join("s.csv"))
+            .unwrap();
+        csv.write_all(rows(1)[0].as_bytes()).unwrap();
+        csv.flush().unwrap();
+        std::fs::remove_file(tasks.join("a.toml")).unwrap();
+        assert!(wait_for(|| store
+            .task("a")
+            .unwrap()
+            .is_some_and(|t| t.removed_at.is_some())));
+        std::fs::write(
+            tasks.join("s2.csv"),
+            std::fs::read(tasks.join("s.csv")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(tasks.join("c.toml"), task("c", "s2.csv")).unwrap();
+        assert!(wait_for(|| store.task("c").unwrap().is_some()));
+        drop((log, csv));
+        w.stop();
     }
 
     #[test]
