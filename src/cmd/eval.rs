@@ -87,10 +87,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             t.save(&dir.join(name))?;
         }
     }
-    print!("{}", eval::table(&report));
+    // The report is written before the table is printed: a closed pipe on stdout (`| head`)
+    // must not lose a long run's results.
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
     }
+    use std::io::Write;
+    write!(std::io::stdout().lock(), "{}", eval::table(&report))?;
     Ok(())
 }

@@ -761,18 +761,25 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let (sel, report) = base::fit(&aio, &ca, &plain, &cp, cfg)?;
-    println!(
+    // The table is printed after the files are written: a closed pipe on stdout must not lose
+    // the run's results.
+    use std::fmt::Write as _;
+    let mut table = String::new();
+    writeln!(
+        table,
         "base selection of {} and {plain_name}: fitted on {} networks per task outside both pretrainings, reported on up to {} others",
         base_model.describe(),
         a.fit,
         a.eval
-    );
-    println!(
+    )?;
+    writeln!(
+        table,
         "{:<30} {:>5}  {:>6}  {:>22}  {:>28}",
         "task", "n", "member", "spearman aio/plain/base", "mae aio/plain/base"
-    );
+    )?;
     for r in &report {
-        println!(
+        writeln!(
+            table,
             "{:<30} {:>5}  {:>6}  {:>6.3} / {:>6.3} / {:>6.3}  {:>8.4} / {:>8.4} / {:>8.4}",
             r.task.to_string(),
             r.n,
@@ -786,17 +793,18 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
             r.mae_aio,
             r.mae_plain,
             r.mae_base
-        );
+        )?;
     }
     let m = |f: fn(&base::BaseEval) -> f64| {
         report.iter().map(f).sum::<f64>() / report.len().max(1) as f64
     };
-    println!(
+    writeln!(
+        table,
         "mean spearman: aio {:.3}, plain {:.3}, base {:.3}",
         m(|r| r.spearman_aio),
         m(|r| r.spearman_plain),
         m(|r| r.spearman_base)
-    );
+    )?;
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", p.display()))?;
@@ -807,5 +815,7 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
         eprintln!("aiop: wrote {}", p.display());
     }
+    use std::io::Write as _;
+    std::io::stdout().lock().write_all(table.as_bytes())?;
     Ok(())
 }
