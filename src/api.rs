@@ -984,14 +984,8 @@ fn files_of_other_tasks(
         }
         let mut files = vec![source];
         if let Some(snap) = store.task_spec(&t.name, &t.spec_hash)? {
-            let rel = std::iter::once(&snap["samples_file"]).chain(
-                snap["samples"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| &s["graph_file"]),
-            );
-            files.extend(rel.filter_map(|v| v.as_str()).map(|r| dir.join(r)));
+            let rel = taskfile::TaskSpec::snapshot_files(&snap);
+            files.extend(rel.into_iter().map(|r| dir.join(r)));
         }
         for f in files {
             let e = out.entry(f).or_default();

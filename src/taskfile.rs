@@ -404,15 +404,22 @@ impl TaskSpec {
     /// The files the task reads besides its task file, as written (relative to the task file's
     /// folder): the samples file, then each graph file once.
     pub fn files(&self) -> Vec<&str> {
-        let mut v = vec![self.samples_file.as_str()];
-        for s in &self.samples {
-            if let SampleInput::Graph { path, .. } = &s.input {
-                if !v.contains(&path.as_str()) {
-                    v.push(path);
-                }
-            }
-        }
-        v
+        let graphs = self.samples.iter().filter_map(|s| match &s.input {
+            SampleInput::Graph { path, .. } => Some(path.as_str()),
+            SampleInput::Arch(_) => None,
+        });
+        first_of_each(std::iter::once(self.samples_file.as_str()).chain(graphs))
+    }
+
+    /// [`TaskSpec::files`] of the spec a [`TaskSpec::snapshot`] holds, read from the snapshot
+    /// as it is (without checking it as [`TaskSpec::from_snapshot`] does).
+    pub fn snapshot_files(snapshot: &serde_json::Value) -> Vec<&str> {
+        let graphs = snapshot["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["graph_file"].as_str());
+        first_of_each(snapshot["samples_file"].as_str().into_iter().chain(graphs))
     }
 
     /// Read back a [`TaskSpec::snapshot`], checking that its content still hashes to its
@@ -586,6 +593,12 @@ fn resolve_inside(folder: &Path, rel: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(canonical)
+}
+
+/// The items of `it` in order, each once.
+fn first_of_each<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    it.filter(|x| seen.insert(*x)).collect()
 }
 
 /// A task name: 1 to [`MAX_NAME_LEN`] characters of A-Z a-z 0-9 _ . -, not starting with `.`.
@@ -1518,6 +1531,9 @@ mod tests {
         std::fs::write(&t, "name = \"g\"\nspace = \"graph\"\nsamples = \"s.csv\"\n").unwrap();
         let s = load(&t, &Limits::default()).unwrap();
         assert_eq!(s.samples.len(), 3);
+        // The files it reads, from the spec and from its snapshot alike.
+        assert_eq!(s.files(), ["s.csv", "g0.json", "g1.json", "g2.json"]);
+        assert_eq!(TaskSpec::snapshot_files(&s.snapshot()), s.files());
         std::fs::write(dir.path().join("g1.json"), "{\"nodes\": [{\"id\": \"x\"}]}").unwrap();
         let e = load(&t, &Limits::default()).unwrap_err();
         assert!(e.file().ends_with("g1.json"), "{e}");

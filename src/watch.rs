@@ -192,9 +192,10 @@ struct Worker {
     folder: Option<(u64, u64)>,
     /// When the folder's identity was last checked.
     checked: Instant,
-    /// The files (samples, graphs) each task file read when it was last accepted: a change to
-    /// another file does not read it again. A task file without an entry (rejected, not read
-    /// yet) is read again at every change, since what it would read is unknown.
+    /// The files (samples, graphs) each task file read when it last loaded (accepted, or valid
+    /// but refused for its name): a change to another file does not read it again. A task file
+    /// without an entry (refused, changed, not read yet) reads what its text names
+    /// ([`named_reads`]), or anything when that is unknown.
     deps: HashMap<PathBuf, Vec<PathBuf>>,
     /// The report last written for each rejected task file: the same refusal is not reported
     /// (logged, counted, rewritten) again at every re-read.
@@ -348,8 +349,8 @@ impl Worker {
         tracing::info!("tasks folder watcher stopped");
     }
 
-    /// Whether task file `f` reads `file`, or may: its files when it was last accepted (or
-    /// refused in its samples file) are known; otherwise anything may be.
+    /// Whether task file `f` reads `file`, or may: its files when it last loaded, else the
+    /// samples file its text names, else anything.
     fn may_read(&self, f: &Path, file: &Path) -> bool {
         match self.deps.get(f) {
             Some(d) => d.iter().any(|x| x == file),
@@ -448,7 +449,7 @@ impl Worker {
             .collect();
         // Files that exist first: a renamed task file's new name takes its task over before
         // the old name's removal is handled.
-        due.sort_by_key(|p| !p.exists());
+        due.sort_by_cached_key(|p| !p.exists());
         for path in due {
             let Some(p) = self.pending.remove(&path) else {
                 continue;
@@ -462,8 +463,8 @@ impl Worker {
                         due: now + self.debounce,
                         sig,
                         deferred: false,
-                        open: p.open,
                         last_write: now,
+                        ..p
                     },
                 );
                 continue;
@@ -489,9 +490,12 @@ impl Worker {
                 }
                 continue;
             }
-            if let Some(q) = self.pending.keys().find(|q| {
-                sig.is_some() && !is_task_file(q) && q.exists() && self.may_read(&path, q)
-            }) {
+            let waits_for = sig.is_some().then(|| {
+                self.pending
+                    .keys()
+                    .find(|q| !is_task_file(q) && q.exists() && self.may_read(&path, q))
+            });
+            if let Some(q) = waits_for.flatten() {
                 // A file it reads (or may) is still being written: read it once that file is
                 // complete, which arms it again. (One gone, renamed away, is no reason to wait.)
                 tracing::debug!(file = %path.display(), waiting_for = %q.display(), "task file waits for a file it may read");
@@ -511,10 +515,9 @@ impl Worker {
                         path,
                         Pending {
                             due: last.max(now),
-                            sig,
                             deferred: true,
                             open: false,
-                            last_write: p.last_write,
+                            ..p
                         },
                     );
                     continue;
@@ -788,6 +791,13 @@ mod tests {
         (state, tasks)
     }
 
+    /// An NB-201 CIFAR-10 task file defining `name`, its samples in `samples`.
+    fn task_toml(name: &str, samples: &str) -> String {
+        format!(
+            "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"{samples}\"\n"
+        )
+    }
+
     /// A watcher on `tasks` (50 ms debounce, no jobs or searches) and its metrics.
     fn watch(tasks: &Path, store: &Store) -> (Watcher, Metrics) {
         watch_with(tasks, store, Duration::from_millis(50))
@@ -807,7 +817,7 @@ mod tests {
     #[test]
     fn picks_up_rejects_accepts_and_removes() {
         let (state, tasks) = folder_with_samples();
-        let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+        let good = &task_toml("a", "s.csv");
         std::fs::write(tasks.join("a.toml"), good).unwrap();
         let store = Store::open(state.path()).unwrap();
         let (w, m) = watch(&tasks, &store);
@@ -868,7 +878,7 @@ mod tests {
     #[test]
     fn a_renamed_task_file_never_retires_its_task() {
         let (state, tasks) = folder_with_samples();
-        let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+        let good = &task_toml("a", "s.csv");
         std::fs::write(tasks.join("a.toml"), good).unwrap();
         let store = Store::open(state.path()).unwrap();
         // A debounce far longer than the 15 ms between the two steps below, even on a loaded
@@ -920,7 +930,7 @@ mod tests {
     fn a_samples_file_still_being_written_is_read_once_complete() {
         use std::io::Write;
         let (state, tasks) = folder_with_samples();
-        let good = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
+        let good = &task_toml("a", "s.csv");
         std::fs::write(tasks.join("a.toml"), good).unwrap();
         let store = Store::open(state.path()).unwrap();
         let (w, m) = watch(&tasks, &store);
@@ -954,11 +964,7 @@ mod tests {
     fn a_changed_samples_file_reads_again_the_tasks_that_use_it_only() {
         let (state, tasks) = folder_with_samples();
         std::fs::copy(tasks.join("s.csv"), tasks.join("t.csv")).unwrap();
-        let task = |name: &str, csv: &str| {
-            format!(
-                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"./{csv}\"\n"
-            )
-        };
+        let task = |name: &str, csv: &str| task_toml(name, &format!("./{csv}"));
         std::fs::write(tasks.join("a.toml"), task("a", "s.csv")).unwrap();
         std::fs::write(tasks.join("b.toml"), task("b", "t.csv")).unwrap();
         std::fs::write(tasks.join("bad.toml"), "name = ").unwrap();
@@ -988,7 +994,7 @@ mod tests {
         let (state, tasks) = folder_with_samples();
         std::fs::create_dir(tasks.join("sub")).unwrap();
         // Its samples named through `sub/..`: a change to s.csv still reads it again.
-        let a = "name = \"a\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"sub/../s.csv\"\n";
+        let a = task_toml("a", "sub/../s.csv");
         std::fs::write(tasks.join("a.toml"), a).unwrap();
         let store = Store::open(state.path()).unwrap();
         let (w, m) = watch(&tasks, &store);
@@ -1044,18 +1050,13 @@ mod tests {
     fn a_folder_made_or_a_file_deleted_beside_a_file_being_written_waits_for_nothing() {
         use std::io::Write;
         let (state, tasks) = folder_with_samples();
-        let task = |name: &str, csv: &str| {
-            format!(
-                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"{csv}\"\n"
-            )
-        };
-        std::fs::write(tasks.join("a.toml"), task("a", "s.csv")).unwrap();
+        std::fs::write(tasks.join("a.toml"), task_toml("a", "s.csv")).unwrap();
         let store = Store::open(state.path()).unwrap();
         let (w, _m) = watch(&tasks, &store);
         assert!(wait_for(|| store.task("a").unwrap().is_some()));
         // A folder made (no write follows a creation) does not hold a new task file back.
         std::fs::create_dir(tasks.join("d")).unwrap();
-        std::fs::write(tasks.join("b.toml"), task("b", "s.csv")).unwrap();
+        std::fs::write(tasks.join("b.toml"), task_toml("b", "s.csv")).unwrap();
         let t0 = Instant::now();
         assert!(wait_for(|| store.task("b").unwrap().is_some()));
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -1079,7 +1080,7 @@ mod tests {
             std::fs::read(tasks.join("s.csv")).unwrap(),
         )
         .unwrap();
-        std::fs::write(tasks.join("c.toml"), task("c", "s2.csv")).unwrap();
+        std::fs::write(tasks.join("c.toml"), task_toml("c", "s2.csv")).unwrap();
         assert!(wait_for(|| store.task("c").unwrap().is_some()));
         drop((log, csv));
         w.stop();
@@ -1088,11 +1089,7 @@ mod tests {
     #[test]
     fn a_replaced_folder_is_watched_again() {
         let (state, tasks) = folder_with_samples();
-        let task = |name: &str| {
-            format!(
-                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n"
-            )
-        };
+        let task = |name: &str| task_toml(name, "s.csv");
         std::fs::write(tasks.join("a.toml"), task("a")).unwrap();
         let store = Store::open(state.path()).unwrap();
         let (w, _m) = watch(&tasks, &store);
