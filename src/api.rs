@@ -292,7 +292,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         .get::<MatchedPath>()
         .map_or("unmatched", |m| m.as_str())
         .to_string();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let start = Instant::now();
     let limit = st.cfg.request_timeout;
     let resp = match tokio::time::timeout(limit, next.run(req)).await {
@@ -301,13 +301,36 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     };
     st.metrics
         .requests
-        .with_label_values(&[method.as_str(), route.as_str(), resp.status().as_str()])
+        .with_label_values(&[method, route.as_str(), resp.status().as_str()])
         .inc();
     st.metrics
         .duration
         .with_label_values(&[route.as_str()])
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// The `method` label of a request: one of the standard methods, else `other`, so that a
+/// client sending made-up methods cannot grow the metric's series without bound.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ]
+    .into_iter()
+    .zip([
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ])
+    .find(|(k, _)| k == m)
+    .map_or("other", |(_, l)| l)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -1010,4 +1033,19 @@ async fn submit_task(
     let (store, backend) = (st.store.clone(), st.backend.clone());
     let out = tokio::task::spawn_blocking(move || submit_blocking(&store, &backend, req)).await??;
     Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(super::method_label(&Method::GET), "GET");
+        assert_eq!(super::method_label(&Method::DELETE), "DELETE");
+        for m in ["Z1", "Z2", "BREW"] {
+            let m = Method::from_bytes(m.as_bytes()).unwrap();
+            assert_eq!(super::method_label(&m), "other");
+        }
+    }
 }

@@ -125,6 +125,14 @@ pub enum ConfigError {
     UnknownEnv(String),
     #[error("setting '{key}': {message}")]
     Invalid { key: &'static str, message: String },
+    /// [`ConfigError::Invalid`] with where the value came from: the file, the variable.
+    #[error("{origin}: setting '{key}' = {value}: {message}")]
+    InvalidAt {
+        origin: String,
+        key: &'static str,
+        value: String,
+        message: String,
+    },
 }
 
 use crate::taskfile::line_of;
@@ -163,19 +171,28 @@ impl Config {
         })
     }
 
-    /// Everything but the flags' values: defaults < file < environment, validated.
+    /// Everything but the flags' values: defaults < file < environment, validated. A value out
+    /// of its range is reported with where it was set (the file, the variable); an existing
+    /// state or tasks path that is not a folder, or a `model` that is not one, is refused here,
+    /// before anything is created.
     pub fn load(
         ov: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut cfg = match &ov.config_file {
-            Some(f) => Config::from_file(f)?,
-            None if Path::new(DEFAULT_FILE).is_file() => {
-                Config::from_file(Path::new(DEFAULT_FILE))?
-            }
-            None => Config::default(),
+        let file = match &ov.config_file {
+            Some(f) => Some(f.clone()),
+            None if Path::new(DEFAULT_FILE).is_file() => Some(PathBuf::from(DEFAULT_FILE)),
+            None => None,
         };
-        cfg.apply_env(env)?;
+        let (mut cfg, file_text) = match &file {
+            Some(f) => {
+                let (c, text) = Config::from_file(f)?;
+                (c, Some(text))
+            }
+            None => (Config::default(), None),
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        cfg.apply_env(env.iter().cloned())?;
         if let Some(s) = &ov.state_dir {
             cfg.state_dir = s.clone();
         }
@@ -185,17 +202,100 @@ impl Config {
         if let Some(l) = ov.listen {
             cfg.listen = l;
         }
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let var = format!("AIOP_{}", key.to_uppercase());
+                let value = serde_json::to_value(&cfg)
+                    .ok()
+                    .and_then(|v| v.get(key).map(|v| v.to_string()))
+                    .unwrap_or_default();
+                let origin = if env.iter().any(|(k, _)| *k == var) {
+                    Some(format!("environment variable {var}"))
+                } else {
+                    file.as_ref()
+                        .zip(file_text.as_deref())
+                        .filter(|(_, text)| {
+                            toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key(key))
+                        })
+                        .map(|(f, _)| f.display().to_string())
+                };
+                match origin {
+                    Some(origin) => ConfigError::InvalidAt {
+                        origin,
+                        key,
+                        value,
+                        message,
+                    },
+                    None => ConfigError::Invalid { key, message },
+                }
+            }
+            e => e,
+        })?;
+        cfg.check_paths()?;
         Ok(cfg)
     }
 
-    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    /// The `AIOP_*` variables of `vars` (as `std::env::vars_os` gives them) as text; other
+    /// variables are skipped whatever their bytes, so that an unrelated variable that is not
+    /// UTF-8 cannot stop the daemon, while an `AIOP_*` one that is not is an error naming it.
+    pub fn env_vars(
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut out = Vec::new();
+        for (k, v) in vars {
+            let Some(k) = k.to_str().filter(|k| k.starts_with("AIOP_")) else {
+                continue;
+            };
+            let v = v.into_string().map_err(|v| ConfigError::Env {
+                var: k.to_string(),
+                value: v.to_string_lossy().into_owned(),
+                message: "not UTF-8 text".into(),
+            })?;
+            out.push((k.to_string(), v));
+        }
+        Ok(out)
+    }
+
+    /// Paths that exist but cannot be what they are set to be: the state folder, the tasks
+    /// folder and the base model's checkpoint folder. (Missing state and tasks folders are
+    /// created at start; a missing model is refused.)
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        let not_dir = |key: &'static str, p: &Path| {
+            if p.exists() && !p.is_dir() {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} exists and is not a folder", p.display()),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        not_dir("state_dir", &self.state_dir)?;
+        if let Some(t) = &self.tasks_dir {
+            not_dir("tasks_dir", t)?;
+        }
+        if let Some(m) = &self.model {
+            if !m.is_dir() {
+                return Err(ConfigError::Invalid {
+                    key: "model",
+                    message: format!(
+                        "{} is not a folder (a checkpoint folder written by `aiop pretrain`; \
+                         unset the key for the embedded model)",
+                        m.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn from_file(path: &Path) -> Result<(Config, String), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             error: source,
         })?;
-        Config::from_toml(&text, &file)
+        Ok((Config::from_toml(&text, &file)?, text))
     }
 
     /// Apply `AIOP_*` variables; other variables are ignored, unknown `AIOP_*` ones are errors.
@@ -236,7 +336,15 @@ impl Config {
                 "AIOP_MAX_PREDICTIONS_PER_REQUEST" => {
                     self.max_predictions_per_request = num(&value).map_err(bad)?
                 }
-                "AIOP_TOKEN" => self.token = Some(value.clone()).filter(|t| !t.is_empty()),
+                // An empty variable (`Environment=AIOP_TOKEN=`, a credential that did not
+                // expand) must not open the API: refused, as an empty `token` in a file is.
+                "AIOP_TOKEN" if value.trim().is_empty() => {
+                    return Err(bad(
+                        "an empty token would accept any request: unset the variable instead"
+                            .into(),
+                    ))
+                }
+                "AIOP_TOKEN" => self.token = Some(value.clone()),
                 "AIOP_LOG_FORMAT" => {
                     self.log_format = match value.trim() {
                         "text" => LogFormat::Text,
@@ -267,43 +375,36 @@ impl Config {
         Ok(())
     }
 
-    /// Check the limits are usable.
+    /// Check the limits are usable: each numeric setting within [`LIMITS`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = |key: &'static str, v: u64| {
-            if v == 0 {
-                Err(ConfigError::Invalid {
-                    key,
-                    message: "must be at least 1".into(),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        positive("max_concurrent_jobs", self.max_concurrent_jobs as u64)?;
-        positive(
-            "max_concurrent_searches",
+        let values = [
+            self.max_concurrent_jobs as u64,
             self.max_concurrent_searches as u64,
-        )?;
-        positive("max_batch_graphs", self.max_batch_graphs as u64)?;
-        positive("body_limit_bytes", self.body_limit_bytes as u64)?;
-        positive(
-            "max_predictions_per_request",
+            self.max_batch_graphs as u64,
+            self.body_limit_bytes as u64,
             self.max_predictions_per_request as u64,
-        )?;
-        positive("watch_debounce_ms", self.watch_debounce_ms)?;
-        positive("max_task_file_bytes", self.max_task_file_bytes)?;
-        positive("max_samples_file_bytes", self.max_samples_file_bytes)?;
-        positive("request_timeout_secs", self.request_timeout_secs)?;
-        if self.checkpoint_interval_ms > MAX_CHECKPOINT_INTERVAL_MS {
-            return Err(ConfigError::Invalid {
-                key: "checkpoint_interval_ms",
-                message: format!(
-                    "at most {MAX_CHECKPOINT_INTERVAL_MS} (an hour): a crash loses up to this \
-                     much of every running search"
-                ),
-            });
+            self.shutdown_grace_secs,
+            self.watch_debounce_ms,
+            self.max_task_file_bytes,
+            self.max_samples_file_bytes,
+            self.request_timeout_secs,
+            self.checkpoint_interval_ms,
+        ];
+        for (&(key, min, max, why), v) in LIMITS.iter().zip(values) {
+            if v < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be at least {min}"),
+                });
+            }
+            if v > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("at most {max} ({why})"),
+                });
+            }
         }
-        if self.token.as_deref() == Some("") {
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err(ConfigError::Invalid {
                 key: "token",
                 message: "an empty token would accept any request: remove the key instead".into(),
@@ -334,6 +435,47 @@ impl Config {
 
 /// The longest accepted `checkpoint_interval_ms`.
 pub const MAX_CHECKPOINT_INTERVAL_MS: u64 = 3_600_000;
+
+const GIB: u64 = 1 << 30;
+
+/// Each numeric setting's accepted range and why its ceiling is there, in the order
+/// [`Config::validate`] checks them. Ceilings keep a mistyped value from turning into
+/// something else at run time: a time past what `Instant` can add (a panic at the first
+/// request or at shutdown), a thread per slot spawned at start (an abort), a size whose
+/// doubled sum overflows.
+pub const LIMITS: [(&str, u64, u64, &str); 11] = [
+    ("max_concurrent_jobs", 1, 64, "each is a fine-tuning thread"),
+    (
+        "max_concurrent_searches",
+        1,
+        1024,
+        "each is a search thread",
+    ),
+    ("max_batch_graphs", 1, 1 << 20, "graphs in one forward pass"),
+    ("body_limit_bytes", 1, GIB, "1 GiB"),
+    (
+        "max_predictions_per_request",
+        1,
+        1 << 20,
+        "graphs in one request",
+    ),
+    (
+        "shutdown_grace_secs",
+        0,
+        3600,
+        "an hour; keep systemd's TimeoutStopSec above it",
+    ),
+    ("watch_debounce_ms", 1, 3_600_000, "an hour"),
+    ("max_task_file_bytes", 1, GIB, "1 GiB"),
+    ("max_samples_file_bytes", 1, GIB, "1 GiB"),
+    ("request_timeout_secs", 1, 86_400, "a day"),
+    (
+        "checkpoint_interval_ms",
+        0,
+        MAX_CHECKPOINT_INTERVAL_MS,
+        "an hour: a crash loses up to this much of every running search",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -435,5 +577,127 @@ mod tests {
             e.contains("checkpoint_interval_ms") && e.contains("3600000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_limit_is_checked_under_its_own_name() {
+        let default = serde_json::to_value(Config::default()).unwrap();
+        for &(key, min, max, _) in &LIMITS {
+            let mut over = default.clone();
+            over[key] = serde_json::json!(max + 1);
+            let c: Config = serde_json::from_value(over).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains(&max.to_string()),
+                "{key}: {e}"
+            );
+            let mut top = default.clone();
+            top[key] = serde_json::json!(max);
+            let c: Config = serde_json::from_value(top).unwrap();
+            assert!(c.validate().is_ok(), "{key} at its ceiling");
+            if min > 0 {
+                let mut under = default.clone();
+                under[key] = serde_json::json!(min - 1);
+                let c: Config = serde_json::from_value(under).unwrap();
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains(key), "{key}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_out_of_range_names_where_it_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        std::fs::write(&f, "max_batch_graphs = 0\n").unwrap();
+        let ov = Overrides {
+            config_file: Some(f.clone()),
+            ..Overrides::default()
+        };
+        let e = Config::load(&ov, env(&[])).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&f.display().to_string()) && e.contains("'max_batch_graphs' = 0"),
+            "{e}"
+        );
+        let e = Config::load(&ov, env(&[("AIOP_MAX_BATCH_GRAPHS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment variable AIOP_MAX_BATCH_GRAPHS"),
+            "{e}"
+        );
+        let e = Config::load(
+            &Overrides::default(),
+            env(&[("AIOP_SHUTDOWN_GRACE_SECS", "9223372036854775807")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("AIOP_SHUTDOWN_GRACE_SECS") && e.contains("at most 3600"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_token_variable_is_refused_not_taken_as_no_token() {
+        let mut c = Config {
+            token: Some("s3cret".into()),
+            ..Config::default()
+        };
+        let e = c
+            .apply_env(env(&[("AIOP_TOKEN", "")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AIOP_TOKEN") && e.contains("empty token"), "{e}");
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        c.apply_env(env(&[("AIOP_TOKEN", "other")])).unwrap();
+        assert_eq!(c.token.as_deref(), Some("other"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn variables_that_are_not_utf8_stop_nothing_unless_they_are_ours() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"\xff".to_vec());
+        let vars = vec![
+            (OsString::from("UNRELATED"), bad()),
+            (OsString::from_vec(b"X\xff".to_vec()), OsString::from("1")),
+            (OsString::from("AIOP_LISTEN"), OsString::from("127.0.0.1:0")),
+        ];
+        assert_eq!(
+            Config::env_vars(vars).unwrap(),
+            env(&[("AIOP_LISTEN", "127.0.0.1:0")])
+        );
+        let e = Config::env_vars(vec![(OsString::from("AIOP_MODEL"), bad())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AIOP_MODEL") && e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn paths_that_cannot_be_folders_are_refused_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        for (var, key) in [
+            ("AIOP_STATE_DIR", "state_dir"),
+            ("AIOP_TASKS_DIR", "tasks_dir"),
+            ("AIOP_MODEL", "model"),
+        ] {
+            let e = Config::load(&Overrides::default(), env(&[(var, file.to_str().unwrap())]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("a-file"), "{key}: {e}");
+        }
+        let missing = dir.path().join("no-model");
+        let e = Config::load(
+            &Overrides::default(),
+            env(&[("AIOP_MODEL", missing.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no-model") && e.contains("not a folder"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

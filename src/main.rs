@@ -179,7 +179,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aiop: {e:#}");
+            eprintln!("aiop: {}", cmd::error_message(&e));
             ExitCode::from(exit_code(&e))
         }
     }

@@ -21,6 +21,7 @@
 //! versions and results (`removed_at` is set). [`Store::export`] / [`Store::import`] round-trip
 //! every tree as JSON lines.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -957,8 +958,14 @@ impl Store {
     }
 
     /// Load an [`export`](Store::export) into this store, which must be empty. Every line is
-    /// checked before anything is written; then all records go in one batch per tree.
+    /// checked before anything is written ([`Export::read`]); then all records go in one batch
+    /// per tree.
     pub fn import(&self, r: impl BufRead) -> Result<usize, StoreError> {
+        self.import_records(Export::read(r)?)
+    }
+
+    /// Write records read by [`Export::read`] into this store, which must be empty.
+    pub fn import_records(&self, export: Export) -> Result<usize, StoreError> {
         if TREES
             .iter()
             .any(|t| !self.tree(t).expect("known tree").is_empty())
@@ -971,7 +978,39 @@ impl Store {
         let mut batches: Vec<(&'static str, sled::Batch)> =
             TREES.iter().map(|t| (*t, sled::Batch::default())).collect();
         let _durable = self.durable_write();
-        let mut n = 0;
+        let n = export.records.len();
+        for (tree, key, bytes) in export.records {
+            let b = batches
+                .iter_mut()
+                .find(|(t, _)| *t == tree)
+                .expect("tree checked when read");
+            b.1.insert(key.as_bytes(), bytes);
+        }
+        for (t, b) in batches {
+            self.tree(t).expect("known tree").apply_batch(b)?;
+        }
+        self.flush()?;
+        Ok(n)
+    }
+}
+
+/// The records of an [`export`](Store::export), read and checked, ready for
+/// [`Store::import_records`]: reading one needs no store, so a malformed file creates none.
+#[derive(Debug)]
+pub struct Export {
+    /// (tree, key, the value's stored bytes), in the file's order.
+    records: Vec<(&'static str, String, Vec<u8>)>,
+}
+
+impl Export {
+    /// Read an export: the header line first (an empty file is no export), then one record
+    /// per line, each decoded as the store will hold it; a key given twice in one tree is an
+    /// error naming both lines (an export holds each record once: two would leave one
+    /// silently).
+    pub fn read(r: impl BufRead) -> Result<Export, StoreError> {
+        let mut records = Vec::new();
+        let mut seen: HashMap<(&'static str, String), usize> = HashMap::new();
+        let mut header = false;
         for (k, line) in r.lines().enumerate() {
             let line_no = k + 1;
             let line = line?;
@@ -983,7 +1022,10 @@ impl Store {
                 serde_json::from_str(&line).map_err(|e| err(e.to_string()))?;
             if line_no == 1 {
                 match v.get("aiop_store").and_then(|x| x.as_u64()) {
-                    Some(s) if s == SCHEMA_VERSION as u64 => continue,
+                    Some(s) if s == SCHEMA_VERSION as u64 => {
+                        header = true;
+                        continue;
+                    }
                     Some(s) => {
                         return Err(err(format!(
                             "export has schema version {s}, this aiop writes {SCHEMA_VERSION}"
@@ -992,7 +1034,12 @@ impl Store {
                     None => return Err(err("not an aiop store export (no header)".into())),
                 }
             }
-            let tree = v.get("tree").and_then(|t| t.as_str()).unwrap_or_default();
+            let name = v.get("tree").and_then(|t| t.as_str()).unwrap_or_default();
+            let tree = TREES
+                .iter()
+                .copied()
+                .find(|t| *t == name)
+                .ok_or_else(|| err(format!("unknown tree '{name}'")))?;
             let key = v
                 .get("key")
                 .and_then(|t| t.as_str())
@@ -1014,21 +1061,32 @@ impl Store {
                     &serde_json::from_value::<SearchRecord>(value.clone())
                         .map_err(|e| err(e.to_string()))?,
                 ),
-                "task_specs" | "models" | "search_history" => encode(value),
-                other => return Err(err(format!("unknown tree '{other}'"))),
+                _ => encode(value),
             };
-            let b = batches
-                .iter_mut()
-                .find(|(t, _)| *t == tree)
-                .expect("tree checked above");
-            b.1.insert(key.as_bytes(), bytes);
-            n += 1;
+            if let Some(first) = seen.insert((tree, key.to_string()), line_no) {
+                return Err(err(format!(
+                    "tree '{tree}' key '{key}' is also on line {first}: an export holds each \
+                     record once"
+                )));
+            }
+            records.push((tree, key.to_string(), bytes));
         }
-        for (t, b) in batches {
-            self.tree(t).expect("known tree").apply_batch(b)?;
+        if !header {
+            return Err(StoreError::Import {
+                line: 1,
+                message: "the file is empty: not an aiop store export (no header)".into(),
+            });
         }
-        self.flush()?;
-        Ok(n)
+        Ok(Export { records })
+    }
+
+    /// Records read (the header not counted).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 }
 

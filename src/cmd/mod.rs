@@ -24,6 +24,25 @@ pub struct DataError(pub String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// `e` and its causes in one line, outermost first, joined by `": "` as `{:#}` joins them,
+/// except that a cause whose text the message so far already holds is left out: many error
+/// types name their inner error in their own text (so that logs, which print one level, keep
+/// it) and also expose it as their source, and `{:#}` would say it twice.
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if m.is_empty() || out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
+}
+
 /// The lines of `r` numbered from 1, without their `\n` (or `\r\n`), as `BufRead::lines` gives
 /// them, except that a line that is not UTF-8 is an `Err` with the reason instead of ending the
 /// stream: batch commands report such a line and answer the others. A read error still ends it.
@@ -47,6 +66,23 @@ pub fn numbered_lines(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_message_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("store: {0}")]
+        struct Store(#[from] std::io::Error);
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::from(Store(io)).context("opening state/db");
+        assert_eq!(
+            super::error_message(&e),
+            "opening state/db: store: disk on fire"
+        );
+        // Causes the outer text does not name are all kept, in order.
+        let e = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(super::error_message(&e), "outer: middle: inner");
+        assert_eq!(format!("{e:#}"), "outer: middle: inner");
+    }
+
     #[test]
     fn numbered_lines_report_bad_utf8_and_go_on() {
         let lines: Vec<_> = super::numbered_lines(&b"a\r\nb\xff\n\nc"[..])

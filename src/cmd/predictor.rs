@@ -366,7 +366,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 // Keep output in input order: emit what came before, then report.
                 flush(&mut pending, &mut out)?;
                 failed += 1;
-                eprintln!("aiop: stdin line {n}: {e:#}");
+                eprintln!("aiop: stdin line {n}: {}", super::error_message(&e));
             }
         }
         if pending.len() >= a.batch_size.max(1) {

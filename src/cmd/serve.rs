@@ -290,7 +290,7 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
         tasks_dir: a.tasks,
         listen: a.listen,
     };
-    let config = Config::load(&ov, std::env::vars())?;
+    let config = Config::load(&ov, Config::env_vars(std::env::vars_os())?)?;
     init_tracing(config.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -62,15 +62,16 @@ pub fn store(c: StoreCommand) -> anyhow::Result<()> {
             eprintln!("aiop: exported {n} record(s) from {}", a.state.display());
         }
         StoreCommand::Import(a) => {
-            // The input first: a missing file creates no store.
+            // The whole input is read and checked first: a missing, empty or malformed file
+            // creates no store.
             let file = std::fs::File::open(&a.file)
                 .with_context(|| format!("reading {}", a.file.display()))?;
+            let export = aiop::store::Export::read(BufReader::new(file))
+                .with_context(|| format!("{}", a.file.display()))?;
             std::fs::create_dir_all(&a.state)
                 .with_context(|| format!("creating {}", a.state.display()))?;
             let store = Store::open(&a.state)?;
-            let n = store
-                .import(BufReader::new(file))
-                .with_context(|| format!("{}", a.file.display()))?;
+            let n = store.import_records(export)?;
             eprintln!("aiop: imported {n} record(s) into {}", a.state.display());
         }
     }
