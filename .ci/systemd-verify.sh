@@ -27,7 +27,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 sed "s#^ExecStart=/usr/local/bin/aiop #ExecStart=$bin #" "$unit" > "$tmp/aiop.service"
-grep -q "^ExecStart=$bin serve " "$tmp/aiop.service"
+grep -q "^ExecStart=$bin serve\( \|$\)" "$tmp/aiop.service"
 
 out=$(systemd-analyze verify "$tmp/aiop.service" 2>&1) || { echo "$out"; exit 1; }
 # verify exits 0 on some warnings: fail on any line about this unit.

@@ -700,4 +700,35 @@ mod tests {
         assert!(e.contains("no-model") && e.contains("not a folder"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+
+    #[test]
+    fn the_unit_sets_known_variables_and_no_flags() {
+        // Flags win over the environment: a flag in ExecStart would silently override every
+        // drop-in's Environment= line.
+        let unit = include_str!("../systemd/aiop.service");
+        let exec: Vec<&str> = unit
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect();
+        assert_eq!(exec, ["ExecStart=/usr/local/bin/aiop serve"]);
+        let vars: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment=AIOP_"))
+            .map(|kv| kv.split('=').next().unwrap())
+            .collect();
+        assert!(
+            vars.contains(&"STATE_DIR") && vars.contains(&"LISTEN"),
+            "{vars:?}"
+        );
+        let pairs: Vec<(String, String)> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = Config::default();
+        c.apply_env(pairs).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/aiop"));
+        assert_eq!(c.listen, "127.0.0.1:9187".parse().unwrap());
+    }
 }

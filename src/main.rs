@@ -92,7 +92,15 @@ enum BenchCommand {
 /// is not a failure: see [`broken_pipe`].
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<aiop::config::ConfigError>() {
+        if cause.is::<aiop::config::ConfigError>()
+            // The configured base model cannot be loaded: restarting will not fix it either.
+            || matches!(
+                cause.downcast_ref::<aiop::serve::ServeError>(),
+                Some(aiop::serve::ServeError::Service(
+                    aiop::service::ServiceError::Base { .. }
+                ))
+            )
+        {
             return 78;
         }
         if cause.is::<cmd::UsageError>() {
@@ -178,6 +186,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.is::<cmd::Logged>() => ExitCode::from(exit_code(&e)),
         Err(e) => {
             eprintln!("aiop: {}", cmd::error_message(&e));
             ExitCode::from(exit_code(&e))

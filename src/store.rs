@@ -79,10 +79,27 @@ const TREES: [&str; 7] = [
     "models",
 ];
 
+/// The likely reason a store could not be opened, when it is sled's lock being held (another
+/// process has the store open); other failures (permissions, corruption) get no hint, which
+/// would mislead.
+fn lock_hint(e: &sled::Error) -> &'static str {
+    if lock_held(e) {
+        " (is another aiop using this state directory?)"
+    } else {
+        ""
+    }
+}
+
+/// Whether `e` is sled's file lock held by another process (sled 0.34 reports it as an `Other`
+/// I/O error with this message).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("opening the store at {path}: {error} (is another aiop using this state directory?)")]
+    #[error("opening the store at {path}: {error}{hint}", hint = lock_hint(.error))]
     Open { path: PathBuf, error: sled::Error },
     #[error("the store at {path} has schema version {found}, newer than the {supported} this aiop understands: run a newer aiop or use another --state")]
     TooNew {
@@ -1202,11 +1219,7 @@ fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     let start = std::time::Instant::now();
     loop {
         match sled::Config::new().path(path).open() {
-            // sled 0.34 reports a held lock as an `Other` I/O error with this message.
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && start.elapsed() < LOCK_WAIT =>
-            {
+            Err(e) if lock_held(&e) && start.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r,
@@ -1556,5 +1569,22 @@ mod tests {
             .import(format!("{{\"aiop_store\": {SCHEMA_VERSION}}}\nnot json\n").as_bytes())
             .unwrap_err();
         assert!(matches!(e, StoreError::Import { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn only_a_held_lock_gets_the_other_daemon_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("another aiop"), "{e}");
+        drop(held);
+        // A store folder that is not one (here a file where sled wants its folder).
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::write(bad.path().join("db"), b"not a store").unwrap();
+        let e = Store::open(bad.path()).err().unwrap().to_string();
+        assert!(
+            e.starts_with("opening the store at") && !e.contains("another aiop"),
+            "{e}"
+        );
     }
 }

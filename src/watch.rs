@@ -309,15 +309,19 @@ impl Worker {
         for f in &files {
             self.process(f);
         }
-        // Tasks whose file vanished while the daemon was down.
+        // Tasks whose file vanished while the daemon was down, and tasks defined by a file
+        // outside this folder that no file here took over (a store restored or copied from
+        // another daemon's, a tasks folder moved): the folder is what defines tasks.
         match self.store.tasks() {
             Ok(tasks) => {
                 for t in tasks {
                     let src = Path::new(&t.source);
-                    if t.removed_at.is_none()
-                        && src.parent() == Some(self.dir.as_path())
-                        && !src.exists()
-                    {
+                    if t.removed_at.is_some() {
+                        continue;
+                    }
+                    if src.parent() != Some(self.dir.as_path()) {
+                        self.retire(src, None, "its task file is not in this tasks folder");
+                    } else if !src.exists() {
                         self.process(src);
                     }
                 }
@@ -550,10 +554,12 @@ impl Worker {
         let mut recorded = self.store.record_task(&spec, path);
         let mut renamed = false;
         if let Err(StoreError::NameTaken { file, .. }) = &recorded {
-            // The owner was renamed or deleted and its event is not processed yet: take over.
-            // The task goes on under this file, its searches too (no retirement).
+            // The owner was renamed or deleted and its event is not processed yet, or it is
+            // not in this folder at all (a state folder copied or restored from another
+            // daemon's, or a tasks folder moved: the store names the other folder's file):
+            // take over. The task goes on under this file, its searches too (no retirement).
             let owner = PathBuf::from(file);
-            if !owner.exists() {
+            if !owner.exists() || owner.parent() != Some(self.dir.as_path()) {
                 if let Err(e) = self.store.mark_removed(&owner, None) {
                     tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
                 }
@@ -907,6 +913,40 @@ mod tests {
         w.stop();
         assert_eq!(m.removed.get(), 0, "the task was never retired");
         assert!(source_is("a3.toml")());
+    }
+
+    #[test]
+    fn a_store_restored_beside_a_copied_folder_takes_the_copies() {
+        // Daemon A's folder defines "a" and "gone"; its store is exported and imported into B,
+        // whose folder has a copy of a.toml only. A's files stay where they are.
+        let (a_state, a_tasks) = folder_with_samples();
+        std::fs::write(a_tasks.join("a.toml"), task_toml("a", "s.csv")).unwrap();
+        std::fs::write(a_tasks.join("gone.toml"), task_toml("gone", "s.csv")).unwrap();
+        let mut export = Vec::new();
+        {
+            let store = Store::open(a_state.path()).unwrap();
+            let (w, _) = watch(&a_tasks, &store);
+            assert!(wait_for(|| store.tasks().unwrap().len() == 2));
+            w.stop();
+            store.export(&mut export).unwrap();
+        }
+        let (b_state, b_tasks) = folder_with_samples();
+        std::fs::copy(a_tasks.join("a.toml"), b_tasks.join("a.toml")).unwrap();
+        let store = Store::open(b_state.path()).unwrap();
+        store.import(&export[..]).unwrap();
+        let (w, m) = watch(&b_tasks, &store);
+        let b_dir = b_tasks.canonicalize().unwrap();
+        assert!(wait_for(|| store.task("a").unwrap().is_some_and(
+            |t| Path::new(&t.source).parent() == Some(b_dir.as_path()) && t.removed_at.is_none()
+        )));
+        assert!(wait_for(|| store
+            .task("gone")
+            .unwrap()
+            .is_some_and(|t| t.removed_at.is_some())));
+        w.stop();
+        assert!(!b_tasks.join("a.toml.error").exists());
+        assert_eq!(m.removed.get(), 1, "only the task no file here defines");
+        assert!(a_tasks.join("gone.toml").exists() && a_tasks.join("a.toml").exists());
     }
 
     /// 12 distinct NB-201 networks with made-up labels, as a samples CSV (the watcher does

@@ -24,6 +24,13 @@ pub struct DataError(pub String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Context of an error already written to the log (`aiop serve` with `log_format = "json"`,
+/// whose every line must be a JSON object): `main` maps it to its exit code without printing
+/// it again as text.
+#[derive(Debug, thiserror::Error)]
+#[error("(logged)")]
+pub struct Logged;
+
 /// `e` and its causes in one line, outermost first, joined by `": "` as `{:#}` joins them,
 /// except that a cause whose text the message so far already holds is left out: many error
 /// types name their inner error in their own text (so that logs, which print one level, keep

@@ -291,7 +291,8 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
         listen: a.listen,
     };
     let config = Config::load(&ov, Config::env_vars(std::env::vars_os())?)?;
-    init_tracing(config.log_format);
+    let log_format = config.log_format;
+    init_tracing(log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("aiop-async")
@@ -314,7 +315,13 @@ pub fn serve(a: ServeArgs, registry: Registry) -> anyhow::Result<()> {
     // still running, queued again at the next start) must not hold the exit, as dropping the
     // runtime would (it waits for blocking tasks).
     rt.shutdown_background();
-    out
+    match out {
+        Err(e) if log_format == LogFormat::Json => {
+            tracing::error!(error = %super::error_message(&e), "the daemon stopped on an error");
+            Err(e.context(super::Logged))
+        }
+        out => out,
+    }
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {

@@ -469,6 +469,77 @@ fn a_second_daemon_on_the_same_state_is_refused() {
     // The first one is untouched, address file included.
     assert!(state.join("aiop.addr").exists());
     assert_eq!(d.get("/healthz").status, 200);
+    // With JSON logs, the reason it stopped is a JSON line too, said once.
+    let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("AIOP_LOG_FORMAT", "json")
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("another aiop")),
+        "{err}"
+    );
+}
+
+/// Settings that cannot work are configuration errors (exit 78) found before anything is
+/// created: a model folder that is not there, a state path that is a file, a value past its
+/// ceiling (which used to panic at the first request or at shutdown).
+#[test]
+fn unusable_settings_exit_78_before_touching_the_state() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let file = root.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let no_model = root.path().join("no-model");
+    let cases: [(&str, &std::ffi::OsStr, &str); 4] = [
+        ("AIOP_MODEL", no_model.as_os_str(), "no-model"),
+        ("AIOP_STATE_DIR", file.as_os_str(), "a-file"),
+        (
+            "AIOP_REQUEST_TIMEOUT_SECS",
+            "18446744073709551615".as_ref(),
+            "AIOP_REQUEST_TIMEOUT_SECS",
+        ),
+        ("AIOP_TOKEN", "".as_ref(), "AIOP_TOKEN"),
+    ];
+    for (var, value, named) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aiop"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env(var, value)
+            .current_dir(root.path());
+        if var != "AIOP_STATE_DIR" {
+            cmd.arg("--state").arg(&state);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{var}: {err}");
+        assert!(err.contains(named), "{var}: {err}");
+        assert!(!state.exists(), "{var} created the state folder");
+    }
+    // A configured model folder that is no checkpoint: also 78 (restarting will not fix it).
+    let not_model = root.path().join("not-a-model");
+    std::fs::create_dir(&not_model).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("AIOP_MODEL", &not_model)
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("not-a-model"), "{err}");
 }
 
 /// `GET /v1/spaces` names, per task the base model predicts, the member of the shipped pair that
