@@ -271,9 +271,7 @@ impl Config {
             }
         };
         not_dir("state_dir", &self.state_dir)?;
-        if let Some(t) = &self.tasks_dir {
-            not_dir("tasks_dir", t)?;
-        }
+        not_dir("tasks_dir", &self.tasks_dir())?;
         if let Some(m) = &self.model {
             if !m.is_dir() {
                 return Err(ConfigError::Invalid {

@@ -1569,6 +1569,18 @@ mod tests {
             .import(format!("{{\"aiop_store\": {SCHEMA_VERSION}}}\nnot json\n").as_bytes())
             .unwrap_err();
         assert!(matches!(e, StoreError::Import { line: 2, .. }), "{e}");
+        // An empty file is no export; a record given twice names both lines.
+        let e = Export::read(&b""[..]).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("empty"), "{e}");
+        let text = String::from_utf8(out).unwrap();
+        let second = text.lines().nth(1).unwrap();
+        let dup = format!("{text}{second}\n");
+        let e = Export::read(dup.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("line {}", n + 2)) && e.contains("also on line 2"),
+            "{e}"
+        );
+        assert_eq!(Export::read(text.as_bytes()).unwrap().len(), n);
     }
 
     #[test]

@@ -213,11 +213,13 @@ fn store_commands_create_no_store_they_cannot_use() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jsonl"));
     assert!(!typo.exists());
-    // A malformed export is bad input data.
+    // A malformed export is bad input data, and makes no store: an empty file (a backup that
+    // failed) is no export either.
     let header = format!("{{\"aiop_store\": {}}}\n", aiop::store::SCHEMA_VERSION);
     for (k, bad) in [
         "garbage\n".to_string(),
         format!("{header}{{\"tree\": \"nope\"}}\n"),
+        String::new(),
     ]
     .into_iter()
     .enumerate()
@@ -237,7 +239,11 @@ fn store_commands_create_no_store_they_cannot_use() {
         );
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(65), "{bad}: {err}");
-        assert!(err.contains(&format!("import line {}", k + 1)), "{err}");
+        assert!(
+            err.contains(&format!("import line {}", [1, 2, 1][k])),
+            "{err}"
+        );
+        assert!(!state.exists(), "{bad}: a store was made");
     }
 }
 
