@@ -45,6 +45,8 @@ pub struct Backend {
     pub tasks_dir: std::path::PathBuf,
     /// Size limits of task files (submitted ones too).
     pub limits: Limits,
+    /// The running fine-tuning jobs' progress (none without a fine-tuner).
+    pub tuning: Option<crate::jobs::Tuning>,
 }
 
 /// Settings of the API.
@@ -416,6 +418,9 @@ struct TaskSummary<'a> {
     /// task keeps its last good version).
     #[serde(skip_serializing_if = "Option::is_none")]
     file_error: Option<String>,
+    /// How far the fine-tuning of the current version has gone, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tuning: Option<crate::jobs::Progress>,
     updated_at: u64,
 }
 
@@ -485,6 +490,13 @@ async fn tasks(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Ap
                 .iter()
                 .find(|r| t.removed_at.is_none() && r.file == t.source)
                 .map(|r| r.error.clone()),
+            tuning: st
+                .backend
+                .tuning
+                .as_ref()
+                .filter(|_| t.status == TaskStatus::Tuning)
+                .and_then(|j| j.get(&t.name))
+                .filter(|p| p.version == t.spec_hash),
             updated_at: t.updated_at,
         })
         .collect();
@@ -513,6 +525,16 @@ async fn task(
     };
     let mut v = serde_json::to_value(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["model_quality"] = quality.unwrap_or(serde_json::Value::Null);
+    if let Some(p) = st
+        .backend
+        .tuning
+        .as_ref()
+        .filter(|_| rec.status == TaskStatus::Tuning)
+        .and_then(|j| j.get(&rec.name))
+        .filter(|p| p.version == rec.spec_hash)
+    {
+        v["tuning"] = serde_json::to_value(p).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     Ok(Json(v))
 }
 

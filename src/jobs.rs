@@ -17,9 +17,10 @@
 //! values, and the model folder the models, of task-model versions no task or unfinished search
 //! uses any more.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -57,6 +58,13 @@ pub trait Finetuner: Send + Sync + 'static {
         snapshot: &serde_json::Value,
         cancel: &Cancel,
     ) -> Result<Finetuned, String>;
+
+    /// At most how many training steps fine-tuning `snapshot` takes, when known: what a job's
+    /// progress (the steps counted by the `Cancel` it is given) is shown against.
+    fn planned_steps(&self, snapshot: &serde_json::Value) -> Option<u64> {
+        let _ = snapshot;
+        None
+    }
 
     /// Delete the stored model `model` (a [`Finetuned::model`] id), which nothing uses any more;
     /// true when something was deleted. Finetuners that store nothing keep the default.
@@ -110,6 +118,12 @@ impl ModelTuner {
 }
 
 impl Finetuner for ModelTuner {
+    fn planned_steps(&self, snapshot: &serde_json::Value) -> Option<u64> {
+        TaskSpec::from_snapshot(snapshot)
+            .ok()
+            .map(|spec| tuned::planned_steps(&spec))
+    }
+
     fn finetune(
         &self,
         task: &str,
@@ -224,12 +238,92 @@ impl Submitter {
 }
 
 /// The worker pool.
+/// The fine-tuning jobs running now and how far each has gone, by task: what `GET /v1/tasks`
+/// shows of a task that is `tuning`. In memory only (a restarted job starts again from zero).
+#[derive(Debug, Clone, Default)]
+pub struct Tuning(Arc<Mutex<HashMap<String, Running>>>);
+
+/// One running job's progress.
+#[derive(Debug)]
+struct Running {
+    version: String,
+    /// Training steps taken so far, counted by the job's `Cancel`.
+    steps: Arc<AtomicU64>,
+    /// At most how many it will take ([`Finetuner::planned_steps`]).
+    planned: Option<u64>,
+    started: Instant,
+}
+
+/// A running job's progress as the API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Progress {
+    /// The task version being fine-tuned.
+    pub version: String,
+    pub steps: u64,
+    /// At most how many steps the job takes (the length cross-validation chooses may be
+    /// shorter: the job then ends before reaching it).
+    pub planned_steps: Option<u64>,
+    /// `steps / planned_steps`, below 1 until the job ends.
+    pub fraction: Option<f64>,
+    pub elapsed_secs: f64,
+    /// Time left at the rate so far, if every planned step is taken (an upper bound).
+    pub eta_secs: Option<f64>,
+}
+
+impl Tuning {
+    /// The progress of `task`'s running job, if one runs.
+    pub fn get(&self, task: &str) -> Option<Progress> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = map.get(task)?;
+        let steps = r.steps.load(Ordering::Relaxed);
+        let elapsed = r.started.elapsed().as_secs_f64();
+        let planned = r.planned.filter(|&p| p > 0);
+        let fraction = planned.map(|p| (steps.min(p) as f64 / p as f64).min(0.999));
+        let eta = planned
+            .filter(|_| steps > 0)
+            .map(|p| elapsed * p.saturating_sub(steps) as f64 / steps as f64);
+        Some(Progress {
+            version: r.version.clone(),
+            steps,
+            planned_steps: r.planned,
+            fraction,
+            elapsed_secs: elapsed,
+            eta_secs: eta,
+        })
+    }
+
+    fn start(&self, task: &str, version: &str, planned: Option<u64>) -> Arc<AtomicU64> {
+        let steps = Arc::new(AtomicU64::new(0));
+        let r = Running {
+            version: version.to_string(),
+            steps: steps.clone(),
+            planned,
+            started: Instant::now(),
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(task.to_string(), r);
+        steps
+    }
+
+    /// `task`'s job for `version` is over (a job of another version of it, running beside,
+    /// keeps its entry).
+    fn end(&self, task: &str, version: &str) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(task).is_some_and(|r| r.version == version) {
+            map.remove(task);
+        }
+    }
+}
+
 pub struct Jobs {
     tx: Option<Sender<Job>>,
     stop: Sender<()>,
     /// Set by [`Jobs::stop`]: running fine-tunings return at their next training step.
     cancel: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    tuning: Tuning,
 }
 
 impl Jobs {
@@ -246,6 +340,7 @@ impl Jobs {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let cancel = Arc::new(AtomicBool::new(false));
+        let tuning = Tuning::default();
         for t in store.tasks()? {
             if t.status == TaskStatus::Tuning {
                 // Interrupted by a stop or a crash: run it again.
@@ -270,6 +365,7 @@ impl Jobs {
                 Stopping {
                     stop: stop_rx.clone(),
                     cancel: Cancel::new(cancel.clone()),
+                    tuning: tuning.clone(),
                 },
                 store.clone(),
                 runner.clone(),
@@ -301,7 +397,13 @@ impl Jobs {
             stop,
             cancel,
             workers: handles,
+            tuning,
         })
+    }
+
+    /// The running jobs' progress (shared: it follows the pool).
+    pub fn tuning(&self) -> Tuning {
+        self.tuning.clone()
     }
 
     pub fn submitter(&self) -> Submitter {
@@ -336,6 +438,8 @@ struct Stopping {
     stop: Receiver<()>,
     /// Set by [`Jobs::stop`]: the job running returns at its next training step.
     cancel: Cancel,
+    /// Where the job running shows its progress.
+    tuning: Tuning,
 }
 
 fn worker(
@@ -357,7 +461,7 @@ fn worker(
             recv(stopping.stop) -> _ => return,
             recv(rx) -> j => match j { Ok(j) => j, Err(_) => return },
         };
-        if let Err(e) = run_one(&job, &store, runner, &metrics, searches, &stopping.cancel) {
+        if let Err(e) = run_one(&job, &store, runner, &metrics, searches, &stopping) {
             tracing::error!(task = %job.task, version = %job.version, error = %e, "job failed in the store");
         }
     }
@@ -369,8 +473,9 @@ fn run_one(
     runner: &dyn Finetuner,
     metrics: &Metrics,
     searches: Option<&Searches>,
-    cancel: &Cancel,
+    stopping: &Stopping,
 ) -> Result<(), StoreError> {
+    let cancel = &stopping.cancel;
     // Only a queued current version moves to `tuning`: outdated, duplicate and removed are dropped.
     if store.start_tuning(&job.task, &job.version)?.is_none() {
         metrics.finished.with_label_values(&["skipped"]).inc();
@@ -388,10 +493,15 @@ fn run_one(
     };
     metrics.running.inc();
     tracing::info!(task = %job.task, version = %job.version, "fine-tuning started");
+    let steps = stopping
+        .tuning
+        .start(&job.task, &job.version, runner.planned_steps(&snapshot));
+    let counting = cancel.counting(steps);
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runner.finetune(&job.task, &snapshot, cancel)
+        runner.finetune(&job.task, &snapshot, &counting)
     }))
     .unwrap_or_else(|_| Err("the fine-tuning job panicked".into()));
+    stopping.tuning.end(&job.task, &job.version);
     metrics.running.dec();
     match out {
         Ok(Finetuned { model, meta }) => {

@@ -290,6 +290,7 @@ pub async fn run(
                 max_toml_bytes: config.max_task_file_bytes,
                 max_samples_bytes: config.max_samples_file_bytes,
             },
+            tuning: jobs.as_ref().map(Jobs::tuning),
         },
     )?;
     let addr = listener

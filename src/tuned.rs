@@ -570,6 +570,38 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// At most how many optimisation steps [`finetune`] takes on `spec` (the daemon shows a job's
+/// progress against it): the cross-validation trains each fold of each member (the companion
+/// too, when [`wants_companion`]) for the longest candidate length, the task's `epochs`; the
+/// final fit of each kept member is counted at that length too, though the length chosen may
+/// be shorter (then the job ends early). Zero for a zero-shot task. Counts steps of
+/// `batch_size` networks, as the training loop does.
+pub fn planned_steps(spec: &TaskSpec) -> u64 {
+    if spec.mode == Mode::ZeroShot {
+        return 0;
+    }
+    let settings = spec.finetune.unwrap_or_default().resolved();
+    let n = spec.samples.len();
+    let b = settings.batch_size.max(1);
+    let e = settings.epochs as u64;
+    let run = |m: usize| e.saturating_mul(m.div_ceil(b) as u64);
+    if !(settings.select_epochs && n >= MIN_SELECT_SAMPLES) {
+        return run(n);
+    }
+    let k = EpochSelection::default().folds.min(n).max(1);
+    // Fold f holds out the positions p with p % k == f (select.rs), and trains on the rest.
+    let cv: u64 = (0..k)
+        .map(|f| run(n - (n - f).div_ceil(k)))
+        .fold(0, u64::saturating_add);
+    let members = if wants_companion(spec) { 2 } else { 1 };
+    let fitted = match settings.companion {
+        Companion::Average | Companion::Weighted if members == 2 => 2,
+        _ => 1,
+    };
+    cv.saturating_mul(members)
+        .saturating_add(run(n).saturating_mul(fitted))
+}
+
 /// Whether [`finetune`] would use a companion model for `spec`: fine-tuning with the length
 /// cross-validated on enough samples, and `companion` not `off`. Callers load the companion only
 /// then.
@@ -793,6 +825,49 @@ mod tests {
             &Cancel::default(),
         )
         .unwrap()
+    }
+
+    /// The steps [`finetune`] counts into its `Cancel`: exactly [`planned_steps`] without the
+    /// cross-validation; with it, every cross-validation step (2 members × 5 folds × 3 epochs
+    /// × ⌈fold size / 2⌉ = 84 on 6 networks), then each member's final fit at the length
+    /// chosen, at most the planned 3 epochs × 3 steps each.
+    #[test]
+    fn finetune_counts_the_steps_it_plans() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let base = BaseModel::Embedded;
+        let run = |spec: &TaskSpec, both: bool| {
+            let steps = Arc::new(AtomicU64::new(0));
+            let companion = both.then(|| base.load_plain(&dev).unwrap()).flatten();
+            let cancel = Cancel::default().counting(steps.clone());
+            finetune(
+                spec,
+                base.load(&dev).unwrap(),
+                "b",
+                companion,
+                true,
+                &cancel,
+            )
+            .unwrap();
+            steps.load(Ordering::Relaxed)
+        };
+        let plain = task(
+            dir.path(),
+            "[finetune]\nepochs = 3\nbatch_size = 2\nselect_epochs = false\n",
+        );
+        assert_eq!(planned_steps(&plain), 9);
+        assert_eq!(run(&plain, false), 9);
+        let cv = task(dir.path(), "[finetune]\nepochs = 3\nbatch_size = 2\n");
+        assert!(wants_companion(&cv));
+        assert_eq!(planned_steps(&cv), 84 + 2 * 9);
+        let counted = run(&cv, true);
+        assert!(
+            (84..=102).contains(&counted) && (counted - 84) % 3 == 0,
+            "{counted}"
+        );
+        let zs = task(dir.path(), "mode = \"zero-shot\"\n");
+        assert_eq!((planned_steps(&zs), run(&zs, true)), (0, 0));
     }
 
     #[test]

@@ -373,6 +373,24 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
         )?;
+        if let Some(p) = t.get("tuning") {
+            let pct = p["fraction"]
+                .as_f64()
+                .map(|f| format!("{:.0}% ", 100.0 * f))
+                .unwrap_or_default();
+            let eta = p["eta_secs"]
+                .as_f64()
+                .map(|s| format!(", at most {} left", human_secs(s)))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {:<24} fine-tuning: {pct}({} of at most {} steps, {} in{eta})",
+                "",
+                p["steps"],
+                p["planned_steps"],
+                human_secs(p["elapsed_secs"].as_f64().unwrap_or(0.0)),
+            )?;
+        }
         if let Some(e) = t["file_error"].as_str() {
             writeln!(
                 out,
@@ -398,4 +416,14 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `secs` as `1h02m`, `3m05s` or `42s`.
+fn human_secs(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }

@@ -11,7 +11,7 @@
 //! left as the last step made them (callers discard the model).
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
@@ -55,19 +55,46 @@ pub struct TrainConfig {
     pub cancel: Cancel,
 }
 
-/// A stop request a training loop checks before every step; none by default. Not part of a
-/// configuration's value: two configurations that differ only in it compare equal.
+/// A training loop's link to whoever runs it: a stop request checked before every step, and a
+/// count of the optimisation steps taken, both absent by default. The count is how a daemon
+/// shows a long fine-tuning job's progress (every training run under one `Cancel` adds to the
+/// same count: cross-validation folds, companion, final fit). Not part of a configuration's
+/// value: two configurations that differ only in it compare equal.
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(Option<Arc<AtomicBool>>);
+pub struct Cancel {
+    flag: Option<Arc<AtomicBool>>,
+    steps: Option<Arc<AtomicU64>>,
+}
 
 impl Cancel {
     /// Watch `flag` (set elsewhere to stop).
     pub fn new(flag: Arc<AtomicBool>) -> Cancel {
-        Cancel(Some(flag))
+        Cancel {
+            flag: Some(flag),
+            steps: None,
+        }
+    }
+
+    /// The same stop request, also counting every optimisation step taken under it into
+    /// `steps`.
+    pub fn counting(&self, steps: Arc<AtomicU64>) -> Cancel {
+        Cancel {
+            flag: self.flag.clone(),
+            steps: Some(steps),
+        }
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+        self.flag
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// One optimisation step was taken.
+    fn step_taken(&self) {
+        if let Some(s) = &self.steps {
+            s.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -651,6 +678,7 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
                 };
                 let scale = clip_scale(grad_norm(&grads, trainable)?, cfg.clip_norm);
                 opt.step(&mut grads, scale)?;
+                cfg.cancel.step_taken();
                 sum += l * chunk.len() as f64;
                 count += chunk.len();
                 pb.inc(1);

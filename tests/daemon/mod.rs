@@ -358,6 +358,28 @@ fn a_stop_interrupts_a_running_fine_tune_which_runs_again_at_the_next_start() {
             .filter(|t| t["status"] == "tuning")
             .map(|_| ())
     });
+    // Its progress shows, against the steps planned: 100,000 epochs × 20 networks at batch 1.
+    let p = wait_long("steps taken", || {
+        d.task("long")
+            .map(|t| t["tuning"].clone())
+            .filter(|p| p["steps"].as_u64().is_some_and(|s| s > 0))
+    });
+    assert_eq!(p["planned_steps"], 2_000_000, "{p}");
+    assert!(p["fraction"].as_f64().unwrap() < 0.01, "{p}");
+    assert!(p["eta_secs"].as_f64().unwrap() > 0.0, "{p}");
+    assert_eq!(p["version"], d.task("long").unwrap()["version"]);
+    let one = d.get("/v1/tasks/long").json();
+    assert!(one["tuning"]["steps"].as_u64().unwrap() >= p["steps"].as_u64().unwrap());
+    let status = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["status", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("fine-tuning: 0% (") && text.contains("of at most 2000000 steps"),
+        "{text}"
+    );
     let t0 = Instant::now();
     d.signal("-TERM");
     assert_eq!(
