@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequestParts, MatchedPath, Path, RawQuery, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -809,12 +811,94 @@ fn search_view(r: &SearchRecord, detail: bool) -> serde_json::Value {
     v
 }
 
-async fn list_searches(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Which searches `GET /v1/searches` lists: `?status=…&task=…` keep the matching ones (oldest
+/// first, as created), `?offset=N&limit=M` page through them. Unknown or repeated parameters
+/// and bad values are refused, naming the parameter: a typo never silently lists everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SearchFilter {
+    status: Option<SearchStatus>,
+    task: Option<String>,
+    /// Most searches in one answer; all of them when absent.
+    limit: Option<usize>,
+    offset: usize,
+}
+
+impl SearchFilter {
+    fn parse(query: Option<&str>) -> Result<SearchFilter, ApiError> {
+        let bad = |name: &str, why: String| {
+            ApiError::BadRequest(format!("query parameter `{name}`: {why}"))
+        };
+        let count = |name: &str, v: &str, least: usize| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n >= least)
+                .ok_or_else(|| bad(name, format!("'{v}' is not a whole number ≥ {least}")))
+        };
+        let mut f = SearchFilter::default();
+        let mut seen = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if seen.contains(&k) {
+                return Err(bad(&k, "given twice".into()));
+            }
+            match &*k {
+                "status" => {
+                    let status = serde_json::from_value(serde_json::Value::from(&*v));
+                    f.status = Some(status.map_err(|_| {
+                        bad(
+                            "status",
+                            format!(
+                                "unknown status '{v}' (one of queued, running, done, failed, \
+                                 cancelled)"
+                            ),
+                        )
+                    })?);
+                }
+                "task" => f.task = Some(v.to_string()),
+                "limit" => f.limit = Some(count("limit", &v, 1)?),
+                "offset" => f.offset = count("offset", &v, 0)?,
+                _ => {
+                    return Err(bad(
+                        &k,
+                        "unknown (the parameters are status, task, limit, offset)".into(),
+                    ))
+                }
+            }
+            seen.push(k);
+        }
+        Ok(f)
+    }
+
+    /// The page of `all` (sorted here, oldest first) this filter asks for, and how many match.
+    fn page(&self, mut all: Vec<SearchRecord>) -> (Vec<SearchRecord>, usize) {
+        all.retain(|r| {
+            self.status.is_none_or(|s| r.status == s)
+                && self.task.as_ref().is_none_or(|t| &r.task == t)
+        });
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        let total = all.len();
+        let page = all
+            .into_iter()
+            .skip(self.offset)
+            .take(self.limit.unwrap_or(usize::MAX))
+            .collect();
+        (page, total)
+    }
+}
+
+async fn list_searches(
+    State(st): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = SearchFilter::parse(query.as_deref())?;
     let store = st.store.clone();
-    let mut all = tokio::task::spawn_blocking(move || store.searches()).await??;
-    all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    let v: Vec<serde_json::Value> = all.iter().map(|r| search_view(r, false)).collect();
-    Ok(Json(serde_json::json!({"searches": v})))
+    let all = tokio::task::spawn_blocking(move || store.searches()).await??;
+    let (page, total) = filter.page(all);
+    let v: Vec<serde_json::Value> = page.iter().map(|r| search_view(r, false)).collect();
+    // Where the next page starts, while there is one.
+    let next = Some(filter.offset.saturating_add(v.len())).filter(|&n| n < total);
+    Ok(Json(
+        serde_json::json!({"searches": v, "total": total, "next_offset": next}),
+    ))
 }
 
 async fn get_search(
@@ -1069,5 +1153,53 @@ mod tests {
             let m = Method::from_bytes(m.as_bytes()).unwrap();
             assert_eq!(super::method_label(&m), "other");
         }
+    }
+
+    #[test]
+    fn search_filters_parse_and_page() {
+        use super::{SearchFilter, SearchRecord, SearchStatus};
+        assert_eq!(SearchFilter::parse(None).unwrap(), SearchFilter::default());
+        assert_eq!(
+            SearchFilter::parse(Some("")).unwrap(),
+            SearchFilter::default()
+        );
+        let f = SearchFilter::parse(Some("status=done&task=seg%2Dmacro&limit=2&offset=1")).unwrap();
+        assert_eq!(f.status, Some(SearchStatus::Done));
+        assert_eq!(f.task.as_deref(), Some("seg-macro"));
+        assert_eq!((f.limit, f.offset), (Some(2), 1));
+        for (q, says) in [
+            ("stauts=done", "`stauts`: unknown"),
+            ("status=finished", "unknown status 'finished'"),
+            ("limit=0", "`limit`: '0' is not a whole number ≥ 1"),
+            ("limit=-3", "`limit`"),
+            ("offset=99999999999999999999999", "`offset`"),
+            ("task=a&task=b", "`task`: given twice"),
+        ] {
+            let e = SearchFilter::parse(Some(q)).unwrap_err().to_string();
+            assert!(e.contains(says), "{q}: {e}");
+        }
+        // Five searches, created in the order c, a, e, b, d; the done ones are a, b, d.
+        let all: Vec<SearchRecord> = ["c", "a", "e", "b", "d"]
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                let mut r = SearchRecord::queued(id, "t", serde_json::Value::Null, 1);
+                r.created_at = k as u64;
+                if "abd".contains(id) {
+                    r.status = SearchStatus::Done;
+                }
+                r
+            })
+            .collect();
+        let ids = |f: &str| {
+            let (page, total) = SearchFilter::parse(Some(f)).unwrap().page(all.clone());
+            (page.into_iter().map(|r| r.id).collect::<String>(), total)
+        };
+        assert_eq!(ids(""), ("caebd".into(), 5));
+        assert_eq!(ids("status=done"), ("abd".into(), 3));
+        assert_eq!(ids("status=done&offset=1&limit=1"), ("b".into(), 3));
+        assert_eq!(ids("limit=2&offset=4"), ("d".into(), 5));
+        assert_eq!(ids("offset=9"), ("".into(), 5));
+        assert_eq!(ids("task=other"), ("".into(), 0));
     }
 }

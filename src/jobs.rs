@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub use crate::predictor::train::Cancel;
@@ -274,22 +275,15 @@ impl Tuning {
     /// The progress of `task`'s running job, if one runs.
     pub fn get(&self, task: &str) -> Option<Progress> {
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = map.get(task)?;
-        let steps = r.steps.load(Ordering::Relaxed);
-        let elapsed = r.started.elapsed().as_secs_f64();
-        let planned = r.planned.filter(|&p| p > 0);
-        let fraction = planned.map(|p| (steps.min(p) as f64 / p as f64).min(0.999));
-        let eta = planned
-            .filter(|_| steps > 0)
-            .map(|p| elapsed * p.saturating_sub(steps) as f64 / steps as f64);
-        Some(Progress {
-            version: r.version.clone(),
-            steps,
-            planned_steps: r.planned,
-            fraction,
-            elapsed_secs: elapsed,
-            eta_secs: eta,
-        })
+        map.get(task).map(Running::progress)
+    }
+
+    /// Every running job's progress, by task name, sorted.
+    pub fn all(&self) -> Vec<(String, Progress)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<_> = map.iter().map(|(t, r)| (t.clone(), r.progress())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     fn start(&self, task: &str, version: &str, planned: Option<u64>) -> Arc<AtomicU64> {
@@ -317,6 +311,105 @@ impl Tuning {
     }
 }
 
+impl Running {
+    fn progress(&self) -> Progress {
+        let r = self;
+        let steps = r.steps.load(Ordering::Relaxed);
+        let elapsed = r.started.elapsed().as_secs_f64();
+        let planned = r.planned.filter(|&p| p > 0);
+        let fraction = planned.map(|p| (steps.min(p) as f64 / p as f64).min(0.999));
+        let eta = planned
+            .filter(|_| steps > 0)
+            .map(|p| elapsed * p.saturating_sub(steps) as f64 / steps as f64);
+        Progress {
+            version: r.version.clone(),
+            steps,
+            planned_steps: r.planned,
+            fraction,
+            elapsed_secs: elapsed,
+            eta_secs: eta,
+        }
+    }
+}
+
+/// The running jobs' progress as gauges, read at scrape time: `aiop_finetune_steps{task}`,
+/// `aiop_finetune_planned_steps{task}` (absent when the runner cannot tell) and
+/// `aiop_finetune_elapsed_seconds{task}`. A job's series exist while it runs and vanish when
+/// it ends, so a dashboard plots `steps / planned_steps` per task without stale lines.
+struct TuningCollector {
+    tuning: Tuning,
+    steps: IntGaugeVec,
+    planned: IntGaugeVec,
+    elapsed: GaugeVec,
+    /// Held through a scrape: the gauges are reset and refilled, and two scrapes interleaving
+    /// would otherwise see each other's half-filled state.
+    scrape: Mutex<()>,
+}
+
+impl TuningCollector {
+    fn new(tuning: Tuning) -> Result<TuningCollector, prometheus::Error> {
+        Ok(TuningCollector {
+            tuning,
+            steps: IntGaugeVec::new(
+                Opts::new(
+                    "aiop_finetune_steps",
+                    "Training steps taken so far by the running fine-tuning job of each task",
+                ),
+                &["task"],
+            )?,
+            planned: IntGaugeVec::new(
+                Opts::new(
+                    "aiop_finetune_planned_steps",
+                    "At most how many training steps the running fine-tuning job of each task \
+                     takes (cross-validation may choose fewer)",
+                ),
+                &["task"],
+            )?,
+            elapsed: GaugeVec::new(
+                Opts::new(
+                    "aiop_finetune_elapsed_seconds",
+                    "Time since the running fine-tuning job of each task started",
+                ),
+                &["task"],
+            )?,
+            scrape: Mutex::new(()),
+        })
+    }
+}
+
+impl prometheus::core::Collector for TuningCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.steps.desc();
+        d.extend(self.planned.desc());
+        d.extend(self.elapsed.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.steps.reset();
+        self.planned.reset();
+        self.elapsed.reset();
+        for (task, p) in self.tuning.all() {
+            self.steps
+                .with_label_values(&[task.as_str()])
+                .set(i64::try_from(p.steps).unwrap_or(i64::MAX));
+            if let Some(n) = p.planned_steps {
+                self.planned
+                    .with_label_values(&[task.as_str()])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            self.elapsed
+                .with_label_values(&[task.as_str()])
+                .set(p.elapsed_secs);
+        }
+        let mut out = self.steps.collect();
+        out.extend(self.planned.collect());
+        out.extend(self.elapsed.collect());
+        out
+    }
+}
+
 pub struct Jobs {
     tx: Option<Sender<Job>>,
     stop: Sender<()>,
@@ -341,6 +434,7 @@ impl Jobs {
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let cancel = Arc::new(AtomicBool::new(false));
         let tuning = Tuning::default();
+        registry.register(Box::new(TuningCollector::new(tuning.clone())?))?;
         for t in store.tasks()? {
             if t.status == TaskStatus::Tuning {
                 // Interrupted by a stop or a crash: run it again.

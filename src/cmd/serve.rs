@@ -85,6 +85,15 @@ pub struct SearchesArgs {
     /// Cancel the search ID (its results so far are kept).
     #[arg(long, requires = "id")]
     pub cancel: bool,
+    /// List only the searches in this state (queued, running, done, failed, cancelled).
+    #[arg(long, conflicts_with = "id")]
+    pub status: Option<String>,
+    /// List only the searches of this task.
+    #[arg(long, conflicts_with = "id")]
+    pub task: Option<String>,
+    /// List at most this many (the newest ones); all by default.
+    #[arg(long, conflicts_with = "id", value_parser = clap::value_parser!(u64).range(1..))]
+    pub last: Option<u64>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
     /// Print the raw JSON answer.
@@ -130,17 +139,53 @@ fn call(
     Ok(r)
 }
 
+/// `GET /v1/searches` with the filters asked for; `--last N` asks for the total first, then
+/// for the page holding the newest N.
+fn list_searches(addr: &str, a: &SearchesArgs) -> anyhow::Result<serde_json::Value> {
+    let mut query: Vec<String> = Vec::new();
+    for (k, v) in [("status", &a.status), ("task", &a.task)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", client::path_segment(v)));
+        }
+    }
+    let get = |page: &[String]| {
+        let q = query
+            .iter()
+            .chain(page)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("&");
+        let path = if q.is_empty() {
+            "/v1/searches".to_string()
+        } else {
+            format!("/v1/searches?{q}")
+        };
+        call(addr, "GET", &path, None).map(|r| r.json())
+    };
+    let Some(last) = a.last else {
+        return get(&[]);
+    };
+    let total = get(&["limit=1".into()])?["total"].as_u64().unwrap_or(0);
+    let offset = total.saturating_sub(last);
+    get(&[format!("offset={offset}"), format!("limit={last}")])
+}
+
 pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
     let addr = a.daemon.resolve()?;
     let mut out = std::io::stdout().lock();
     let Some(id) = &a.id else {
-        let list = call(&addr, "GET", "/v1/searches", None)?.json();
+        let list = list_searches(&addr, &a)?;
         if a.json {
             writeln!(out, "{list}")?;
             return Ok(());
         }
         let rows = list["searches"].as_array().cloned().unwrap_or_default();
-        writeln!(out, "{} search(es)", rows.len())?;
+        let total = list["total"].as_u64().unwrap_or(rows.len() as u64);
+        if total == rows.len() as u64 {
+            writeln!(out, "{} search(es)", rows.len())?;
+        } else {
+            writeln!(out, "{} search(es), the last {} shown", total, rows.len())?;
+        }
         for s in rows {
             writeln!(
                 out,

@@ -340,6 +340,10 @@ fn kill_9_then_restart_keeps_tasks() {
     );
 }
 
+/// The series of a running fine-tuning job, which the dashboard plots: they exist only while
+/// one runs.
+const WHILE_TUNING: [&str; 2] = ["aiop_finetune_steps", "aiop_finetune_planned_steps"];
+
 #[test]
 fn a_stop_interrupts_a_running_fine_tune_which_runs_again_at_the_next_start() {
     let root = tempfile::tempdir().unwrap();
@@ -368,6 +372,19 @@ fn a_stop_interrupts_a_running_fine_tune_which_runs_again_at_the_next_start() {
     assert!(p["fraction"].as_f64().unwrap() < 0.01, "{p}");
     assert!(p["eta_secs"].as_f64().unwrap() > 0.0, "{p}");
     assert_eq!(p["version"], d.task("long").unwrap()["version"]);
+    // And in /metrics, as the dashboard plots it.
+    let m = d.metrics();
+    let series = |name: &str| m.get(&format!("{name}{{task=\"long\"}}")).copied();
+    assert!(
+        series("aiop_finetune_steps").is_some_and(|s| s > 0.0),
+        "{m:?}"
+    );
+    assert_eq!(series("aiop_finetune_planned_steps"), Some(2_000_000.0));
+    assert!(series("aiop_finetune_elapsed_seconds").is_some_and(|s| s > 0.0));
+    let dashboard = include_str!("../../config/grafana-dashboard.json");
+    for w in WHILE_TUNING {
+        assert!(dashboard.contains(w), "{w}");
+    }
     let one = d.get("/v1/tasks/long").json();
     assert!(one["tuning"]["steps"].as_u64().unwrap() >= p["steps"].as_u64().unwrap());
     let status = Command::new(env!("CARGO_BIN_EXE_aiop"))
