@@ -114,6 +114,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 Some(aiop::tuned::TunedError::Sample { .. })
             )
             || cause.is::<cmd::DataError>()
+            // A task model's sidecar that cannot be read or used.
+            || matches!(
+                cause.downcast_ref::<aiop::tuned::TunedError>(),
+                Some(aiop::tuned::TunedError::Sidecar { .. })
+            )
             // A malformed line of an export (line 0 is the store, not the file: not empty).
             || matches!(
                 cause.downcast_ref::<aiop::store::StoreError>(),
@@ -124,6 +129,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 Some(
                     aiop::predictor::PredictorError::Data(_)
                         | aiop::predictor::PredictorError::Space(_)
+                        // A malformed checkpoint file (its sidecar, weights or base.json).
+                        | aiop::predictor::PredictorError::Checkpoint { .. }
+                        | aiop::predictor::PredictorError::Json { .. }
                 )
             )
         {

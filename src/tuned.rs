@@ -136,10 +136,14 @@ impl BaseModel {
                                 path: sel.display().to_string(),
                                 source: e,
                             })?;
-                        let s: BaseSelection = serde_json::from_str(&text).map_err(|e| {
-                            PredictorError::Config(format!("{}: {e}", sel.display()))
-                        })?;
-                        Base::with_selection(aio, plain, s)
+                        // Every error names the file: it is what to fix or remove.
+                        let at = |message: String| PredictorError::Checkpoint {
+                            path: sel.display().to_string(),
+                            message,
+                        };
+                        let s: BaseSelection =
+                            serde_json::from_str(&text).map_err(|e| at(e.to_string()))?;
+                        Base::with_selection(aio, plain, s).map_err(|e| at(e.into_message()))
                     }
                     _ => Ok(Base::single(aio)),
                 }
@@ -311,27 +315,38 @@ pub fn id_dir(models: &Path, id: &str) -> Result<PathBuf, TunedError> {
     Ok(models.join(name).join(version))
 }
 
+/// The sidecar `m` of a task model, checked: its format version, its fields, and its
+/// statistics (the model's and its companion's) usable ([`TaskScaler::check`]).
+fn read_sidecar(m: &Path) -> Result<TunedMeta, TunedError> {
+    let bad = |message: String| TunedError::Sidecar {
+        path: m.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(m).map_err(io_err(m))?;
+    let probe: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let v = probe.get("format_version").and_then(|v| v.as_u64());
+    if v != Some(FORMAT_VERSION as u64) {
+        return Err(bad(format!(
+            "format version {v:?}, this build reads {FORMAT_VERSION}"
+        )));
+    }
+    let meta: TunedMeta = serde_json::from_value(probe).map_err(|e| bad(e.to_string()))?;
+    let companion = meta
+        .companion
+        .as_ref()
+        .map(|c| ("companion.scaler", &c.scaler));
+    for (field, s) in std::iter::once(("scaler", &meta.scaler)).chain(companion) {
+        s.check()
+            .map_err(|e| bad(format!("task '{}': field {field}: {e}", meta.task)))?;
+    }
+    Ok(meta)
+}
+
 impl TaskModel {
     /// Read a task model folder written by [`TaskModel::save`].
     pub fn load(dir: &Path, device: &Device) -> Result<TaskModel, TunedError> {
         let m = dir.join(SIDECAR);
-        let text = std::fs::read_to_string(&m).map_err(io_err(&m))?;
-        let probe: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| TunedError::Sidecar {
-                path: m.clone(),
-                message: e.to_string(),
-            })?;
-        let v = probe.get("format_version").and_then(|v| v.as_u64());
-        if v != Some(FORMAT_VERSION as u64) {
-            return Err(TunedError::Sidecar {
-                path: m,
-                message: format!("format version {v:?}, this build reads {FORMAT_VERSION}"),
-            });
-        }
-        let meta: TunedMeta = serde_json::from_value(probe).map_err(|e| TunedError::Sidecar {
-            path: m.clone(),
-            message: e.to_string(),
-        })?;
+        let meta = read_sidecar(&m)?;
         let trained = Trained::load(dir, device).map_err(|e| predictor_err(&meta.task, e))?;
         if let Some(b) = &meta.blend {
             let checked = match meta.companion {
@@ -421,7 +436,8 @@ pub fn remove(models: &Path, id: &str) -> Result<bool, TunedError> {
     Ok(true)
 }
 
-/// The newest model (by creation time) of task `name` under `models`.
+/// The newest model (by creation time) of task `name` under `models`. Every version's sidecar
+/// is read: one that is missing or malformed is an error naming it (it may be the newest).
 pub fn latest(models: &Path, name: &str) -> Result<PathBuf, TunedError> {
     let not_found = || TunedError::NotFound {
         name: name.to_string(),
@@ -444,12 +460,9 @@ pub fn latest(models: &Path, name: &str) -> Result<PathBuf, TunedError> {
         if hidden || !p.is_dir() {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(p.join(SIDECAR)) else {
-            continue;
-        };
-        let Ok(meta) = serde_json::from_str::<TunedMeta>(&text) else {
-            continue;
-        };
+        // A version whose sidecar cannot be read might be the newest: reported, not skipped
+        // for an older one.
+        let meta = read_sidecar(&p.join(SIDECAR))?;
         if best.as_ref().is_none_or(|(t, _)| meta.created_at > *t) {
             best = Some((meta.created_at, p));
         }
@@ -1042,6 +1055,27 @@ mod tests {
             latest(&models, "nope"),
             Err(TunedError::NotFound { .. })
         ));
+        // A newer version whose sidecar is corrupt is reported, not skipped for this one.
+        let newer = models.join("c10").join("f".repeat(32));
+        std::fs::create_dir_all(&newer).unwrap();
+        std::fs::write(newer.join(SIDECAR), "{\"format_version\": 1, ").unwrap();
+        let e = latest(&models, "c10").unwrap_err().to_string();
+        assert!(
+            e.contains(&newer.join(SIDECAR).display().to_string()),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&newer).unwrap();
+        // Statistics that cannot predict are refused, naming the task, the field and the file.
+        let side = saved.join(SIDECAR);
+        let mut meta = a.meta.clone();
+        meta.scaler.sigma = 0.0;
+        std::fs::write(&side, serde_json::to_string(&meta).unwrap()).unwrap();
+        let e = TaskModel::load(&saved, &dev).err().unwrap().to_string();
+        let file = side.display().to_string();
+        assert!(
+            e.contains("'c10'") && e.contains("scaler: sigma") && e.contains(&file),
+            "{e}"
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ use clap::Args;
 use aiop::predictor::checkpoint::Trained;
 use aiop::predictor::eval::{self, EvalConfig, Pretrained, Protocol};
 
+use super::{DataError, UsageError};
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// unseen-task, unseen-space or sample-efficiency.
@@ -37,13 +39,24 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let protocol: Protocol = a.protocol.parse()?;
+    let protocol: Protocol = a
+        .protocol
+        .parse()
+        .map_err(|e: aiop::predictor::PredictorError| UsageError(format!("--protocol: {e}")))?;
+    if a.seeds == Some(0) {
+        return Err(UsageError("--seeds: must be at least 1".into()).into());
+    }
+    // A malformed or invalid file is bad data (exit 65), named.
     let mut cfg = match &a.config {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<EvalConfig>(&text)
-                .with_context(|| format!("{}: not an evaluation config", p.display()))?
+            let cfg = serde_json::from_str::<EvalConfig>(&text).map_err(|e| {
+                DataError(format!("{}: not an evaluation config: {e}", p.display()))
+            })?;
+            cfg.validate()
+                .map_err(|e| DataError(format!("{}: {e}", p.display())))?;
+            cfg
         }
         None if a.quick => EvalConfig::quick(protocol),
         None => EvalConfig::default(),

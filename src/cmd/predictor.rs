@@ -4,36 +4,42 @@
 //! [`super::bench_predictor`]).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
 use aiop::graph::json;
-use aiop::predictor::checkpoint::Trained;
+use aiop::predictor::checkpoint::{Trained, META_FILE};
 use aiop::predictor::data::{prepare, TaskKey};
 use aiop::predictor::features::{extract, GraphFeatures};
 use aiop::predictor::pretrain::{pretrain as run_pretrain, PretrainConfig};
 use aiop::predictor::transform::gflops;
-use aiop::predictor::{default_device, PredictorError};
+use aiop::predictor::{default_device, shipped, PredictorError};
 use aiop::spaces::{Arch, SpaceId};
 use aiop::taskfile::{self, TaskSpace};
 use aiop::tuned::{self, BaseModel, TaskModel};
 
-use super::DataError;
+use super::{DataError, UsageError};
 
 /// Where models go and are read from unless told otherwise.
 pub const DEFAULT_MODEL_DIR: &str = "state/predictor";
 
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
-    /// A JSON pretraining configuration (`tasks`, `max_per_task`, `test_fraction`, `model`,
-    /// `train`; every field optional). Default: all tasks of NB-201 and TNB-101 micro and macro
-    /// (17), all labels, 10 % test per task, the paper's model and optimiser, 40 epochs.
+    /// A JSON pretraining configuration, every field optional: `tasks` (["space/task", ...]),
+    /// `max_per_task`, `test_fraction`, `flops_scaling`, `model` {num_ops, op_dim,
+    /// weighted_op_dim, res_dim, kernel_vocab, kernel_dim, bias_dim, hidden, layers,
+    /// activation, pooling, head, head_activation, normalisers {h, w, c}}, `train` {epochs,
+    /// batch_size, lr, clip_norm, dev_fraction, seed, rank_weight}, `adapters` {tasks, config
+    /// {activation, head, head_activation}, train} (README.md, "K-Adapters"; `PretrainConfig`
+    /// in src/predictor/pretrain.rs documents each). Default: all tasks of NB-201 and TNB-101
+    /// micro and macro (17), all labels, 10 % test per task, the paper's model and optimiser,
+    /// 40 epochs.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Checkpoint directory to write.
+    /// Checkpoint directory to write (not the shipped model's, search_spaces/predictor).
     #[arg(long, default_value = DEFAULT_MODEL_DIR)]
     pub out: PathBuf,
     /// Seed of every random choice (overrides the configuration's `train.seed`).
@@ -102,9 +108,17 @@ pub fn read_pretrain_config(p: &std::path::Path) -> anyhow::Result<PretrainConfi
     Ok(serde_json::from_str(&text).map_err(|e| DataError(format!("{}: {e}", p.display())))?)
 }
 
+/// The configuration `a` asks for: its file's (checked: a bad value is bad data, exit 65,
+/// naming the file and the field), then the flags (checked again: a bad flag value is a usage
+/// error, exit 2).
 fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     let mut cfg = match &a.config {
-        Some(p) => read_pretrain_config(p)?,
+        Some(p) => {
+            let cfg = read_pretrain_config(p)?;
+            cfg.validate()
+                .map_err(|e| DataError(format!("{}: {}", p.display(), e)))?;
+            cfg
+        }
         None => PretrainConfig::default(),
     };
     if let Some(s) = a.seed {
@@ -123,11 +137,34 @@ fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
             .collect::<Result<_, _>>()
             .map_err(|e| DataError(e.to_string()))?;
     }
+    cfg.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(cfg)
+}
+
+/// Which shipped model `out` holds, if any: one of the repository's shipped checkpoint folders
+/// (relative to here or to the source tree this binary was built from), or a folder whose
+/// sidecar is an embedded model's. Pretraining into it would overwrite the shipped model.
+fn shipped_model_in(out: &Path) -> Option<&'static str> {
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [shipped::DIR, shipped::PLAIN_DIR].into_iter().find(|d| {
+        same(out, Path::new(d))
+            || same(out, &source.join(d))
+            || std::fs::read_to_string(out.join(META_FILE))
+                .is_ok_and(|m| shipped::embedded_meta(d) == Some(m.as_str()))
+    })
 }
 
 pub fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let cfg = load_config(&a)?;
+    if let Some(d) = shipped_model_in(&a.out) {
+        return Err(UsageError(format!(
+            "--out {}: that is the shipped model ({d}), which pretraining would overwrite; \
+             write elsewhere (and copy the files over deliberately)",
+            a.out.display()
+        ))
+        .into());
+    }
     let device = default_device();
     eprintln!(
         "aiop: pretraining on {} for {} epochs (seed {}) on {:?}",
@@ -178,10 +215,54 @@ pub fn load_base(
     device: &aiop::predictor::Device,
 ) -> anyhow::Result<aiop::predictor::base::Base> {
     use anyhow::Context;
+    refuse_task_model(dir)?;
     let b = BaseModel::from_option(dir);
     b.load_base(device)
         .with_context(|| format!("loading the base predictor {}", b.describe()))
 }
+
+/// A usage error when `--model dir` is a task model (a version folder under
+/// `<state>/models/<name>/`, or the task's folder holding them): those predict with their
+/// task's own statistics and blend, through `--tuned NAME`.
+fn refuse_task_model(dir: Option<&Path>) -> anyhow::Result<()> {
+    let Some(d) = dir else { return Ok(()) };
+    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = if d.join(tuned::SIDECAR).exists() {
+        d.canonicalize()
+            .ok()
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(name_of)
+    } else if std::fs::read_dir(d)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join(tuned::SIDECAR).exists())
+    {
+        d.canonicalize().ok().as_deref().and_then(name_of)
+    } else {
+        return Ok(());
+    };
+    Err(UsageError(format!(
+        "--model {}: that is a task model, not a pretrained checkpoint; use --tuned {} \
+         (with --state set to the folder holding models/)",
+        d.display(),
+        name.as_deref().unwrap_or("NAME")
+    ))
+    .into())
+}
+
+/// At most [`QUOTE_CHARS`] characters of `s`, with "…" when it was longer: how a stdin line is
+/// quoted in an error.
+fn capped(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// How much of a stdin line an error quotes.
+const QUOTE_CHARS: usize = 80;
 
 /// The checkpoint in `dir`, or the embedded default model when none is given.
 pub fn load_model(
@@ -189,6 +270,7 @@ pub fn load_model(
     device: &aiop::predictor::Device,
 ) -> anyhow::Result<Trained> {
     use anyhow::Context;
+    refuse_task_model(dir)?;
     match dir {
         Some(d) => Trained::load(d, device)
             .with_context(|| format!("loading the predictor from {}", d.display())),
@@ -366,7 +448,11 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 // Keep output in input order: emit what came before, then report.
                 flush(&mut pending, &mut out)?;
                 failed += 1;
-                eprintln!("aiop: stdin line {n}: {}", super::error_message(&e));
+                let mut m = super::error_message(&e);
+                if let Ok(l) = &line {
+                    m = m.replace(l.trim(), &capped(l.trim()));
+                }
+                eprintln!("aiop: stdin line {n}: {m}");
             }
         }
         if pending.len() >= a.batch_size.max(1) {

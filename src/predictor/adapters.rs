@@ -53,6 +53,9 @@ pub struct AdaptersMeta {
     pub tasks: Vec<TaskKey>,
 }
 
+/// Most adapters a model may have.
+pub const MAX_ADAPTERS: usize = 1024;
+
 /// One adapter: layers and head.
 #[derive(Debug, Clone)]
 pub struct Adapter {
@@ -148,6 +151,13 @@ pub fn build(
     map: &VarMap,
     seed: u64,
 ) -> Result<Adapted, PredictorError> {
+    // Bounded before anything is allocated (a loaded sidecar may say anything).
+    super::model::check_head("adapters.config.head", &c.head)?;
+    if n > MAX_ADAPTERS {
+        return Err(PredictorError::Config(format!(
+            "adapters: {n} is over the limit of {MAX_ADAPTERS}"
+        )));
+    }
     let dev = encoder.embed_device();
     let adapters = (0..n)
         .map(|k| {

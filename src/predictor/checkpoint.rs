@@ -5,7 +5,9 @@
 //!
 //! Invariants: loading a saved checkpoint gives a model whose predictions equal the saved one's
 //! bit for bit; a sidecar of another format version, or weights missing or mis-shaped for the
-//! sidecar's configuration, is an error, never a silently different model; predictions are
+//! sidecar's configuration (or a tensor it does not have, or a configuration field left out),
+//! is an error naming the tensor or field and the file, never a silently different model; NaN
+//! or infinite weights are neither saved nor loaded, nor statistics with σ ≤ 0; predictions are
 //! returned in task units through the task's [`TaskScaler`].
 
 use std::collections::BTreeMap;
@@ -98,10 +100,19 @@ impl Trained {
         })
     }
 
-    /// Write the checkpoint into `dir` (created if missing).
+    /// Write the checkpoint into `dir` (created if missing). Weights that are not all finite
+    /// are refused (the error names the tensor): such a model predicts nothing.
     pub fn save(&self, dir: &Path) -> Result<(), PredictorError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let w = dir.join(WEIGHTS_FILE);
+        for (name, var) in sorted_vars(&self.map) {
+            if !finite(var.as_tensor())? {
+                return Err(ckpt_err(
+                    &w,
+                    format!("tensor {name} holds NaN or infinity: not saved"),
+                ));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         self.map.save(&w).map_err(|e| ckpt_err(&w, e))?;
         let m = dir.join(META_FILE);
         let json =
@@ -117,17 +128,20 @@ impl Trained {
     pub fn load(dir: &Path, device: &Device) -> Result<Trained, PredictorError> {
         let m = dir.join(META_FILE);
         let text = std::fs::read_to_string(&m).map_err(io_err(&m))?;
-        let mut t = Trained::from_meta(&text, &m, device)?;
         let w = dir.join(WEIGHTS_FILE);
-        if !w.exists() {
-            return Err(ckpt_err(&w, "no such file"));
-        }
-        t.map.load(&w).map_err(|e| ckpt_err(&w, e))?;
-        Ok(t)
+        let weights = match std::fs::read(&w) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ckpt_err(&w, "no such file"))
+            }
+            r => r.map_err(io_err(&w))?,
+        };
+        Trained::from_bytes(&text, &weights, dir, device)
     }
 
     /// A checkpoint from its two files' contents (`origin` names them in errors): how the
-    /// model embedded in the binary ([`super::shipped`]) is read.
+    /// model embedded in the binary ([`super::shipped`]) is read. The weights must be exactly
+    /// the sidecar's model's: every variable present with its shape, finite, and no other
+    /// tensor (the error names the tensor and the file).
     pub fn from_bytes(
         meta: &str,
         weights: &[u8],
@@ -138,15 +152,37 @@ impl Trained {
         let w = origin.join(WEIGHTS_FILE);
         let tensors =
             candle_core::safetensors::load_buffer(weights, device).map_err(|e| ckpt_err(&w, e))?;
-        {
-            let data = t.map.data().lock().expect("var map lock");
-            for (name, var) in data.iter() {
-                let v = tensors
-                    .get(name)
-                    .ok_or_else(|| ckpt_err(&w, format!("no weights named {name}")))?;
-                var.set(v)
-                    .map_err(|e| ckpt_err(&w, format!("weights {name}: {e}")))?;
+        let vars = sorted_vars(&t.map);
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|n| vars.binary_search_by(|(v, _)| v.cmp(n)).is_err())
+            .collect();
+        extra.sort();
+        if let Some(name) = extra.first() {
+            return Err(ckpt_err(
+                &w,
+                format!("tensor {name} is not a variable of the model its sidecar describes"),
+            ));
+        }
+        for (name, var) in vars {
+            let v = tensors.get(&name).ok_or_else(|| {
+                ckpt_err(&w, format!("no tensor {name} (the sidecar's model has it)"))
+            })?;
+            if v.dims() != var.dims() {
+                return Err(ckpt_err(
+                    &w,
+                    format!(
+                        "tensor {name} is {:?}, the sidecar's model needs {:?}",
+                        v.dims(),
+                        var.dims()
+                    ),
+                ));
             }
+            if !finite(v)? {
+                return Err(ckpt_err(&w, format!("tensor {name} holds NaN or infinity")));
+            }
+            var.set(v)
+                .map_err(|e| ckpt_err(&w, format!("weights {name}: {e}")))?;
         }
         Ok(t)
     }
@@ -165,20 +201,41 @@ impl Trained {
                 format!("format version {version:?}, this build reads {FORMAT_VERSION}"),
             ));
         }
+        // Every field of the configuration is stated: a default filled in for a missing one
+        // would be a silently different model.
+        if let Some(given) = probe.get("config").and_then(|c| c.as_object()) {
+            let all = serde_json::to_value(Config::default()).expect("a configuration serialises");
+            if let Some(field) = all
+                .as_object()
+                .and_then(|o| o.keys().find(|k| !given.contains_key(*k)))
+            {
+                return Err(ckpt_err(m, format!("config.{field} is missing")));
+            }
+        }
         let meta: Meta = serde_json::from_value(probe).map_err(|source| PredictorError::Json {
             path: m.display().to_string(),
             source,
         })?;
+        meta.config
+            .validate()
+            .map_err(|e| ckpt_err(m, format!("config.{}", e.into_message())))?;
+        for (key, s) in &meta.stats {
+            s.check()
+                .map_err(|e| ckpt_err(m, format!("stats.{key}: {e}")))?;
+        }
         let mut t = Trained::init(&meta.config, meta.seed, device)?;
         if let Some(a) = &meta.adapters {
-            t.adapted = Some(adapters::build(
-                &t.model.encoder,
-                &meta.config,
-                &a.config,
-                a.tasks.len(),
-                &t.map,
-                meta.seed,
-            )?);
+            t.adapted = Some(
+                adapters::build(
+                    &t.model.encoder,
+                    &meta.config,
+                    &a.config,
+                    a.tasks.len(),
+                    &t.map,
+                    meta.seed,
+                )
+                .map_err(|e| ckpt_err(m, e.into_message()))?,
+            );
         }
         t.meta = meta;
         Ok(t)
@@ -332,6 +389,12 @@ impl Trained {
             .map(|(&z, &(_, gf))| s.inverse(z as f64, gf))
             .collect())
     }
+}
+
+/// Whether every element of `t` is finite.
+fn finite(t: &Tensor) -> Result<bool, PredictorError> {
+    let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    Ok(v.iter().all(|x| x.is_finite()))
 }
 
 /// A content fingerprint of a model's weights and configuration (32 hex digits): two models

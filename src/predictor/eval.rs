@@ -571,6 +571,22 @@ pub fn check_pretrained(
     Ok(())
 }
 
+impl EvalConfig {
+    /// Check the settings a run cannot do without (at least one seed; the model and the
+    /// pretraining and fine-tuning settings as [`Config::validate`] and
+    /// [`TrainConfig::validate`] check them); an error names the field.
+    pub fn validate(&self) -> Result<(), PredictorError> {
+        if self.seeds == 0 {
+            return Err(PredictorError::Config("seeds: must be at least 1".into()));
+        }
+        self.model
+            .validate()
+            .map_err(|e| PredictorError::Config(format!("model.{}", e.into_message())))?;
+        self.pretrain.validate("pretrain.")?;
+        self.fine_tune.validate("fine_tune.")
+    }
+}
+
 /// Refuse `members` whose names are not plain folder names, collide with `aio`, `plain` or each
 /// other (each is a folder of `aiop eval --pretrained`).
 fn check_members(cfg: &EvalConfig) -> Result<(), PredictorError> {
@@ -608,6 +624,7 @@ pub fn run(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<(EvalReport, Pretrained), PredictorError> {
     let start = std::time::Instant::now();
+    cfg.validate()?;
     check_members(cfg)?;
     let aio = match given.aio {
         Some(t) => t,

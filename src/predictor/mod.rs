@@ -73,6 +73,18 @@ pub enum PredictorError {
         #[source]
         source: serde_json::Error,
     },
+    /// A training step's loss or gradient norm is not finite (too large a learning rate, a
+    /// label out of range): training stops before the weights take it.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: loss {loss}, gradient norm \
+         {grad_norm} (lower lr, or set clip_norm)"
+    )]
+    Diverged {
+        epoch: usize,
+        step: usize,
+        loss: f64,
+        grad_norm: f64,
+    },
     /// Training stopped by its [`train::Cancel`].
     #[error("training cancelled")]
     Cancelled,
@@ -88,4 +100,15 @@ pub fn default_device() -> Device {
         }
     }
     Device::Cpu
+}
+
+impl PredictorError {
+    /// The message of a [`PredictorError::Config`] without its "invalid model configuration"
+    /// prefix (any other error as it displays): what a caller naming the field's place adds to.
+    pub(crate) fn into_message(self) -> String {
+        match self {
+            PredictorError::Config(m) => m,
+            e => e.to_string(),
+        }
+    }
 }

@@ -29,6 +29,13 @@ use super::init::{embedding, linear};
 use super::ops;
 use super::PredictorError;
 
+/// Largest width of an embedding, the GNN or a head layer ([`Config::validate`]).
+pub const MAX_WIDTH: usize = 4096;
+/// Largest op or kernel-size vocabulary.
+pub const MAX_VOCAB: usize = 4096;
+/// Most GraphConv layers, and most head layers.
+pub const MAX_LAYERS: usize = 64;
+
 /// The architecture of the predictor. Serialised into checkpoints; every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,7 +92,37 @@ impl Config {
         self.op_dim + self.res_dim
     }
 
+    /// Check the configuration before anything is allocated for it: every width, table size
+    /// and depth within [`MAX_WIDTH`], [`MAX_VOCAB`], [`MAX_LAYERS`] (a huge value in a file
+    /// would otherwise abort the process on allocation), the two embedding branches equally
+    /// wide, the normalisers positive. Errors name the field.
     pub fn validate(&self) -> Result<(), PredictorError> {
+        let bad = |field: &str, why: String| Err(PredictorError::Config(format!("{field}: {why}")));
+        for (field, v, max) in [
+            ("num_ops", self.num_ops, MAX_VOCAB),
+            ("kernel_vocab", self.kernel_vocab, MAX_VOCAB),
+            ("op_dim", self.op_dim, MAX_WIDTH),
+            ("weighted_op_dim", self.weighted_op_dim, MAX_WIDTH),
+            ("res_dim", self.res_dim, MAX_WIDTH),
+            ("kernel_dim", self.kernel_dim, MAX_WIDTH),
+            ("bias_dim", self.bias_dim, MAX_WIDTH),
+            ("hidden", self.hidden, MAX_WIDTH),
+            ("layers", self.layers, MAX_LAYERS),
+        ] {
+            if v > max {
+                return bad(field, format!("{v} is over the limit of {max}"));
+            }
+        }
+        check_head("head", &self.head)?;
+        for (field, v) in [
+            ("num_ops", self.num_ops),
+            ("kernel_vocab", self.kernel_vocab),
+            ("hidden", self.hidden),
+        ] {
+            if v < 1 {
+                return bad(field, "must be positive".into());
+            }
+        }
         let w = self.weighted_op_dim + self.res_dim + 2 * self.kernel_dim + self.bias_dim;
         if w != self.embed_dim() {
             return Err(PredictorError::Config(format!(
@@ -94,15 +131,13 @@ impl Config {
             )));
         }
         let nz = self.normalisers;
-        if !(nz.h > 0.0 && nz.w > 0.0 && nz.c > 0.0) {
-            return Err(PredictorError::Config(
-                "normalisers must be positive".into(),
-            ));
-        }
-        if self.num_ops < 1 || self.kernel_vocab < 1 || self.hidden < 1 {
-            return Err(PredictorError::Config(
-                "num_ops, kernel_vocab and hidden must be positive".into(),
-            ));
+        for (field, v) in [("h", nz.h), ("w", nz.w), ("c", nz.c)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(
+                    &format!("normalisers.{field}"),
+                    format!("{v} is not a positive finite number"),
+                );
+            }
         }
         Ok(())
     }
@@ -113,6 +148,24 @@ impl Config {
             kernel_vocab: self.kernel_vocab,
             normalisers: self.normalisers,
         }
+    }
+}
+
+/// Check the hidden widths of a head (`field` names it in errors): at most [`MAX_LAYERS`] of
+/// them, each in `1..=MAX_WIDTH`.
+pub fn check_head(field: &str, head: &[usize]) -> Result<(), PredictorError> {
+    if head.len() > MAX_LAYERS {
+        return Err(PredictorError::Config(format!(
+            "{field}: {} layers is over the limit of {MAX_LAYERS}",
+            head.len()
+        )));
+    }
+    match head.iter().position(|w| !(1..=MAX_WIDTH).contains(w)) {
+        Some(i) => Err(PredictorError::Config(format!(
+            "{field}[{i}]: {} is not in 1..={MAX_WIDTH}",
+            head[i]
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -416,6 +469,75 @@ pub(crate) mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+        // Out-of-bounds values are refused by name, before anything is allocated.
+        for (c, field) in [
+            (
+                Config {
+                    hidden: 1 << 40,
+                    ..Config::default()
+                },
+                "hidden",
+            ),
+            (
+                Config {
+                    op_dim: usize::MAX,
+                    ..Config::default()
+                },
+                "op_dim",
+            ),
+            (
+                Config {
+                    kernel_dim: usize::MAX / 2 + 1,
+                    ..Config::default()
+                },
+                "kernel_dim",
+            ),
+            (
+                Config {
+                    num_ops: 1 << 40,
+                    ..Config::default()
+                },
+                "num_ops",
+            ),
+            (
+                Config {
+                    layers: 1 << 30,
+                    ..Config::default()
+                },
+                "layers",
+            ),
+            (
+                Config {
+                    head: vec![32, 1 << 40],
+                    ..Config::default()
+                },
+                "head[1]",
+            ),
+            (
+                Config {
+                    head: vec![32, 0],
+                    ..Config::default()
+                },
+                "head[1]",
+            ),
+            (
+                Config {
+                    hidden: 0,
+                    ..Config::default()
+                },
+                "hidden",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut nz = Config::default();
+        nz.normalisers.c = f32::INFINITY;
+        assert!(nz
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("normalisers.c"));
         let json = serde_json::to_string(&c).unwrap();
         let back: Config = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);

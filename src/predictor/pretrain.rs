@@ -93,6 +93,46 @@ impl Default for PretrainConfig {
     }
 }
 
+impl PretrainConfig {
+    /// Check every field before anything is drawn or allocated: the model
+    /// ([`Config::validate`]), the training settings ([`TrainConfig::validate`]), the data
+    /// fields and the adapter stage. An error names the field as the JSON file spells it.
+    pub fn validate(&self) -> Result<(), PredictorError> {
+        let bad = |m: String| Err(PredictorError::Config(m));
+        if self.tasks.is_empty() {
+            return bad("tasks: no tasks to pretrain on".into());
+        }
+        if self.max_per_task == Some(0) {
+            return bad("max_per_task: must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            return bad(format!(
+                "test_fraction: {} is not in [0, 1)",
+                self.test_fraction
+            ));
+        }
+        self.model
+            .validate()
+            .map_err(|e| PredictorError::Config(format!("model.{}", e.into_message())))?;
+        self.train.validate("train.")?;
+        if let Some(stage) = &self.adapters {
+            if stage.tasks.is_empty() {
+                return bad("adapters.tasks is empty".into());
+            }
+            if self.model.layers == 0 || self.model.embed_dim() != self.model.hidden {
+                return bad(format!(
+                    "adapters need model.layers > 0 and a node embedding as wide as model.hidden \
+                     (op_dim + res_dim = {}, hidden = {})",
+                    self.model.embed_dim(),
+                    self.model.hidden
+                ));
+            }
+            stage.train.validate("adapters.train.")?;
+        }
+        Ok(())
+    }
+}
+
 /// Held-out quality of one task, in task units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEval {
@@ -190,23 +230,7 @@ pub fn pretrain(
     quiet: bool,
     device: &Device,
 ) -> Result<(Trained, PretrainReport), PredictorError> {
-    if cfg.tasks.is_empty() {
-        return Err(PredictorError::Config("no tasks to pretrain on".into()));
-    }
-    cfg.model.validate()?;
-    if let Some(stage) = &cfg.adapters {
-        if stage.tasks.is_empty() {
-            return Err(PredictorError::Config("adapters.tasks is empty".into()));
-        }
-        if cfg.model.layers == 0 || cfg.model.embed_dim() != cfg.model.hidden {
-            return Err(PredictorError::Config(format!(
-                "adapters need model.layers > 0 and a node embedding as wide as model.hidden \
-                 (op_dim + res_dim = {}, hidden = {})",
-                cfg.model.embed_dim(),
-                cfg.model.hidden
-            )));
-        }
-    }
+    cfg.validate()?;
     let seed = cfg.train.seed;
     let fc = cfg.model.features();
     let start = std::time::Instant::now();

@@ -8,7 +8,9 @@
 //! choice comes from [`Rng`], gradient norms are summed in variable-name order); at the end the
 //! trainable variables hold the weights of the epoch with the lowest dev MSE (the last epoch
 //! when there is no dev set); a run stopped by its [`Cancel`] returns an error, its weights
-//! left as the last step made them (callers discard the model).
+//! left as the last step made them (callers discard the model); a step whose loss or gradient
+//! norm is not finite stops the run with [`PredictorError::Diverged`] before any weight takes
+//! it; settings are checked first ([`TrainConfig::validate`]).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,6 +118,53 @@ impl Default for TrainConfig {
             rank_weight: 0.0,
             cancel: Cancel::default(),
         }
+    }
+}
+
+/// Most epochs a training may run ([`TrainConfig::validate`]).
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// Largest mini-batch.
+pub const MAX_BATCH: usize = 1 << 20;
+/// Largest learning rate (Adam's steps are about `lr` in size; task files have the same bound).
+pub const MAX_LR: f64 = 1.0;
+
+impl TrainConfig {
+    /// Check every setting; an error names the field, prefixed with `prefix` (where the
+    /// settings sit in their file, e.g. `train.`).
+    pub fn validate(&self, prefix: &str) -> Result<(), PredictorError> {
+        let bad = |field: &str, why: String| {
+            Err(PredictorError::Config(format!("{prefix}{field}: {why}")))
+        };
+        if self.epochs > MAX_EPOCHS {
+            return bad(
+                "epochs",
+                format!("{} is over the limit of {MAX_EPOCHS}", self.epochs),
+            );
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return bad(
+                "batch_size",
+                format!("{} is not in 1..={MAX_BATCH}", self.batch_size),
+            );
+        }
+        if !(self.lr > 0.0 && self.lr <= MAX_LR) {
+            return bad("lr", format!("{} is not in (0, {MAX_LR}]", self.lr));
+        }
+        for (field, v) in [
+            ("clip_norm", self.clip_norm),
+            ("rank_weight", self.rank_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(field, format!("{v} is not a finite number ≥ 0"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dev_fraction) {
+            return bad(
+                "dev_fraction",
+                format!("{} is not in [0, 1)", self.dev_fraction),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -601,9 +650,7 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
     if samples.is_empty() {
         return Err(PredictorError::Data("no training samples".into()));
     }
-    if cfg.batch_size == 0 {
-        return Err(PredictorError::Config("batch_size must be positive".into()));
-    }
+    cfg.validate("")?;
     let mut rng = Rng::new(cfg.seed);
     let mut split_rng = rng.fork();
     let mut order_rng = rng.fork();
@@ -624,11 +671,12 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
     let mut opt = Adam::new(vars, cfg.lr)?;
 
     let steps = train_idx.len().div_ceil(cfg.batch_size);
-    let pb = progress_bar((steps * cfg.epochs) as u64, quiet);
+    let pb = progress_bar((steps as u64).saturating_mul(cfg.epochs as u64), quiet);
     let mut report = TrainReport {
         train_size: train_idx.len(),
         dev_size: n_dev,
-        epochs: Vec::with_capacity(cfg.epochs),
+        // Grown as epochs end: `epochs` may be large and a run may stop early.
+        epochs: Vec::new(),
         best_epoch: None,
         best_dev_mse: None,
         seconds: 0.0,
@@ -659,7 +707,7 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
             };
             order_rng.shuffle(&mut train_idx);
             let (mut sum, mut count) = (0f64, 0usize);
-            for chunk in train_idx.chunks(cfg.batch_size) {
+            for (step, chunk) in train_idx.chunks(cfg.batch_size).enumerate() {
                 if cfg.cancel.is_set() {
                     return Err(PredictorError::Cancelled);
                 }
@@ -676,7 +724,16 @@ pub fn train_observed<R: Regressor + Sync + ?Sized>(
                 } else {
                     batch_gradients(model, &graphs, &t, trainable, dev)?
                 };
-                let scale = clip_scale(grad_norm(&grads, trainable)?, cfg.clip_norm);
+                let norm = grad_norm(&grads, trainable)?;
+                if !(l.is_finite() && norm.is_finite()) {
+                    return Err(PredictorError::Diverged {
+                        epoch,
+                        step: step + 1,
+                        loss: l,
+                        grad_norm: norm,
+                    });
+                }
+                let scale = clip_scale(norm, cfg.clip_norm);
                 opt.step(&mut grads, scale)?;
                 cfg.cancel.step_taken();
                 sum += l * chunk.len() as f64;

@@ -126,6 +126,21 @@ impl TaskScaler {
         })
     }
 
+    /// Whether statistics read from a file can be used: μ finite and σ finite and positive,
+    /// as [`TaskScaler::fit_with`] makes them (anything else predicts NaN or infinity).
+    pub fn check(&self) -> Result<(), String> {
+        if !self.mu.is_finite() {
+            return Err(format!("mu is {}, not a finite number", self.mu));
+        }
+        if !(self.sigma.is_finite() && self.sigma > 0.0) {
+            return Err(format!(
+                "sigma is {}, not a positive finite number",
+                self.sigma
+            ));
+        }
+        Ok(())
+    }
+
     /// Task units → standardised target.
     pub fn forward(&self, y: f64, gflops: f64) -> f64 {
         (scale(self.flops_scaling, self.sign() * y, gflops) - self.mu) / self.sigma
@@ -263,5 +278,22 @@ mod tests {
         assert_eq!(s.sigma, 1.0);
         assert!(TaskScaler::fit(&[], &[], true).is_err());
         assert!(TaskScaler::fit(&[1.0], &[], true).is_err());
+    }
+
+    #[test]
+    fn check_refuses_unusable_statistics() {
+        let ok = TaskScaler::fit(&[1.0, 2.0], &[0.1, 0.2], true).unwrap();
+        assert!(ok.check().is_ok());
+        for (mu, sigma, what) in [
+            (f64::NAN, 1.0, "mu"),
+            (f64::INFINITY, 1.0, "mu"),
+            (0.0, 0.0, "sigma"),
+            (0.0, -1.0, "sigma"),
+            (0.0, f64::NAN, "sigma"),
+            (0.0, f64::INFINITY, "sigma"),
+        ] {
+            let e = TaskScaler { mu, sigma, ..ok }.check().unwrap_err();
+            assert!(e.starts_with(what), "{e}");
+        }
     }
 }

@@ -500,3 +500,61 @@ fn search_with_a_task_model_scores_as_predict_does() {
     let o = aiop(&["search", "--tuned", "nope", "--state", st], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'nope'"));
 }
+
+#[test]
+fn predictor_commands_refuse_bad_settings_by_name_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = |args: &[&str]| {
+        let o = aiop(args, "");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Usage errors (2): no seeds, an unknown protocol, the shipped model as --out.
+    let (c, e) = code(&[
+        "eval",
+        "--protocol",
+        "unseen-task",
+        "--quick",
+        "--seeds",
+        "0",
+    ]);
+    assert_eq!(c, Some(2), "{e}");
+    assert!(e.contains("--seeds"), "{e}");
+    let (c, e) = code(&["eval", "--protocol", "unseen-everything", "--quick"]);
+    assert_eq!(c, Some(2), "{e}");
+    assert!(e.contains("--protocol"), "{e}");
+    for shipped in ["search_spaces/predictor", "search_spaces/predictor/plain"] {
+        let (c, e) = code(&["pretrain", "--out", shipped]);
+        assert_eq!(c, Some(2), "{e}");
+        assert!(e.contains("shipped model"), "{e}");
+    }
+    // Bad data (65), naming the file and the field: a width far over any allocation, a NaN
+    // learning rate (JSON has no NaN: a negative one), before anything is allocated or drawn.
+    for (body, field) in [
+        (r#"{"model": {"hidden": 1099511627776}}"#, "model.hidden"),
+        (r#"{"train": {"lr": -1.0}}"#, "train.lr"),
+        (r#"{"train": {"batch_size": 0}}"#, "train.batch_size"),
+    ] {
+        let cfg = dir.path().join("cfg.json");
+        std::fs::write(&cfg, body).unwrap();
+        let out = dir.path().join("out");
+        let (c, e) = code(&[
+            "pretrain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(c, Some(65), "{body}: {e}");
+        assert!(e.contains(field) && e.contains("cfg.json"), "{body}: {e}");
+        assert!(!out.exists(), "{body}");
+    }
+    // A very long bad line is quoted capped, not whole.
+    let long = format!("|{}|", "x".repeat(5000));
+    let o = aiop(&["predict", "--space", "nb201", "--task", "cifar10"], &long);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("stdin line 1") && e.contains('…'), "{e}");
+    assert!(e.len() < 1000, "{} bytes: {e}", e.len());
+}
