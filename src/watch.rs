@@ -974,7 +974,10 @@ mod tests {
         std::fs::write(tasks.join("a.toml"), good).unwrap();
         let store = Store::open(state.path()).unwrap();
         let (w, m) = watch(&tasks, &store);
-        assert!(wait_for(|| store.task("a").unwrap().is_some()));
+        // The record is written before the acceptance is counted: wait for both.
+        assert!(wait_for(
+            || store.task("a").unwrap().is_some() && m.accepted.get() == 1
+        ));
         let accepted = m.accepted.get();
         // Rewritten row by row, every 80 ms (the debounce is 50 ms), the file open throughout.
         let mut f = std::fs::File::create(tasks.join("s.csv")).unwrap();
