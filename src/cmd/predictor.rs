@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use aiop::graph::json;
-use aiop::predictor::checkpoint::{Trained, META_FILE};
+use aiop::predictor::checkpoint::Trained;
 use aiop::predictor::data::{prepare, TaskKey};
 use aiop::predictor::features::{extract, GraphFeatures};
 use aiop::predictor::pretrain::{pretrain as run_pretrain, PretrainConfig};
@@ -141,18 +141,16 @@ fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     Ok(cfg)
 }
 
-/// Which shipped model `out` holds, if any: one of the repository's shipped checkpoint folders
-/// (relative to here or to the source tree this binary was built from), or a folder whose
-/// sidecar is an embedded model's. Pretraining into it would overwrite the shipped model.
+/// Which shipped model `out` is, if any: one of the repository's shipped checkpoint folders
+/// (relative to here or to the source tree this binary was built from). Pretraining into it
+/// would overwrite the shipped model. (A folder elsewhere holding a copy of it, such as a
+/// reproduction's, is the user's own.)
 fn shipped_model_in(out: &Path) -> Option<&'static str> {
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
     let source = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [shipped::DIR, shipped::PLAIN_DIR].into_iter().find(|d| {
-        same(out, Path::new(d))
-            || same(out, &source.join(d))
-            || std::fs::read_to_string(out.join(META_FILE))
-                .is_ok_and(|m| shipped::embedded_meta(d) == Some(m.as_str()))
-    })
+    [shipped::DIR, shipped::PLAIN_DIR]
+        .into_iter()
+        .find(|d| same(out, Path::new(d)) || same(out, &source.join(d)))
 }
 
 pub fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {

@@ -35,15 +35,6 @@ const PLAIN_META: &str = include_str!("../../search_spaces/predictor/plain/model
 const PLAIN_WEIGHTS: &[u8] =
     include_bytes!("../../search_spaces/predictor/plain/model.safetensors");
 
-/// The sidecar the binary embeds for the shipped folder `dir` ([`DIR`] or [`PLAIN_DIR`]).
-pub fn embedded_meta(dir: &str) -> Option<&'static str> {
-    match dir {
-        DIR => Some(META),
-        PLAIN_DIR => Some(PLAIN_META),
-        _ => None,
-    }
-}
-
 /// The embedded default model on `device`.
 pub fn load(device: &Device) -> Result<Trained, PredictorError> {
     Trained::from_bytes(META, WEIGHTS, Path::new(DIR), device)
