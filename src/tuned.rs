@@ -974,6 +974,28 @@ mod tests {
     }
 
     #[test]
+    fn latest_reports_a_version_whose_sidecar_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = task(dir.path(), "mode = \"zero-shot\"\n");
+        let m = tune(&spec, false);
+        let models = dir.path().join("models");
+        let saved = m.save(&models).unwrap();
+        assert_eq!(latest(&models, "c10").unwrap(), saved);
+        // Another version, perhaps the newest, whose sidecar is damaged: named, not skipped.
+        let other = models.join("c10").join("f".repeat(32));
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join(SIDECAR), "{").unwrap();
+        match latest(&models, "c10") {
+            Err(TunedError::Sidecar { path, .. }) => assert_eq!(path, other.join(SIDECAR)),
+            r => panic!("expected a sidecar error, got {r:?}"),
+        }
+        std::fs::remove_file(other.join(SIDECAR)).unwrap();
+        assert!(matches!(latest(&models, "c10"), Err(TunedError::Io { .. })));
+        std::fs::remove_dir(&other).unwrap();
+        assert_eq!(latest(&models, "c10").unwrap(), saved);
+    }
+
+    #[test]
     fn remove_deletes_one_saved_model_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let spec = task(dir.path(), "mode = \"zero-shot\"\n");

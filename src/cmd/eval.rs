@@ -55,7 +55,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 DataError(format!("{}: not an evaluation config: {e}", p.display()))
             })?;
             cfg.validate()
-                .map_err(|e| DataError(format!("{}: {e}", p.display())))?;
+                .map_err(|e| DataError(format!("{}: {}", p.display(), e.into_message())))?;
             cfg
         }
         None if a.quick => EvalConfig::quick(protocol),

@@ -116,7 +116,7 @@ fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
         Some(p) => {
             let cfg = read_pretrain_config(p)?;
             cfg.validate()
-                .map_err(|e| DataError(format!("{}: {}", p.display(), e)))?;
+                .map_err(|e| DataError(format!("{}: {}", p.display(), e.into_message())))?;
             cfg
         }
         None => PretrainConfig::default(),

@@ -523,4 +523,121 @@ pub(crate) mod tests {
             Err(PredictorError::Checkpoint { .. })
         ));
     }
+
+    /// The error message of loading the checkpoint in `dir`, which must fail.
+    fn load_error(dir: &Path) -> String {
+        match Trained::load(dir, &Device::Cpu) {
+            Err(e @ PredictorError::Checkpoint { .. }) => e.to_string(),
+            Err(e) => panic!("expected a checkpoint error, got {e}"),
+            Ok(_) => panic!("a damaged checkpoint loaded"),
+        }
+    }
+
+    #[test]
+    fn weights_that_are_not_the_sidecar_s_model_are_refused_naming_the_tensor() {
+        let dev = Device::Cpu;
+        let t = Trained::init(&tiny_config(), 5, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        t.save(dir.path()).unwrap();
+        let w = dir.path().join(WEIGHTS_FILE);
+        let good = candle_core::safetensors::load(&w, &dev).unwrap();
+        let (victim, tensor) = good
+            .iter()
+            .next()
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .unwrap();
+        let rewrite = |edit: &dyn Fn(&mut std::collections::HashMap<String, Tensor>)| {
+            let mut m = good.clone();
+            edit(&mut m);
+            candle_core::safetensors::save(&m, &w).unwrap();
+        };
+        // An extra tensor.
+        rewrite(&|m| {
+            m.insert("stray.weight".into(), tensor.clone());
+        });
+        let e = load_error(dir.path());
+        assert!(
+            e.contains("stray.weight") && e.contains(WEIGHTS_FILE),
+            "{e}"
+        );
+        // A missing one.
+        rewrite(&|m| {
+            m.remove(&victim);
+        });
+        let e = load_error(dir.path());
+        assert!(e.contains(&format!("no tensor {victim}")), "{e}");
+        // One of another shape.
+        rewrite(&|m| {
+            let n = tensor.elem_count();
+            m.insert(
+                victim.clone(),
+                Tensor::zeros((n + 1,), tensor.dtype(), &dev).unwrap(),
+            );
+        });
+        let e = load_error(dir.path());
+        assert!(e.contains(&victim) && e.contains("needs"), "{e}");
+        // NaN weights.
+        rewrite(&|m| {
+            let nan = (tensor.ones_like().unwrap() * f64::NAN).unwrap();
+            m.insert(victim.clone(), nan);
+        });
+        let e = load_error(dir.path());
+        assert!(e.contains(&victim) && e.contains("NaN"), "{e}");
+        // Not safetensors at all.
+        std::fs::write(&w, b"not a safetensors file").unwrap();
+        let e = load_error(dir.path());
+        assert!(e.contains(WEIGHTS_FILE), "{e}");
+        // And the untouched weights load again.
+        rewrite(&|_| {});
+        Trained::load(dir.path(), &dev).unwrap();
+    }
+
+    #[test]
+    fn a_model_with_nan_weights_is_not_saved() {
+        let dev = Device::Cpu;
+        let t = Trained::init(&tiny_config(), 5, &dev).unwrap();
+        let (name, var) = sorted_vars(&t.map).into_iter().next().unwrap();
+        var.set(&(var.as_tensor().ones_like().unwrap() * f64::NAN).unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m");
+        let e = t.save(&out).unwrap_err().to_string();
+        assert!(e.contains(&name) && e.contains("not saved"), "{e}");
+        assert!(!out.join(WEIGHTS_FILE).exists() && !out.join(META_FILE).exists());
+    }
+
+    #[test]
+    fn a_sidecar_missing_a_config_field_or_with_unusable_statistics_is_refused() {
+        let dev = Device::Cpu;
+        let t = Trained::init(&tiny_config(), 5, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        t.save(dir.path()).unwrap();
+        let m = dir.path().join(META_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+        let config = v["config"].as_object_mut().unwrap();
+        let field = config.keys().next().unwrap().clone();
+        config.remove(&field);
+        std::fs::write(&m, serde_json::to_string(&v).unwrap()).unwrap();
+        let e = load_error(dir.path());
+        assert!(
+            e.contains(&format!("config.{field} is missing")) && e.contains(META_FILE),
+            "{e}"
+        );
+        // Unusable label statistics are named by their task.
+        let mut t = t;
+        let key = TaskKey::new(SpaceId::Nb201, Task::Cifar10);
+        t.meta.stats.insert(
+            key,
+            TaskScaler {
+                mu: 1.0,
+                sigma: 0.0,
+                higher_is_better: true,
+                flops_scaling: true,
+            },
+        );
+        t.save(dir.path()).unwrap();
+        let e = load_error(dir.path());
+        assert!(e.contains(&format!("stats.{key}: sigma")), "{e}");
+    }
 }

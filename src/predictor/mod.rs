@@ -105,7 +105,7 @@ pub fn default_device() -> Device {
 impl PredictorError {
     /// The message of a [`PredictorError::Config`] without its "invalid model configuration"
     /// prefix (any other error as it displays): what a caller naming the field's place adds to.
-    pub(crate) fn into_message(self) -> String {
+    pub fn into_message(self) -> String {
         match self {
             PredictorError::Config(m) => m,
             e => e.to_string(),

@@ -977,6 +977,36 @@ mod tests {
     }
 
     #[test]
+    fn a_non_finite_loss_stops_training_before_any_weight_takes_it() {
+        let mut samples = tiny_set(&Config::default().features());
+        // One label far out of range: its squared error overflows f32.
+        samples[5].target = 1e30;
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let m = Predictor::new(&Config::default(), var_builder(&map, 3, &dev)).unwrap();
+        let vars = sorted_vars(&map);
+        let flat = || -> Vec<Vec<f32>> {
+            vars.iter()
+                .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        let before = flat();
+        let tc = TrainConfig {
+            epochs: 3,
+            batch_size: samples.len(),
+            lr: 1e-3,
+            dev_fraction: 0.0,
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        match train(&m, &vars, &samples, &tc, true, &dev) {
+            Err(PredictorError::Diverged { epoch, step, .. }) => assert_eq!((epoch, step), (1, 1)),
+            other => panic!("expected Diverged, got {other:?}"),
+        }
+        assert_eq!(before, flat(), "no step was taken");
+    }
+
+    #[test]
     fn dev_split_keeps_best_epoch_and_frozen_vars_stay() {
         let samples = tiny_set(&tiny_config().features());
         let dev = Device::Cpu;

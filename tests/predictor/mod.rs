@@ -124,6 +124,78 @@ fn pretrain_then_predict_in_input_order() {
     assert!(results[0]["oracle"].as_f64().is_some());
 }
 
+/// A damaged checkpoint, base selection or pretraining config is bad data (exit 65) and the
+/// error names the file and the field, without the library's own prefixes.
+#[test]
+fn a_damaged_model_or_config_is_refused_naming_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = pretrain_tiny(
+        dir.path(),
+        r#""tasks": ["nb201/cifar10"], "max_per_task": 16, "test_fraction": 0.25"#,
+    );
+    let m = model.to_str().unwrap();
+    let predict = |m: &str| {
+        aiop(
+            &[
+                "predict", "--space", "nb201", "--task", "cifar10", "--model", m,
+            ],
+            &format!("{A}\n"),
+        )
+    };
+    assert!(predict(m).status.success());
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // A base selection beside a plain model: a malformed one is named.
+    let plain = model.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    for f in ["model.json", "model.safetensors"] {
+        std::fs::copy(model.join(f), plain.join(f)).unwrap();
+    }
+    std::fs::write(model.join("base.json"), "{ not json").unwrap();
+    let o = predict(m);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(stderr(&o).contains("base.json"), "{}", stderr(&o));
+    std::fs::remove_file(model.join("base.json")).unwrap();
+    std::fs::remove_dir_all(&plain).unwrap();
+
+    // Truncated weights, then a malformed sidecar.
+    let w = model.join("model.safetensors");
+    let weights = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &weights[..weights.len() / 2]).unwrap();
+    let o = predict(m);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model.safetensors"), "{}", stderr(&o));
+    std::fs::write(&w, &weights).unwrap();
+    std::fs::write(model.join("model.json"), "{").unwrap();
+    let o = predict(m);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model.json"), "{}", stderr(&o));
+
+    // A training setting out of range in a pretraining config: file and field, no prefix.
+    let cfg = dir.path().join("bad.json");
+    std::fs::write(
+        &cfg,
+        r#"{"tasks": ["nb201/cifar10"], "train": {"epochs": 1, "lr": 2.0}}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("never");
+    let o = aiop(
+        &[
+            "pretrain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("bad.json: train.lr: 2 is not in (0, 1]"), "{e}");
+    assert!(!e.contains("invalid model configuration"), "{e}");
+    assert!(!out.exists());
+}
+
 /// `aiop eval` end to end on a tiny configuration: pretraining that excludes the target, every
 /// method and baseline reported per seed, the JSON report written, the pretrained models saved
 /// and then reused (the second run pretrains nothing and reproduces the first run's numbers).
@@ -467,6 +539,27 @@ fn finetune_then_predict_tuned_graphs() {
     assert_eq!(names, vec![p(2), p(0), p(2)]);
     assert!(lines.iter().all(|l| l.get("arch").is_none()));
     assert_eq!(lines[0]["prediction"], lines[2]["prediction"]);
+    // A task model (a version folder, or the task's folder) is not a --model checkpoint.
+    for d in [model.clone(), state.join("models/nets")] {
+        let o = aiop(
+            &[
+                "predict",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10",
+                "--model",
+                d.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert_eq!(o.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("task model") && e.contains("use --tuned nets"),
+            "{e}"
+        );
+    }
     // A graph task has no architecture strings.
     let o = aiop(&["predict", "--tuned", "nets", "--state", st], "x\n");
     assert_eq!(o.status.code(), Some(65));
