@@ -21,7 +21,7 @@
 //! versions and results (`removed_at` is set). [`Store::export`] / [`Store::import`] round-trip
 //! every tree as JSON lines.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -1155,36 +1155,43 @@ impl prometheus::core::Collector for StoreCollector {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default()
         }
-        for s in [
+        // Each gauge is set to a complete count, never zeroed and counted up in place: two
+        // scrapes at once (Prometheus and a person's curl) would otherwise add up each other's
+        // counts.
+        let mut tasks: BTreeMap<String, i64> = [
             TaskStatus::Queued,
             TaskStatus::Tuning,
             TaskStatus::Ready,
             TaskStatus::Failed,
-        ] {
-            self.tasks.with_label_values(&[name(&s).as_str()]).set(0);
-        }
-        if let Ok(tasks) = self.store.tasks() {
-            for t in tasks.iter().filter(|t| t.removed_at.is_none()) {
-                self.tasks
-                    .with_label_values(&[name(&t.status).as_str()])
-                    .inc();
+        ]
+        .iter()
+        .map(|s| (name(s), 0))
+        .collect();
+        if let Ok(all) = self.store.tasks() {
+            for t in all.iter().filter(|t| t.removed_at.is_none()) {
+                *tasks.entry(name(&t.status)).or_default() += 1;
             }
         }
-        for s in [
+        let mut searches: BTreeMap<String, i64> = [
             SearchStatus::Queued,
             SearchStatus::Running,
             SearchStatus::Done,
             SearchStatus::Failed,
             SearchStatus::Cancelled,
-        ] {
-            self.searches.with_label_values(&[name(&s).as_str()]).set(0);
-        }
+        ]
+        .iter()
+        .map(|s| (name(s), 0))
+        .collect();
         if let Ok(all) = self.store.searches() {
             for s in all {
-                self.searches
-                    .with_label_values(&[name(&s.status).as_str()])
-                    .inc();
+                *searches.entry(name(&s.status)).or_default() += 1;
             }
+        }
+        for (status, n) in tasks {
+            self.tasks.with_label_values(&[status.as_str()]).set(n);
+        }
+        for (status, n) in searches {
+            self.searches.with_label_values(&[status.as_str()]).set(n);
         }
         if let Ok(n) = self.store.size_on_disk() {
             self.size.set(n as i64);
@@ -1260,6 +1267,43 @@ mod tests {
 
     /// Every record reader waits while a flushed write holds the gate (between its commit and
     /// the end of its flush), and goes on once it is released.
+    #[test]
+    fn concurrent_scrapes_each_count_the_store_once() {
+        let (_d, _f, store) = store_and_files();
+        for i in 0..6 {
+            let mut rec = SearchRecord::queued(&format!("s{i}"), "t", serde_json::json!({}), 1);
+            if i % 2 == 0 {
+                rec.status = SearchStatus::Done;
+            }
+            store.insert_search(&rec).unwrap();
+        }
+        let reg = prometheus::Registry::new();
+        store.register_metrics(&reg).unwrap();
+        let count = |families: &[prometheus::proto::MetricFamily], status: &str| -> i64 {
+            let f = families
+                .iter()
+                .find(|f| f.name() == "aiop_searches")
+                .unwrap();
+            let m = f.get_metric().iter().find(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "status" && l.value() == status)
+            });
+            m.map(|m| m.get_gauge().get_value() as i64).unwrap()
+        };
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..150 {
+                        let g = reg.gather();
+                        assert_eq!((count(&g, "done"), count(&g, "queued")), (3, 3));
+                        assert_eq!(count(&g, "running"), 0);
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn record_readers_wait_for_a_flush_in_progress() {
         let state = tempfile::tempdir().unwrap();
