@@ -180,7 +180,7 @@ impl From<SearchesError> for ApiError {
                 message: m,
             },
             SearchesError::NotFound(m) => ApiError::NotFound(m),
-            SearchesError::NotReady(m) => ApiError::Conflict(m),
+            SearchesError::NotReady(m) | SearchesError::Unfinished(m) => ApiError::Conflict(m),
             SearchesError::Stopped => ApiError::Unavailable(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }
@@ -281,7 +281,7 @@ pub fn router(
         .route("/v1/graph", post(graph))
         .route("/v1/predict", post(predict))
         .route("/v1/searches", get(list_searches).post(create_search))
-        .route("/v1/searches/{id}", get(get_search).delete(cancel_search))
+        .route("/v1/searches/{id}", get(get_search).delete(delete_search))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(cfg.body_limit_bytes))
@@ -925,13 +925,40 @@ async fn create_search(
     Ok((StatusCode::CREATED, Json(search_view(&rec, true))))
 }
 
-async fn cancel_search(
+/// `DELETE /v1/searches/{id}`: cancel the search (202; its results so far are kept), or with
+/// `?purge=true` delete a finished one for good (200, the record as it was; 409 while it is
+/// queued or running). Any other query parameter is refused.
+async fn delete_search(
     State(st): State<AppState>,
     _auth: Authorized,
     id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Path(id) = id?;
+    let mut purge = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (&*k, &*v, purge) {
+            ("purge", "true" | "false", None) => purge = Some(v == "true"),
+            ("purge", _, _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter `purge`: '{v}' (true or false, given once)"
+                )))
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter `{k}` (only `purge`)"
+                )))
+            }
+        }
+    }
+    let purge = purge.unwrap_or(false);
     let searches = st.backend.searches.clone();
+    if purge {
+        let rec = tokio::task::spawn_blocking(move || searches.remove(&id)).await??;
+        let mut v = search_view(&rec, true);
+        v["deleted"] = serde_json::Value::Bool(true);
+        return Ok((StatusCode::OK, Json(v)));
+    }
     let rec = tokio::task::spawn_blocking(move || {
         searches.cancel(&id, Some("cancelled through the API"))
     })

@@ -114,6 +114,9 @@ pub enum SearchesError {
     /// The task has no model yet (409).
     #[error("{0}")]
     NotReady(String),
+    /// The search has not ended, so it cannot be deleted (409).
+    #[error("{0}")]
+    Unfinished(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("registering search metrics: {0}")]
@@ -430,6 +433,26 @@ impl Searches {
             .ok_or_else(|| SearchesError::NotFound(format!("no search '{id}'")))
     }
 
+    /// Delete a finished search for good: its record, checkpoint and history (returned as it
+    /// was, results included, for a last export). A queued or running one is refused: cancel
+    /// it first. A task's own search is created again only if the task is restored (its file
+    /// deleted and put back), as at any restore.
+    pub fn remove(&self, id: &str) -> Result<SearchRecord, SearchesError> {
+        match self.inner.store.remove_search(id) {
+            Ok(rec) => {
+                tracing::info!(search = %id, status = rec.status.as_str(), "search deleted");
+                Ok(rec)
+            }
+            Err(StoreError::NoSearch(_)) => {
+                Err(SearchesError::NotFound(format!("no search '{id}'")))
+            }
+            Err(e @ StoreError::SearchUnfinished { .. }) => {
+                Err(SearchesError::Unfinished(e.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Cancel every unfinished search of `task` (its file was deleted); returns how many.
     pub fn cancel_task(&self, task: &str, reason: &str) -> usize {
         let ids: Vec<String> = match self.inner.store.searches() {
@@ -485,8 +508,13 @@ impl Searches {
             if self.inner.stop.load(Ordering::SeqCst) {
                 return;
             }
-            if let Err(e) = self.run_one(&id) {
-                tracing::error!(search = %id, error = %e, "search failed in the store");
+            match self.run_one(&id) {
+                Ok(()) => {}
+                // Cancelled while queued, then deleted before its turn came.
+                Err(StoreError::NoSearch(_)) => {
+                    tracing::debug!(search = %id, "a queued search was deleted before it ran")
+                }
+                Err(e) => tracing::error!(search = %id, error = %e, "search failed in the store"),
             }
         }
     }

@@ -125,6 +125,9 @@ pub enum StoreError {
     NoSearch(String),
     #[error("a search with id '{0}' exists already")]
     SearchExists(String),
+    /// Only a finished search can be deleted: a worker may be writing a queued or running one.
+    #[error("search '{id}' is {}: cancel it, and delete it once it has ended", .status.as_str())]
+    SearchUnfinished { id: String, status: SearchStatus },
     #[error("import line {line}: {message}")]
     Import { line: usize, message: String },
     #[error("export/import: {0}")]
@@ -213,6 +216,19 @@ pub enum SearchStatus {
     Done,
     Failed,
     Cancelled,
+}
+
+impl SearchStatus {
+    /// The name the API and the records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchStatus::Queued => "queued",
+            SearchStatus::Running => "running",
+            SearchStatus::Done => "done",
+            SearchStatus::Failed => "failed",
+            SearchStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// An architecture search and what it found so far.
@@ -775,6 +791,41 @@ impl Store {
         if flush && rec.is_some() {
             self.flush()?;
         }
+        Ok(rec)
+    }
+
+    /// Delete a finished search (done, failed or cancelled) for good: its record, checkpoint
+    /// and every history entry go in one transaction, then the store is flushed; returns the
+    /// record as it was. A queued or running search is refused
+    /// ([`StoreError::SearchUnfinished`]); none is [`StoreError::NoSearch`]. No worker writes a
+    /// finished search, so the history's keys, listed before the transaction, are all of them.
+    pub fn remove_search(&self, id: &str) -> Result<SearchRecord, StoreError> {
+        let _durable = self.durable_write();
+        let keys: Vec<sled::IVec> = self
+            .search_history
+            .scan_prefix(format!("{id}/").as_bytes())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let trees = (&self.searches, &self.checkpoints, &self.search_history);
+        let rec = trees.transaction(|(searches, cps, history)| {
+            let v = searches
+                .get(id.as_bytes())?
+                .ok_or_else(|| abort(StoreError::NoSearch(id.to_string())))?;
+            let rec: SearchRecord = decode("searches", id.as_bytes(), &v).map_err(abort)?;
+            if matches!(rec.status, SearchStatus::Queued | SearchStatus::Running) {
+                return Err(abort(StoreError::SearchUnfinished {
+                    id: id.to_string(),
+                    status: rec.status,
+                }));
+            }
+            searches.remove(id.as_bytes())?;
+            cps.remove(id.as_bytes())?;
+            for k in &keys {
+                history.remove(k)?;
+            }
+            Ok(rec)
+        })?;
+        self.flush()?;
         Ok(rec)
     }
 
@@ -1511,6 +1562,74 @@ mod tests {
         assert_eq!(hist, (0..13).map(e).collect::<Vec<_>>());
         // Another search's history is its own ("s2" shares the prefix "s").
         assert_eq!(st.search_checkpoint("s2").unwrap(), None);
+    }
+
+    #[test]
+    fn removing_a_finished_search_deletes_its_record_checkpoint_and_history_only() {
+        let state = tempfile::tempdir().unwrap();
+        let st = Store::open(state.path()).unwrap();
+        for id in ["s", "s2"] {
+            st.insert_search(&SearchRecord::queued(id, "t", serde_json::json!({}), 9))
+                .unwrap();
+            let entries: Vec<Vec<u8>> = (0..12u8).map(|k| vec![k]).collect();
+            let cp = Checkpoint {
+                head: b"head",
+                history_from: 0,
+                history: &entries,
+            };
+            st.update_search(id, Some(cp), true, |r| {
+                r.status = SearchStatus::Running;
+                true
+            })
+            .unwrap();
+        }
+        // A running search (a worker writes it) is refused and kept whole.
+        let e = st.remove_search("s").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::SearchUnfinished {
+                    status: SearchStatus::Running,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is running"), "{e}");
+        assert_eq!(st.search_checkpoint("s").unwrap().unwrap().1.len(), 12);
+        st.update_search("s", None, true, |r| {
+            r.status = SearchStatus::Done;
+            true
+        })
+        .unwrap();
+        let gone = st.remove_search("s").unwrap();
+        assert_eq!((gone.id.as_str(), gone.status), ("s", SearchStatus::Done));
+        assert!(matches!(
+            st.remove_search("s"),
+            Err(StoreError::NoSearch(_))
+        ));
+        drop(st);
+        let st = Store::open(state.path()).unwrap();
+        assert_eq!(st.search("s").unwrap(), None);
+        assert_eq!(st.search_checkpoint("s").unwrap(), None);
+        assert_eq!(st.search_history.scan_prefix(b"s/").count(), 0);
+        // The other search ("s2" shares the prefix "s") is untouched.
+        let (head, hist) = st.search_checkpoint("s2").unwrap().unwrap();
+        assert_eq!((head.as_slice(), hist.len()), (&b"head"[..], 12));
+        assert_eq!(st.searches().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn search_status_names_are_their_serialised_names() {
+        for s in [
+            SearchStatus::Queued,
+            SearchStatus::Running,
+            SearchStatus::Done,
+            SearchStatus::Failed,
+            SearchStatus::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

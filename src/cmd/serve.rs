@@ -85,6 +85,11 @@ pub struct SearchesArgs {
     /// Cancel the search ID (its results so far are kept).
     #[arg(long, requires = "id")]
     pub cancel: bool,
+    /// Delete the ended search ID for good (record, checkpoint, history); its record is
+    /// printed a last time (with --json, to export it). A queued or running one is refused:
+    /// --cancel it first.
+    #[arg(long, requires = "id", conflicts_with = "cancel")]
+    pub delete: bool,
     /// List only the searches in this state (queued, running, done, failed, cancelled).
     #[arg(long, conflicts_with = "id")]
     pub status: Option<String>,
@@ -205,6 +210,8 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
     let path = format!("/v1/searches/{}", client::path_segment(id));
     let r = if a.cancel {
         call(&addr, "DELETE", &path, None)?
+    } else if a.delete {
+        call(&addr, "DELETE", &format!("{path}?purge=true"), None)?
     } else {
         call(&addr, "GET", &path, None)?
     };
@@ -227,6 +234,12 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
             .map(|e| format!(" ({e})"))
             .unwrap_or_default()
     )?;
+    if v["deleted"] == true {
+        writeln!(
+            out,
+            "  deleted: its record, checkpoint and history are gone from the store"
+        )?;
+    }
     let ended: Option<aiop::search::EndReason> =
         serde_json::from_value(v["ended_because"].clone()).unwrap_or(None);
     if let Some(e) = ended.filter(|e| *e != aiop::search::EndReason::Budget) {

@@ -376,6 +376,80 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
     );
     let all = d.get("/v1/searches").json();
     assert_eq!(all["searches"].as_array().unwrap().len(), 1, "{all}");
+
+    // Deleting for good: refused while a search runs or is queued, the query checked; a
+    // finished one goes with its checkpoint and history, its record answered a last time, and
+    // stays gone after a restart.
+    let r = d.send(
+        "POST",
+        "/v1/searches",
+        &serde_json::json!({"space": "nb201", "task": "cifar10", "budget": 1_000_000,
+            "population": 16, "sample": 4, "batch": 8, "seed": 6}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let long = r.json()["id"].as_str().unwrap().to_string();
+    let r = d.send(
+        "DELETE",
+        &format!("/v1/searches/{long}?purge=true"),
+        &serde_json::Value::Null,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("cancel it"), "{}", r.text());
+    for (q, what) in [
+        ("purge=yes", "`purge`"),
+        ("purge=true&purge=true", "`purge`"),
+        ("force=1", "`force`"),
+    ] {
+        let r = d.send(
+            "DELETE",
+            &format!("/v1/searches/{id}?{q}"),
+            &serde_json::Value::Null,
+        );
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        assert!(r.text().contains(what), "{q}: {}", r.text());
+    }
+    assert_eq!(d.metrics()["aiop_searches{status=\"done\"}"], 1.0);
+    let r = d.send(
+        "DELETE",
+        &format!("/v1/searches/{id}?purge=true"),
+        &serde_json::Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let last = r.json();
+    assert_eq!(
+        (last["deleted"].as_bool(), last["status"].as_str()),
+        (Some(true), Some("done"))
+    );
+    assert_eq!(last["results"], done["results"]);
+    assert_eq!(d.get(&format!("/v1/searches/{id}")).status, 404);
+    assert_eq!(d.metrics()["aiop_searches{status=\"done\"}"], 0.0);
+    // The long one, cancelled, then deleted through the CLI client.
+    let r = d.send(
+        "DELETE",
+        &format!("/v1/searches/{long}"),
+        &serde_json::Value::Null,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    watch_search(&d, &long, |v| v["status"] == "cancelled");
+    let state = root.path().join("state");
+    let st = state.to_str().unwrap();
+    let out = crate::common::aiop(&["searches", &long, "--delete", "--state", st], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&long) && text.contains("deleted"), "{text}");
+    let out = crate::common::aiop(&["searches", &long, "--delete", "--state", st], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 404"), "{err}");
+    drop(d);
+    let d = Daemon::start(&root.path().join("state"));
+    let all = d.get("/v1/searches").json();
+    assert_eq!(all["total"], 0, "{all}");
+    assert_eq!(d.get(&format!("/v1/searches/{long}")).status, 404);
 }
 
 /// The search spec of the interrupted and the uninterrupted runs.
