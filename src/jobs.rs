@@ -7,7 +7,8 @@
 //! search its `[search]` table asks for is created in the same store transaction, then handed to
 //! the search pool. Invariants: at most `workers` jobs run at once, each on its own
 //! thread, never on an async worker; a job is for one task *version*: a job whose version is no
-//! longer the task's current one, or not queued (a duplicate), is skipped, and a status update for an old version is ignored
+//! longer the task's current one, or not queued (a duplicate), is skipped, one running when a
+//! newer version of its task is submitted stops at its next training step (`superseded`), and a status update for an old version is ignored
 //! by the store, so a slow job never overwrites a newer version's state; transitions are
 //! queued → tuning → ready (with the model version) or failed (with the error); tasks queued when
 //! the pool starts (e.g. before a restart), and tasks left `tuning` by an interrupted job, are
@@ -215,7 +216,7 @@ impl Metrics {
             )?,
         };
         // Every outcome's series from the start, at 0: a dashboard shows "none yet", not "no data".
-        for outcome in ["ready", "failed", "interrupted", "skipped"] {
+        for outcome in ["ready", "failed", "interrupted", "skipped", "superseded"] {
             m.finished.with_label_values(&[outcome]);
         }
         reg.register(Box::new(m.finished.clone()))?;
@@ -229,12 +230,21 @@ impl Metrics {
 
 /// Hands jobs to the pool; cheap to clone (the watcher holds one).
 #[derive(Clone)]
-pub struct Submitter(Sender<Job>);
+pub struct Submitter {
+    tx: Sender<Job>,
+    /// The running jobs: one of an older version of the job's task is told to stop.
+    tuning: Tuning,
+}
 
 impl Submitter {
-    /// Queue a job; false when the pool has stopped.
+    /// Queue a job; false when the pool has stopped. A job running for another version of the
+    /// same task stops at its next training step: the store would ignore what it produced,
+    /// and it would hold a worker the new version waits for.
     pub fn submit(&self, job: Job) -> bool {
-        self.0.send(job).is_ok()
+        if self.tuning.supersede(&job.task, &job.version) {
+            tracing::info!(task = %job.task, version = %job.version, "a new version of the task: the fine-tuning of the old one stops");
+        }
+        self.tx.send(job).is_ok()
     }
 }
 
@@ -253,6 +263,8 @@ struct Running {
     /// At most how many it will take ([`Finetuner::planned_steps`]).
     planned: Option<u64>,
     started: Instant,
+    /// Set when a newer version of the task is submitted: the job stops.
+    superseded: Arc<AtomicBool>,
 }
 
 /// A running job's progress as the API shows it.
@@ -286,19 +298,41 @@ impl Tuning {
         v
     }
 
-    fn start(&self, task: &str, version: &str, planned: Option<u64>) -> Arc<AtomicU64> {
+    /// Register `task`'s job for `version`: the counter of its steps and the flag that
+    /// [`Tuning::supersede`] sets.
+    fn start(
+        &self,
+        task: &str,
+        version: &str,
+        planned: Option<u64>,
+    ) -> (Arc<AtomicU64>, Arc<AtomicBool>) {
         let steps = Arc::new(AtomicU64::new(0));
+        let superseded = Arc::new(AtomicBool::new(false));
         let r = Running {
             version: version.to_string(),
             steps: steps.clone(),
             planned,
             started: Instant::now(),
+            superseded: superseded.clone(),
         };
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(task.to_string(), r);
-        steps
+        (steps, superseded)
+    }
+
+    /// Tell `task`'s running job to stop if it is for a version other than `version`; true
+    /// when one was told.
+    fn supersede(&self, task: &str, version: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(task) {
+            Some(r) if r.version != version => {
+                r.superseded.store(true, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `task`'s job for `version` is over (a job of another version of it, running beside,
@@ -501,7 +535,10 @@ impl Jobs {
     }
 
     pub fn submitter(&self) -> Submitter {
-        Submitter(self.tx.clone().expect("running pool"))
+        Submitter {
+            tx: self.tx.clone().expect("running pool"),
+            tuning: self.tuning.clone(),
+        }
     }
 
     /// Interrupt running jobs (their tasks stay `tuning` and run again at the next start), drop
@@ -587,10 +624,19 @@ fn run_one(
     };
     metrics.running.inc();
     tracing::info!(task = %job.task, version = %job.version, "fine-tuning started");
-    let steps = stopping
-        .tuning
-        .start(&job.task, &job.version, runner.planned_steps(&snapshot));
-    let counting = cancel.counting(steps);
+    let (steps, superseded) =
+        stopping
+            .tuning
+            .start(&job.task, &job.version, runner.planned_steps(&snapshot));
+    // A new version submitted between the claim above and the registration just made found
+    // no job to tell: looked up once more now.
+    if store
+        .task(&job.task)?
+        .is_some_and(|t| t.spec_hash != job.version)
+    {
+        superseded.store(true, Ordering::Relaxed);
+    }
+    let counting = cancel.counting(steps).or(superseded.clone());
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         runner.finetune(&job.task, &snapshot, &counting)
     }))
@@ -621,6 +667,12 @@ fn run_one(
                     }
                 }
             }
+        }
+        Err(e) if superseded.load(Ordering::Relaxed) && !cancel.is_set() => {
+            // Its task moved on: the new version's job (queued) replaces it; its own status
+            // update would be ignored by the store.
+            metrics.finished.with_label_values(&["superseded"]).inc();
+            tracing::info!(task = %job.task, version = %job.version, error = %e, "fine-tuning stopped: a newer version of the task replaces it");
         }
         Err(e) if cancel.is_set() => {
             // Stopped, not failed: the task stays `tuning`, which the next start queues again.
@@ -816,5 +868,94 @@ mod tests {
         let calls = runner.0.lock().unwrap();
         assert_eq!(calls.iter().filter(|(t, _)| t == "good").count(), 1);
         assert!(calls.iter().all(|(_, n)| *n == 2));
+    }
+
+    /// Blocks its first job until it is cancelled (or 20 s pass: then it succeeds, stale);
+    /// the later ones succeed at once.
+    #[derive(Default)]
+    struct Blocker(Mutex<usize>);
+
+    impl Finetuner for Blocker {
+        fn finetune(
+            &self,
+            _task: &str,
+            _snapshot: &serde_json::Value,
+            cancel: &Cancel,
+        ) -> Result<Finetuned, String> {
+            let call = {
+                let mut n = self.0.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            if call == 1 {
+                let end = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < end {
+                    if cancel.is_set() {
+                        return Err("training cancelled".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Ok(Finetuned {
+                model: format!("model-{call}"),
+                meta: serde_json::Value::Null,
+            })
+        }
+    }
+
+    #[test]
+    fn a_new_version_stops_the_fine_tuning_of_the_old_one() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        add(&store, files.path(), "t");
+        let runner = Arc::new(Blocker::default());
+        let reg = Registry::new();
+        // One worker: the new version waits for it.
+        let jobs = Jobs::start(1, store.clone(), runner.clone(), &reg, None).unwrap();
+        let tuning = jobs.tuning();
+        let end = Instant::now() + Duration::from_secs(30);
+        while tuning.get("t").is_none() {
+            assert!(Instant::now() < end, "the first job never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The file changes: a new version, submitted as the watcher does.
+        let t = files.path().join("t.toml");
+        let text = std::fs::read_to_string(&t).unwrap() + "mode = \"zero-shot\"\n";
+        std::fs::write(&t, text).unwrap();
+        let spec = taskfile::load(&t, &Limits::default()).unwrap();
+        let (_, what) = store.record_task(&spec, &t).unwrap();
+        assert_eq!(what, crate::store::Recorded::NewVersion);
+        assert!(jobs.submitter().submit(Job {
+            task: "t".into(),
+            version: spec.hash.clone()
+        }));
+        let started = Instant::now();
+        wait_status(&store, "t", TaskStatus::Ready);
+        let rec = store.task("t").unwrap().unwrap();
+        assert_eq!(
+            (rec.spec_hash.as_str(), rec.model.as_deref()),
+            (spec.hash.as_str(), Some("model-2"))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the old job ran on"
+        );
+        let outcome = |o: &str| {
+            reg.gather()
+                .iter()
+                .find(|f| f.name() == "aiop_jobs_finished_total")
+                .and_then(|f| {
+                    f.get_metric()
+                        .iter()
+                        .find(|m| m.get_label().iter().any(|l| l.value() == o))
+                })
+                .map(|m| m.get_counter().get_value())
+        };
+        assert_eq!(
+            (outcome("superseded"), outcome("ready")),
+            (Some(1.0), Some(1.0))
+        );
+        jobs.stop();
     }
 }

@@ -65,6 +65,8 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Cancel {
     flag: Option<Arc<AtomicBool>>,
+    /// A second reason to stop, for this run alone (its task moved on to a newer version).
+    also: Option<Arc<AtomicBool>>,
     steps: Option<Arc<AtomicU64>>,
 }
 
@@ -73,6 +75,7 @@ impl Cancel {
     pub fn new(flag: Arc<AtomicBool>) -> Cancel {
         Cancel {
             flag: Some(flag),
+            also: None,
             steps: None,
         }
     }
@@ -82,14 +85,25 @@ impl Cancel {
     pub fn counting(&self, steps: Arc<AtomicU64>) -> Cancel {
         Cancel {
             flag: self.flag.clone(),
+            also: self.also.clone(),
             steps: Some(steps),
         }
     }
 
+    /// The same stop request, which `also` being set stops too.
+    pub fn or(&self, also: Arc<AtomicBool>) -> Cancel {
+        Cancel {
+            flag: self.flag.clone(),
+            also: Some(also),
+            steps: self.steps.clone(),
+        }
+    }
+
     pub fn is_set(&self) -> bool {
-        self.flag
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed))
+        [&self.flag, &self.also]
+            .into_iter()
+            .flatten()
+            .any(|f| f.load(Ordering::Relaxed))
     }
 
     /// One optimisation step was taken.
