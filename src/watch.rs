@@ -905,14 +905,32 @@ mod tests {
         // whose new name comes due after the old one: the old name's removal waits for it.
         std::fs::rename(tasks.join("a.toml"), tasks.join("a2.toml")).unwrap();
         assert!(wait_for(source_is("a2.toml")));
-        std::fs::rename(tasks.join("a2.toml"), tasks.join("a2.bak")).unwrap();
-        std::thread::sleep(Duration::from_millis(15));
-        std::fs::rename(tasks.join("a2.bak"), tasks.join("a3.toml")).unwrap();
-        assert!(wait_for(source_is("a3.toml")));
-        std::thread::sleep(Duration::from_millis(900));
-        w.stop();
-        assert_eq!(m.removed.get(), 0, "the task was never retired");
-        assert!(source_is("a3.toml")());
+        // The claim holds for two renames within the debounce; on a machine so loaded that
+        // this thread slept through most of it, the task was rightly retired meanwhile, and
+        // the step is tried again from where it stands.
+        let mut from = "a2.toml".to_string();
+        for attempt in 1.. {
+            let to = format!("a{}.toml", attempt + 2);
+            let removed = m.removed.get();
+            let began = std::time::Instant::now();
+            std::fs::rename(tasks.join(&from), tasks.join("a2.bak")).unwrap();
+            std::thread::sleep(Duration::from_millis(15));
+            std::fs::rename(tasks.join("a2.bak"), tasks.join(&to)).unwrap();
+            let gap = began.elapsed();
+            assert!(wait_for(source_is(&to)));
+            std::thread::sleep(Duration::from_millis(900));
+            if gap < Duration::from_millis(200) {
+                w.stop();
+                assert_eq!(m.removed.get(), removed, "the task was never retired");
+                assert!(source_is(&to)());
+                break;
+            }
+            assert!(
+                attempt < 5,
+                "the two renames took {gap:?} apart {attempt} times"
+            );
+            from = to;
+        }
     }
 
     #[test]
