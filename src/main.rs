@@ -88,10 +88,32 @@ enum BenchCommand {
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap's, and [`cmd::UsageError`]:
 /// an argument that does not fit the input), 65 bad input data (EX_DATAERR: a malformed file
-/// or line), 78 bad configuration (EX_CONFIG). A closed standard output (`aiop status | head`)
-/// is not a failure: see [`broken_pipe`].
+/// or line; also what a daemon refused as such), 69 no daemon answers (EX_UNAVAILABLE), 75 the
+/// daemon is stopping or did not answer in time (EX_TEMPFAIL: try again), 77 the daemon wants
+/// another token (EX_NOPERM), 78 bad configuration (EX_CONFIG). A closed standard output
+/// (`aiop status | head`) is not a failure: see [`broken_pipe`].
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<cmd::serve::Refused>() {
+            return match r.status {
+                400 | 413 | 422 => 65,
+                401 | 403 => 77,
+                503 => 75,
+                _ => 1,
+            };
+        }
+        match cause.downcast_ref::<aiop::client::ClientError>() {
+            Some(aiop::client::ClientError::Timeout { .. }) => return 75,
+            Some(aiop::client::ClientError::Io { error, .. })
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return 69
+            }
+            _ => {}
+        }
         if cause.is::<aiop::config::ConfigError>()
             // The configured base model cannot be loaded: restarting will not fix it either.
             || matches!(

@@ -135,13 +135,25 @@ fn call(
     let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let r = client::request(addr, method, path, &headers, body, Duration::from_secs(30))
         .with_context(|| format!("is aiop serve running at {addr}?"))?;
-    anyhow::ensure!(
-        (200..300).contains(&r.status),
-        "{method} {path}: HTTP {}: {}",
-        r.status,
-        r.text()
-    );
+    if !(200..300).contains(&r.status) {
+        return Err(Refused {
+            request: format!("{method} {path}"),
+            status: r.status,
+            body: r.text(),
+        }
+        .into());
+    }
     Ok(r)
+}
+
+/// The daemon answered a client command with an error status; `main` turns the status into
+/// the exit code (what was sent is bad data, not allowed, or the daemon is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("{request}: HTTP {status}: {body}")]
+pub struct Refused {
+    pub request: String,
+    pub status: u16,
+    pub body: String,
 }
 
 /// `GET /v1/searches` with the filters asked for; `--last N` asks for the total first, then

@@ -736,7 +736,7 @@ fn client_commands_encode_ids_name_a_timeout_and_end_quietly_on_a_closed_pipe() 
     let t0 = Instant::now();
     let o = crate::common::aiop(&["status", "--addr", &addr], "");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(75), "EX_TEMPFAIL: {err}");
     assert!(
         err.contains(&format!(
             "{addr}: timed out after 5 s waiting for the response"
@@ -744,4 +744,30 @@ fn client_commands_encode_ids_name_a_timeout_and_end_quietly_on_a_closed_pipe() 
         "{err}"
     );
     assert!(t0.elapsed() >= Duration::from_secs(5));
+    // Nothing listening: EX_UNAVAILABLE.
+    drop(silent);
+    let o = crate::common::aiop(&["status", "--addr", &addr], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(69), "{err}");
+    assert!(err.contains("is aiop serve running at"), "{err}");
+    // A search spec the daemon refuses (422) is bad data: 65, with the daemon's reason.
+    let spec = root.path().join("bad.json");
+    std::fs::write(
+        &spec,
+        r#"{"space": "nb201", "task": "cifar10", "budget": 0}"#,
+    )
+    .unwrap();
+    let o = crate::common::aiop(&["submit", spec.to_str().unwrap(), "--addr", &d.addr], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(err.contains("HTTP 422") && err.contains("budget"), "{err}");
+    // A daemon that wants a token, asked without one: EX_NOPERM.
+    let guarded = Daemon::start_with(&root.path().join("guarded"), &[("AIOP_TOKEN", "s3cret")]);
+    let o = crate::common::aiop(
+        &["submit", spec.to_str().unwrap(), "--addr", &guarded.addr],
+        "",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(77), "{err}");
+    assert!(err.contains("HTTP 401"), "{err}");
 }
