@@ -519,7 +519,7 @@ struct RawSearch {
     start: Option<Spanned<String>>,
     tolerance: Option<Spanned<f64>>,
     radius: Option<Spanned<i64>>,
-    two_sided: Option<bool>,
+    two_sided: Option<Spanned<bool>>,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -1005,6 +1005,34 @@ fn parse_search(
             "a FLOP-reducing search needs a start network: add search.start".into(),
         ));
     }
+    // What only a FLOP reduction reads is refused for the others, not silently ignored.
+    if algorithm != Algorithm::Flops {
+        let spans = [
+            ("search.start", s.start.as_ref().map(|x| x.span())),
+            ("search.tolerance", s.tolerance.as_ref().map(|x| x.span())),
+            ("search.radius", s.radius.as_ref().map(|x| x.span())),
+            ("search.two_sided", s.two_sided.as_ref().map(|x| x.span())),
+        ];
+        if let Some((field, Some(span))) = spans.into_iter().find(|(_, sp)| sp.is_some()) {
+            let name = match algorithm {
+                Algorithm::Random => "random",
+                _ => "evolution",
+            };
+            return Err(field_err(
+                field,
+                span,
+                format!(
+                    "only a FLOP-reducing search (algorithm = \"flops\") reads it; this one \
+                     is {name}{}",
+                    if s.algorithm.is_none() {
+                        " (the default)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
     if let (TaskSpace::Graph, Some(span)) = (space, s.algorithm.as_ref().map(|a| a.span())) {
         return Err(field_err(
             "search.algorithm",
@@ -1024,7 +1052,7 @@ fn parse_search(
         start,
         tolerance: positive("search.tolerance", &s.tolerance, true)?,
         radius: count("search.radius", &s.radius, 1, i64::MAX)?,
-        two_sided: s.two_sided,
+        two_sided: s.two_sided.map(|x| *x.get_ref()),
     })
 }
 
@@ -1179,6 +1207,9 @@ mod tests {
     const GOOD: &str =
         "name = \"seg\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n";
 
+    /// A start network for the FLOP-reduction tables: the first sample.
+    const START: &str = A[0];
+
     fn err(toml: &str, csv: &str) -> TaskFileError {
         let (_d, t) = setup(toml, csv);
         load(&t, &Limits::default()).unwrap_err()
@@ -1202,13 +1233,13 @@ mod tests {
         assert_eq!(s.snapshot()["samples"].as_array().unwrap().len(), 3);
         // A search table's two_sided reads, and changes the version; unset, the hash is that of
         // a file written before the field existed.
-        let (_d4, t4) = setup(&format!("{GOOD}[search]\ntolerance = 0.5\n"), &good_csv());
+        let flops = format!(
+            "{GOOD}[search]\nalgorithm = \"flops\"\nstart = \"{START}\"\ntolerance = 0.5\n"
+        );
+        let (_d4, t4) = setup(&flops, &good_csv());
         let plain = load(&t4, &Limits::default()).unwrap();
         assert_eq!(plain.search.as_ref().unwrap().two_sided, None);
-        let (_d5, t5) = setup(
-            &format!("{GOOD}[search]\ntolerance = 0.5\ntwo_sided = true\n"),
-            &good_csv(),
-        );
+        let (_d5, t5) = setup(&format!("{flops}two_sided = true\n"), &good_csv());
         let two = load(&t5, &Limits::default()).unwrap();
         assert_eq!(two.search.as_ref().unwrap().two_sided, Some(true));
         assert_ne!(two.hash, plain.hash);
@@ -1261,6 +1292,15 @@ mod tests {
             ("[finetune]\nepochs = \"x\"", 6, "finetune.epochs"),
             ("[search]\ncolour = 1", 6, "search.colour"),
             ("[search]\nalgorithm = \"flops\"", 6, "search.algorithm"),
+            // What only a FLOP reduction reads, given to another algorithm.
+            ("[search]\ntolerance = 0.5", 6, "search.tolerance"),
+            (
+                "[search]\nalgorithm = \"random\"\ntwo_sided = false",
+                7,
+                "search.two_sided",
+            ),
+            ("[search]\nbudget = 9\nradius = 2", 7, "search.radius"),
+            (&format!("[search]\nstart = \"{START}\""), 6, "search.start"),
         ] {
             let e = err(&format!("{GOOD}{table}\n"), &good_csv());
             assert_eq!((e.line(), e.field()), (Some(line), Some(field)), "{e}");
