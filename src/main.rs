@@ -10,7 +10,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// aiop: AIO-P performance prediction and architecture search.
 #[derive(Debug, Parser)]
@@ -128,6 +129,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<cmd::UsageError>() {
             return 2;
         }
+        if let Some(e) = cause.downcast_ref::<aiop::search::SearchError>() {
+            return search_exit_code(e);
+        }
         if cause.is::<aiop::spaces::SpaceError>()
             || cause.is::<aiop::graph::GraphError>()
             || cause.is::<aiop::taskfile::TaskFileError>()
@@ -146,21 +150,54 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 cause.downcast_ref::<aiop::store::StoreError>(),
                 Some(aiop::store::StoreError::Import { line: 1.., .. })
             )
-            || matches!(
-                predictor_error(cause),
-                Some(
-                    aiop::predictor::PredictorError::Data(_)
-                        | aiop::predictor::PredictorError::Space(_)
-                        // A malformed checkpoint file (its sidecar, weights or base.json).
-                        | aiop::predictor::PredictorError::Checkpoint { .. }
-                        | aiop::predictor::PredictorError::Json { .. }
-                )
-            )
+            || cause
+                .downcast_ref::<aiop::predictor::PredictorError>()
+                .is_some_and(is_bad_predictor_data)
         {
             return 65;
         }
     }
     1
+}
+
+/// The exit code of a search's own error (each variant decided here, so a new one must be):
+/// a spec that cannot be searched (invalid, constraints nothing meets, an option its algorithm
+/// does not read) is bad usage, 2; a start network or architecture that is malformed is bad
+/// data, 65; the predictor's error as the predictor's; a failing fitness, 1.
+fn search_exit_code(e: &aiop::search::SearchError) -> u8 {
+    use aiop::search::SearchError;
+    match e {
+        SearchError::Invalid(_)
+        | SearchError::Infeasible { .. }
+        | SearchError::FlopsOnly { .. } => 2,
+        SearchError::Space(_) | SearchError::Graph(_) => 65,
+        SearchError::Predictor(p) if is_bad_predictor_data(p) => 65,
+        SearchError::Predictor(_) | SearchError::Fitness(_) => 1,
+    }
+}
+
+/// Whether the predictor's error is bad input data (65): its data, a space, or a malformed
+/// checkpoint file (its sidecar, weights or base.json).
+fn is_bad_predictor_data(p: &aiop::predictor::PredictorError) -> bool {
+    matches!(
+        p,
+        aiop::predictor::PredictorError::Data(_)
+            | aiop::predictor::PredictorError::Space(_)
+            | aiop::predictor::PredictorError::Checkpoint { .. }
+            | aiop::predictor::PredictorError::Json { .. }
+    )
+}
+
+/// The ids of subcommand `name`'s arguments given on the command line (not defaults): what an
+/// argument struct cannot tell for options with defaults.
+fn given_on_command_line(m: &ArgMatches, name: &str) -> Vec<String> {
+    let Some(sub) = m.subcommand_matches(name) else {
+        return Vec::new();
+    };
+    sub.ids()
+        .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
 }
 
 /// Whether `e` is a write to a closed pipe: the reader (`head`, a pager) has all it wants, so the
@@ -172,16 +209,6 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The predictor's error in `cause`, on its own or carried by a search's.
-fn predictor_error<'a>(
-    cause: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a aiop::predictor::PredictorError> {
-    match cause.downcast_ref::<aiop::search::SearchError>() {
-        Some(aiop::search::SearchError::Predictor(p)) => Some(p),
-        _ => cause.downcast_ref(),
-    }
-}
-
 fn main() -> ExitCode {
     // candle's own pool for large element-wise ops spin-waits on its workers, which stalls
     // everything on a busy machine; the predictor's heavy work runs in rayon (its fused ops), so
@@ -190,11 +217,15 @@ fn main() -> ExitCode {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Spaces(a) => cmd::graph::spaces(a),
         Command::Graph(a) => cmd::graph::graph(a),
-        Command::Search(a) => cmd::search::search(a),
+        Command::Search(a) => cmd::search::search(cmd::search::SearchArgs {
+            given: given_on_command_line(&matches, "search"),
+            ..a
+        }),
         Command::Export(a) => cmd::search::export(a),
         Command::Experiment(ExperimentCommand::Search(a)) => cmd::experiment::experiment(a),
         Command::Experiment(ExperimentCommand::Flops(a)) => cmd::experiment::flops_experiment(a),
@@ -220,6 +251,68 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("aiop: {}", cmd::error_message(&e));
             ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flop_reduction_option_is_an_argument_of_aiop_search() {
+        // `refuse_flops_options` asks about them by these ids: a name that is no argument's id
+        // would never be refused.
+        let cli = Cli::command();
+        let search = cli.find_subcommand("search").unwrap();
+        for o in aiop::search::Algorithm::FLOPS_ONLY {
+            assert!(
+                search.get_arguments().any(|a| a.get_id() == o),
+                "{o} is not an argument of aiop search"
+            );
+        }
+        let m = Cli::command()
+            .try_get_matches_from(["aiop", "search", "--tolerance", "1", "--budget", "5"])
+            .unwrap();
+        let given = given_on_command_line(&m, "search");
+        assert!(given.contains(&"tolerance".to_string()), "{given:?}");
+        assert!(given.contains(&"budget".to_string()), "{given:?}");
+        assert!(!given.contains(&"two_sided".to_string()), "{given:?}");
+        assert!(
+            !given.contains(&"top".to_string()),
+            "a default is not given: {given:?}"
+        );
+    }
+
+    #[test]
+    fn search_errors_map_to_usage_or_data_exit_codes() {
+        use aiop::search::{Algorithm, SearchError};
+        let space = aiop::spaces::SpaceId::from_name("nb999").unwrap_err();
+        let graph = aiop::graph::json::from_json("{").unwrap_err();
+        for (e, code) in [
+            (SearchError::Invalid("budget".into()), 2),
+            (
+                SearchError::Infeasible {
+                    tries: 1,
+                    constraints: "max_mflops 1".into(),
+                },
+                2,
+            ),
+            (
+                SearchError::FlopsOnly {
+                    option: "radius",
+                    algorithm: Algorithm::Random,
+                },
+                2,
+            ),
+            (SearchError::Space(space), 65),
+            (SearchError::Graph(graph), 65),
+            (SearchError::Fitness("down".into()), 1),
+        ] {
+            assert_eq!(search_exit_code(&e), code, "{e}");
+            // Through anyhow, with context, as commands return them.
+            let any = anyhow::Error::from(e).context("searching");
+            assert_eq!(exit_code(&any), code, "{any:#}");
         }
     }
 }

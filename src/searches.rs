@@ -888,6 +888,12 @@ fn resolve(store: &Store, req: &SearchRequest, origin: &str) -> Result<StoredSpe
         }
     };
     let spec = build_spec(req, space, head, higher_is_better)?;
+    // A submission only (a stored spec is never resolved again, and a task file's table goes
+    // through `resolve_with`): a field the search would ignore is refused, naming it.
+    let given = serde_json::to_value(req).expect("requests serialise");
+    spec.algorithm
+        .refuse_flops_options(|field| given.get(field).is_some())
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(StoredSpec {
         request: req.clone(),
         search: spec,
@@ -1059,14 +1065,6 @@ fn build_spec(
         top_k: req.top_k.unwrap_or(d.top_k),
         cache: true,
     };
-    for (k, v) in [
-        ("max_mflops", spec.max_mflops),
-        ("max_mparams", spec.max_mparams),
-    ] {
-        if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-            return Err(invalid(format!("{k} must be a positive number")));
-        }
-    }
     if spec.budget > MAX_BUDGET {
         return Err(invalid(format!("budget is over {MAX_BUDGET} evaluations")));
     }

@@ -32,8 +32,8 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct GraphArgs {
     /// Search space: nb201, tnb101_micro, tnb101_macro, nb101, darts.
-    #[arg(long, required_unless_present = "file")]
-    pub space: Option<String>,
+    #[arg(long, required_unless_present = "file", value_parser = super::space_parser())]
+    pub space: Option<SpaceId>,
     /// Task whose network (head) to build, e.g. cifar10, segmentsemantic.
     #[arg(long, required_unless_present = "file")]
     pub task: Option<String>,
@@ -148,7 +148,7 @@ pub fn graph(a: GraphArgs) -> anyhow::Result<()> {
         emit(&mut out, &g, None, Some(&path.display().to_string()), &a)?;
         return Ok(out.flush()?);
     }
-    let space = SpaceId::from_name(a.space.as_deref().unwrap_or_default())?;
+    let space = a.space.expect("clap requires --space without --file");
     let task = space.task(a.task.as_deref().unwrap_or_default())?;
     if let Some(s) = &a.arch {
         let arch = Arch::parse(space, s)?;

@@ -24,6 +24,37 @@ pub struct DataError(pub String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// clap's parser of a `--space` name: its possible values are [`aiop::spaces::SpaceId::ALL`]'s
+/// names, so a typo is a usage error (2) that lists them.
+pub fn space_parser() -> impl clap::builder::TypedValueParser<Value = aiop::spaces::SpaceId> {
+    use aiop::spaces::SpaceId;
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(SpaceId::ALL.map(SpaceId::name))
+        .map(|s| SpaceId::from_name(&s).expect("a possible value is a space's name"))
+}
+
+/// Check that `path`, the destination of `option`, can be written, before any work is done
+/// for it (a [`UsageError`] naming both otherwise). An existing file is opened for writing and
+/// left as it is; a missing one is created and removed again.
+pub fn check_writable(path: &std::path::Path, option: &str) -> Result<(), UsageError> {
+    let fail = |why: String| UsageError(format!("{option} {}: {why}", path.display()));
+    if path.is_dir() {
+        return Err(fail("is a folder".into()));
+    }
+    let existed = path.symlink_metadata().is_ok();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| fail(format!("cannot be written: {e}")))?;
+    if !existed {
+        // Nothing is left behind should the command fail before it writes.
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// Context of an error already written to the log (`aiop serve` with `log_format = "json"`,
 /// whose every line must be a JSON object): `main` maps it to its exit code without printing
 /// it again as text.
@@ -73,6 +104,27 @@ pub fn numbered_lines(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_destination_is_checked_without_being_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.json");
+        super::check_writable(&new, "--json").unwrap();
+        assert!(!new.exists(), "a missing file is not left behind");
+        let old = dir.path().join("old.json");
+        std::fs::write(&old, "keep").unwrap();
+        super::check_writable(&old, "--json").unwrap();
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "keep");
+        for bad in [dir.path().to_path_buf(), dir.path().join("no/such/x.json")] {
+            let e = super::check_writable(&bad, "--graph")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("--graph {}: ", bad.display())),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn error_message_says_each_cause_once() {
         #[derive(Debug, thiserror::Error)]

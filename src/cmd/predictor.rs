@@ -62,8 +62,8 @@ pub struct PretrainArgs {
 #[derive(Debug, Args)]
 pub struct PredictArgs {
     /// Search space of the architectures on stdin (with --task; not with --tuned).
-    #[arg(long, requires = "task", conflicts_with = "tuned")]
-    pub space: Option<String>,
+    #[arg(long, requires = "task", conflicts_with = "tuned", value_parser = super::space_parser())]
+    pub space: Option<SpaceId>,
     /// Benchmark task to predict (the model needs label statistics for space/task).
     #[arg(long, requires = "space", conflicts_with = "tuned")]
     pub task: Option<String>,
@@ -380,7 +380,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             (Predictor::Tuned(Box::new(m)), sh)
         }
         (None, Some(space), Some(task)) => {
-            let space = SpaceId::from_name(space)?;
+            let space = *space;
             let task = space.task(task)?;
             let key = TaskKey::new(space, task);
             let t = load_base(a.model.as_deref(), &device)?;

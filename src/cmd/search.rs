@@ -28,8 +28,8 @@ pub enum FitnessKind {
 #[derive(Debug, Args)]
 pub struct SearchArgs {
     /// Search space (not needed to reduce a free graph given with --start-graph).
-    #[arg(long)]
-    pub space: Option<String>,
+    #[arg(long, value_parser = super::space_parser())]
+    pub space: Option<SpaceId>,
     /// Task whose network head is built.
     #[arg(long)]
     pub task: Option<String>,
@@ -72,9 +72,9 @@ pub struct SearchArgs {
     /// FLOP reduction: start network in the graph format.
     #[arg(long)]
     pub start_graph: Option<PathBuf>,
-    /// FLOP reduction: largest score drop allowed (task units).
-    #[arg(long, default_value_t = 0.5)]
-    pub tolerance: f64,
+    /// FLOP reduction: largest score drop allowed (task units) [default: 0.5].
+    #[arg(long)]
+    pub tolerance: Option<f64>,
     /// FLOP reduction: the start's measured value (task units), when you have it; the
     /// tolerance is then measured from it rather than from the start's predicted score, which a
     /// predictor fitted to few labels pulls towards their mean (BENCHMARKS.md).
@@ -86,13 +86,14 @@ pub struct SearchArgs {
     pub radius: Option<usize>,
     /// FLOP reduction: keep the predicted score within the tolerance on both sides of the
     /// reference (a cheaper network predicted far above a good start is the predictor
-    /// extrapolating).
-    #[arg(long, default_value_t = SearchSpec::default().two_sided, action = clap::ArgAction::Set)]
-    pub two_sided: bool,
+    /// extrapolating) [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub two_sided: Option<bool>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Results to keep (single objective).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub top: usize,
     /// Write the results here as JSON.
     #[arg(long)]
@@ -100,6 +101,10 @@ pub struct SearchArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// The ids of the arguments given on the command line (not defaults), filled in by
+    /// `main` from clap's matches: what [`Algorithm::refuse_flops_options`] is asked about.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -118,26 +123,20 @@ pub struct ResultsFile {
     pub results: Vec<ResultRow>,
 }
 
-/// The spec `a` asks for; `sign` is the fitness's (−1 for a lower-is-better task model: the
-/// search maximises, so a reference in task units changes sign too).
-fn spec_from(a: &SearchArgs, sign: f64) -> anyhow::Result<SearchSpec> {
-    let space = a.space.as_deref().map(SpaceId::from_name).transpose()?;
-    let task: Option<Task> = match (space, a.task.as_deref()) {
+/// The spec `a` asks for, from the start network parsed up front (`start`); `sign` is the
+/// fitness's (−1 for a lower-is-better task model: the search maximises, so a reference in task
+/// units changes sign too).
+fn spec_from(a: &SearchArgs, start: Option<Start>, sign: f64) -> anyhow::Result<SearchSpec> {
+    let task: Option<Task> = match (a.space, a.task.as_deref()) {
         (Some(s), Some(t)) => Some(s.task(t)?),
         (None, Some(t)) => {
             Some(Task::from_name(t).ok_or_else(|| anyhow::anyhow!("unknown task '{t}'"))?)
         }
         _ => None,
     };
-    let start = match (&a.start, &a.start_graph) {
-        (Some(s), _) => Some(Start::Arch(s.clone())),
-        (None, Some(p)) => Some(Start::Graph(
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )),
-        _ => None,
-    };
+    let d = SearchSpec::default();
     Ok(SearchSpec {
-        space,
+        space: a.space,
         task,
         algorithm: a.algorithm,
         budget: a.budget,
@@ -149,13 +148,55 @@ fn spec_from(a: &SearchArgs, sign: f64) -> anyhow::Result<SearchSpec> {
         multi_objective: a.multi_objective,
         seed: a.seed,
         start,
-        tolerance: a.tolerance,
+        tolerance: a.tolerance.unwrap_or(d.tolerance),
         reference: a.reference.map(|v| v * sign),
         radius: a.radius,
-        two_sided: a.two_sided,
+        two_sided: a.two_sided.unwrap_or(d.two_sided),
         top_k: a.top,
-        ..SearchSpec::default()
+        ..d
     })
+}
+
+/// Refuse the options of a FLOP reduction given to evolution or random search, naming the
+/// first as the command line spells it.
+fn refuse_flops_options(a: &SearchArgs) -> Result<(), UsageError> {
+    match a
+        .algorithm
+        .refuse_flops_options(|id| a.given.iter().any(|g| g == id))
+    {
+        Err(search::SearchError::FlopsOnly { option, algorithm }) => Err(UsageError(format!(
+            "--{}: only a FLOP reduction (--algorithm flops) reads it, not {algorithm}",
+            option.replace('_', "-")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The start graph of `--start-graph`, read and checked before any work; errors name the file
+/// (a malformed one is bad data: 65).
+fn start_graph(a: &SearchArgs) -> anyhow::Result<Option<Start>> {
+    let Some(p) = &a.start_graph else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    json::from_json(&text).with_context(|| format!("--start-graph {}", p.display()))?;
+    Ok(Some(Start::Graph(text)))
+}
+
+/// The start of `--start` as the canonical string of an architecture of the space (known once
+/// a task model has given it), or the graph already read; a malformed architecture is bad
+/// data (65), named.
+fn start_from(a: &SearchArgs, graph: Option<Start>) -> anyhow::Result<Option<Start>> {
+    let Some(s) = &a.start else {
+        return Ok(graph);
+    };
+    let Some(space) = a.space else {
+        return Err(
+            UsageError("--start is an architecture string: give --space too".into()).into(),
+        );
+    };
+    let arch = Arch::parse(space, s).with_context(|| format!("--start '{s}'"))?;
+    Ok(Some(Start::Arch(arch.to_string())))
 }
 
 /// A task model (fine-tuned by `aiop finetune` or the daemon) as a search fitness: its
@@ -205,7 +246,7 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
     let dir = aiop::tuned::latest(&a.state.join(aiop::serve::MODELS_DIR), name)?;
     let model = aiop::tuned::TaskModel::load(&dir, &aiop::predictor::default_device())?;
     if let TaskSpace::Builtin { space, head } = model.meta.space {
-        let given_space = a.space.as_deref().map(SpaceId::from_name).transpose()?;
+        let given_space = a.space;
         let given_task = a
             .task
             .as_deref()
@@ -219,22 +260,32 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
                 head.name()
             );
         }
-        a.space = Some(space.name().to_string());
+        a.space = Some(space);
         a.task = Some(head.name().to_string());
     }
     Ok(TunedFitness::new(model))
 }
 
 pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
+    // Everything the arguments alone can tell is checked before any work.
+    refuse_flops_options(&a)?;
+    if let Some(p) = &a.json {
+        super::check_writable(p, "--json")?;
+    }
+    let graph = start_graph(&a)?;
     let tuned = match a.tuned.clone() {
         Some(name) => Some(tuned_fitness(&mut a, &name)?),
         None => None,
     };
+    let start = start_from(&a, graph)?;
     // Scores back to the task's units (the search maximises sign × prediction).
     let sign = tuned.as_ref().map_or(1.0, |t| t.sign);
-    let spec = spec_from(&a, sign)?;
+    let spec = spec_from(&a, start, sign)?;
     let mut state = SearchState::new(spec.clone())?;
     let (space, task) = (spec.space, spec.task);
+    // A task model's labels are the user's own: a benchmark table's label of the same network
+    // measures another task and is no truth for it (the daemon's records leave it out too).
+    let benchmark = tuned.is_none();
     let mut fitness: Box<dyn Fitness> = match (tuned, a.fitness) {
         (Some(t), _) => Box::new(t),
         (None, FitnessKind::Oracle) => {
@@ -272,7 +323,9 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
     for r in &mut results {
         r.predicted *= sign;
     }
-    fill_oracle(&mut results, space, task);
+    if benchmark {
+        fill_oracle(&mut results, space, task);
+    }
     let file = ResultsFile {
         spec,
         evaluations: state.evaluations,
@@ -410,6 +463,9 @@ fn read_results(text: &str, so_far: bool) -> anyhow::Result<(SearchSpec, Vec<Res
 }
 
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.graph {
+        super::check_writable(p, "--graph")?;
+    }
     let text = std::fs::read_to_string(&a.results)
         .with_context(|| format!("reading {}", a.results.display()))?;
     let (spec, results) =

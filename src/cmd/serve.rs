@@ -232,6 +232,9 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
         writeln!(out, "{v}")?;
         return Ok(());
     }
+    if a.cancel {
+        writeln!(out, "cancel accepted: {}", cancel_outcome(&v))?;
+    }
     writeln!(
         out,
         "{} ({}): {}, {} of {} evaluations, generation {}{}",
@@ -277,6 +280,23 @@ pub fn searches(a: SearchesArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What a cancellation the daemon accepted does, by the state of the search it answered with
+/// (`DELETE /v1/searches/{id}` is idempotent: the same answer for a search cancelled before).
+fn cancel_outcome(v: &serde_json::Value) -> String {
+    let id = v["id"].as_str().unwrap_or("?");
+    match v["status"].as_str().unwrap_or("?") {
+        "running" => format!(
+            "{id} is running; it stops after its current generation and keeps its results so far"
+        ),
+        "queued" => format!("{id} is queued; it is cancelled before it starts"),
+        "cancelled" => format!("{id} is cancelled; its results so far are kept"),
+        s @ ("done" | "failed") => {
+            format!("{id} had already ended ({s}); nothing to cancel, its record stays as it is")
+        }
+        s => format!("{id} is {s}"),
+    }
 }
 
 pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {

@@ -55,6 +55,14 @@ pub enum SearchError {
     Predictor(crate::predictor::PredictorError),
     #[error("invalid search: {0}")]
     Invalid(String),
-    #[error("no candidate satisfies the constraints after {0} tries")]
-    Infeasible(usize),
+    /// No network drawn satisfies the constraints (they are too tight for the space).
+    #[error("no candidate satisfies the constraints ({constraints}) after {tries} tries")]
+    Infeasible { tries: usize, constraints: String },
+    /// An option only a FLOP reduction reads, given to another algorithm
+    /// ([`Algorithm::refuse_flops_options`]).
+    #[error("{option}: only a FLOP reduction (algorithm flops) reads it, not {algorithm}")]
+    FlopsOnly {
+        option: &'static str,
+        algorithm: Algorithm,
+    },
 }

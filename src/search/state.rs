@@ -45,6 +45,53 @@ impl std::str::FromStr for Algorithm {
     }
 }
 
+impl Algorithm {
+    /// The options only a FLOP reduction reads, by their names in a search request (`aiop
+    /// search` spells them with `-` for `_`): the one list the command line and the daemon's
+    /// API both refuse for evolution and random search.
+    pub const FLOPS_ONLY: [&'static str; 6] = [
+        "start",
+        "start_graph",
+        "tolerance",
+        "reference",
+        "radius",
+        "two_sided",
+    ];
+
+    /// The algorithm's name, as `from_str` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Evolution => "evolution",
+            Algorithm::Random => "random",
+            Algorithm::Flops => "flops",
+        }
+    }
+
+    /// Refuse an option of [`Algorithm::FLOPS_ONLY`] given to another algorithm (it would be
+    /// ignored without a word): `given` says whether the option of that name was given; the
+    /// error names the first that was. For submissions only: a spec stored before this check
+    /// existed still loads and resumes ([`SearchSpec::validate`] does not refuse them, and a
+    /// spec cannot tell a default from a given value).
+    pub fn refuse_flops_options(self, given: impl Fn(&str) -> bool) -> Result<(), SearchError> {
+        if self == Algorithm::Flops {
+            return Ok(());
+        }
+        match Algorithm::FLOPS_ONLY.into_iter().find(|o| given(o)) {
+            Some(option) => Err(SearchError::FlopsOnly {
+                option,
+                algorithm: self,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a FLOP-reducing search starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,8 +191,20 @@ impl SearchSpec {
     /// Check the spec is complete and sensible.
     pub fn validate(&self) -> Result<(), SearchError> {
         let bad = |m: &str| Err(SearchError::Invalid(m.to_string()));
-        if self.budget == 0 || self.batch == 0 {
-            return bad("budget and batch must be positive");
+        if self.budget == 0 {
+            return bad("budget must be at least 1 evaluation");
+        }
+        if self.batch == 0 {
+            return bad("batch must be at least 1 candidate per generation");
+        }
+        for (name, limit) in [
+            ("max_mflops", self.max_mflops),
+            ("max_mparams", self.max_mparams),
+        ] {
+            // NaN admits nothing, infinity everything, zero or less nothing: all are mistakes.
+            if limit.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return bad(&format!("{name} must be a positive number"));
+            }
         }
         match self.algorithm {
             Algorithm::Evolution | Algorithm::Random => {
@@ -181,6 +240,22 @@ impl SearchSpec {
             return bad("reference must be a finite number");
         }
         Ok(())
+    }
+
+    /// The constraints, for people: `max_mflops 20, max_mparams 1.5` (`none` without any).
+    pub fn constraints(&self) -> String {
+        let parts: Vec<String> = [
+            ("max_mflops", self.max_mflops),
+            ("max_mparams", self.max_mparams),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| format!("{name} {v}")))
+        .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
@@ -402,7 +477,10 @@ impl SearchState {
                 return Ok(b);
             }
         }
-        Err(SearchError::Infeasible(MAX_TRIES))
+        Err(SearchError::Infeasible {
+            tries: MAX_TRIES,
+            constraints: self.spec.constraints(),
+        })
     }
 
     /// A random feasible neighbour of history entry `parent`, if any.
@@ -751,11 +829,44 @@ impl SearchState {
             .collect()
     }
 
-    /// The best score so far (single objective), if any candidate was evaluated.
+    /// The search's best result so far, the one definition of it (the daemon's record and
+    /// `aiop_search_best_score`, the command line's progress bar and experiments all read
+    /// this): for evolution and random search the highest score (ties: the earliest found, and
+    /// in multi-objective mode the cheaper first), which is the first entry of a ranking's
+    /// [`SearchState::results`] and the last of a front's; for a FLOP reduction the cheapest
+    /// network within the tolerance (ties: the higher score, then the earliest), or the start
+    /// when none is, which is the first entry of its results. `None` before any evaluation.
+    /// One pass over the history, no sort: it is read after every generation.
     pub fn best(&self) -> Option<&Evaluated> {
-        self.history
-            .iter()
-            .max_by(|a, b| a.score.total_cmp(&b.score))
+        let h = &self.history;
+        let better = |i: usize, j: usize| -> bool {
+            let (a, b) = (&h[i], &h[j]);
+            let order = match self.spec.algorithm {
+                Algorithm::Flops => b
+                    .mflops
+                    .total_cmp(&a.mflops)
+                    .then(a.score.total_cmp(&b.score)),
+                _ if self.spec.multi_objective => a
+                    .score
+                    .total_cmp(&b.score)
+                    .then(b.mflops.total_cmp(&a.mflops)),
+                _ => a.score.total_cmp(&b.score),
+            };
+            // Strictly better only: on a tie the earlier entry stays.
+            order == std::cmp::Ordering::Greater
+        };
+        let eligible = |i: usize| {
+            self.spec.algorithm != Algorithm::Flops
+                || Some(i) == self.start
+                || self.within_tolerance(h[i].score)
+        };
+        let mut best: Option<usize> = None;
+        for i in (0..h.len()).filter(|&i| eligible(i)) {
+            if best.is_none_or(|b| better(i, b)) {
+                best = Some(i);
+            }
+        }
+        best.map(|i| &h[i])
     }
 }
 
@@ -1164,6 +1275,139 @@ mod tests {
             "networks above the band were seen, and left out"
         );
         assert!(two.iter().any(|r| r.mflops < st.mflops), "{two:?}");
+    }
+
+    #[test]
+    fn a_reduction_s_best_is_its_cheapest_network_within_the_tolerance() {
+        // A poor start: cheaper networks one or two moves away score far above it, so the
+        // highest score seen is outside the two-sided band and is not the reduction's best.
+        let start = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_3x3~2|";
+        let s = reduce_on_table(start, 300, |_| {});
+        let st = s.history[s.start.unwrap()].clone();
+        let best = s.best().unwrap();
+        let r = s.results();
+        assert_eq!(best.hash, r[0].hash);
+        assert!(
+            best.mflops < st.mflops,
+            "a cheaper network is within the band"
+        );
+        assert!((best.score - st.score).abs() <= 0.5);
+        let cheapest = s
+            .history
+            .iter()
+            .filter(|e| (e.score - st.score).abs() <= 0.5)
+            .map(|e| e.mflops)
+            .fold(f64::MAX, f64::min);
+        assert_eq!(best.mflops, cheapest);
+        let top = s.history.iter().map(|e| e.score).fold(f64::MIN, f64::max);
+        assert!(top > best.score, "the highest score is not the best here");
+        // None within the tolerance (a measured value far above every score): the start.
+        let s = reduce_on_table(start, 300, |sp| sp.reference = Some(st.score + 100.0));
+        assert!(s.history.len() > 1);
+        assert_eq!(s.best().unwrap().hash, st.hash);
+        assert_eq!(s.results()[0].hash, st.hash);
+        // Evolution: the highest score, the first of the ranking (ties: the earliest), and the
+        // last of a multi-objective front.
+        for multi_objective in [false, true] {
+            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+            let mut e = SearchState::new(SearchSpec {
+                multi_objective,
+                ..spec(Algorithm::Evolution)
+            })
+            .unwrap();
+            run(&mut e, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
+            let r = e.results();
+            let want = if multi_objective { r.last() } else { r.first() };
+            assert_eq!(e.best().unwrap().hash, want.unwrap().hash);
+        }
+        // Before anything is evaluated there is none.
+        assert!(SearchState::new(spec(Algorithm::Random))
+            .unwrap()
+            .best()
+            .is_none());
+    }
+
+    #[test]
+    fn constraints_that_admit_nothing_or_everything_are_refused_by_name() {
+        for (mflops, mparams, name) in [
+            (Some(f64::NAN), None, "max_mflops"),
+            (Some(f64::INFINITY), None, "max_mflops"),
+            (Some(0.0), None, "max_mflops"),
+            (None, Some(-1.0), "max_mparams"),
+            (None, Some(f64::NAN), "max_mparams"),
+        ] {
+            let e = SearchState::new(SearchSpec {
+                max_mflops: mflops,
+                max_mparams: mparams,
+                ..spec(Algorithm::Evolution)
+            })
+            .unwrap_err();
+            assert!(matches!(e, SearchError::Invalid(_)), "{e}");
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        // Zero budget and zero batch are told apart.
+        let e = |sp: SearchSpec| SearchState::new(sp).unwrap_err().to_string();
+        let budget = e(SearchSpec {
+            budget: 0,
+            ..spec(Algorithm::Random)
+        });
+        let batch = e(SearchSpec {
+            batch: 0,
+            ..spec(Algorithm::Random)
+        });
+        assert!(
+            budget.contains("budget") && !budget.contains("batch"),
+            "{budget}"
+        );
+        assert!(
+            batch.contains("batch") && !batch.contains("budget"),
+            "{batch}"
+        );
+        // Positive but too tight: the search says which constraints it could not meet.
+        let mut s = SearchState::new(SearchSpec {
+            max_mflops: Some(0.001),
+            ..spec(Algorithm::Random)
+        })
+        .unwrap();
+        let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+        let e = step(&mut s, &mut fit).unwrap_err();
+        assert!(
+            matches!(&e, SearchError::Infeasible { tries: MAX_TRIES, constraints }
+                if constraints == "max_mflops 0.001"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("(max_mflops 0.001)"), "{e}");
+    }
+
+    #[test]
+    fn flop_reduction_options_are_refused_for_other_algorithms_at_submission_only() {
+        let given = |names: &'static [&'static str]| move |o: &str| names.contains(&o);
+        for alg in [Algorithm::Evolution, Algorithm::Random] {
+            assert!(alg.refuse_flops_options(given(&[])).is_ok());
+            let e = alg
+                .refuse_flops_options(given(&["radius", "tolerance"]))
+                .unwrap_err();
+            // The first of the list that is given, and the algorithm.
+            assert!(
+                matches!(e, SearchError::FlopsOnly { option: "tolerance", algorithm } if algorithm == alg),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(alg.name()), "{e}");
+            for o in Algorithm::FLOPS_ONLY {
+                assert!(alg.refuse_flops_options(|x| x == o).is_err(), "{o}");
+            }
+        }
+        assert!(Algorithm::Flops.refuse_flops_options(|_| true).is_ok());
+        // A spec stored with such options before the check existed still starts (resumes).
+        let stored = SearchSpec {
+            start: Some(Start::Arch(
+                "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_3x3~2|".into(),
+            )),
+            tolerance: 2.0,
+            radius: Some(3),
+            ..spec(Algorithm::Evolution)
+        };
+        assert!(SearchState::new(stored).is_ok());
     }
 
     #[test]

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # A search that exhausts NB-201 in a fresh `aiop serve` (base model, CIFAR-10, budget 200,000:
 # it stops as stalled near 15,600 networks): wall time from submission to done, and the store's
-# size on disk (BENCHMARKS.md, throughput of evolution). Each run prints its record's
+# size on disk (BENCHMARKS.md, throughput of evolution). A smaller BUDGET measures the store's
+# growth per evaluation (docs/daemon.md, Footprint): each run also prints the store per
+# evaluation (KB = 1000 bytes, the empty store's share included; compare two budgets for the
+# growth alone). Each run prints its record's
 # evaluations, generations, why it ended and a digest of its results. The daemon's settings
 # come from the environment (AIOP_CHECKPOINT_INTERVAL_MS=0: a checkpoint every generation), never
 # from a config/aiop.toml (it runs in a temporary folder).
-# Usage: tests/bench/daemon_search.sh [BINARY] [RUNS]
+# Usage: tests/bench/daemon_search.sh [BINARY] [RUNS] [BUDGET]
 set -euo pipefail
 . "$(dirname "$0")/serve.sh"
 bin=$(realpath "${1:-target/release/aiop}")
 runs=${2:-3}
+budget=${3:-200000}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-echo '{"task": "cifar10", "space": "nb201", "budget": 200000, "seed": 0}' > "$dir/body.json"
+echo "{\"task\": \"cifar10\", \"space\": \"nb201\", \"budget\": $budget, \"seed\": 0}" > "$dir/body.json"
 for i in $(seq 1 "$runs"); do
   state="$dir/state$i"
   mkdir -p "$state/tasks"
@@ -27,5 +31,8 @@ for i in $(seq 1 "$runs"); do
   kill -TERM "$pid"
   wait "$pid"
   rec=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); import hashlib; print(r["status"], "evaluations", r["evaluations"], "generations", r["generation"], "ended_because", r["ended_because"], "results", hashlib.sha256(json.dumps(r["results"], sort_keys=True).encode()).hexdigest()[:12])' "$dir/rec.json")
-  echo "run $i: $(echo "$t1 - $t0" | bc) s, store $(du -sk "$state/db" | cut -f1) KiB, $rec"
+  store=$(du -sk "$state/db" | cut -f1)
+  evals=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["evaluations"])' "$dir/rec.json")
+  per=$(python3 -c 'import sys; print(f"{int(sys.argv[1]) * 1.024 / max(int(sys.argv[2]), 1):.2f}")' "$store" "$evals")
+  echo "run $i: $(echo "$t1 - $t0" | bc) s, store $store KiB ($per KB/evaluation), $rec"
 done

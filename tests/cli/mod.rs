@@ -118,8 +118,17 @@ fn bad_input_names_the_line_and_what_was_expected() {
         ],
         "",
     );
-    assert_eq!(o.status.code(), Some(65));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown space 'nb999'"));
+    // An unknown space is a usage error listing the spaces (in predict too).
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'nb999'") && err.contains("tnb101_macro"),
+        "{err}"
+    );
+    let o = aiop(&["predict", "--space", "nb999", "--task", "cifar10"], "");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("'nb999'") && err.contains("darts"), "{err}");
     let o = aiop(
         &["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A],
         "",
@@ -419,12 +428,25 @@ fn search_with_a_task_model_scores_as_predict_does() {
     let mut args = vec!["search", "--tuned", "c10", "--state", st, "--seed", "1"];
     args.extend(small);
     args.extend(["--json", r, "--quiet"]);
-    aiop_ok(&args, "");
+    let printed = String::from_utf8(aiop_ok(&args, "")).unwrap();
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
     assert_eq!(file["spec"]["space"], "nb201");
     assert_eq!(file["spec"]["task"], "cifar10");
     let results = file["results"].as_array().unwrap();
     assert_eq!(results.len(), 10);
+    // The task is the user's: the benchmark's labels of the same networks (another task's)
+    // are no oracle for it, in the file or on the screen.
+    assert!(results.iter().all(|r| r["oracle"].is_null()), "{file}");
+    assert_eq!(printed.lines().count(), 10, "{printed}");
+    for l in printed.lines() {
+        let oracle = l
+            .split(" oracle ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next();
+        assert_eq!(oracle, Some("-"), "{l}");
+    }
     let archs: Vec<&str> = results
         .iter()
         .map(|r| r["arch"].as_str().unwrap())
@@ -557,4 +579,124 @@ fn predictor_commands_refuse_bad_settings_by_name_before_any_work() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("stdin line 1") && e.contains('…'), "{e}");
     assert!(e.len() < 1000, "{} bytes: {e}", e.len());
+}
+
+#[test]
+fn search_and_export_refuse_bad_arguments_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "search --space nb201 --task cifar10 --fitness oracle";
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.split(' ').collect();
+        if !extra.contains(&"--budget") {
+            args.extend(["--budget", "16"]);
+        }
+        args.push("--quiet");
+        args.extend(extra);
+        let o = aiop(&args, "");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), err, o.stdout)
+    };
+    let bad_graph = dir.path().join("bad-start.json");
+    std::fs::write(&bad_graph, "{\"format\": \"aiop-graph\"").unwrap();
+    let bad_graph = bad_graph.to_str().unwrap();
+    let no_dir = dir.path().join("no/such/folder/r.json");
+    let no_dir = no_dir.to_str().unwrap();
+    for (extra, code, says) in [
+        // Options only a FLOP reduction reads (usage: 2), named as the command line spells them.
+        (
+            &["--tolerance", "1"][..],
+            2,
+            "--tolerance: only a FLOP reduction",
+        ),
+        (
+            &["--two-sided", "false"],
+            2,
+            "--two-sided: only a FLOP reduction",
+        ),
+        (
+            &["--algorithm", "random", "--radius", "2"],
+            2,
+            "--radius: only a FLOP reduction",
+        ),
+        (
+            &["--start-graph", bad_graph],
+            2,
+            "--start-graph: only a FLOP reduction",
+        ),
+        // A spec that cannot be searched is bad usage, each reason its own.
+        (&["--budget", "0"], 2, "budget must be at least 1"),
+        (&["--batch", "0"], 2, "batch must be at least 1"),
+        (
+            &["--max-mflops", "NaN"],
+            2,
+            "max_mflops must be a positive number",
+        ),
+        (
+            &["--max-mparams=-1"],
+            2,
+            "max_mparams must be a positive number",
+        ),
+        (
+            &["--max-mflops", "0.001"],
+            2,
+            "satisfies the constraints (max_mflops 0.001)",
+        ),
+        (&["--top", "0"], 2, "--top"),
+        // A start that is not a network: bad data (65), named.
+        (
+            &["--algorithm", "flops", "--start-graph", bad_graph],
+            65,
+            "--start-graph ",
+        ),
+        (
+            &["--algorithm", "flops", "--start", "|nope~0|"],
+            65,
+            "--start '|nope~0|'",
+        ),
+        // A destination that cannot be written, before the search runs.
+        (&["--json", no_dir], 2, "--json "),
+    ] {
+        let (c, err, out) = run(extra);
+        assert_eq!(c, Some(code), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(out.is_empty(), "{extra:?}: nothing is searched");
+    }
+    let (_, err, _) = run(&["--algorithm", "flops", "--start-graph", bad_graph]);
+    assert!(err.contains("bad-start.json"), "{err}");
+    let (_, err, _) = run(&["--json", no_dir]);
+    assert!(err.contains(no_dir), "{err}");
+    // An unknown space is a usage error listing the spaces.
+    let o = aiop(&["search", "--space", "nb999", "--task", "cifar10"], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("nb201") && err.contains("tnb101_macro"),
+        "{err}"
+    );
+    // A FLOP reduction takes them all, --two-sided and --tolerance included.
+    let res = dir.path().join("r.json");
+    let (c, err, _) = run(&[
+        "--algorithm",
+        "flops",
+        "--start",
+        A,
+        "--tolerance",
+        "1",
+        "--two-sided",
+        "false",
+        "--radius",
+        "1",
+        "--json",
+        res.to_str().unwrap(),
+    ]);
+    assert_eq!(c, Some(0), "{err}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    assert_eq!(file["spec"]["tolerance"], 1.0);
+    assert!(file["spec"].get("two_sided").is_none(), "{file}");
+    // export checks where it writes first: nothing is printed.
+    let o = aiop(&["export", res.to_str().unwrap(), "--graph", no_dir], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("--graph {no_dir}")), "{err}");
+    assert!(o.stdout.is_empty());
 }

@@ -203,13 +203,34 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     let sub: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id2 = sub["id"].as_str().unwrap().to_string();
     watch_search(&d, &id2, |v| v["generation"].as_u64().unwrap() >= 2);
-    let out = crate::common::aiop(&["searches", &id2, "--cancel", "--state", st], "");
+    let cancel = |id: &str| {
+        let out = crate::common::aiop(&["searches", id, "--cancel", "--state", st], "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // What the cancellation does, by the state it found.
+    let said = cancel(&id2);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        said.starts_with(&format!(
+            "cancel accepted: {id2} is running; it stops after"
+        )),
+        "{said}"
     );
     let seen = watch_search(&d, &id2, |v| v["status"] == "cancelled");
+    let said = cancel(&id2);
+    assert!(
+        said.starts_with(&format!("cancel accepted: {id2} is cancelled;")),
+        "{said}"
+    );
+    let said = cancel(&id);
+    assert!(
+        said.starts_with(&format!("cancel accepted: {id} had already ended (done)")),
+        "{said}"
+    );
     let last = seen.last().unwrap();
     assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
     assert!(last["evaluations"].as_u64().unwrap() < 100000);
@@ -256,6 +277,18 @@ fn task_file_is_fine_tuned_then_its_search_reports_progress_and_results() {
     };
     let free = reduce(None);
     assert!(free["results"].as_array().unwrap().len() > 1, "{free}");
+    // Its best is the cheapest network within the tolerance, the first of its results, in the
+    // record and in the gauge alike (not the highest score it saw).
+    let first = &free["results"][0];
+    assert_eq!(free["best"]["hash"], first["hash"], "{free}");
+    let gauge = format!(
+        "aiop_search_best_score{{search=\"{}\"}}",
+        free["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        metric(&d.metrics(), &gauge),
+        first["predicted"].as_f64().unwrap()
+    );
     let kept = reduce(Some(scores[0] + 100.0));
     assert_eq!(
         kept["spec"]["search"]["reference"],
@@ -374,6 +407,28 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
             && text.contains("nb201/cifar10"),
         "{text}"
     );
+    // So is an option only a FLOP reduction reads, given to another algorithm.
+    for (extra, field) in [
+        (serde_json::json!({"tolerance": 1.0}), "tolerance"),
+        (
+            serde_json::json!({"algorithm": "random", "two_sided": false}),
+            "two_sided",
+        ),
+        (serde_json::json!({"radius": 2}), "radius"),
+    ] {
+        let mut body = serde_json::json!({"space": "nb201", "task": "cifar10", "budget": 48});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = d.send("POST", "/v1/searches", &body);
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+        assert!(
+            r.text()
+                .contains(&format!("{field}: only a FLOP reduction")),
+            "{}",
+            r.text()
+        );
+    }
     let all = d.get("/v1/searches").json();
     assert_eq!(all["searches"].as_array().unwrap().len(), 1, "{all}");
 
