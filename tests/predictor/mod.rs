@@ -18,20 +18,22 @@ fn pretrain_tiny(dir: &std::path::Path, data: &str) -> (std::path::PathBuf, std:
     );
     std::fs::write(&cfg, text).unwrap();
     let model = dir.join("m");
-    let o = aiop(
-        &[
-            "pretrain",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-            "--seed",
-            "3",
-        ],
-        "",
-    );
+    let o = pretrain(&cfg, &model, &["--seed", "3"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     (model, o)
+}
+
+/// `aiop pretrain --config cfg --out out` with `extra` arguments.
+fn pretrain(cfg: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "pretrain",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    aiop(&args, "")
 }
 
 #[test]
@@ -179,16 +181,7 @@ fn a_damaged_model_or_config_is_refused_naming_its_file() {
     )
     .unwrap();
     let out = dir.path().join("never");
-    let o = aiop(
-        &[
-            "pretrain",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        "",
-    );
+    let o = pretrain(&cfg, &out, &[]);
     assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("bad.json: train.lr: 2 is not in (0, 1]"), "{e}");
