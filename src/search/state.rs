@@ -347,7 +347,24 @@ pub struct SearchState {
     /// demand; more than one where different genomes build the same network).
     #[serde(skip)]
     seen: Option<HashMap<GraphHash, Vec<usize>>>,
+    /// What [`SearchState::best`] found over the first entries of the history, kept by
+    /// [`step`] so that reading the best after every generation costs only the entries added
+    /// since, not the whole history (derived, like `seen`: rebuilt from the history).
+    #[serde(skip)]
+    best_so_far: Option<BestSoFar>,
 }
+
+/// [`SearchState::best`] over `history[..scanned]`, valid while the rules that decide it (the
+/// spec's and the start's, in `key`) stay as they were.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BestSoFar {
+    scanned: usize,
+    best: Option<usize>,
+    key: BestKey,
+}
+
+/// Everything [`SearchState::best`]'s order and eligibility read besides the entries.
+type BestKey = (Algorithm, bool, Option<usize>, Option<u64>, Option<u64>);
 
 impl PartialEq for SearchState {
     fn eq(&self, o: &SearchState) -> bool {
@@ -409,6 +426,7 @@ impl SearchState {
             start: None,
             done: false,
             seen: None,
+            best_so_far: None,
         })
     }
 
@@ -838,6 +856,32 @@ impl SearchState {
     /// when none is, which is the first entry of its results. `None` before any evaluation.
     /// One pass over the history, no sort: it is read after every generation.
     pub fn best(&self) -> Option<&Evaluated> {
+        let (from, best) = self.best_recorded(&self.best_key());
+        self.best_from(from, best).map(|i| &self.history[i])
+    }
+
+    /// How many entries the record of the best covers and the best among them (none when
+    /// it was kept under other rules than `key`).
+    fn best_recorded(&self, key: &BestKey) -> (usize, Option<usize>) {
+        match self.best_so_far {
+            Some(b) if b.key == *key && b.scanned <= self.history.len() => (b.scanned, b.best),
+            _ => (0, None),
+        }
+    }
+
+    /// The rules [`SearchState::best`] follows, as they stand.
+    fn best_key(&self) -> BestKey {
+        (
+            self.spec.algorithm,
+            self.spec.multi_objective,
+            self.start,
+            self.floor().map(f64::to_bits),
+            self.ceiling().map(f64::to_bits),
+        )
+    }
+
+    /// The best of `best` (an index below `from`, or none) and the entries from `from` on.
+    fn best_from(&self, from: usize, mut best: Option<usize>) -> Option<usize> {
         let h = &self.history;
         let better = |i: usize, j: usize| -> bool {
             let (a, b) = (&h[i], &h[j]);
@@ -860,13 +904,23 @@ impl SearchState {
                 || Some(i) == self.start
                 || self.within_tolerance(h[i].score)
         };
-        let mut best: Option<usize> = None;
-        for i in (0..h.len()).filter(|&i| eligible(i)) {
+        for i in (from..h.len()).filter(|&i| eligible(i)) {
             if best.is_none_or(|b| better(i, b)) {
                 best = Some(i);
             }
         }
-        best.map(|i| &h[i])
+        best
+    }
+
+    /// Bring [`SearchState::best`]'s record up to the end of the history.
+    fn keep_best(&mut self) {
+        let key = self.best_key();
+        let (from, best) = self.best_recorded(&key);
+        self.best_so_far = Some(BestSoFar {
+            scanned: self.history.len(),
+            best: self.best_from(from, best),
+            key,
+        });
     }
 }
 
@@ -899,6 +953,7 @@ pub fn step(state: &mut SearchState, fitness: &mut dyn Fitness) -> Result<(), Se
     if state.evaluations >= state.spec.budget || state.stalled >= MAX_STALLED {
         state.done = true;
     }
+    state.keep_best();
     Ok(())
 }
 
@@ -1325,6 +1380,57 @@ mod tests {
             .unwrap()
             .best()
             .is_none());
+    }
+
+    #[test]
+    fn the_best_kept_generation_by_generation_is_a_whole_scan_s() {
+        let start = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_3x3~2|";
+        let specs = [
+            spec(Algorithm::Evolution),
+            SearchSpec {
+                multi_objective: true,
+                ..spec(Algorithm::Evolution)
+            },
+            spec(Algorithm::Random),
+            SearchSpec {
+                start: Some(Start::Arch(start.into())),
+                tolerance: 0.5,
+                budget: 300,
+                ..spec(Algorithm::Flops)
+            },
+        ];
+        for sp in specs {
+            let mut fit = TableFitness::load(SpaceId::Nb201, Task::Cifar10).unwrap();
+            let mut s = SearchState::new(sp).unwrap();
+            let mut generations = 0;
+            run(&mut s, &mut fit, &AtomicBool::new(false), |s| {
+                generations += 1;
+                let record = s.best_so_far.expect("kept by every step");
+                assert_eq!(record.scanned, s.history.len());
+                assert_eq!(
+                    s.best().map(|b| b.hash),
+                    s.best_from(0, None).map(|i| s.history[i].hash)
+                );
+                Ok(())
+            })
+            .unwrap();
+            assert!(generations > 3, "{generations}");
+            // A resumed state (no record) finds the same best.
+            let back: SearchState =
+                serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert!(back.best_so_far.is_none());
+            assert_eq!(back.best().unwrap().hash, s.best().unwrap().hash);
+            // A record kept under other rules is not used.
+            let mut other = s.clone();
+            other.spec.tolerance += 100.0;
+            if other.spec.algorithm == Algorithm::Flops {
+                assert_ne!(other.best_key(), s.best_key());
+                assert_eq!(
+                    other.best().map(|b| b.hash),
+                    other.best_from(0, None).map(|i| other.history[i].hash)
+                );
+            }
+        }
     }
 
     #[test]
