@@ -36,8 +36,8 @@ use aiop::stats;
 
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
-    #[arg(long)]
-    pub space: String,
+    #[arg(long, value_parser = super::space_parser())]
+    pub space: SpaceId,
     /// Tasks, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub task: Vec<String>,
@@ -212,7 +212,7 @@ fn predictor_search(
 }
 
 pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
-    let space = SpaceId::from_name(&a.space)?;
+    let space = a.space;
     let mut models = Vec::new();
     if a.methods.iter().any(|m| m == "predictor") {
         let dirs = std::iter::once(a.model.as_deref()).chain(a.companion.as_deref().map(Some));
@@ -303,8 +303,8 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct FlopsExperimentArgs {
-    #[arg(long)]
-    pub space: String,
+    #[arg(long, value_parser = super::space_parser())]
+    pub space: SpaceId,
     /// Tasks, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub task: Vec<String>,
@@ -594,7 +594,7 @@ fn summarise(
 pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::data::{load_task, TaskKey};
 
-    let space = SpaceId::from_name(&a.space)?;
+    let space = a.space;
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
     let companion = a
