@@ -906,11 +906,7 @@ fn resolve(store: &Store, req: &SearchRequest, origin: &str) -> Result<StoredSpe
 /// The request a task file's `[search]` table stands for.
 pub fn request_from_task(spec: &TaskSpec) -> Option<SearchRequest> {
     let s = spec.search.as_ref()?;
-    let algorithm = match s.algorithm {
-        taskfile::Algorithm::Evolution => "evolution",
-        taskfile::Algorithm::Random => "random",
-        taskfile::Algorithm::Flops => "flops",
-    };
+    let algorithm = search::Algorithm::from(s.algorithm).name();
     Some(SearchRequest {
         task: spec.name.clone(),
         space: None,

@@ -1231,11 +1231,11 @@ impl prometheus::core::Collector for StoreCollector {
             SearchStatus::Cancelled,
         ]
         .iter()
-        .map(|s| (name(s), 0))
+        .map(|s| (s.as_str().to_string(), 0))
         .collect();
         if let Ok(all) = self.store.searches() {
             for s in all {
-                *searches.entry(name(&s.status)).or_default() += 1;
+                *searches.entry(s.status.as_str().to_string()).or_default() += 1;
             }
         }
         for (status, n) in tasks {

@@ -155,6 +155,16 @@ pub enum Algorithm {
     Flops,
 }
 
+impl From<Algorithm> for search::Algorithm {
+    fn from(a: Algorithm) -> search::Algorithm {
+        match a {
+            Algorithm::Evolution => search::Algorithm::Evolution,
+            Algorithm::Random => search::Algorithm::Random,
+            Algorithm::Flops => search::Algorithm::Flops,
+        }
+    }
+}
+
 /// The optional `[search]` table. Unset fields take the search's own defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchSpec {
@@ -1014,10 +1024,7 @@ fn parse_search(
             ("search.two_sided", s.two_sided.as_ref().map(|x| x.span())),
         ];
         if let Some((field, Some(span))) = spans.into_iter().find(|(_, sp)| sp.is_some()) {
-            let name = match algorithm {
-                Algorithm::Random => "random",
-                _ => "evolution",
-            };
+            let name = search::Algorithm::from(algorithm).name();
             return Err(field_err(
                 field,
                 span,

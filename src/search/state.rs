@@ -854,7 +854,8 @@ impl SearchState {
     /// [`SearchState::results`] and the last of a front's; for a FLOP reduction the cheapest
     /// network within the tolerance (ties: the higher score, then the earliest), or the start
     /// when none is, which is the first entry of its results. `None` before any evaluation.
-    /// One pass over the history, no sort: it is read after every generation.
+    /// Read after every generation, so no sort and no pass over the whole history: [`step`]
+    /// keeps the best of the entries so far, and only those added since are looked at.
     pub fn best(&self) -> Option<&Evaluated> {
         let (from, best) = self.best_recorded(&self.best_key());
         self.best_from(from, best).map(|i| &self.history[i])
