@@ -405,13 +405,18 @@ impl Searches {
 
     /// Cancel a search: a queued one at once, a running one at its next generation (its worker
     /// writes `cancelled`). Results found so far are kept. Idempotent: a finished search is
-    /// returned as it is.
+    /// returned as it is. The record returned is the search as the request found it (a running
+    /// one says `running`, however soon its worker stops).
     pub fn cancel(&self, id: &str, reason: Option<&str>) -> Result<SearchRecord, SearchesError> {
         let running = self.inner.running.lock().expect("running lock");
         if let Some(c) = running.get(id) {
+            // The record as the request found it, read before the flag is set: once set, the
+            // worker may write `cancelled` at any moment, and the answer would depend on the race.
+            let rec = self.inner.store.search(id)?;
             *c.reason.lock().expect("reason lock") = reason.map(str::to_string);
             c.flag.store(true, Ordering::SeqCst);
             tracing::info!(search = %id, "search cancellation requested");
+            return rec.ok_or_else(|| SearchesError::NotFound(format!("no search '{id}'")));
         } else if let Some(rec) = match self.inner.store.cancel_queued_search(id, reason) {
             Err(StoreError::NoSearch(_)) => {
                 return Err(SearchesError::NotFound(format!("no search '{id}'")))
