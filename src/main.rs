@@ -167,9 +167,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn search_exit_code(e: &aiop::search::SearchError) -> u8 {
     use aiop::search::SearchError;
     match e {
-        SearchError::Invalid(_)
-        | SearchError::Infeasible { .. }
-        | SearchError::FlopsOnly { .. } => 2,
+        SearchError::Invalid(_) | SearchError::Infeasible { .. } | SearchError::Unread { .. } => 2,
         SearchError::Space(_) | SearchError::Graph(_) => 65,
         SearchError::Predictor(p) if is_bad_predictor_data(p) => 65,
         SearchError::Predictor(_) | SearchError::Fitness(_) => 1,
@@ -260,12 +258,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_flop_reduction_option_is_an_argument_of_aiop_search() {
-        // `refuse_flops_options` asks about them by these ids: a name that is no argument's id
+    fn every_algorithm_specific_option_is_an_argument_of_aiop_search() {
+        // `refuse_unread_options` asks about them by these ids: a name that is no argument's id
         // would never be refused.
         let cli = Cli::command();
         let search = cli.find_subcommand("search").unwrap();
-        for o in aiop::search::Algorithm::FLOPS_ONLY {
+        for (o, _) in aiop::search::Algorithm::SPECIFIC {
             assert!(
                 search.get_arguments().any(|a| a.get_id() == o),
                 "{o} is not an argument of aiop search"
@@ -299,7 +297,7 @@ mod tests {
                 2,
             ),
             (
-                SearchError::FlopsOnly {
+                SearchError::Unread {
                     option: "radius",
                     algorithm: Algorithm::Random,
                 },

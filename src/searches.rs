@@ -897,7 +897,7 @@ fn resolve(store: &Store, req: &SearchRequest, origin: &str) -> Result<StoredSpe
     // through `resolve_with`): a field the search would ignore is refused, naming it.
     let given = serde_json::to_value(req).expect("requests serialise");
     spec.algorithm
-        .refuse_flops_options(|field| given.get(field).is_some())
+        .refuse_unread_options(|field| given.get(field).is_some())
         .map_err(|e| invalid(e.to_string()))?;
     Ok(StoredSpec {
         request: req.clone(),

@@ -916,6 +916,36 @@ fn parse_search(
             }
         },
     };
+    // What the algorithm does not read (a FLOP reduction's start, evolution's tournament) is
+    // refused, not silently ignored: the table is the search's own (`Algorithm::SPECIFIC`).
+    let spans = [
+        ("population", s.population.as_ref().map(|x| x.span())),
+        ("sample", s.sample.as_ref().map(|x| x.span())),
+        ("start", s.start.as_ref().map(|x| x.span())),
+        ("tolerance", s.tolerance.as_ref().map(|x| x.span())),
+        ("radius", s.radius.as_ref().map(|x| x.span())),
+        ("two_sided", s.two_sided.as_ref().map(|x| x.span())),
+    ];
+    let chosen = search::Algorithm::from(algorithm);
+    if let Some((option, Some(span))) = spans
+        .into_iter()
+        .find(|(o, sp)| sp.is_some() && !chosen.reads(o))
+    {
+        return Err(field_err(
+            &format!("search.{option}"),
+            span,
+            format!(
+                "only {} reads it; this one is {}{}",
+                search::Algorithm::readers_phrase(option, |a| format!("algorithm = \"{a}\"")),
+                chosen.name(),
+                if s.algorithm.is_none() {
+                    " (the default)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
     // A whole number in min..=max, else an error naming the field and the bound it breaks.
     let count = |name: &str, v: &Option<Spanned<i64>>, min: i64, max: i64| match v {
         None => Ok(None),
@@ -960,13 +990,13 @@ fn parse_search(
     let sample = count("search.sample", &s.sample, 1, search::MAX_POPULATION as i64)?;
     let batch = count("search.batch", &s.batch, 1, search::MAX_BATCH as i64)?;
     // The tournament must fit in the population, an unset one taking the search's default
-    // (evolution only uses them; for the others a given pair is still checked).
+    // (only evolution reads them: the others were refused them above).
     let d = search::SearchSpec::default();
     let (p, k) = (
         population.unwrap_or(d.population as u64),
         sample.unwrap_or(d.sample as u64),
     );
-    if k > p && (algorithm == Algorithm::Evolution || (population.is_some() && sample.is_some())) {
+    if k > p {
         // Defaults alone always fit, so one of the two is given.
         if let Some(x) = &s.sample {
             let of = if population.is_some() { "" } else { "default " };
@@ -1014,31 +1044,6 @@ fn parse_search(
             a.span(),
             "a FLOP-reducing search needs a start network: add search.start".into(),
         ));
-    }
-    // What only a FLOP reduction reads is refused for the others, not silently ignored.
-    if algorithm != Algorithm::Flops {
-        let spans = [
-            ("search.start", s.start.as_ref().map(|x| x.span())),
-            ("search.tolerance", s.tolerance.as_ref().map(|x| x.span())),
-            ("search.radius", s.radius.as_ref().map(|x| x.span())),
-            ("search.two_sided", s.two_sided.as_ref().map(|x| x.span())),
-        ];
-        if let Some((field, Some(span))) = spans.into_iter().find(|(_, sp)| sp.is_some()) {
-            let name = search::Algorithm::from(algorithm).name();
-            return Err(field_err(
-                field,
-                span,
-                format!(
-                    "only a FLOP-reducing search (algorithm = \"flops\") reads it; this one \
-                     is {name}{}",
-                    if s.algorithm.is_none() {
-                        " (the default)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
     }
     if let (TaskSpace::Graph, Some(span)) = (space, s.algorithm.as_ref().map(|a| a.span())) {
         return Err(field_err(
@@ -1391,12 +1396,32 @@ mod tests {
         let e = err(&format!("{GOOD}[search]\npopulation = 8\n"), &good_csv());
         assert_eq!(e.field(), Some("search.population"), "{e}");
         assert!(e.message().contains("default tournament sample 16"), "{e}");
-        // A random search uses neither: only a given pair is checked.
+        // Only evolution reads them: random search and FLOP reduction are refused either, a
+        // valid one too, naming the first the file gives and what reads it.
         let e = err(
-            &format!("{GOOD}[search]\nalgorithm = \"random\"\npopulation = 8\nsample = 9\n"),
+            &format!("{GOOD}[search]\nalgorithm = \"random\"\nsample = 9\npopulation = 8\n"),
             &good_csv(),
         );
-        assert_eq!(e.field(), Some("search.sample"), "{e}");
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(8), Some("search.population")),
+            "{e}"
+        );
+        assert!(
+            e.message().contains(
+                "only evolution (algorithm = \"evolution\") reads it; this one is random"
+            ),
+            "{e}"
+        );
+        let e = err(
+            &format!("{GOOD}[search]\nalgorithm = \"flops\"\nstart = \"{START}\"\nsample = 4\n"),
+            &good_csv(),
+        );
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(8), Some("search.sample")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub struct SearchArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// The ids of the arguments given on the command line (not defaults), filled in by
-    /// `main` from clap's matches: what [`Algorithm::refuse_flops_options`] is asked about.
+    /// `main` from clap's matches: what [`Algorithm::refuse_unread_options`] is asked about.
     #[arg(skip)]
     pub given: Vec<String>,
 }
@@ -157,16 +157,17 @@ fn spec_from(a: &SearchArgs, start: Option<Start>, sign: f64) -> anyhow::Result<
     })
 }
 
-/// Refuse the options of a FLOP reduction given to evolution or random search, naming the
-/// first as the command line spells it.
-fn refuse_flops_options(a: &SearchArgs) -> Result<(), UsageError> {
+/// Refuse an option the chosen algorithm does not read (a FLOP reduction's given to evolution,
+/// a tournament's to random search...), naming the first as the command line spells it.
+fn refuse_unread_options(a: &SearchArgs) -> Result<(), UsageError> {
     match a
         .algorithm
-        .refuse_flops_options(|id| a.given.iter().any(|g| g == id))
+        .refuse_unread_options(|id| a.given.iter().any(|g| g == id))
     {
-        Err(search::SearchError::FlopsOnly { option, algorithm }) => Err(UsageError(format!(
-            "--{}: only a FLOP reduction (--algorithm flops) reads it, not {algorithm}",
-            option.replace('_', "-")
+        Err(search::SearchError::Unread { option, algorithm }) => Err(UsageError(format!(
+            "--{}: only {} reads it, not {algorithm}",
+            option.replace('_', "-"),
+            Algorithm::readers_phrase(option, |r| format!("--algorithm {r}"))
         ))),
         _ => Ok(()),
     }
@@ -268,7 +269,7 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
 
 pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
     // Everything the arguments alone can tell is checked before any work.
-    refuse_flops_options(&a)?;
+    refuse_unread_options(&a)?;
     if let Some(p) = &a.json {
         super::check_writable(p, "--json")?;
     }

@@ -58,10 +58,11 @@ pub enum SearchError {
     /// No network drawn satisfies the constraints (they are too tight for the space).
     #[error("no candidate satisfies the constraints ({constraints}) after {tries} tries")]
     Infeasible { tries: usize, constraints: String },
-    /// An option only a FLOP reduction reads, given to another algorithm
-    /// ([`Algorithm::refuse_flops_options`]).
-    #[error("{option}: only a FLOP reduction (algorithm flops) reads it, not {algorithm}")]
-    FlopsOnly {
+    /// An option the search's algorithm does not read, given to it
+    /// ([`Algorithm::refuse_unread_options`]).
+    #[error("{option}: only {} reads it, not {algorithm}",
+            Algorithm::readers_phrase(.option, |a| format!("algorithm {a}")))]
+    Unread {
         option: &'static str,
         algorithm: Algorithm,
     },

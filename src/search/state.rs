@@ -46,17 +46,75 @@ impl std::str::FromStr for Algorithm {
 }
 
 impl Algorithm {
-    /// The options only a FLOP reduction reads, by their names in a search request (`aiop
-    /// search` spells them with `-` for `_`): the one list the command line and the daemon's
-    /// API both refuse for evolution and random search.
-    pub const FLOPS_ONLY: [&'static str; 6] = [
-        "start",
-        "start_graph",
-        "tolerance",
-        "reference",
-        "radius",
-        "two_sided",
+    /// The options only some algorithms read, by their names in a search request (`aiop search`
+    /// spells them with `-` for `_`), each with the algorithms that read it: the one table by
+    /// which the command line, the daemon's API and task files refuse an option the search it
+    /// is given to would ignore without a word.
+    pub const SPECIFIC: [(&'static str, &'static [Algorithm]); 9] = [
+        ("population", &[Algorithm::Evolution]),
+        ("sample", &[Algorithm::Evolution]),
+        (
+            "multi_objective",
+            &[Algorithm::Evolution, Algorithm::Random],
+        ),
+        ("start", &[Algorithm::Flops]),
+        ("start_graph", &[Algorithm::Flops]),
+        ("tolerance", &[Algorithm::Flops]),
+        ("reference", &[Algorithm::Flops]),
+        ("radius", &[Algorithm::Flops]),
+        ("two_sided", &[Algorithm::Flops]),
     ];
+
+    /// The algorithms that read `option` (all of them for an option outside
+    /// [`Algorithm::SPECIFIC`]).
+    pub fn readers(option: &str) -> &'static [Algorithm] {
+        const ALL: &[Algorithm] = &[Algorithm::Evolution, Algorithm::Random, Algorithm::Flops];
+        Algorithm::SPECIFIC
+            .iter()
+            .find(|(o, _)| *o == option)
+            .map_or(ALL, |(_, r)| r)
+    }
+
+    /// Whether a search of this algorithm reads `option`.
+    pub fn reads(self, option: &str) -> bool {
+        Algorithm::readers(option).contains(&self)
+    }
+
+    /// Who reads `option`, for an error: `a FLOP reduction (algorithm flops)`, with `choose`
+    /// saying how the user picks an algorithm (`algorithm flops`, `--algorithm flops`).
+    pub fn readers_phrase(option: &str, choose: impl Fn(Algorithm) -> String) -> String {
+        let r = Algorithm::readers(option);
+        let what: Vec<&str> = r.iter().map(|a| a.describe()).collect();
+        let how: Vec<String> = r.iter().map(|&a| choose(a)).collect();
+        format!("{} ({})", what.join(" or "), how.join(" or "))
+    }
+
+    /// The algorithm in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Algorithm::Evolution => "evolution",
+            Algorithm::Random => "random search",
+            Algorithm::Flops => "a FLOP reduction",
+        }
+    }
+
+    /// Refuse an option of [`Algorithm::SPECIFIC`] this algorithm does not read (it would be
+    /// ignored without a word): `given` says whether the option of that name was given; the
+    /// error names the first that was, in the table's order. For submissions only: a spec
+    /// stored before this check existed still loads and resumes ([`SearchSpec::validate`] does
+    /// not refuse them, and a spec cannot tell a default from a given value).
+    pub fn refuse_unread_options(self, given: impl Fn(&str) -> bool) -> Result<(), SearchError> {
+        match Algorithm::SPECIFIC
+            .into_iter()
+            .find(|(o, r)| !r.contains(&self) && given(o))
+        {
+            Some((option, _)) => Err(SearchError::Unread {
+                option,
+                algorithm: self,
+            }),
+            None => Ok(()),
+        }
+    }
 
     /// The algorithm's name, as `from_str` reads it.
     pub fn name(self) -> &'static str {
@@ -64,24 +122,6 @@ impl Algorithm {
             Algorithm::Evolution => "evolution",
             Algorithm::Random => "random",
             Algorithm::Flops => "flops",
-        }
-    }
-
-    /// Refuse an option of [`Algorithm::FLOPS_ONLY`] given to another algorithm (it would be
-    /// ignored without a word): `given` says whether the option of that name was given; the
-    /// error names the first that was. For submissions only: a spec stored before this check
-    /// existed still loads and resumes ([`SearchSpec::validate`] does not refuse them, and a
-    /// spec cannot tell a default from a given value).
-    pub fn refuse_flops_options(self, given: impl Fn(&str) -> bool) -> Result<(), SearchError> {
-        if self == Algorithm::Flops {
-            return Ok(());
-        }
-        match Algorithm::FLOPS_ONLY.into_iter().find(|o| given(o)) {
-            Some(option) => Err(SearchError::FlopsOnly {
-                option,
-                algorithm: self,
-            }),
-            None => Ok(()),
         }
     }
 }
@@ -1487,24 +1527,56 @@ mod tests {
     }
 
     #[test]
-    fn flop_reduction_options_are_refused_for_other_algorithms_at_submission_only() {
+    fn options_an_algorithm_does_not_read_are_refused_at_submission_only() {
         let given = |names: &'static [&'static str]| move |o: &str| names.contains(&o);
+        let all = [Algorithm::Evolution, Algorithm::Random, Algorithm::Flops];
+        for alg in all {
+            // What every algorithm reads is never refused.
+            assert!(alg.refuse_unread_options(given(&[])).is_ok());
+            assert!(alg
+                .refuse_unread_options(given(&["budget", "batch", "seed", "max_mflops"]))
+                .is_ok());
+        }
         for alg in [Algorithm::Evolution, Algorithm::Random] {
-            assert!(alg.refuse_flops_options(given(&[])).is_ok());
             let e = alg
-                .refuse_flops_options(given(&["radius", "tolerance"]))
+                .refuse_unread_options(given(&["radius", "tolerance"]))
                 .unwrap_err();
-            // The first of the list that is given, and the algorithm.
+            // The first of the table that is given, and the algorithm.
             assert!(
-                matches!(e, SearchError::FlopsOnly { option: "tolerance", algorithm } if algorithm == alg),
+                matches!(e, SearchError::Unread { option: "tolerance", algorithm } if algorithm == alg),
                 "{e:?}"
             );
-            assert!(e.to_string().contains(alg.name()), "{e}");
-            for o in Algorithm::FLOPS_ONLY {
-                assert!(alg.refuse_flops_options(|x| x == o).is_err(), "{o}");
+            assert_eq!(
+                e.to_string(),
+                format!("tolerance: only a FLOP reduction (algorithm flops) reads it, not {alg}")
+            );
+        }
+        // Each option of the table: refused exactly for the algorithms that do not read it.
+        let mut refused = 0;
+        for (o, readers) in Algorithm::SPECIFIC {
+            for alg in all {
+                let r = alg.refuse_unread_options(|x| x == o);
+                assert_eq!(r.is_ok(), readers.contains(&alg), "{o} {alg}");
+                refused += usize::from(r.is_err());
             }
         }
-        assert!(Algorithm::Flops.refuse_flops_options(|_| true).is_ok());
+        // population, sample (evolution only): 2 each; multi_objective: 1; six FLOP options: 2 each.
+        assert_eq!(refused, 2 * 2 + 1 + 6 * 2);
+        let e = Algorithm::Random
+            .refuse_unread_options(given(&["sample", "population"]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "population: only evolution (algorithm evolution) reads it, not random"
+        );
+        let e = Algorithm::Flops
+            .refuse_unread_options(given(&["multi_objective"]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "multi_objective: only evolution or random search (algorithm evolution or algorithm \
+             random) reads it, not flops"
+        );
         // A spec stored with such options before the check existed still starts (resumes).
         let stored = SearchSpec {
             start: Some(Start::Arch(

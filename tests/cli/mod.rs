@@ -623,6 +623,18 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
             2,
             "--start-graph: only a FLOP reduction",
         ),
+        // Evolution's tournament, given to random search; a front flag to a FLOP reduction.
+        (
+            &["--algorithm", "random", "--population", "8"],
+            2,
+            "--population: only evolution (--algorithm evolution) reads it, not random",
+        ),
+        (
+            &["--algorithm", "flops", "--start", "x", "--multi-objective"],
+            2,
+            "--multi-objective: only evolution or random search (--algorithm evolution or \
+             --algorithm random) reads it, not flops",
+        ),
         // A spec that cannot be searched is bad usage, each reason its own.
         (&["--budget", "0"], 2, "budget must be at least 1"),
         (&["--batch", "0"], 2, "batch must be at least 1"),

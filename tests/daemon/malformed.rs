@@ -504,6 +504,8 @@ fn task_file_search_limits_are_the_daemon_s() {
         let e = load(&past).unwrap_err();
         assert_eq!(e.field(), Some(field), "{past}: {e}");
     }
-    // A random search uses neither population nor sample.
-    searched("algorithm = \"random\"\nsample = 100");
+    // A random search reads neither population nor sample: given, they are refused.
+    let e = load("algorithm = \"random\"\nsample = 10").unwrap_err();
+    assert_eq!(e.field(), Some("search.sample"), "{e}");
+    searched("algorithm = \"random\"\nbatch = 4");
 }

@@ -407,14 +407,25 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
             && text.contains("nb201/cifar10"),
         "{text}"
     );
-    // So is an option only a FLOP reduction reads, given to another algorithm.
+    // So is an option the algorithm does not read: a FLOP reduction's, given to another
+    // algorithm; evolution's tournament, given to random search.
     for (extra, field) in [
-        (serde_json::json!({"tolerance": 1.0}), "tolerance"),
+        (
+            serde_json::json!({"tolerance": 1.0}),
+            "tolerance: only a FLOP reduction",
+        ),
         (
             serde_json::json!({"algorithm": "random", "two_sided": false}),
-            "two_sided",
+            "two_sided: only a FLOP reduction",
         ),
-        (serde_json::json!({"radius": 2}), "radius"),
+        (
+            serde_json::json!({"radius": 2}),
+            "radius: only a FLOP reduction",
+        ),
+        (
+            serde_json::json!({"algorithm": "random", "sample": 4}),
+            "sample: only evolution (algorithm evolution) reads it, not random",
+        ),
     ] {
         let mut body = serde_json::json!({"space": "nb201", "task": "cifar10", "budget": 48});
         for (k, v) in extra.as_object().unwrap() {
@@ -422,12 +433,7 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
         }
         let r = d.send("POST", "/v1/searches", &body);
         assert_eq!(r.status, 422, "{body}: {}", r.text());
-        assert!(
-            r.text()
-                .contains(&format!("{field}: only a FLOP reduction")),
-            "{}",
-            r.text()
-        );
+        assert!(r.text().contains(field), "{}", r.text());
     }
     let all = d.get("/v1/searches").json();
     assert_eq!(all["searches"].as_array().unwrap().len(), 1, "{all}");
