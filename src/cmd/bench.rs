@@ -16,8 +16,8 @@ use aiop::spaces::{self, SpaceId};
 #[derive(Debug, Args)]
 pub struct BenchGraphArgs {
     /// Space to build (default: each of nb201/cifar10 and tnb101_macro/segmentsemantic).
-    #[arg(long, requires = "task")]
-    pub space: Option<String>,
+    #[arg(long, requires = "task", value_parser = super::space_parser())]
+    pub space: Option<SpaceId>,
     #[arg(long)]
     pub task: Option<String>,
     /// Graphs per round.
@@ -47,10 +47,7 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
 
 pub fn graph(a: BenchGraphArgs) -> anyhow::Result<()> {
     let cases: Vec<(SpaceId, spaces::Task)> = match (&a.space, &a.task) {
-        (Some(s), Some(t)) => {
-            let s = SpaceId::from_name(s)?;
-            vec![(s, s.task(t)?)]
-        }
+        (Some(s), Some(t)) => vec![(*s, s.task(t)?)],
         _ => vec![
             (SpaceId::Nb201, spaces::Task::Cifar10),
             (SpaceId::Tnb101Macro, spaces::Task::SegmentSemantic),
@@ -108,8 +105,8 @@ pub struct BenchApiArgs {
     #[arg(long, default_value_t = 1)]
     pub archs: usize,
     /// Space of the architectures (random ones, drawn with --seed).
-    #[arg(long, default_value = "tnb101_macro")]
-    pub space: String,
+    #[arg(long, default_value = "tnb101_macro", value_parser = super::space_parser())]
+    pub space: SpaceId,
     /// Benchmark task predicted with the base model (unless --tuned).
     #[arg(long, default_value = "segmentsemantic")]
     pub task: String,
@@ -147,7 +144,7 @@ pub fn api(a: BenchApiArgs) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let addr = a.daemon.resolve()?;
-    let space = SpaceId::from_name(&a.space)?;
+    let space = a.space;
     let task = space.task(&a.task)?;
     let mut rng = Rng::new(a.seed);
     let token = std::env::var("AIOP_TOKEN").ok().filter(|t| !t.is_empty());

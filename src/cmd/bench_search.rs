@@ -20,8 +20,8 @@ use aiop::spaces::{SpaceId, Task};
 
 #[derive(Debug, Args)]
 pub struct BenchSearchArgs {
-    #[arg(long, default_value = "nb201")]
-    pub space: String,
+    #[arg(long, default_value = "nb201", value_parser = super::space_parser())]
+    pub space: SpaceId,
     #[arg(long, default_value = "cifar10")]
     pub task: String,
     /// Predictor checkpoint (default: the embedded model).
@@ -61,7 +61,7 @@ struct Row {
 
 pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.rounds > 0, "--rounds must be positive");
-    let space = SpaceId::from_name(&a.space)?;
+    let space = a.space;
     let task = space.task(&a.task)?;
     let device = aiop::predictor::default_device();
     let model = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
@@ -90,7 +90,7 @@ pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
             let pick = |f: fn(&(usize, usize, f64)) -> f64| median(runs.iter().map(f).collect());
             let seconds = pick(|r| r.2);
             let row = Row {
-                space: a.space.clone(),
+                space: a.space.name().to_string(),
                 task: a.task.clone(),
                 batch,
                 cache,

@@ -125,10 +125,18 @@ fn bad_input_names_the_line_and_what_was_expected() {
         err.contains("'nb999'") && err.contains("tnb101_macro"),
         "{err}"
     );
-    let o = aiop(&["predict", "--space", "nb999", "--task", "cifar10"], "");
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("'nb999'") && err.contains("darts"), "{err}");
+    for cmd in [
+        &["predict", "--space", "nb999", "--task", "cifar10"][..],
+        // And in the benchmarks, before any work.
+        &["bench", "graph", "--space", "nb999", "--task", "cifar10"],
+        &["bench", "search", "--space", "nb999"],
+        &["bench", "api", "--space", "nb999", "--addr", "127.0.0.1:9"],
+    ] {
+        let o = aiop(cmd, "");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("'nb999'") && err.contains("darts"), "{err}");
+    }
     let o = aiop(
         &["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A],
         "",
