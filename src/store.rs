@@ -109,6 +109,13 @@ pub enum StoreError {
     },
     #[error("the store's schema version is unreadable or invalid: {0}")]
     Schema(String),
+    /// The state directory's lock file is held: another aiop (a daemon, an export, a
+    /// compaction) is using it.
+    #[error("the store at {path} is in use (is another aiop using this state directory?)")]
+    Locked { path: PathBuf },
+    /// A compaction's copy does not hold what the store held (nothing was swapped).
+    #[error("compacting {path}: {message}; the store is left as it was")]
+    Compact { path: PathBuf, message: String },
     #[error("store: {0}")]
     Db(#[from] sled::Error),
     #[error("store record {tree}/{key}: {message}")]
@@ -316,6 +323,9 @@ pub struct Store {
     /// gate the API could report a generation that a `kill -9` a moment later loses. With it,
     /// whatever a reader sees of a flushed write is already durable.
     durable: Arc<RwLock<()>>,
+    /// The state directory's lock ([`lock_state`]), held while any handle lives: it keeps a
+    /// second aiop out, and a compaction's swap of the database folder whole.
+    _lock: Arc<std::fs::File>,
 }
 
 /// What a search generation writes besides its record: the state's head (everything but the
@@ -379,6 +389,8 @@ impl Store {
     }
 
     fn open_with(state_dir: &Path, current: u32, table: &[Migration]) -> Result<Store, StoreError> {
+        let lock = lock_state(state_dir)?;
+        finish_compaction(state_dir)?;
         let path = state_dir.join("db");
         let db = open_locked(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
@@ -427,6 +439,90 @@ impl Store {
             models: db.open_tree("models")?,
             db,
             durable: Arc::new(RwLock::new(())),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Rewrite the store at `state_dir` into a fresh database and swap it in. sled never gives
+    /// back the space of what was deleted or overwritten (a deleted search, pruned predictions,
+    /// the checkpoints of ended searches), so a store of long-running searches only grows; a
+    /// copy holds just the live records. The daemon must be stopped (the state's lock says so
+    /// otherwise). Crash-safe: the copy is checked against the store (sled's checksum of every
+    /// tree) and marked complete before the swap; a swap a crash interrupts is finished by the
+    /// next [`Store::open`], and an unmarked copy is discarded by it.
+    pub fn compact(state_dir: &Path) -> Result<Compacted, StoreError> {
+        let db_path = state_dir.join("db");
+        if !db_path.is_dir() {
+            return Err(StoreError::Compact {
+                path: db_path,
+                message: "no store here (not the state directory of a daemon)".into(),
+            });
+        }
+        let store = Store::open(state_dir)?;
+        let fail = |message: String| StoreError::Compact {
+            path: db_path.clone(),
+            message,
+        };
+        let bytes_before = dir_size(&db_path)?;
+        let copy_path = state_dir.join(COMPACT_COPY);
+        if copy_path.exists() {
+            std::fs::remove_dir_all(&copy_path)?;
+        }
+        let copy = sled::Config::new().path(&copy_path).open()?;
+        let mut records = 0u64;
+        for name in store.db.tree_names() {
+            let from = store.db.open_tree(&name)?;
+            let to = copy.open_tree(&name)?;
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for kv in from.iter() {
+                let (k, v) = kv?;
+                batch.insert(k, v);
+                in_batch += 1;
+                records += 1;
+                if in_batch == 10_000 {
+                    to.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+            to.apply_batch(batch)?;
+        }
+        copy.flush()?;
+        let (want, got) = (store.db.checksum()?, copy.checksum()?);
+        if want != got {
+            drop(copy);
+            let _ = std::fs::remove_dir_all(&copy_path);
+            return Err(fail(format!(
+                "the copy's checksum {got:#010x} is not the store's {want:#010x}"
+            )));
+        }
+        drop(copy);
+        // Every handle on the old database goes before its folder moves; the lock stays.
+        let Store {
+            db,
+            tasks,
+            task_specs,
+            searches,
+            checkpoints,
+            search_history,
+            predictions,
+            models,
+            durable: _,
+            _lock: lock,
+        } = store;
+        db.flush()?;
+        drop((tasks, task_specs, searches, checkpoints, search_history));
+        drop((predictions, models, db));
+        let marker = state_dir.join(COMPACT_DONE);
+        let f = std::fs::File::create(&marker)?;
+        f.sync_all()?;
+        sync_dir(state_dir)?;
+        finish_compaction(state_dir)?;
+        drop(lock);
+        Ok(Compacted {
+            records,
+            bytes_before,
+            bytes_after: dir_size(&db_path)?,
         })
     }
 
@@ -1259,7 +1355,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -1273,6 +1369,111 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// database, a moment later; a reopen in between (a restart inside one process, as the tests
 /// do) would otherwise fail at random. A lock held by another process is still an error, after
 /// the wait.
+/// What [`Store::compact`] did: records copied, and the database folder's size before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub records: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The compaction's copy of the database, beside `db` in the state directory.
+const COMPACT_COPY: &str = "db.compact";
+/// Written once the copy is complete and checked: from then on the swap is finished, never
+/// undone.
+const COMPACT_DONE: &str = "db.compact.done";
+/// The old database during the swap.
+const COMPACT_OLD: &str = "db.compact.old";
+
+/// Take the state directory's lock file (`store.lock`, created with the directory if need be),
+/// waiting up to [`LOCK_WAIT`] for a process that is letting it go.
+fn lock_state(state_dir: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join("store.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let start = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Finish or discard a compaction found in `state_dir` (the state's lock held): with its
+/// completion marker, move the copy into place (`db` → `db.old`, `db.compact` → `db`, both
+/// renames done once whatever step a crash stopped at) and remove the old database and the
+/// marker; without one, the copy is incomplete and removed, the store untouched.
+fn finish_compaction(state_dir: &Path) -> Result<(), StoreError> {
+    let (db, copy) = (state_dir.join("db"), state_dir.join(COMPACT_COPY));
+    let (old, marker) = (state_dir.join(COMPACT_OLD), state_dir.join(COMPACT_DONE));
+    if !marker.exists() {
+        if copy.exists() {
+            tracing::warn!(path = %copy.display(), "removing an unfinished compaction's copy");
+            std::fs::remove_dir_all(&copy)?;
+        }
+        return Ok(());
+    }
+    if copy.exists() {
+        if db.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old)?;
+            }
+            std::fs::rename(&db, &old)?;
+        }
+        std::fs::rename(&copy, &db)?;
+        sync_dir(state_dir)?;
+    }
+    if !db.is_dir() {
+        // Not a state the swap leaves at any step: keep everything for a person to look at.
+        return Err(StoreError::Compact {
+            path: db,
+            message: format!(
+                "a finished compaction left no database (neither {} nor {} holds one); \
+                 the old one, if any, is at {}",
+                copy.display(),
+                state_dir.join("db").display(),
+                old.display()
+            ),
+        });
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    std::fs::remove_file(&marker)?;
+    sync_dir(state_dir)?;
+    Ok(())
+}
+
+/// Make the renames and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Bytes in the files under `dir`.
+fn dir_size(dir: &Path) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        n += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            m.len()
+        };
+    }
+    Ok(n)
+}
+
 fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     let start = std::time::Instant::now();
     loop {
@@ -1761,5 +1962,134 @@ mod tests {
             e.starts_with("opening the store at") && !e.contains("another aiop"),
             "{e}"
         );
+    }
+
+    /// A store of `n` cached predictions under model `keep` and `n` under `drop`, a task and a
+    /// search; `drop`'s are then removed (what a deleted task model's cache leaves behind).
+    fn grown_store(dir: &Path, files: &Path, n: u128) -> String {
+        let st = Store::open(dir).unwrap();
+        let (s, src) = spec(files, "a", CSV);
+        st.record_task(&s, &src).unwrap();
+        st.insert_search(&SearchRecord::queued("s1", "a", serde_json::json!({}), 10))
+            .unwrap();
+        for model in ["keep", "drop"] {
+            let values: Vec<(GraphHash, f64)> =
+                (0..n).map(|i| (GraphHash(i), i as f64 / 7.0)).collect();
+            st.cache_predictions(model, &values).unwrap();
+        }
+        assert_eq!(
+            st.prune_predictions("", |m| m != "drop").unwrap(),
+            n as usize
+        );
+        st.flush().unwrap();
+        let mut out = Vec::new();
+        st.export(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn exported(dir: &Path) -> String {
+        let mut out = Vec::new();
+        Store::open(dir).unwrap().export(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.metadata().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_every_record_and_gives_back_the_space() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let before = grown_store(state.path(), files.path(), 40_000);
+        let c = Store::compact(state.path()).unwrap();
+        // The live records: a task, its version's snapshot, a search, 40,000 predictions, and
+        // the schema version in the default tree.
+        assert_eq!(c.records, 40_000 + 3 + 1, "{c:?}");
+        assert!(c.bytes_after < c.bytes_before, "{c:?}");
+        assert_eq!(exported(state.path()), before);
+        // Nothing of the swap is left beside the store, and the store works as before.
+        let names: Vec<String> = std::fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| n == "db" || n == "store.lock"),
+            "{names:?}"
+        );
+        let st = Store::open(state.path()).unwrap();
+        assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            st.cached_prediction("keep", GraphHash(3)).unwrap(),
+            Some(3.0 / 7.0)
+        );
+        assert_eq!(st.cached_prediction("drop", GraphHash(3)).unwrap(), None);
+        // Not while the store is open elsewhere; not where there is none.
+        let e = Store::compact(state.path()).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("another aiop"), "{e}");
+        drop(st);
+        let empty = tempfile::tempdir().unwrap();
+        let e = Store::compact(empty.path()).unwrap_err().to_string();
+        assert!(e.contains("no store here"), "{e}");
+        assert!(!empty.path().join("db").exists(), "none is created");
+    }
+
+    #[test]
+    fn a_compaction_a_crash_interrupted_is_finished_or_discarded_at_the_next_open() {
+        let files = tempfile::tempdir().unwrap();
+        // `small`'s database plays the finished copy, `big` the store being compacted.
+        let small = tempfile::tempdir().unwrap();
+        let small_text = grown_store(small.path(), files.path(), 10);
+        let big = tempfile::tempdir().unwrap();
+        let big_text = grown_store(big.path(), files.path(), 500);
+        let at = |step: &str| {
+            let s = tempfile::tempdir().unwrap();
+            let (db, copy) = (s.path().join("db"), s.path().join(COMPACT_COPY));
+            let (old, done) = (s.path().join(COMPACT_OLD), s.path().join(COMPACT_DONE));
+            copy_dir(&big.path().join("db"), &db);
+            copy_dir(&small.path().join("db"), &copy);
+            match step {
+                "copying" => {}
+                "marked" => std::fs::write(&done, b"").unwrap(),
+                "moved aside" => {
+                    std::fs::write(&done, b"").unwrap();
+                    std::fs::rename(&db, &old).unwrap();
+                }
+                "swapped" => {
+                    std::fs::write(&done, b"").unwrap();
+                    std::fs::rename(&db, &old).unwrap();
+                    std::fs::rename(&copy, &db).unwrap();
+                }
+                _ => unreachable!(),
+            }
+            s
+        };
+        // Before the copy is marked complete the store is the old one, the copy removed.
+        let s = at("copying");
+        assert_eq!(exported(s.path()), big_text);
+        assert!(!s.path().join(COMPACT_COPY).exists());
+        // From the mark on, whatever step it stopped at, the copy is the store.
+        for step in ["marked", "moved aside", "swapped"] {
+            let s = at(step);
+            assert_eq!(exported(s.path()), small_text, "{step}");
+            for left in [COMPACT_COPY, COMPACT_OLD, COMPACT_DONE] {
+                assert!(!s.path().join(left).exists(), "{step}: {left} is left");
+            }
+        }
+        // A mark with no database anywhere is refused, nothing removed.
+        let s = at("moved aside");
+        std::fs::remove_dir_all(s.path().join(COMPACT_COPY)).unwrap();
+        let e = Store::open(s.path()).err().unwrap().to_string();
+        assert!(e.contains("left no database"), "{e}");
+        assert!(s.path().join(COMPACT_OLD).is_dir());
     }
 }

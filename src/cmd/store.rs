@@ -1,6 +1,6 @@
-//! `aiop store export|import`: the daemon's store as JSON lines, for backups and moves. Both
-//! open the store themselves, so the daemon using that state directory must be stopped (the
-//! store's lock says so otherwise).
+//! `aiop store export|import|compact`: the daemon's store as JSON lines, for backups and moves,
+//! and rewritten in place to give back the space sled keeps. Each opens the store itself, so
+//! the daemon using that state directory must be stopped (the state's lock says so otherwise).
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -16,6 +16,16 @@ pub enum StoreCommand {
     Export(ExportArgs),
     /// Load an export into an empty store.
     Import(ImportArgs),
+    /// Rewrite the store without the space of deleted and overwritten records (sled never
+    /// gives it back), in place; the daemon must be stopped.
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// State directory of the (stopped) daemon.
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +83,17 @@ pub fn store(c: StoreCommand) -> anyhow::Result<()> {
             let store = Store::open(&a.state)?;
             let n = store.import_records(export)?;
             eprintln!("aiop: imported {n} record(s) into {}", a.state.display());
+        }
+        StoreCommand::Compact(a) => {
+            let c = Store::compact(&a.state)?;
+            let kib = |b: u64| b.div_ceil(1024);
+            println!(
+                "compacted {}: {} record(s), {} KiB -> {} KiB",
+                a.state.join("db").display(),
+                c.records,
+                kib(c.bytes_before),
+                kib(c.bytes_after)
+            );
         }
     }
     Ok(())

@@ -303,7 +303,7 @@ pub fn infer(
             arity(1, 1)?;
             let d = need_declared()?;
             let g = attrs.groups;
-            if x.c % g != 0 || d.c % g != 0 {
+            if !x.c.is_multiple_of(g) || !d.c.is_multiple_of(g) {
                 return Err(format!(
                     "groups {g} must divide input channels {} and output channels {}",
                     x.c, d.c

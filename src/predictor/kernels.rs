@@ -199,7 +199,7 @@ impl WithSimd for ConvOp<'_, '_> {
     fn with_simd<S: Simd>(self, s: S) {
         let h = self.c.h();
         let l = lanes::<S>();
-        if h % l == 0 && l > 1 {
+        if h.is_multiple_of(l) && l > 1 {
             match h / l {
                 1 => conv_v::<S, 1>(s, self.c, self.row0, self.out),
                 2 => conv_v::<S, 2>(s, self.c, self.row0, self.out),
@@ -459,7 +459,7 @@ impl WithSimd for GradOp<'_, '_> {
     fn with_simd<S: Simd>(self, s: S) {
         let l = lanes::<S>();
         let h = self.c.h;
-        if h % l == 0 && l > 1 {
+        if h.is_multiple_of(l) && l > 1 {
             match h / l {
                 1 => grad_v::<S, 1>(s, self.c, self.rows, self.g),
                 2 => grad_v::<S, 2>(s, self.c, self.rows, self.g),

@@ -174,7 +174,7 @@ mod search_props {
             batch: 8,
             seed,
             max_mflops,
-            multi_objective: seed % 2 == 0,
+            multi_objective: seed.is_multiple_of(2),
             start: (alg == Algorithm::Flops).then(|| {
                 search::Start::Arch(
                     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|".into(),
