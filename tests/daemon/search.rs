@@ -788,3 +788,33 @@ fn a_task_file_taken_away_while_tuning_and_put_back_runs_its_search() {
     assert_eq!(d.task("back").unwrap()["removed"], false);
     assert_eq!(d.task("back").unwrap()["version"], version.as_str());
 }
+
+#[test]
+fn a_cancellation_answers_with_the_state_it_found() {
+    // Checkpointing every generation, a search's worker stops at most a generation after the
+    // flag is set: the answer must still say the search was running (it was read after the
+    // flag, and said `cancelled` whenever the worker won the race: CI's failure of stop 30).
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(
+        &root.path().join("state"),
+        &[("AIOP_CHECKPOINT_INTERVAL_MS", "0")],
+    );
+    for seed in 0..16 {
+        let spec = serde_json::json!({"space": "nb201", "task": "cifar10", "budget": 1_000_000,
+            "algorithm": "random", "batch": 1, "seed": seed});
+        let r = d.send("POST", "/v1/searches", &spec);
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        watch_search(&d, &id, |v| {
+            v["status"] == "running" && v["generation"].as_u64().unwrap() >= 2
+        });
+        let r = d.send(
+            "DELETE",
+            &format!("/v1/searches/{id}"),
+            &serde_json::Value::Null,
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(r.json()["status"], "running", "seed {seed}: {}", r.text());
+        watch_search(&d, &id, |v| v["status"] == "cancelled");
+    }
+}
