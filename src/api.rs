@@ -2,7 +2,7 @@
 //! searches.
 //!
 //! Routes: `GET /healthz`, `GET /metrics` (Prometheus text), `GET /v1/spaces`, `GET /v1/tasks`,
-//! `POST /v1/tasks` (submit a task file), `GET /v1/tasks/{name}`, `POST /v1/graph`,
+//! `POST /v1/tasks` (submit a task file), `GET|DELETE /v1/tasks/{name}`, `POST /v1/graph`,
 //! `POST /v1/predict`, `GET|POST /v1/searches`, `GET|DELETE /v1/searches/{id}`.
 //! Invariants: every error is JSON `{"error": {"code", "message"}}` with a fitting status
 //! (unknown routes and methods, bad JSON and oversized bodies included); bodies over the
@@ -277,7 +277,7 @@ pub fn router(
                     &state.backend.limits,
                 ))),
         )
-        .route("/v1/tasks/{name}", get(task))
+        .route("/v1/tasks/{name}", get(task).delete(delete_task))
         .route("/v1/graph", post(graph))
         .route("/v1/predict", post(predict))
         .route("/v1/searches", get(list_searches).post(create_search))
@@ -964,6 +964,58 @@ async fn delete_search(
     })
     .await??;
     Ok((StatusCode::ACCEPTED, Json(search_view(&rec, true))))
+}
+
+/// `DELETE /v1/tasks/{name}`: remove the task's file from the watched folder, as deleting it
+/// by hand does (202): the watcher then marks the task removed and cancels its searches,
+/// keeping its record, versions, model and results. The files it reads stay (another task may
+/// read them; a resubmission writes them again). A task removed already is answered as it is
+/// (200): the request is idempotent.
+async fn delete_task(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Path(name) = name?;
+    let (store, backend) = (st.store.clone(), st.backend.clone());
+    tokio::task::spawn_blocking(move || {
+        let rec = store
+            .task(&name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no task '{name}'")))?;
+        let view = |rec: &crate::store::TaskRecord| {
+            serde_json::to_value(rec).map_err(|e| ApiError::Internal(e.to_string()))
+        };
+        if rec.removed_at.is_some() {
+            return Ok((StatusCode::OK, Json(view(&rec)?)));
+        }
+        let dir = backend
+            .tasks_dir
+            .canonicalize()
+            .map_err(|e| ApiError::Internal(format!("the tasks folder: {e}")))?;
+        let source = std::path::Path::new(&rec.source);
+        // Only ever a file of the watched folder (a record names no other, but a path is
+        // checked before anything is deleted).
+        if !source.starts_with(&dir) || source.extension().is_none_or(|e| e != "toml") {
+            return Err(ApiError::Conflict(format!(
+                "task '{name}' is defined by {}, not a task file of the watched folder {}",
+                rec.source,
+                dir.display()
+            )));
+        }
+        match std::fs::remove_file(source) {
+            Ok(()) => tracing::info!(task = %name, file = %rec.source, "task file removed through the API"),
+            // Gone already: the watcher is about to mark the task removed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::Internal(format!(
+                    "removing {}: {e}",
+                    rec.source
+                )))
+            }
+        }
+        Ok((StatusCode::ACCEPTED, Json(view(&rec)?)))
+    })
+    .await?
 }
 
 /// `POST /v1/tasks`: a task file and the files it names, as `{"files": [{"path", "content"}]}`

@@ -57,7 +57,10 @@ enum Command {
     Searches(cmd::serve::SearchesArgs),
     /// Send a search spec (JSON) or a task file (TOML, with its samples) to a running daemon.
     Submit(cmd::serve::SubmitArgs),
-    /// Export or import the daemon's store as JSON lines (with the daemon stopped).
+    /// Remove a task from a running daemon: its task file leaves the watched folder, its
+    /// searches are cancelled, its record, model and results are kept.
+    Remove(cmd::serve::RemoveArgs),
+    /// Export, import or compact the daemon's store (with the daemon stopped).
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
 }
@@ -240,6 +243,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::serve::status(a),
         Command::Searches(a) => cmd::serve::searches(a),
         Command::Submit(a) => cmd::serve::submit(a),
+        Command::Remove(a) => cmd::serve::remove(a),
         Command::Store(c) => cmd::store::store(c),
     };
     match result {

@@ -115,6 +115,36 @@ pub struct SubmitArgs {
     pub daemon: DaemonArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The task's name.
+    pub name: String,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// `aiop remove NAME`: `DELETE /v1/tasks/{name}`, then what it did.
+pub fn remove(a: RemoveArgs) -> anyhow::Result<()> {
+    let addr = a.daemon.resolve()?;
+    let path = format!("/v1/tasks/{}", client::path_segment(&a.name));
+    let r = call(&addr, "DELETE", &path, None)?;
+    let v = r.json();
+    let file = v["source"].as_str().unwrap_or("?");
+    if r.status == 202 {
+        println!(
+            "removing task {}: {file} deleted; the daemon marks it removed and cancels its \
+             searches (its record, model and results are kept)",
+            a.name
+        );
+    } else {
+        println!(
+            "task {} was removed already (its file {file} is gone)",
+            a.name
+        );
+    }
+    Ok(())
+}
+
 /// The bearer token for mutating requests: `AIOP_TOKEN` when set.
 fn auth_headers(token: &Option<String>) -> Vec<(&'static str, String)> {
     let mut h = vec![("Content-Type", "application/json".to_string())];

@@ -770,4 +770,9 @@ fn client_commands_encode_ids_name_a_timeout_and_end_quietly_on_a_closed_pipe() 
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(77), "{err}");
     assert!(err.contains("HTTP 401"), "{err}");
+    // Removing a task wants it too (refused before the task is even looked up).
+    let o = crate::common::aiop(&["remove", "any", "--addr", &guarded.addr], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(77), "{err}");
+    assert!(err.contains("DELETE /v1/tasks/any: HTTP 401"), "{err}");
 }

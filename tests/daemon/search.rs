@@ -818,3 +818,79 @@ fn a_cancellation_answers_with_the_state_it_found() {
         watch_search(&d, &id, |v| v["status"] == "cancelled");
     }
 }
+
+#[test]
+fn a_task_submitted_remotely_is_removed_remotely_its_search_cancelled_its_results_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let st = state.to_str().unwrap();
+    let d = Daemon::start(&state);
+    // Submitted through the API from a folder of the user's, not the watched one.
+    let src = root.path().join("mine");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("seg.csv"), seg_samples(20)).unwrap();
+    let search = "\n[search]\nalgorithm = \"random\"\nbudget = 100000\nbatch = 4\nseed = 2\n";
+    std::fs::write(src.join("rm.toml"), seg_task("seg-rm", search)).unwrap();
+    let toml = src.join("rm.toml");
+    let out = crate::common::aiop(&["submit", toml.to_str().unwrap(), "--state", st], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = d.wait_ready("seg-rm")["spec_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = format!("t-seg-rm-{}", &version[..12]);
+    watch_search(&d, &id, |v| v["status"] == "running");
+
+    let remove = || crate::common::aiop(&["remove", "seg-rm", "--state", st], "");
+    let out = remove();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("removing task seg-rm: "), "{said}");
+    // The task file left the watched folder; the samples file it read stays.
+    let tasks = d.tasks_dir();
+    assert!(!tasks.join("rm.toml").exists());
+    assert!(tasks.join("seg.csv").exists());
+    let seen = watch_search(&d, &id, |v| v["status"] == "cancelled");
+    let last = seen.last().unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("task file was deleted"),
+        "{last}"
+    );
+    assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
+    let t = wait_for("the task marked removed", || {
+        let t = d.get("/v1/tasks/seg-rm").json();
+        t["removed_at"].is_u64().then_some(t)
+    });
+    assert_eq!(t["spec_hash"], version.as_str(), "its record is kept: {t}");
+    // Again: answered as it is; an unknown task is not found.
+    let out = remove();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("removed already"),
+        "{said}"
+    );
+    let r = d.send("DELETE", "/v1/tasks/nope", &serde_json::Value::Null);
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Submitted again, it comes back.
+    let out = crate::common::aiop(&["submit", toml.to_str().unwrap(), "--state", st], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the task back", || {
+        let t = d.get("/v1/tasks/seg-rm").json();
+        t["removed_at"].is_null().then_some(())
+    });
+}
