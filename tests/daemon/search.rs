@@ -680,16 +680,7 @@ fn sigterm_mid_search_exits_within_the_grace_period_and_the_search_resumes() {
 
     // Deleting the task file stops its search and keeps what it found.
     std::fs::remove_file(tasks.join("seg.toml")).unwrap();
-    let seen = watch_search(&d, &id, |v| v["status"] == "cancelled");
-    let last = seen.last().unwrap();
-    assert!(
-        last["error"]
-            .as_str()
-            .unwrap()
-            .contains("task file was deleted"),
-        "{last}"
-    );
-    assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
+    cancelled_with_its_task_file(&d, &id);
     let t = d.get("/v1/tasks/seg-term").json();
     assert!(t["removed_at"].is_u64(), "{t}");
 }
@@ -858,16 +849,7 @@ fn a_task_submitted_remotely_is_removed_remotely_its_search_cancelled_its_result
     let tasks = d.tasks_dir();
     assert!(!tasks.join("rm.toml").exists());
     assert!(tasks.join("seg.csv").exists());
-    let seen = watch_search(&d, &id, |v| v["status"] == "cancelled");
-    let last = seen.last().unwrap();
-    assert!(
-        last["error"]
-            .as_str()
-            .unwrap()
-            .contains("task file was deleted"),
-        "{last}"
-    );
-    assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
+    cancelled_with_its_task_file(&d, &id);
     let t = wait_for("the task marked removed", || {
         let t = d.get("/v1/tasks/seg-rm").json();
         t["removed_at"].is_u64().then_some(t)
@@ -893,4 +875,19 @@ fn a_task_submitted_remotely_is_removed_remotely_its_search_cancelled_its_result
         let t = d.get("/v1/tasks/seg-rm").json();
         t["removed_at"].is_null().then_some(())
     });
+}
+
+/// Wait for search `id` to be cancelled because its task file was deleted, and check that it
+/// kept what it found.
+fn cancelled_with_its_task_file(d: &Daemon, id: &str) {
+    let seen = watch_search(d, id, |v| v["status"] == "cancelled");
+    let last = seen.last().unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("task file was deleted"),
+        "{last}"
+    );
+    assert!(!last["results"].as_array().unwrap().is_empty(), "{last}");
 }
