@@ -325,7 +325,7 @@ pub struct Store {
     durable: Arc<RwLock<()>>,
     /// The state directory's lock ([`lock_state`]), held while any handle lives: it keeps a
     /// second aiop out, and a compaction's swap of the database folder whole.
-    _lock: Arc<std::fs::File>,
+    lock: Arc<std::fs::File>,
 }
 
 /// What a search generation writes besides its record: the state's head (everything but the
@@ -439,7 +439,7 @@ impl Store {
             models: db.open_tree("models")?,
             db,
             durable: Arc::new(RwLock::new(())),
-            _lock: Arc::new(lock),
+            lock: Arc::new(lock),
         })
     }
 
@@ -459,10 +459,6 @@ impl Store {
             });
         }
         let store = Store::open(state_dir)?;
-        let fail = |message: String| StoreError::Compact {
-            path: db_path.clone(),
-            message,
-        };
         let bytes_before = dir_size(&db_path)?;
         let copy_path = state_dir.join(COMPACT_COPY);
         if copy_path.exists() {
@@ -492,27 +488,16 @@ impl Store {
         if want != got {
             drop(copy);
             let _ = std::fs::remove_dir_all(&copy_path);
-            return Err(fail(format!(
-                "the copy's checksum {got:#010x} is not the store's {want:#010x}"
-            )));
+            return Err(StoreError::Compact {
+                path: db_path,
+                message: format!("the copy's checksum {got:#010x} is not the store's {want:#010x}"),
+            });
         }
         drop(copy);
         // Every handle on the old database goes before its folder moves; the lock stays.
-        let Store {
-            db,
-            tasks,
-            task_specs,
-            searches,
-            checkpoints,
-            search_history,
-            predictions,
-            models,
-            durable: _,
-            _lock: lock,
-        } = store;
-        db.flush()?;
-        drop((tasks, task_specs, searches, checkpoints, search_history));
-        drop((predictions, models, db));
+        let lock = store.lock.clone();
+        store.flush()?;
+        drop(store);
         let marker = state_dir.join(COMPACT_DONE);
         let f = std::fs::File::create(&marker)?;
         f.sync_all()?;
@@ -1364,11 +1349,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Open sled's database at `path`, waiting up to [`LOCK_WAIT`] for its file lock. A store
-/// dropped in this process releases the lock only when sled's flusher thread lets go of the
-/// database, a moment later; a reopen in between (a restart inside one process, as the tests
-/// do) would otherwise fail at random. A lock held by another process is still an error, after
-/// the wait.
 /// What [`Store::compact`] did: records copied, and the database folder's size before and after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compacted {
@@ -1395,23 +1375,18 @@ fn lock_state(state_dir: &Path) -> Result<std::fs::File, StoreError> {
         .truncate(false)
         .write(true)
         .open(&path)?;
-    let start = std::time::Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
-            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
-        }
+    let would_block = |e: &std::fs::TryLockError| matches!(e, std::fs::TryLockError::WouldBlock);
+    match retry_while(would_block, || file.try_lock()) {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
 
 /// Finish or discard a compaction found in `state_dir` (the state's lock held): with its
-/// completion marker, move the copy into place (`db` → `db.old`, `db.compact` → `db`, both
-/// renames done once whatever step a crash stopped at) and remove the old database and the
-/// marker; without one, the copy is incomplete and removed, the store untouched.
+/// completion marker, move the copy into place (`db` → `db.compact.old`, `db.compact` → `db`,
+/// each rename done once whatever step a crash stopped at) and remove the old database and
+/// the marker; without one, the copy is incomplete and removed, the store untouched.
 fn finish_compaction(state_dir: &Path) -> Result<(), StoreError> {
     let (db, copy) = (state_dir.join("db"), state_dir.join(COMPACT_COPY));
     let (old, marker) = (state_dir.join(COMPACT_OLD), state_dir.join(COMPACT_DONE));
@@ -1474,11 +1449,25 @@ fn dir_size(dir: &Path) -> Result<u64, StoreError> {
     Ok(n)
 }
 
+/// Open sled's database at `path`, waiting up to [`LOCK_WAIT`] for its file lock. A store
+/// dropped in this process releases the lock only when sled's flusher thread lets go of the
+/// database, a moment later; a reopen in between (a restart inside one process, as the tests
+/// do) would otherwise fail at random. A lock held by another process is still an error, after
+/// the wait.
 fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
+    retry_while(lock_held, || sled::Config::new().path(path).open())
+}
+
+/// `attempt` until it succeeds or fails otherwise than `held` says (a lock another holder is
+/// letting go of), for at most [`LOCK_WAIT`]; then its last answer.
+fn retry_while<T, E>(
+    held: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
     let start = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(path).open() {
-            Err(e) if lock_held(&e) && start.elapsed() < LOCK_WAIT => {
+        match attempt() {
+            Err(e) if held(&e) && start.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r,
@@ -1486,7 +1475,7 @@ fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
-/// How long [`open_locked`] waits for the database's file lock.
+/// How long [`open_locked`] and [`lock_state`] wait for a file lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[cfg(test)]
