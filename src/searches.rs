@@ -911,7 +911,7 @@ fn resolve(store: &Store, req: &SearchRequest, origin: &str) -> Result<StoredSpe
 /// The request a task file's `[search]` table stands for.
 pub fn request_from_task(spec: &TaskSpec) -> Option<SearchRequest> {
     let s = spec.search.as_ref()?;
-    let algorithm = search::Algorithm::from(s.algorithm).name();
+    let algorithm = s.algorithm.name();
     Some(SearchRequest {
         task: spec.name.clone(),
         space: None,
@@ -938,7 +938,7 @@ pub fn request_from_task(spec: &TaskSpec) -> Option<SearchRequest> {
 /// first such sample's).
 fn start_label(spec: &TaskSpec) -> Option<f64> {
     let s = spec.search.as_ref()?;
-    if s.algorithm != taskfile::Algorithm::Flops {
+    if s.algorithm != search::Algorithm::Flops {
         return None;
     }
     let start = s.start.as_deref()?;

@@ -21,7 +21,7 @@ use toml::Spanned;
 use crate::graph::{hash::GraphHash, json, Graph};
 use crate::names::bare_key;
 use crate::predictor::train::{FINETUNE_LR, RANK_WEIGHT};
-use crate::search;
+use crate::search::{self, Algorithm};
 use crate::spaces::{Arch, SpaceId, Task};
 
 /// Longest task name.
@@ -145,24 +145,6 @@ pub enum Mode {
     Finetune,
     /// Use the pretrained predictor as is; samples only evaluate it.
     ZeroShot,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    Evolution,
-    Random,
-    Flops,
-}
-
-impl From<Algorithm> for search::Algorithm {
-    fn from(a: Algorithm) -> search::Algorithm {
-        match a {
-            Algorithm::Evolution => search::Algorithm::Evolution,
-            Algorithm::Random => search::Algorithm::Random,
-            Algorithm::Flops => search::Algorithm::Flops,
-        }
-    }
 }
 
 /// The optional `[search]` table. Unset fields take the search's own defaults.
@@ -903,18 +885,10 @@ fn parse_search(
 ) -> Result<SearchSpec, TaskFileError> {
     let algorithm = match &s.algorithm {
         None => Algorithm::Evolution,
-        Some(a) => match a.get_ref().as_str() {
-            "evolution" => Algorithm::Evolution,
-            "random" => Algorithm::Random,
-            "flops" => Algorithm::Flops,
-            other => {
-                return Err(field_err(
-                    "search.algorithm",
-                    a.span(),
-                    format!("unknown algorithm '{other}' (expected evolution, random or flops)"),
-                ))
-            }
-        },
+        Some(a) => a
+            .get_ref()
+            .parse::<Algorithm>()
+            .map_err(|e| field_err("search.algorithm", a.span(), e))?,
     };
     // What the algorithm does not read (a FLOP reduction's start, evolution's tournament) is
     // refused, not silently ignored: the table is the search's own (`Algorithm::SPECIFIC`).
@@ -926,10 +900,9 @@ fn parse_search(
         ("radius", s.radius.as_ref().map(|x| x.span())),
         ("two_sided", s.two_sided.as_ref().map(|x| x.span())),
     ];
-    let chosen = search::Algorithm::from(algorithm);
     if let Some((option, Some(span))) = spans
         .into_iter()
-        .find(|(o, sp)| sp.is_some() && !chosen.reads(o))
+        .find(|(o, sp)| sp.is_some() && !algorithm.reads(o))
     {
         return Err(field_err(
             &format!("search.{option}"),
@@ -937,7 +910,7 @@ fn parse_search(
             format!(
                 "only {} reads it; this one is {}{}",
                 search::Algorithm::readers_phrase(option, |a| format!("algorithm = \"{a}\"")),
-                chosen.name(),
+                algorithm.name(),
                 if s.algorithm.is_none() {
                     " (the default)"
                 } else {
@@ -1297,6 +1270,21 @@ mod tests {
         );
         let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
         assert_eq!(e.field(), Some("search.population"), "{e}");
+        // The algorithm's name is read by the search's own parser, whose message it keeps.
+        let e = err(
+            &format!("{GOOD}[search]\nalgorithm = \"evolve\"\n"),
+            &good_csv(),
+        );
+        assert_eq!(
+            (e.line(), e.field()),
+            (Some(6), Some("search.algorithm")),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("unknown algorithm 'evolve' (expected evolution, random or flops)"),
+            "{e}"
+        );
         // Checked values, type errors and unknown keys inside a table name the table too.
         for (table, line, field) in [
             ("[search]\nradius = 0", 6, "search.radius"),
