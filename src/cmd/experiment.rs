@@ -231,7 +231,8 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     }
     let mut runs = Vec::new();
     let mut summaries = Vec::new();
-    let mut out = std::io::stdout().lock();
+    // Rows as they come; a reader gone from stdout must not end the runs before `--json`.
+    let mut out = super::report_out();
     writeln!(
         out,
         "{:<14} {:<16} {:<10} {:>4}  {:>18}  {:>9}  {:>8}",
@@ -606,7 +607,8 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         anyhow::bail!("--companion is for --recipe task");
     }
     let mut runs = Vec::new();
-    let mut out = std::io::stdout().lock();
+    // Rows as they come; a reader gone from stdout must not end the runs before `--json`.
+    let mut out = super::report_out();
     writeln!(
         out,
         "{:<14} {:<16} {:>16} {:>16} {:>16} {:>8}",

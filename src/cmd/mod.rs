@@ -33,6 +33,52 @@ pub fn space_parser() -> impl clap::builder::TypedValueParser<Value = aiop::spac
         .map(|s| SpaceId::from_name(&s).expect("a possible value is a space's name"))
 }
 
+/// Standard output for a command that prints as it goes and writes a file at the end
+/// (`aiop experiment`'s tables beside `--json`): once the reader has gone (`| head`), what is
+/// printed is dropped and the work goes on to its file, where a plain `stdout()` would end the
+/// command at the next line, quietly and without the file. Other errors are kept.
+pub fn report_out() -> ReportOut {
+    ReportOut {
+        inner: std::io::stdout(),
+        closed: false,
+    }
+}
+
+/// See [`report_out`].
+pub struct ReportOut {
+    inner: std::io::Stdout,
+    /// The reader has gone: everything after is dropped.
+    closed: bool,
+}
+
+impl std::io::Write for ReportOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
 /// Check that `path`, the destination of `option`, can be written, before any work is done
 /// for it (a [`UsageError`] naming both otherwise). An existing file is opened for writing and
 /// left as it is; a missing one is created and removed again.

@@ -346,6 +346,13 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
             e.describe()
         );
     }
+    // The file first: a reader of stdout that quits early (`| head`) ends the printing, and
+    // with it this command, quietly (a closed pipe is no failure) — the results file must
+    // already be written by then.
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&file)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     for r in &file.results {
         let name = r.arch.clone().unwrap_or_else(|| "<graph>".into());
@@ -355,10 +362,6 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
             "{:>10.4} {:>10.3} MFLOPs {:>8.4} M params  oracle {oracle:>8}  {name}",
             r.predicted, r.mflops, r.mparams
         )?;
-    }
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&file)?)
-            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -491,14 +494,17 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
         (_, Some(g), _, _) => Arc::new(json::from_json(&g.to_string())?),
         _ => anyhow::bail!("result {} has neither an architecture nor a graph", a.rank),
     };
+    let text = json::to_json(&graph);
+    // The file before stdout, for the reason `search` gives.
+    if let Some(p) = &a.graph {
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if let Some(s) = &r.arch {
         writeln!(out, "{s}")?;
     }
-    let text = json::to_json(&graph);
-    match &a.graph {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
-        None => out.write_all(text.as_bytes())?,
+    if a.graph.is_none() {
+        out.write_all(text.as_bytes())?;
     }
     Ok(())
 }

@@ -309,6 +309,76 @@ fn a_shape_inconsistent_graph_file_names_the_node() {
     );
 }
 
+/// Run `aiop` with its stdout a pipe whose reader has gone before anything is printed (as
+/// `| head` does after its lines): the exit status, and stderr.
+fn aiop_into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn results_files_are_written_when_stdout_has_no_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("r.json");
+    let res_s = res.to_str().unwrap();
+    let (status, err) = aiop_into_closed_pipe(&[
+        "search",
+        "--space",
+        "nb201",
+        "--task",
+        "cifar10",
+        "--fitness",
+        "oracle",
+        "--budget",
+        "40",
+        "--seed",
+        "1",
+        "--json",
+        res_s,
+        "--quiet",
+    ]);
+    assert!(status.success(), "{err}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    assert_eq!(file["results"].as_array().unwrap().len(), 10);
+    let g = dir.path().join("best.json");
+    let (status, err) = aiop_into_closed_pipe(&["export", res_s, "--graph", g.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    let o = aiop(&["graph", "--file", g.to_str().unwrap()], "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["hash"], file["results"][0]["hash"]);
+    // An experiment prints its rows as it goes; the reader's going does not end it first.
+    let ex = dir.path().join("ex.json");
+    let (status, err) = aiop_into_closed_pipe(&[
+        "experiment",
+        "search",
+        "--space",
+        "nb201",
+        "--task",
+        "cifar10",
+        "--methods",
+        "random",
+        "--seeds",
+        "2",
+        "--queries",
+        "20",
+        "--json",
+        ex.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&ex).unwrap()).unwrap();
+    assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn search_writes_results_that_export_as_arch_and_graph() {
     let dir = tempfile::tempdir().unwrap();
