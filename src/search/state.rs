@@ -516,8 +516,20 @@ impl SearchState {
     }
 
     fn feasible(&self, b: &Built) -> bool {
-        self.spec.max_mflops.is_none_or(|m| b.mflops <= m)
-            && self.spec.max_mparams.is_none_or(|m| b.mparams <= m)
+        self.within_constraints(b.mflops, b.mparams)
+    }
+
+    fn within_constraints(&self, mflops: f64, mparams: f64) -> bool {
+        self.spec.max_mflops.is_none_or(|m| mflops <= m)
+            && self.spec.max_mparams.is_none_or(|m| mparams <= m)
+    }
+
+    /// Whether history entry `i` meets the constraints. Every entry of an evolution or a
+    /// random search does (nothing else is proposed); a FLOP reduction from a start that
+    /// breaks them walks through networks that break them too, on its way down.
+    fn entry_feasible(&self, i: usize) -> bool {
+        let e = &self.history[i];
+        self.within_constraints(e.mflops, e.mparams)
     }
 
     fn space(&self) -> Result<SpaceId, SearchError> {
@@ -782,11 +794,15 @@ impl SearchState {
             self.frontier = idx;
             return Ok(());
         };
-        // All cheaper, unseen, feasible moves of the frontier.
+        // All cheaper, unseen, feasible moves of the frontier. From a network that breaks
+        // the constraints (a start above `max_mflops`, and the networks on the way down from
+        // it) a cheaper move is taken even if it breaks them too: the way to a network within
+        // them goes through such moves. No infeasible network is a result.
         let mut cands: Vec<Built> = Vec::new();
         let mut batch_seen: HashSet<GraphHash> = HashSet::new();
         for f in self.frontier.clone() {
             let fl = self.history[f].mflops;
+            let from_feasible = self.entry_feasible(f);
             let moves = self.history[f].moves + 1;
             if self.spec.radius.is_some_and(|r| moves as usize > r) {
                 continue;
@@ -795,7 +811,7 @@ impl SearchState {
                 let mut b = self.build(g)?;
                 b.moves = moves;
                 if b.mflops < fl
-                    && self.feasible(&b)
+                    && (self.feasible(&b) || !from_feasible)
                     && self.first_seen(&b.hash).is_none()
                     && batch_seen.insert(b.hash)
                 {
@@ -843,9 +859,14 @@ impl SearchState {
             Algorithm::Flops => {
                 // The start always clears the floor: keeping it loses nothing, whatever its
                 // prediction (it leaves the front only when a cheaper network scores higher).
+                // It is kept even when it breaks the constraints, as the reference of the
+                // rest; no other network that breaks them is a result.
                 let ok: Vec<usize> = firsts
                     .into_iter()
-                    .filter(|&i| self.within_tolerance(h[i].score) || Some(i) == self.start)
+                    .filter(|&i| {
+                        Some(i) == self.start
+                            || (self.within_tolerance(h[i].score) && self.entry_feasible(i))
+                    })
                     .collect();
                 let pts: Vec<(f64, f64)> = ok.iter().map(|&i| (h[i].score, h[i].mflops)).collect();
                 pareto::front(&pts).into_iter().map(|k| ok[k]).collect()
@@ -892,7 +913,7 @@ impl SearchState {
     /// this): for evolution and random search the highest score (ties: the earliest found, and
     /// in multi-objective mode the cheaper first), which is the first entry of a ranking's
     /// [`SearchState::results`] and the last of a front's; for a FLOP reduction the cheapest
-    /// network within the tolerance (ties: the higher score, then the earliest), or the start
+    /// network within the tolerance and the constraints (ties: the higher score, then the earliest), or the start
     /// when none is, which is the first entry of its results. `None` before any evaluation.
     /// Read after every generation, so no sort and no pass over the whole history: [`step`]
     /// keeps the best of the entries so far, and only those added since are looked at.
@@ -943,7 +964,7 @@ impl SearchState {
         let eligible = |i: usize| {
             self.spec.algorithm != Algorithm::Flops
                 || Some(i) == self.start
-                || self.within_tolerance(h[i].score)
+                || (self.within_tolerance(h[i].score) && self.entry_feasible(i))
         };
         for i in (from..h.len()).filter(|&i| eligible(i)) {
             if best.is_none_or(|b| better(i, b)) {
@@ -1228,6 +1249,34 @@ mod tests {
         let mut s = SearchState::new(sp).unwrap();
         run(&mut s, &mut fit, &AtomicBool::new(false), |_| Ok(())).unwrap();
         assert!(s.history.iter().all(|e| e.mflops <= 60.0));
+    }
+
+    #[test]
+    fn a_flop_reduction_walks_down_from_a_start_above_its_constraint() {
+        // 86.4 MFLOPs; networks under 50 lie a few moves down.
+        let start = "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
+        let s = reduce_on_table(start, 300, |sp| {
+            sp.tolerance = 100.0;
+            sp.max_mflops = Some(50.0);
+        });
+        let st = &s.history[s.start.unwrap()];
+        assert!(st.mflops > 50.0, "the start must break the constraint");
+        let r = s.results();
+        // The start may stay on the front (as the reference); no other network above 50 is
+        // a result.
+        let others: Vec<&ResultRow> = r.iter().filter(|x| x.hash != st.hash).collect();
+        assert!(!others.is_empty(), "{:?}", s.end_reason());
+        assert!(others.iter().all(|x| x.mflops <= 50.0), "{others:?}");
+        let best = s.best().unwrap();
+        assert!(best.mflops <= 50.0 && best.hash == r[0].hash);
+        // It walked through networks above 50 on the way (no one move gets there).
+        assert!(s.history.iter().any(|e| e.mflops > 50.0 && e.hash != st.hash));
+        // From a start within the constraint nothing above it is ever evaluated.
+        let s = reduce_on_table(start, 300, |sp| {
+            sp.tolerance = 100.0;
+            sp.max_mflops = Some(90.0);
+        });
+        assert!(s.history.iter().all(|e| e.mflops <= 90.0));
     }
 
     #[test]
