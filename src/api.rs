@@ -451,7 +451,13 @@ fn rejected_files(dir: &std::path::Path) -> Vec<Rejected> {
             if !file.ends_with(".toml") || file.starts_with('.') {
                 return None;
             }
-            let report = std::fs::read_to_string(&p).ok()?;
+            // Opened as a regular file only: a FIFO in its place would block the request.
+            let mut report = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(taskfile::open_regular(&p).ok()?, 1 << 20),
+                &mut report,
+            )
+            .ok()?;
             let error = report
                 .lines()
                 .find_map(|l| l.strip_prefix("error: "))

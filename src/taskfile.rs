@@ -524,6 +524,29 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// Open `path` for reading when it is a regular file. Anything else is refused with
+/// `ErrorKind::InvalidInput`, and the check is made on the opened file, which is opened without
+/// blocking: a FIFO (which a plain open waits on until a writer comes, for ever in the
+/// watcher's thread) or a device put in the file's place since it was last looked at is
+/// refused too.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = options.open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
 /// Read a whole text file after checking its size; binary or non-UTF-8 content is an error.
 fn read_text(path: &Path, limit: u64, field: Option<&str>) -> Result<String, TaskFileError> {
     let err = |message: String| TaskFileError::File {
@@ -542,9 +565,12 @@ fn read_text(path: &Path, limit: u64, field: Option<&str>) -> Result<String, Tas
         )));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
+    open_regular(path)
         .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
-        .map_err(|e| err(format!("cannot read: {e}")))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => err(e.to_string()),
+            _ => err(format!("cannot read: {e}")),
+        })?;
     if bytes.len() as u64 > limit {
         return Err(err(format!(
             "file grew over the limit of {limit} bytes while being read"

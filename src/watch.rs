@@ -25,6 +25,7 @@
 //! reported and the loop goes on.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -711,11 +712,17 @@ fn files_read(task_file: &Path, spec: &taskfile::TaskSpec) -> Vec<PathBuf> {
 /// unreadable or unparsable text, no samples path, or `space = "graph"` (whose graph files
 /// only the samples file names).
 fn named_reads(task_file: &Path, limits: &Limits) -> Option<Vec<PathBuf>> {
-    let meta = std::fs::metadata(task_file).ok()?;
-    if meta.len() > limits.max_toml_bytes {
+    // Not a plain `read_to_string`: a FIFO named `*.toml` would block the watcher for good.
+    let mut text = String::new();
+    taskfile::open_regular(task_file)
+        .ok()?
+        .take(limits.max_toml_bytes + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() as u64 > limits.max_toml_bytes {
         return None;
     }
-    let v: toml::Table = std::fs::read_to_string(task_file).ok()?.parse().ok()?;
+    let v: toml::Table = text.parse().ok()?;
     if v.get("space").and_then(|s| s.as_str()) == Some("graph") {
         return None;
     }
@@ -879,6 +886,40 @@ mod tests {
         assert!(!tasks.join(".hidden.toml.error").exists());
         w.stop();
         assert_eq!(store.tasks().unwrap().len(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_named_like_a_task_file_is_reported_and_blocks_nothing() {
+        let (state, tasks) = folder_with_samples();
+        let fifo = tasks.join("evil.toml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let store = Store::open(state.path()).unwrap();
+        let (w, _m) = watch(&tasks, &store);
+        let report = error_report(&tasks.join("evil.toml.error"));
+        assert!(report.contains("not a regular file"), "{report}");
+        // Every later change reads the files not accepted again, the FIFO among them: none of
+        // those reads may wait for a writer.
+        for name in ["a", "b"] {
+            // A new samples file first: which waiting task files read it is asked of each.
+            let csv = format!("{name}.csv");
+            std::fs::copy(tasks.join("s.csv"), tasks.join(&csv)).unwrap();
+            std::fs::write(tasks.join(format!("{name}.toml")), task_toml(name, &csv)).unwrap();
+            assert!(
+                wait_for(|| store.task(name).unwrap().is_some()),
+                "{name} after the FIFO"
+            );
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            w.stop();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the watcher did not stop"
+        );
     }
 
     #[test]

@@ -1270,7 +1270,10 @@ mod tests {
         let best = s.best().unwrap();
         assert!(best.mflops <= 50.0 && best.hash == r[0].hash);
         // It walked through networks above 50 on the way (no one move gets there).
-        assert!(s.history.iter().any(|e| e.mflops > 50.0 && e.hash != st.hash));
+        assert!(s
+            .history
+            .iter()
+            .any(|e| e.mflops > 50.0 && e.hash != st.hash));
         // From a start within the constraint nothing above it is ever evaluated.
         let s = reduce_on_table(start, 300, |sp| {
             sp.tolerance = 100.0;
