@@ -9,7 +9,7 @@ use super::{Graph, NodeId, Op};
 /// Render a graph as a DOT digraph.
 pub fn to_dot(g: &Graph, title: &str) -> String {
     let mut s = String::with_capacity(64 + g.len() * 80);
-    let _ = writeln!(s, "digraph \"{}\" {{", title.replace('"', "'"));
+    let _ = writeln!(s, "digraph \"{}\" {{", escaped(title));
     let _ = writeln!(s, "  rankdir=TB; node [shape=box, fontsize=10];");
     for (i, n) in g.nodes().iter().enumerate() {
         let a = &n.attrs;
@@ -43,7 +43,7 @@ pub fn to_dot(g: &Graph, title: &str) -> String {
             s,
             "  n{i} [label=\"{}\"{style}, tooltip=\"{}\"];",
             label,
-            g.name(NodeId(i as u32)).replace('"', "'")
+            escaped(&g.name(NodeId(i as u32)))
         );
     }
     for (src, dst) in g.edges() {
@@ -51,6 +51,22 @@ pub fn to_dot(g: &Graph, title: &str) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// `text` inside a DOT double-quoted string: a backslash, a quote or a line break is escaped
+/// (unescaped, a name ending in `\` swallowed the closing quote and the file would not parse).
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -68,5 +84,19 @@ mod tests {
         assert!(d.starts_with("digraph \"t\" {"));
         assert!(d.contains("n0 -> n1;") && d.contains("n1 -> n2;"));
         assert!(d.contains("relu\\n3x4x4"));
+    }
+
+    #[test]
+    fn quotes_and_backslashes_in_names_are_escaped() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(3, 4, 4).unwrap();
+        b.output(x).unwrap();
+        // A title ending in a backslash ended the string early: the file did not parse.
+        let d = to_dot(&b.finish(), "C:\\runs\\\"best\"\\");
+        assert!(
+            d.starts_with("digraph \"C:\\\\runs\\\\\\\"best\\\"\\\\\" {"),
+            "{d}"
+        );
+        assert_eq!(escaped("a\nb"), "a\\nb");
     }
 }

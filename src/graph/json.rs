@@ -277,15 +277,24 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
             },
         )?;
         if let Some(d) = n.input {
-            if op != Op::Input && shape_of(d) != r.input {
+            // An input's is its own output: one that disagrees is checked, not dropped.
+            if shape_of(d) != r.input {
                 return Err(field_err(
                     &n.id,
                     "in",
-                    format!(
-                        "declared input {} but its inputs give {}",
-                        shape_of(d),
-                        r.input
-                    ),
+                    if op == Op::Input {
+                        format!(
+                            "declared input {} but an input's is its output, {}",
+                            shape_of(d),
+                            r.input
+                        )
+                    } else {
+                        format!(
+                            "declared input {} but its inputs give {}",
+                            shape_of(d),
+                            r.input
+                        )
+                    },
                 ));
             }
         }
@@ -445,6 +454,16 @@ mod tests {
             {"id": "a", "op": "input", "out": [3, 8, 8], "kernal": 3}]}"#;
         let e = from_json(typo).unwrap_err().to_string();
         assert!(e.contains("kernal") && e.contains("line 2"), "{e}");
+        // An input's `in` is checked against its `out`, not dropped.
+        let input_in = |shape: &str| {
+            format!(
+                r#"{{"format": "aiop-graph", "version": 1, "nodes": [
+                {{"id": "x", "op": "input", "in": {shape}, "out": [3, 8, 8]}}]}}"#
+            )
+        };
+        assert!(from_json(&input_in("[3, 8, 8]")).is_ok());
+        let e = from_json(&input_in("[3, 9, 8]")).unwrap_err().to_string();
+        assert!(e.contains("node 'x': field 'in'"), "{e}");
     }
 
     #[test]
