@@ -82,7 +82,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub graphs: bool,
     /// Graphs per forward pass.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
 }
 
@@ -453,7 +454,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 eprintln!("aiop: stdin line {n}: {m}");
             }
         }
-        if pending.len() >= a.batch_size.max(1) {
+        if pending.len() >= a.batch_size {
             flush(&mut pending, &mut out)?;
         }
     }

@@ -27,7 +27,8 @@ pub enum FitnessKind {
 
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// Search space (not needed to reduce a free graph given with --start-graph).
+    /// Search space (a --tuned task model gives its own; one fine-tuned on JSON graphs, whose
+    /// search reduces a --start-graph, needs none).
     #[arg(long, value_parser = super::space_parser())]
     pub space: Option<SpaceId>,
     /// Task whose network head is built.
@@ -128,10 +129,10 @@ pub struct ResultsFile {
 /// units changes sign too).
 fn spec_from(a: &SearchArgs, start: Option<Start>, sign: f64) -> anyhow::Result<SearchSpec> {
     let task: Option<Task> = match (a.space, a.task.as_deref()) {
-        (Some(s), Some(t)) => Some(s.task(t)?),
-        (None, Some(t)) => {
-            Some(Task::from_name(t).ok_or_else(|| anyhow::anyhow!("unknown task '{t}'"))?)
-        }
+        (Some(s), Some(t)) => Some(s.task(t).map_err(|e| UsageError(format!("--task: {e}")))?),
+        (None, Some(t)) => Some(
+            Task::from_name(t).ok_or_else(|| UsageError(format!("--task: unknown task '{t}'")))?,
+        ),
         _ => None,
     };
     let d = SearchSpec::default();
@@ -254,12 +255,13 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
             .map(|t| given_space.unwrap_or(space).task(t))
             .transpose()?;
         if given_space.is_some_and(|s| s != space) || given_task.is_some_and(|t| t != head) {
-            anyhow::bail!(
+            return Err(UsageError(format!(
                 "task model '{name}' was fine-tuned for --space {} --task {}; leave them out \
                  or give those",
                 space.name(),
                 head.name()
-            );
+            ))
+            .into());
         }
         a.space = Some(space);
         a.task = Some(head.name().to_string());
@@ -291,13 +293,17 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
         (Some(t), _) => Box::new(t),
         (None, FitnessKind::Oracle) => {
             let (Some(space), Some(task)) = (space, task) else {
-                anyhow::bail!("the oracle fitness needs --space and --task");
+                return Err(
+                    UsageError("the oracle fitness needs --space and --task".into()).into(),
+                );
             };
             Box::new(search::TableFitness::load(space, task)?)
         }
         (None, FitnessKind::Predictor) => {
             let (Some(space), Some(task)) = (space, task) else {
-                anyhow::bail!("the predictor fitness needs --space and --task");
+                return Err(
+                    UsageError("the predictor fitness needs --space and --task".into()).into(),
+                );
             };
             let model = crate::cmd::predictor::load_base(
                 a.model.as_deref(),
@@ -328,7 +334,12 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
         fill_oracle(&mut results, space, task);
     }
     let file = ResultsFile {
-        spec,
+        // The search as asked: its reference in the task's units, as given (the search
+        // itself maximised sign × score).
+        spec: SearchSpec {
+            reference: spec.reference.map(|v| v * sign),
+            ..spec
+        },
         evaluations: state.evaluations,
         generations: state.generation,
         ended_because: state.end_reason(),

@@ -102,6 +102,18 @@ impl PretrainConfig {
         if self.tasks.is_empty() {
             return bad("tasks: no tasks to pretrain on".into());
         }
+        // A task listed twice would be trained on twice over (its networks twice in every
+        // epoch), silently weighting it above the rest.
+        let twice = |tasks: &[TaskKey]| {
+            tasks
+                .iter()
+                .enumerate()
+                .find(|(i, k)| tasks[..*i].contains(k))
+                .map(|(_, k)| *k)
+        };
+        if let Some(k) = twice(&self.tasks) {
+            return bad(format!("tasks: {k} is listed twice"));
+        }
         if self.max_per_task == Some(0) {
             return bad("max_per_task: must be positive".into());
         }
@@ -118,6 +130,9 @@ impl PretrainConfig {
         if let Some(stage) = &self.adapters {
             if stage.tasks.is_empty() {
                 return bad("adapters.tasks is empty".into());
+            }
+            if let Some(k) = twice(&stage.tasks) {
+                return bad(format!("adapters.tasks: {k} is listed twice"));
             }
             if self.model.layers == 0 || self.model.embed_dim() != self.model.hidden {
                 return bad(format!(
@@ -314,6 +329,10 @@ mod tests {
         assert_eq!(c.tasks.len(), 17);
         assert_eq!(serde_json::from_str::<PretrainConfig>(&j).unwrap(), c);
         assert!(serde_json::from_str::<PretrainConfig>(r#"{"epochs": 3}"#).is_err());
+        let mut twice = c.clone();
+        twice.tasks.push(c.tasks[3]);
+        let e = twice.validate().unwrap_err().to_string();
+        assert!(e.contains("tasks: ") && e.contains("listed twice"), "{e}");
     }
 
     /// Two epochs on 40 NB-201 CIFAR-10 networks (10 held out for the test report).

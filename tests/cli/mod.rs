@@ -593,12 +593,55 @@ fn search_with_a_task_model_scores_as_predict_does() {
         ],
         "",
     );
-    assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--space nb201 --task cifar10"), "{err}");
     // A missing task model is named.
     let o = aiop(&["search", "--tuned", "nope", "--state", st], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'nope'"));
+    // A lower-is-better task (the same labels as an error): the reference written with the
+    // results is the one given, in the task's units (it was written negated).
+    let low = dir.path().join("low.toml");
+    std::fs::write(
+        &low,
+        "name = \"low\"\nspace = \"nb201\"\nhead = \"cifar10\"\nsamples = \"s.csv\"\n\
+         higher_is_better = false\n[finetune]\nepochs = 1\n",
+    )
+    .unwrap();
+    aiop_ok(
+        &[
+            "finetune",
+            "--task",
+            low.to_str().unwrap(),
+            "--state",
+            st,
+            "-q",
+        ],
+        "",
+    );
+    aiop_ok(
+        &[
+            "search",
+            "--tuned",
+            "low",
+            "--state",
+            st,
+            "--algorithm",
+            "flops",
+            "--start",
+            archs[0],
+            "--budget",
+            "20",
+            "--reference",
+            "7.5",
+            "--json",
+            r,
+            "-q",
+        ],
+        "",
+    );
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap();
+    assert_eq!(file["spec"]["reference"], 7.5, "{file}");
 }
 
 #[test]
@@ -630,6 +673,29 @@ fn predictor_commands_refuse_bad_settings_by_name_before_any_work() {
         assert_eq!(c, Some(2), "{e}");
         assert!(e.contains("shipped model"), "{e}");
     }
+    // A task given twice (it would be trained on twice over); a batch of no graphs.
+    let out = dir.path().join("twice");
+    let (c, e) = code(&[
+        "pretrain",
+        "--tasks",
+        "nb201/cifar10,nb201/cifar100,nb201/cifar10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(c, Some(2), "{e}");
+    assert!(e.contains("nb201/cifar10 is listed twice"), "{e}");
+    assert!(!out.exists());
+    let (c, e) = code(&[
+        "predict",
+        "--space",
+        "nb201",
+        "--task",
+        "cifar10",
+        "--batch-size",
+        "0",
+    ]);
+    assert_eq!(c, Some(2), "{e}");
+    assert!(e.contains("--batch-size"), "{e}");
     // Bad data (65), naming the file and the field: a width far over any allocation, a NaN
     // learning rate (JSON has no NaN: a negative one), before anything is allocated or drawn.
     for (body, field) in [
@@ -755,6 +821,49 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
     assert!(err.contains("bad-start.json"), "{err}");
     let (_, err, _) = run(&["--json", no_dir]);
     assert!(err.contains(no_dir), "{err}");
+    // A fitness that needs a space and a task, without them (a free graph's reduction); an
+    // unknown task: usage (2).
+    let o = aiop(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "graph",
+        ],
+        "",
+    );
+    let good_graph = dir.path().join("start.json");
+    std::fs::write(&good_graph, &o.stdout).unwrap();
+    let good_graph = good_graph.to_str().unwrap();
+    let free = [
+        "search",
+        "--algorithm",
+        "flops",
+        "--start-graph",
+        good_graph,
+    ];
+    let free_oracle = [&free[..], &["--fitness", "oracle"]].concat();
+    for (args, says) in [
+        (
+            &free_oracle[..],
+            "the oracle fitness needs --space and --task",
+        ),
+        (&free[..], "the predictor fitness needs --space and --task"),
+        (
+            &["search", "--space", "nb201"][..],
+            "need a space and a task",
+        ),
+        (
+            &["search", "--task", "cifar1000"][..],
+            "--task: unknown task",
+        ),
+        (
+            &["search", "--space", "nb201", "--task", "jigsaw"][..],
+            "--task: ",
+        ),
+    ] {
+        let o = aiop(args, "");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     // An unknown space is a usage error listing the spaces.
     let o = aiop(&["search", "--space", "nb999", "--task", "cifar10"], "");
     let err = String::from_utf8_lossy(&o.stderr);
