@@ -256,6 +256,7 @@ pub fn router(
     backend: Backend,
 ) -> Result<Router, ApiError> {
     let metrics = Metrics::register(registry)?;
+    clear_stale_submissions(&backend.tasks_dir);
     let state = AppState {
         store,
         registry: registry.clone(),
@@ -640,6 +641,12 @@ async fn graph(
             "nothing to build: give 'arch', 'archs' or 'graphs'".into(),
         ));
     }
+    if req.arch.is_some() && !req.archs.is_empty() {
+        // Which comes first in the answer, and which index an error names, would be a guess.
+        return Err(unprocessable(
+            "give 'arch' (one) or 'archs' (a list), not both".into(),
+        ));
+    }
     if n > st.cfg.max_items {
         return Err(ApiError::Unprocessable {
             code: "too_many_items",
@@ -762,6 +769,12 @@ async fn predict(
     if n == 0 {
         return Err(unprocessable(
             "nothing to predict: give 'arch', 'archs' or 'graphs'".into(),
+        ));
+    }
+    if req.arch.is_some() && !req.archs.is_empty() {
+        // Which comes first in the answer, and which index an error names, would be a guess.
+        return Err(unprocessable(
+            "give 'arch' (one) or 'archs' (a list), not both".into(),
         ));
     }
     if n > st.cfg.max_items {
@@ -1008,6 +1021,17 @@ async fn delete_task(
                 dir.display()
             )));
         }
+        // The file may have been rewritten or renamed over since the watcher read it: one that
+        // declares another task now is that task's, and stays.
+        if let Some(other) = taskfile::declared_name(source, &backend.limits)
+            .filter(|other| *other != name)
+        {
+            return Err(ApiError::Conflict(format!(
+                "task '{name}' was defined by {}, which now declares task '{other}' (the \
+                 watcher has not read it again yet): nothing was deleted; try again in a moment",
+                rec.source
+            )));
+        }
         match std::fs::remove_file(source) {
             Ok(()) => tracing::info!(task = %name, file = %rec.source, "task file removed through the API"),
             // Gone already: the watcher is about to mark the task removed.
@@ -1039,10 +1063,25 @@ struct SubmitFile {
     content: String,
 }
 
-/// A submitted path: relative, plain components, nothing the watcher would ignore.
+/// A name the watched folder ignores: hidden, an editor's backup or swap file, a temporary
+/// file, an error report.
+fn hidden_or_temporary(n: &str) -> bool {
+    n.starts_with('.')
+        || n.ends_with('~')
+        || [".swp", ".tmp", ".error"].iter().any(|s| n.ends_with(s))
+}
+
+/// A submitted path: relative, plain components, nothing the watcher would ignore, no
+/// control character (a NUL cannot be in a file name at all; a newline would break the logs).
 fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
     use std::path::Component;
     let path = std::path::Path::new(p);
+    if let Some(c) = p.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{p:?}: a control character ({:?}) cannot be in a file name",
+            c
+        ));
+    }
     if p.is_empty() || p.len() > 255 || path.is_absolute() {
         return Err(format!(
             "'{p}': give a relative path inside the task folder"
@@ -1052,11 +1091,7 @@ fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
         let Component::Normal(n) = c else {
             return Err(format!("'{p}': only plain names (no '..', '.' or root)"));
         };
-        let n = n.to_str().unwrap_or(".");
-        if n.starts_with('.')
-            || n.ends_with('~')
-            || [".swp", ".tmp", ".error"].iter().any(|s| n.ends_with(s))
-        {
+        if hidden_or_temporary(n.to_str().unwrap_or(".")) {
             return Err(format!(
                 "'{p}': hidden and temporary names are ignored by the task folder"
             ));
@@ -1064,6 +1099,103 @@ fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
     }
     Ok(path.to_path_buf())
 }
+
+/// The task files of the folder `dir` other than `except` that declare the task name `name`
+/// now, whether or not the watcher has read them yet (a submission a moment ago, a file
+/// written by hand).
+fn files_declaring(
+    dir: &std::path::Path,
+    name: &str,
+    except: &std::path::Path,
+    limits: &Limits,
+) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !hidden_or_temporary(n))
+                && p != except
+                && taskfile::declared_name(p, limits).as_deref() == Some(name)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Why the submitted file `rel` cannot be written into the folder `dir` as it stands: a folder
+/// on its way that is a file or a symlink (whose target could be anywhere), or a folder (or
+/// anything but a regular file or symlink) at its own name.
+fn blocked_target(dir: &std::path::Path, rel: &std::path::Path) -> Option<String> {
+    let mut at = dir.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        at.push(c);
+        let Ok(m) = std::fs::symlink_metadata(&at) else {
+            return None;
+        };
+        let shown = at.strip_prefix(dir).unwrap_or(&at).display().to_string();
+        if i + 1 < parts.len() && !m.is_dir() {
+            return Some(format!(
+                "'{shown}' in the task folder is {}, not a folder",
+                if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "a file"
+                }
+            ));
+        }
+        if i + 1 == parts.len() && !(m.is_file() || m.file_type().is_symlink()) {
+            return Some(format!(
+                "'{shown}' in the task folder is {}, not a file",
+                if m.is_dir() {
+                    "a folder"
+                } else {
+                    "not a regular file"
+                }
+            ));
+        }
+    }
+    None
+}
+
+/// The prefix of the hidden folders submissions are staged in, inside the tasks folder.
+const STAGE_PREFIX: &str = ".submit-";
+
+/// Remove the staging folders a daemon killed mid-submission left in the tasks folder (hidden,
+/// so never read as tasks, but never removed either). Only this daemon, holding the state's
+/// lock, stages there.
+fn clear_stale_submissions(dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let stale = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(STAGE_PREFIX))
+            && e.file_type().is_ok_and(|t| t.is_dir());
+        if stale {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(folder = %e.path().display(), "removed an interrupted submission's staging folder")
+                }
+                Err(err) => {
+                    tracing::warn!(folder = %e.path().display(), error = %err, "cannot remove an interrupted submission's staging folder")
+                }
+            }
+        }
+    }
+}
+
+/// One submission at a time: checking the folder and writing into it are one step, so two
+/// submissions of one task name cannot both pass the checks.
+static SUBMITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn submit_blocking(
     store: &Store,
@@ -1077,9 +1209,19 @@ fn submit_blocking(
     let mut paths = Vec::with_capacity(req.files.len());
     let mut toml = None;
     for (k, f) in req.files.iter().enumerate() {
-        let p = safe_relative(&f.path).map_err(|m| bad(format!("files[{k}]: {m}")))?;
+        let p = safe_relative(&f.path).map_err(|m| bad(format!("files[{k}].path: {m}")))?;
         if paths.contains(&p) {
             return Err(bad(format!("files[{k}]: '{}' given twice", f.path)));
+        }
+        if let Some(j) = paths
+            .iter()
+            .position(|q: &PathBuf| q.starts_with(&p) || p.starts_with(q))
+        {
+            return Err(bad(format!(
+                "files[{k}].path: '{}' and files[{j}]'s '{}' cannot both be: one would be a \
+                 folder of the other",
+                f.path, req.files[j].path
+            )));
         }
         if p.extension().is_some_and(|e| e == "toml") {
             if p.components().count() != 1 || toml.is_some() {
@@ -1101,11 +1243,12 @@ fn submit_blocking(
     // Staged under a hidden name inside the watched folder (same file system: moves are renames).
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let stage = dir.join(format!(
-        ".submit-{}-{}",
+        "{STAGE_PREFIX}{}-{}",
         std::process::id(),
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let io = |e: std::io::Error| ApiError::Internal(format!("staging the task: {e}"));
+    let _one = SUBMITTING.lock().unwrap_or_else(|e| e.into_inner());
     let result = (|| {
         for (f, p) in req.files.iter().zip(&paths) {
             let target = stage.join(p);
@@ -1141,6 +1284,23 @@ fn submit_blocking(
                 )));
             }
         }
+        // A file not read yet (an earlier submission, a file written by hand) claims it too.
+        if let Some(other) = files_declaring(&dir, &spec.name, &final_toml, &backend.limits).first()
+        {
+            return Err(ApiError::Conflict(format!(
+                "task name '{}' is already defined by {}",
+                spec.name,
+                other.display()
+            )));
+        }
+        for (k, p) in paths.iter().enumerate() {
+            if let Some(why) = blocked_target(&dir, p) {
+                return Err(ApiError::Conflict(format!(
+                    "files[{k}].path: '{}' cannot be written: {why}",
+                    req.files[k].path
+                )));
+            }
+        }
         // A submission may replace its own task's files, never another task's: neither a task
         // file that defines another task nor, with other content, a file another task reads.
         let readers = files_of_other_tasks(store, &dir, &spec.name)?;
@@ -1149,7 +1309,18 @@ fn submit_blocking(
             let Some(tasks) = readers.get(&target) else {
                 continue;
             };
-            if k != toml && std::fs::read(&target).is_ok_and(|c| c == f.content.as_bytes()) {
+            let same = || -> std::io::Result<bool> {
+                let mut c = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(
+                        taskfile::open_regular(&target)?,
+                        f.content.len() as u64 + 1,
+                    ),
+                    &mut c,
+                )?;
+                Ok(c == f.content.as_bytes())
+            };
+            if k != toml && same().unwrap_or(false) {
                 continue;
             }
             let what = if k == toml { "defines" } else { "is read by" };

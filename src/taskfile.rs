@@ -6,8 +6,8 @@
 //! naming the file at fault, and where it applies the line and the field. No file is read before
 //! its size is checked against [`Limits`]; binary and non-UTF-8 files are rejected; every path a
 //! task names is relative and resolves (symlinks included) inside the folder of its TOML. A spec
-//! has at least two samples, no duplicate architecture (or graph), and only finite labels of
-//! magnitude at most [`MAX_LABEL`].
+//! has at least two samples, no two of them the same network (however spelt), and only finite
+//! labels of magnitude at most [`MAX_LABEL`], at least [`MIN_LABEL_SPREAD`] apart.
 //! [`TaskSpec::hash`] depends on the normalised content only (not on file names, key order,
 //! whitespace or architecture spelling), so it is the task's version.
 
@@ -32,6 +32,12 @@ pub const MIN_SAMPLES: usize = 2;
 /// statistics, calibration, the blend), which must stay finite; a label near `f64::MAX` would
 /// overflow them, so a task's labels are refused beyond ±1e100, far past any real metric.
 pub const MAX_LABEL: f64 = 1e100;
+
+/// The least spread (largest label minus smallest) a task's labels may have. Their spread sets
+/// the scale of every prediction: labels all equal, or so close that the difference is
+/// rounding, give a model that predicts nothing (its in-sample correlation is not even
+/// defined).
+pub const MIN_LABEL_SPREAD: f64 = 1e-9;
 
 /// File size limits, checked before any byte is read.
 #[derive(Debug, Clone, Copy)]
@@ -479,7 +485,7 @@ struct RawTask {
     samples: Spanned<String>,
     higher_is_better: Option<bool>,
     mode: Option<Spanned<String>>,
-    search: Option<RawSearch>,
+    search: Option<Spanned<RawSearch>>,
     finetune: Option<RawFinetune>,
 }
 
@@ -545,6 +551,16 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
         ));
     }
     Ok(f)
+}
+
+/// The task name a task file declares, read without checking the rest of it: `None` when the
+/// file cannot be read (not a regular file, too big, not UTF-8) or its TOML has no string
+/// `name`. What it is for: telling which name a file claims now, before the watcher has read
+/// it (a file being renamed or rewritten, a submission racing another).
+pub fn declared_name(path: &Path, limits: &Limits) -> Option<String> {
+    let text = read_text(path, limits.max_toml_bytes, None).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    table.get("name")?.as_str().map(str::to_string)
 }
 
 /// Read a whole text file after checking its size; binary or non-UTF-8 content is an error.
@@ -792,10 +808,23 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         },
     };
 
-    let search = raw
-        .search
-        .map(|s| parse_search(s, &space, &field_err))
-        .transpose()?;
+    let search = match (raw.search, &space) {
+        (None, _) => None,
+        // The daemon searches the architecture strings of a built-in space; a graph task's
+        // `[search]`, even one naming no algorithm, would be a search that fails once queued.
+        (Some(s), TaskSpace::Graph) => {
+            return Err(field_err(
+                "search",
+                s.span(),
+                "a search needs a built-in space; space = \"graph\" has no architecture \
+                 strings: remove the [search] table"
+                    .into(),
+            ))
+        }
+        (Some(s), TaskSpace::Builtin { space, .. }) => {
+            Some(parse_search(s.into_inner(), *space, &field_err)?)
+        }
+    };
 
     let finetune = raw
         .finetune
@@ -815,6 +844,30 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
                 samples.len()
             ),
         ));
+    }
+
+    let (lo, hi) = samples
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x.value), hi.max(x.value))
+        });
+    if hi - lo < MIN_LABEL_SPREAD {
+        return Err(TaskFileError::Field {
+            file: csv_path.clone(),
+            line: samples.last().map_or(0, |x| x.line),
+            field: "value".into(),
+            message: if hi == lo {
+                format!(
+                    "every label is {lo}: a task's labels must differ (their spread sets the \
+                     scale of the predictions)"
+                )
+            } else {
+                format!(
+                    "the labels lie within [{lo:e}, {hi:e}], less than {MIN_LABEL_SPREAD:e} \
+                     apart: rescale them (their spread sets the scale of the predictions)"
+                )
+            },
+        });
     }
 
     let mut spec = TaskSpec {
@@ -906,7 +959,7 @@ fn parse_finetune(
 
 fn parse_search(
     s: RawSearch,
-    space: &TaskSpace,
+    space: SpaceId,
     field_err: &impl Fn(&str, std::ops::Range<usize>, String) -> TaskFileError,
 ) -> Result<SearchSpec, TaskFileError> {
     let algorithm = match &s.algorithm {
@@ -1022,33 +1075,19 @@ fn parse_search(
         }
     }
     let seed = count("search.seed", &s.seed, 0, i64::MAX)?;
-    let start =
-        match (&s.start, space) {
-            (None, _) => None,
-            (Some(x), TaskSpace::Graph) => return Err(field_err(
-                "search.start",
-                x.span(),
-                "a search needs a built-in space; space = \"graph\" has no architecture strings"
-                    .into(),
-            )),
-            (Some(x), TaskSpace::Builtin { space, .. }) => Some(
-                Arch::parse(*space, x.get_ref())
-                    .map_err(|e| field_err("search.start", x.span(), e.to_string()))?
-                    .to_string(),
-            ),
-        };
+    let start = match &s.start {
+        None => None,
+        Some(x) => Some(
+            Arch::parse(space, x.get_ref())
+                .map_err(|e| field_err("search.start", x.span(), e.to_string()))?
+                .to_string(),
+        ),
+    };
     if let (Algorithm::Flops, None, Some(a)) = (algorithm, &start, &s.algorithm) {
         return Err(field_err(
             "search.algorithm",
             a.span(),
             "a FLOP-reducing search needs a start network: add search.start".into(),
-        ));
-    }
-    if let (TaskSpace::Graph, Some(span)) = (space, s.algorithm.as_ref().map(|a| a.span())) {
-        return Err(field_err(
-            "search.algorithm",
-            span,
-            "a search needs a built-in space; space = \"graph\" has no architecture strings".into(),
         ));
     }
     Ok(SearchSpec {
@@ -1152,7 +1191,7 @@ fn read_samples(
             ));
         }
         let input = match space {
-            TaskSpace::Builtin { space, .. } => {
+            TaskSpace::Builtin { space, head } => {
                 let arch = Arch::parse(*space, key).map_err(|e| at(line, "arch", e.to_string()))?;
                 let canon = arch.to_string();
                 if let Some(first) = seen.insert(canon.clone(), line) {
@@ -1160,6 +1199,21 @@ fn read_samples(
                         line,
                         "arch",
                         format!("duplicate architecture {canon} (first at line {first})"),
+                    ));
+                }
+                // Two spellings of one network (NB-101 cells that prune to the same one, and
+                // DARTS genomes that build the same graph) are one sample with two labels.
+                let graph = arch
+                    .build(*head)
+                    .map_err(|e| at(line, "arch", e.to_string()))?;
+                if let Some(first) = seen_graphs.insert(graph.hash(), line) {
+                    return Err(at(
+                        line,
+                        "arch",
+                        format!(
+                            "'{key}' is the same network as line {first} (another spelling of \
+                             it: the labels would disagree on one network)"
+                        ),
                     ));
                 }
                 SampleInput::Arch(arch)
@@ -1497,6 +1551,46 @@ mod tests {
         assert_eq!(e.field(), Some("samples"), "{e}");
         let e = err(GOOD, "arch,acc\n");
         assert_eq!(e.field(), Some("header"), "{e}");
+        // Labels that do not differ (or only by rounding) are refused on the CSV's last line.
+        let same = format!("arch,value\n{},5\n{},5\n{},5\n", A[0], A[1], A[2]);
+        let e = err(GOOD, &same);
+        assert!(e.file().ends_with("s.csv"));
+        assert_eq!((e.line(), e.field()), (Some(4), Some("value")), "{e}");
+        assert!(e.message().contains("every label is 5"), "{e}");
+        let tiny = format!("arch,value\n{},1e-300\n{},2e-300\n", A[0], A[1]);
+        let e = err(GOOD, &tiny);
+        assert_eq!((e.line(), e.field()), (Some(3), Some("value")), "{e}");
+        assert!(e.message().contains("rescale"), "{e}");
+        assert!(load(
+            &setup(
+                GOOD,
+                &format!("arch,value\n{},0.5\n{},0.500001\n", A[0], A[1])
+            )
+            .1,
+            &Limits::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn two_spellings_of_one_network_are_refused() {
+        // Two NB-101 cells of the shipped labels that prune to the same one (input, one op,
+        // output): aiop builds one graph of both.
+        let cells = [
+            "(0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 3, 4, 2, 2, 1)",
+            "(0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 4, 4, 2, 2, 1)",
+            "(0, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 4, 4, 4, 1)",
+        ];
+        let toml = GOOD.replace("nb201", "nb101");
+        let csv = format!(
+            "arch,value\n\"{}\",90\n\"{}\",92\n\"{}\",91\n",
+            cells[0], cells[2], cells[1]
+        );
+        let e = err(&toml, &csv);
+        assert_eq!((e.line(), e.field()), (Some(4), Some("arch")), "{e}");
+        assert!(e.message().contains("same network as line 2"), "{e}");
+        let csv = format!("arch,value\n\"{}\",90\n\"{}\",92\n", cells[0], cells[2]);
+        assert!(load(&setup(&toml, &csv).1, &Limits::default()).is_ok());
     }
 
     #[test]
@@ -1633,5 +1727,17 @@ mod tests {
             load(&t, &Limits::default()).unwrap_err().field(),
             Some("head")
         );
+        // A graph task has no search, whether or not its table names an algorithm (one that
+        // names none passed, and its search failed once the task was ready).
+        let plain = "name = \"g\"\nspace = \"graph\"\nsamples = \"s.csv\"\n";
+        for table in [
+            "[search]\nbudget = 50\n",
+            "[search]\nalgorithm = \"random\"\n",
+        ] {
+            std::fs::write(&t, format!("{plain}{table}")).unwrap();
+            let e = load(&t, &Limits::default()).unwrap_err();
+            assert_eq!((e.line(), e.field()), (Some(4), Some("search")), "{e}");
+            assert!(e.message().contains("built-in space"), "{e}");
+        }
     }
 }

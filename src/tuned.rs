@@ -195,13 +195,23 @@ impl BaseModel {
 
 pub use crate::predictor::checkpoint::fingerprint;
 
-/// How well the model fits its own samples after transfer (in-sample, for information).
+/// How well the model fits its own samples after transfer (in-sample, for information). A
+/// measure that is not defined (a correlation of predictions that are all equal) is written as
+/// JSON's `null` and read back as NaN: it must not make the model unloadable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitReport {
+    #[serde(deserialize_with = "nan_if_null")]
     pub spearman: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub kendall: f64,
     /// Mean absolute error in the task's units.
+    #[serde(deserialize_with = "nan_if_null")]
     pub mae: f64,
+}
+
+/// A number, or `null` (what serde_json writes for NaN) as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl FitReport {
@@ -789,6 +799,17 @@ pub fn finetune(
 mod tests {
     use super::*;
     use crate::taskfile::{self, Limits};
+
+    #[test]
+    fn an_undefined_fit_measure_round_trips_as_nan() {
+        let r = FitReport::of(&[1.0, 1.0, 1.0], &[0.5, 0.7, 0.9]);
+        assert!(r.spearman.is_nan(), "{r:?}");
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"spearman\":null"), "{text}");
+        let back: FitReport = serde_json::from_str(&text).unwrap();
+        assert!(back.spearman.is_nan() && back.kendall.is_nan());
+        assert_eq!(back.mae, r.mae);
+    }
 
     /// Six real NB-201 CIFAR-10 labels (validation accuracy, from the shipped table).
     fn task(dir: &Path, extra: &str) -> TaskSpec {

@@ -18,7 +18,9 @@
 //! checked every 2 s: a folder removed, or moved away and replaced, is watched again once one is
 //! back at its path, and read as at start-up. A deleted task file marks its task removed, keeping its results,
 //! and cancels its unfinished searches (their results so far are kept too); so does a file that
-//! now defines another name, for the name it defined before. A file rejected because another
+//! now defines another name, for the name it defined before, unless another task file defines
+//! that task now, same version (two files that swapped contents: each takes the other's task
+//! over, searches and all, whichever is read first). A file rejected because another
 //! file holds its name is read again as soon as that name is freed.
 //! Files present at start-up are picked up, and tasks whose file vanished while the daemon was
 //! down are marked removed. Nothing a file contains can stop the thread: every failure is
@@ -559,8 +561,14 @@ impl Worker {
             // not in this folder at all (a state folder copied or restored from another
             // daemon's, or a tasks folder moved: the store names the other folder's file):
             // take over. The task goes on under this file, its searches too (no retirement).
+            // So too when the owner declares another name now (two task files that swapped
+            // names, each read while the other still held its new name: neither would ever
+            // have had it).
             let owner = PathBuf::from(file);
-            if !owner.exists() || owner.parent() != Some(self.dir.as_path()) {
+            if !owner.exists()
+                || owner.parent() != Some(self.dir.as_path())
+                || taskfile::declared_name(&owner, &self.limits).is_some_and(|n| n != spec.name)
+            {
                 if let Err(e) = self.store.mark_removed(&owner, None) {
                     tracing::error!(file = %owner.display(), error = %e, "marking a task removed");
                 }
@@ -639,6 +647,24 @@ impl Worker {
             }
         };
         for t in gone {
+            // A task the file gave up for another name that a second task file now defines as
+            // it stands, same version (two files that swapped contents), moves to that file:
+            // its searches go on, and that file is read now, to take it over.
+            let heir = keep.and_then(|_| {
+                self.task_files().into_iter().find(|f| {
+                    f != source
+                        && taskfile::declared_name(f, &self.limits).as_deref()
+                            == Some(t.name.as_str())
+                        && taskfile::load(f, &self.limits).is_ok_and(|s| s.hash == t.spec_hash)
+                })
+            });
+            if let Some(heir) = heir {
+                tracing::info!(task = %t.name, file = %source.display(), to = %heir.display(), "task file no longer declares the task; another one does, which is read now");
+                if !self.pending.contains_key(&heir) {
+                    self.arm(heir, true);
+                }
+                continue;
+            }
             self.metrics.removed.inc();
             tracing::info!(task = %t.name, file = %source.display(), "task marked removed ({why}), results kept");
             if let Some(s) = &self.searches {
@@ -1212,6 +1238,46 @@ mod tests {
         std::fs::write(tasks.join("c.toml"), task("c")).unwrap();
         assert!(wait_for(|| store.task("c").unwrap().is_some()));
         w.stop();
+    }
+
+    #[test]
+    fn two_task_files_that_swap_contents_keep_both_tasks() {
+        let (state, tasks) = folder_with_samples();
+        let task = |name: &str, head: &str| {
+            format!(
+                "name = \"{name}\"\nspace = \"nb201\"\nhead = \"{head}\"\nsamples = \"s.csv\"\n"
+            )
+        };
+        std::fs::write(tasks.join("a.toml"), task("x", "cifar10")).unwrap();
+        std::fs::write(tasks.join("b.toml"), task("y", "cifar100")).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, m) = watch(&tasks, &store);
+        let at = |name: &str, file: &str| {
+            store
+                .task(name)
+                .unwrap()
+                .is_some_and(|t| t.source.ends_with(file) && t.removed_at.is_none())
+        };
+        assert!(wait_for(|| at("x", "a.toml") && at("y", "b.toml")));
+        let versions = |name: &str| store.task(name).unwrap().unwrap().spec_hash;
+        let (x, y) = (versions("x"), versions("y"));
+        // Each file is read while the other still holds the name it now declares: before the
+        // fix, each was refused for the other's name, for good.
+        std::fs::write(tasks.join("a.toml"), task("y", "cifar100")).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(tasks.join("b.toml"), task("x", "cifar10")).unwrap();
+        assert!(
+            wait_for(|| at("x", "b.toml") && at("y", "a.toml")),
+            "{:?} {:?}",
+            store.task("x").unwrap(),
+            std::fs::read_to_string(tasks.join("a.toml.error"))
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        w.stop();
+        assert!(!tasks.join("a.toml.error").exists() && !tasks.join("b.toml.error").exists());
+        // The same versions, moved: neither task was retired.
+        assert_eq!((versions("x"), versions("y")), (x, y));
+        assert_eq!(m.removed.get(), 0);
     }
 
     #[test]

@@ -36,12 +36,17 @@ fn graph_task(name: &str, samples: &str) -> String {
 fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
+    // What a daemon killed mid-submission left behind is cleared at start.
+    let stale = state.join("tasks").join(".submit-1-0");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("t.toml"), "x").unwrap();
     let mut d = Daemon::start(&state);
     let h = d.get("/healthz");
     assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
 
     let tasks = d.tasks_dir();
     assert!(tasks.is_dir(), "the watched folder is created");
+    assert!(!stale.exists(), "the stale staging folder is removed");
     drop_file(&tasks, "c10.csv", nb201_samples(20).as_bytes());
     drop_file(
         &tasks,
@@ -385,6 +390,51 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
         r.text()
     );
     assert!(!tasks.join("notes.csv").exists() && !tasks.join("api4.toml").exists());
+    // A NUL (or any control character) in a path is the path's error, not the server's.
+    let nul = serde_json::json!({"files": [
+        {"path": "nul\u{0}.toml", "content": quick_task("nul", "api.csv")}]});
+    let r = d.send("POST", "/v1/tasks", &nul);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("files[0].path"), "{}", r.text());
+    // One path cannot be a folder of another, nor go through a file of the folder.
+    let nested = serde_json::json!({"files": [
+        {"path": "n.toml", "content": quick_task("n", "n/s.csv")},
+        {"path": "n", "content": five},
+        {"path": "n/s.csv", "content": five},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &nested);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("files[2].path"), "{}", r.text());
+    let through = serde_json::json!({"files": [
+        {"path": "through.toml", "content": quick_task("through", "api.csv/s.csv")},
+        {"path": "api.csv/s.csv", "content": five},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &through);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.text().contains("files[1].path")
+            && r.text().contains("'api.csv' in the task folder is a file"),
+        "{}",
+        r.text()
+    );
+    assert!(!tasks.join("through.toml").exists() && tasks.join("api.csv").is_file());
+    // Two submissions of one name under two file names: the second is refused even before
+    // the watcher has read the first.
+    let named = |file: &str| {
+        serde_json::json!({"files": [
+            {"path": file, "content": quick_task("twice", "twice.csv")},
+            {"path": "twice.csv", "content": five},
+        ]})
+    };
+    let r = d.send("POST", "/v1/tasks", &named("twice1.toml"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = d.send("POST", "/v1/tasks", &named("twice2.toml"));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("twice1.toml"), "{}", r.text());
+    assert!(!tasks.join("twice2.toml").exists());
+    // Its own file again is a resubmission, as before.
+    let r = d.send("POST", "/v1/tasks", &named("twice1.toml"));
+    assert_eq!(r.status, 202, "{}", r.text());
 
     // Errors in the URL's path are JSON errors like the rest; an unknown search is not found.
     let r = d.get("/v1/searches/%ff");
@@ -399,6 +449,14 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     let r = d.send("POST", "/v1/graph", &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["graphs"][0]["mparams"].as_f64().unwrap() > 0.0);
+    // One architecture or a list, not both (which would come first was a guess).
+    for path in ["/v1/graph", "/v1/predict"] {
+        let both = serde_json::json!({"space": "nb201", "task": "cifar10",
+            "arch": NB201_ARCH, "archs": [NB201_ARCH]});
+        let r = d.send("POST", path, &both);
+        assert_eq!(r.status, 422, "{path}: {}", r.text());
+        assert!(r.text().contains("not both"), "{path}: {}", r.text());
+    }
 
     // The client command, once the task is ready.
     d.wait_ready("nb201-c10");
