@@ -446,6 +446,13 @@ impl Searches {
         match self.inner.store.remove_search(id) {
             Ok(rec) => {
                 tracing::info!(search = %id, status = rec.status.as_str(), "search deleted");
+                // Its series goes with it: a deleted search is no longer one to watch.
+                self.inner
+                    .finished_series
+                    .lock()
+                    .expect("series lock")
+                    .retain(|f| f != id);
+                let _ = self.inner.metrics.best.remove_label_values(&[id]);
                 Ok(rec)
             }
             Err(StoreError::NoSearch(_)) => {

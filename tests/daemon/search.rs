@@ -470,6 +470,8 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
         assert!(r.text().contains(what), "{q}: {}", r.text());
     }
     assert_eq!(d.metrics()["aiop_searches{status=\"done\"}"], 1.0);
+    let series = format!("aiop_search_best_score{{search=\"{id}\"}}");
+    assert!(d.metrics().contains_key(&series), "{series}");
     let r = d.send(
         "DELETE",
         &format!("/v1/searches/{id}?purge=true"),
@@ -484,6 +486,10 @@ fn a_base_model_search_reports_the_tables_true_labels_beside_its_predictions() {
     assert_eq!(last["results"], done["results"]);
     assert_eq!(d.get(&format!("/v1/searches/{id}")).status, 404);
     assert_eq!(d.metrics()["aiop_searches{status=\"done\"}"], 0.0);
+    assert!(
+        !d.metrics().contains_key(&series),
+        "a deleted search's series goes"
+    );
     // The long one, cancelled, then deleted through the CLI client.
     let r = d.send(
         "DELETE",
