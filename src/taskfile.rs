@@ -1230,7 +1230,11 @@ fn read_samples(
                     return Err(at(
                         line,
                         "graph",
-                        format!("'{key}' is the same network as line {first}"),
+                        format!(
+                            "'{key}' is the same network as line {first} (the same graph hash: \
+                             isomorphic, or wired so alike at every node that the predictor \
+                             cannot tell them apart, docs/graph-format.md)"
+                        ),
                     ));
                 }
                 SampleInput::Graph {

@@ -46,6 +46,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if a.seeds == Some(0) {
         return Err(UsageError("--seeds: must be at least 1".into()).into());
     }
+    // Checked before hours of work, not after.
+    if let Some(p) = &a.json {
+        super::check_writable(p, "--json")?;
+    }
     // A malformed or invalid file is bad data (exit 65), named.
     let mut cfg = match &a.config {
         Some(p) => {

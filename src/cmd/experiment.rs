@@ -27,6 +27,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use super::UsageError;
 use aiop::predictor::checkpoint::Trained;
 use aiop::search::active::ActiveSpec;
 use aiop::search::surrogate::SurrogateConfig;
@@ -39,12 +40,13 @@ pub struct ExperimentArgs {
     #[arg(long, value_parser = super::space_parser())]
     pub space: SpaceId,
     /// Tasks, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', required = true)]
     pub task: Vec<String>,
     /// True-query budgets, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "50,100,150")]
     pub queries: Vec<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
     pub seeds: u64,
     /// Methods, comma-separated: random, evolution, predictor.
     #[arg(long, value_delimiter = ',', default_value = "random,evolution")]
@@ -131,7 +133,7 @@ fn true_search(
     let algorithm = match method {
         "random" => Algorithm::Random,
         "evolution" => Algorithm::Evolution,
-        m => anyhow::bail!("unknown method '{m}' (expected random or evolution)"),
+        m => unreachable!("method '{m}' is checked with the arguments"),
     };
     // Small budgets need a small population (Real et al. scale P and S with the budget).
     let population = (k / 3).clamp(10, 64);
@@ -211,20 +213,41 @@ fn predictor_search(
         .collect()
 }
 
+/// The methods `aiop experiment search` runs.
+const METHODS: [&str; 3] = ["random", "evolution", "predictor"];
+
 pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     let space = a.space;
+    // Everything the arguments alone can tell, before any work or output.
+    if let Some(m) = a.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+        return Err(UsageError(format!(
+            "--methods: unknown method '{m}' (expected {})",
+            METHODS.join(", ")
+        ))
+        .into());
+    }
+    if let Some(p) = &a.json {
+        super::check_writable(p, "--json")?;
+    }
+    let mut tables = Vec::with_capacity(a.task.len());
+    for t in &a.task {
+        let task = space.task(t)?;
+        // Every method queries the true labels of the networks it proposes.
+        tables.push((task, TableFitness::load_complete(space, task)?));
+    }
     let mut models = Vec::new();
     if a.methods.iter().any(|m| m == "predictor") {
         let dirs = std::iter::once(a.model.as_deref()).chain(a.companion.as_deref().map(Some));
         for dir in dirs {
             let t = crate::cmd::predictor::load_model(dir, &aiop::predictor::default_device())?;
             if let Some(k) = t.meta.stats.keys().find(|k| k.space == space) {
-                anyhow::bail!(
+                return Err(UsageError(format!(
                     "the predictor was pretrained on {k}: a model for searching {} must not \
                      have seen that space's labels (pretrain one without it, e.g. `aiop eval \
                      --pretrained DIR` of the unseen-space protocol, or `aiop pretrain --tasks`)",
                     space.name()
-                );
+                ))
+                .into());
             }
             models.push(t);
         }
@@ -238,9 +261,7 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
         "{:<14} {:<16} {:<10} {:>4}  {:>18}  {:>9}  {:>8}",
         "space", "task", "method", "k", "best true (mean±sd)", "optimum", "gap"
     )?;
-    for t in &a.task {
-        let task = space.task(t)?;
-        let table = TableFitness::load(space, task)?;
+    for (task, table) in tables {
         let optimum = labels::load(space, task)?
             .rows
             .iter()
@@ -307,7 +328,7 @@ pub struct FlopsExperimentArgs {
     #[arg(long, value_parser = super::space_parser())]
     pub space: SpaceId,
     /// Tasks, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', required = true)]
     pub task: Vec<String>,
     /// Pretrained predictor (default: the embedded model). It must never have seen the task
     /// (checked); it is fine-tuned on `--samples` random labelled networks of the task per seed,
@@ -354,7 +375,8 @@ pub struct FlopsExperimentArgs {
     /// absent).
     #[arg(long)]
     pub radius: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
     pub seeds: u64,
     /// Seeds run side by side (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -596,6 +618,9 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::data::{load_task, TaskKey};
 
     let space = a.space;
+    if let Some(p) = &a.json {
+        super::check_writable(p, "--json")?;
+    }
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
     let companion = a
@@ -604,7 +629,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         .map(|d| crate::cmd::predictor::load_model(Some(d), &device))
         .transpose()?;
     if a.recipe == Recipe::Paper && companion.is_some() {
-        anyhow::bail!("--companion is for --recipe task");
+        return Err(UsageError("--companion is for --recipe task".into()).into());
     }
     let mut runs = Vec::new();
     // Rows as they come; a reader gone from stdout must not end the runs before `--json`.
@@ -621,10 +646,11 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
             .chain(&companion)
             .any(|m| m.meta.stats.contains_key(&key))
         {
-            anyhow::bail!(
+            return Err(UsageError(format!(
                 "the predictor was pretrained on {key}: use a model that never saw it \
                  (e.g. one saved by `aiop eval --pretrained DIR`)"
-            );
+            ))
+            .into());
         }
         let table = TableFitness::load(space, task)?;
         let set = load_task(
@@ -747,6 +773,9 @@ pub struct BaseExperimentArgs {
 
 pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::base::{self, FitConfig, Member};
+    if let Some(p) = &a.json {
+        super::check_writable(p, "--json")?;
+    }
     let device = aiop::predictor::default_device();
     let base_model = aiop::tuned::BaseModel::from_option(a.model.as_deref());
     let aio = base_model

@@ -224,6 +224,16 @@ pub fn load_base(
 /// `<state>/models/<name>/`, or the task's folder holding them): those predict with their
 /// task's own statistics and blend, through `--tuned NAME`.
 fn refuse_task_model(dir: Option<&Path>) -> anyhow::Result<()> {
+    refuse_task_model_for(dir, |name| {
+        format!("use --tuned {name} (with --state set to the folder holding models/)")
+    })
+}
+
+/// [`refuse_task_model`], with `advice` (given the task's name) for what to do instead.
+fn refuse_task_model_for(
+    dir: Option<&Path>,
+    advice: impl Fn(&str) -> String,
+) -> anyhow::Result<()> {
     let Some(d) = dir else { return Ok(()) };
     let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = if d.join(tuned::SIDECAR).exists() {
@@ -243,10 +253,9 @@ fn refuse_task_model(dir: Option<&Path>) -> anyhow::Result<()> {
         return Ok(());
     };
     Err(UsageError(format!(
-        "--model {}: that is a task model, not a pretrained checkpoint; use --tuned {} \
-         (with --state set to the folder holding models/)",
+        "--model {}: that is a task model, not a pretrained checkpoint; {}",
         d.display(),
-        name.as_deref().unwrap_or("NAME")
+        advice(name.as_deref().unwrap_or("NAME"))
     ))
     .into())
 }
@@ -279,6 +288,13 @@ pub fn load_model(
 
 pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     let spec = taskfile::load(&a.task, &taskfile::Limits::default())?;
+    // A task model has no companion (plain/) to blend with and its own task's statistics: it
+    // is no base to fine-tune from.
+    refuse_task_model_for(a.model.as_deref(), |_| {
+        "fine-tune from a pretrained checkpoint (aiop pretrain's --out; default: the embedded \
+         model)"
+            .to_string()
+    })?;
     let device = default_device();
     let base = BaseModel::from_option(a.model.as_deref());
     let trained = base

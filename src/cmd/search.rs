@@ -297,7 +297,15 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
                     UsageError("the oracle fitness needs --space and --task".into()).into(),
                 );
             };
-            Box::new(search::TableFitness::load(space, task)?)
+            if matches!(spec.start, Some(Start::Graph(_))) {
+                return Err(UsageError(
+                    "the oracle fitness scores a space's architectures from its table; a \
+                     --start-graph has no label there: use --fitness predictor or --tuned"
+                        .into(),
+                )
+                .into());
+            }
+            Box::new(search::TableFitness::load_complete(space, task)?)
         }
         (None, FitnessKind::Predictor) => {
             let (Some(space), Some(task)) = (space, task) else {

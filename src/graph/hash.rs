@@ -5,12 +5,17 @@
 //! fixed seeds, no `std` hasher). Inputs of commutative ops (add, mul) are unordered; inputs of
 //! every other op (concat above all) keep their order.
 //!
-//! Method (Weisfeiler-Lehman style, exact on DAGs for the ancestry and descendancy of each node):
-//! each node gets an *up* hash of its own label and its inputs' up hashes, and a *down* hash of
-//! its label and its consumers' down hashes tagged with the input slot it feeds; the graph hash is
-//! the 128-bit hash of the multiset of (up, down) pairs (a wrapping sum of their 128-bit hashes,
-//! which needs no sort). Isomorphic graphs hash equal;
-//! different networks collide only by hash accident.
+//! Method (Weisfeiler-Lehman style): each node gets an *up* hash of its own label and its inputs'
+//! up hashes (the whole tree of its ancestry, unfolded), and a *down* hash of its label and its
+//! consumers' down hashes tagged with the input slot it feeds; the graph hash is the 128-bit hash
+//! of the multiset of (up, down) pairs (a wrapping sum of their 128-bit hashes, which needs no
+//! sort). Isomorphic graphs hash equal. Like every colour refinement it is not a full
+//! isomorphism test: networks whose nodes all see the same unfolded ancestry and descendancy hash
+//! equal although they are wired differently (four convs summed in pairs as (1+2), (1+2), (3+4),
+//! (3+4) or as (1+2), (2+3), (3+4), (4+1): `tests/predictor`). The predictor cannot tell such
+//! networks apart either (its message passing sees the same unfolded trees, its FLOPs are the
+//! same), so as a cache key of predictions it loses nothing; other networks collide only by hash
+//! accident.
 
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
 

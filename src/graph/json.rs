@@ -241,7 +241,7 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
     for &i in &order {
         let n = &file.nodes[i];
         let op = ops[i];
-        let attrs = read_attrs(n, op)?;
+        let mut attrs = read_attrs(n, op)?;
         tensors.clear();
         for &p in &preds[i] {
             let k = new_index[p] as usize;
@@ -254,6 +254,10 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
                     pn.batch
                 },
             });
+        }
+        // A depthwise conv's groups are its input channels unless given (then they are checked).
+        if let (Op::DepthwiseConv, None, [t]) = (op, n.groups, &tensors[..]) {
+            attrs.groups = t.shape.c;
         }
         if n.batch.is_some() && op != Op::Input {
             return Err(field_err(
@@ -464,6 +468,23 @@ mod tests {
         assert!(from_json(&input_in("[3, 8, 8]")).is_ok());
         let e = from_json(&input_in("[3, 9, 8]")).unwrap_err().to_string();
         assert!(e.contains("node 'x': field 'in'"), "{e}");
+        // A depthwise conv's groups default to its input channels; given, they are checked.
+        let depthwise = |groups: &str| {
+            format!(
+                r#"{{"format": "aiop-graph", "version": 1, "nodes": [
+                {{"id": "x", "op": "input", "out": [4, 8, 8]}},
+                {{"id": "c", "op": "depthwise_conv", "inputs": ["x"], "out": [4, 8, 8],
+                  "kernel": 3, "padding": 1{groups}}}]}}"#
+            )
+        };
+        let implied = from_json(&depthwise("")).unwrap();
+        assert_eq!(implied.nodes()[1].attrs.groups, 4);
+        let given = from_json(&depthwise(r#", "groups": 4"#)).unwrap();
+        assert_eq!(implied.hash(), given.hash());
+        let e = from_json(&depthwise(r#", "groups": 2"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("groups == input channels (4), got 2"), "{e}");
     }
 
     #[test]

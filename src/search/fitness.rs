@@ -42,6 +42,29 @@ impl TableFitness {
         })
     }
 
+    /// The table as the oracle of a search, which may propose any network of the space: refused
+    /// (an invalid spec) for a space whose table labels a sample of it only (NB-101, DARTS),
+    /// where a search fails at the first network the table lacks.
+    pub fn load_complete(space: SpaceId, task: Task) -> Result<TableFitness, SearchError> {
+        let t = TableFitness::load(space, task)?;
+        if crate::spaces::enumerate(space).is_none_or(|all| all.len() > t.values.len()) {
+            let whole: Vec<&str> = SpaceId::ALL
+                .into_iter()
+                .filter(|s| crate::spaces::enumerate(*s).is_some())
+                .map(SpaceId::name)
+                .collect();
+            return Err(SearchError::Invalid(format!(
+                "the benchmark table of {} labels {} of its networks, not all: a search there \
+                 would propose networks it cannot score (the true labels serve as a fitness in {} \
+                 only; use the predictor or a task model)",
+                space.name(),
+                t.values.len(),
+                whole.join(", ")
+            )));
+        }
+        Ok(t)
+    }
+
     /// The label of an architecture, if the table has it (task units).
     pub fn lookup(&self, arch: &Arch) -> Option<f64> {
         self.values.get(arch).copied()

@@ -596,6 +596,28 @@ fn search_with_a_task_model_scores_as_predict_does() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--space nb201 --task cifar10"), "{err}");
+    // A task model is no base to fine-tune from (it was taken, without its companion).
+    let version = std::fs::read_dir(state.join("models").join("c10"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let o = aiop(
+        &[
+            "finetune",
+            "--task",
+            t,
+            "--state",
+            st,
+            "--model",
+            version.to_str().unwrap(),
+            "-q",
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("that is a task model"), "{err}");
     // A missing task model is named.
     let o = aiop(&["search", "--tuned", "nope", "--state", st], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'nope'"));
@@ -863,6 +885,120 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Experiments and evaluations refuse what their arguments alone tell, before any output
+    // or work: a --json that cannot be written (checked after the whole run, it lost it), no
+    // task (nothing ran, exit 0), no seeds, an unknown method, a space whose table labels a
+    // sample only (the search failed at its first unlabelled network, exit 1).
+    for (args, says) in [
+        (
+            &[
+                "eval",
+                "--protocol",
+                "unseen-task",
+                "--quick",
+                "--json",
+                no_dir,
+            ][..],
+            "--json ",
+        ),
+        (&["experiment", "search", "--space", "nb201"][..], "--task"),
+        (
+            &[
+                "experiment",
+                "search",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10",
+                "--seeds",
+                "0",
+            ][..],
+            "--seeds",
+        ),
+        (
+            &[
+                "experiment",
+                "search",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10",
+                "--methods",
+                "bogus",
+            ][..],
+            "unknown method 'bogus' (expected random, evolution, predictor)",
+        ),
+        (
+            &[
+                "experiment",
+                "search",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10",
+                "--json",
+                no_dir,
+            ][..],
+            "--json ",
+        ),
+        (
+            &[
+                "experiment",
+                "search",
+                "--space",
+                "nb101",
+                "--task",
+                "cifar10",
+            ][..],
+            "labels 500 of its networks",
+        ),
+        (
+            &[
+                "experiment",
+                "flops",
+                "--space",
+                "darts",
+                "--task",
+                "cifar10",
+                "--json",
+                no_dir,
+            ][..],
+            "--json ",
+        ),
+        (
+            &[
+                "search",
+                "--space",
+                "darts",
+                "--task",
+                "cifar10",
+                "--fitness",
+                "oracle",
+            ][..],
+            "labels 725 of its networks",
+        ),
+        (
+            &[
+                &free[..],
+                &[
+                    "--space",
+                    "nb201",
+                    "--task",
+                    "cifar10",
+                    "--fitness",
+                    "oracle",
+                ],
+            ]
+            .concat()[..],
+            "a --start-graph has no label",
+        ),
+    ] {
+        let o = aiop(args, "");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}: nothing is run");
     }
     // An unknown space is a usage error listing the spaces.
     let o = aiop(&["search", "--space", "nb999", "--task", "cifar10"], "");

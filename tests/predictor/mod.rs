@@ -1,7 +1,7 @@
 //! `aiop pretrain` then `aiop predict` as a user runs them: a tiny model trained for one epoch,
 //! predictions as JSON lines in input order, a bad line reported with exit code 65.
 
-use crate::common::{aiop, nb201_cifar10_rows};
+use crate::common::{aiop, aiop_ok, nb201_cifar10_rows};
 
 const A: &str =
     "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|";
@@ -574,4 +574,67 @@ fn finetune_then_predict_tuned_graphs() {
         err.contains("nets.toml:5") && err.contains("finetune.lr"),
         "{err}"
     );
+}
+
+/// Four 3x3 convs of one input, summed in pairs through ReLUs, the pairs wired two ways.
+fn paired_convs(pairs: [(usize, usize); 4]) -> String {
+    let mut nodes = vec![r#"{"id": "x", "op": "input", "out": [8, 8, 8]}"#.to_string()];
+    for i in 1..=4 {
+        nodes.push(format!(
+            r#"{{"id": "m{i}", "op": "conv", "inputs": ["x"], "out": [8, 8, 8], "kernel": 3, "padding": 1}}"#
+        ));
+    }
+    for (k, (a, b)) in pairs.iter().enumerate() {
+        nodes.push(format!(
+            r#"{{"id": "c{k}", "op": "add", "inputs": ["m{a}", "m{b}"]}}"#
+        ));
+        nodes.push(format!(
+            r#"{{"id": "r{k}", "op": "relu", "inputs": ["c{k}"]}}"#
+        ));
+    }
+    nodes.push(r#"{"id": "s", "op": "add", "inputs": ["r0", "r1", "r2", "r3"]}"#.into());
+    nodes.push(r#"{"id": "y", "op": "output", "inputs": ["s"]}"#.into());
+    format!(
+        r#"{{"format": "aiop-graph", "version": 1, "nodes": [{}]}}"#,
+        nodes.join(", ")
+    )
+}
+
+#[test]
+fn networks_the_hash_cannot_tell_apart_the_predictor_cannot_either() {
+    // (1+2), (1+2), (3+4), (3+4) against the ring (1+2), (2+3), (3+4), (4+1): not isomorphic,
+    // but every node sees the same unfolded ancestry and descendancy. The hash, a colour
+    // refinement, gives them one value; the predictor's message passing gives them one
+    // prediction, so as its cache key the hash loses nothing (src/graph/hash.rs).
+    let dir = tempfile::tempdir().unwrap();
+    let twin = dir.path().join("twin.json");
+    let ring = dir.path().join("ring.json");
+    std::fs::write(&twin, paired_convs([(1, 2), (1, 2), (3, 4), (3, 4)])).unwrap();
+    std::fs::write(&ring, paired_convs([(1, 2), (2, 3), (3, 4), (4, 1)])).unwrap();
+    let paths = format!("{}\n{}\n", twin.display(), ring.display());
+    let hashes: Vec<serde_json::Value> = [&twin, &ring]
+        .iter()
+        .map(|p| {
+            let o = aiop_ok(&["graph", "--file", p.to_str().unwrap()], "");
+            serde_json::from_slice::<serde_json::Value>(&o).unwrap()["hash"].clone()
+        })
+        .collect();
+    assert_eq!(hashes[0], hashes[1]);
+    for (space, task) in [("nb201", "cifar10"), ("tnb101_macro", "segmentsemantic")] {
+        let out = aiop_ok(
+            &["predict", "--space", space, "--task", task, "--graphs"],
+            &paths,
+        );
+        let p: Vec<f64> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].to_bits(), p[1].to_bits(), "{space}/{task}: {p:?}");
+    }
 }
