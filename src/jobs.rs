@@ -168,6 +168,11 @@ impl Finetuner for ModelTuner {
 pub struct Job {
     pub task: String,
     pub version: String,
+    /// Queued again at start-up after a stop or a crash cut its fine-tuning short: it runs even
+    /// if the task's file has gone since (a task taken away while it was fine-tuning gets its
+    /// model all the same, a restart between included). Other jobs of a removed task are
+    /// dropped: it waits, `queued`, for its file to come back.
+    pub interrupted: bool,
 }
 
 /// Errors of starting the pool.
@@ -470,16 +475,17 @@ impl Jobs {
         let tuning = Tuning::default();
         registry.register(Box::new(TuningCollector::new(tuning.clone())?))?;
         for t in store.tasks()? {
-            if t.status == TaskStatus::Tuning {
+            let interrupted = t.status == TaskStatus::Tuning;
+            if interrupted {
                 // Interrupted by a stop or a crash: run it again.
                 store.set_task_status(&t.name, &t.spec_hash, TaskStatus::Queued, None)?;
             }
-            if matches!(t.status, TaskStatus::Queued | TaskStatus::Tuning) && t.removed_at.is_none()
-            {
+            if interrupted || (t.status == TaskStatus::Queued && t.removed_at.is_none()) {
                 metrics.recovered.inc();
                 let _ = tx.send(Job {
                     task: t.name,
                     version: t.spec_hash,
+                    interrupted,
                 });
             }
         }
@@ -543,8 +549,15 @@ impl Jobs {
 
     /// Interrupt running jobs (their tasks stay `tuning` and run again at the next start), drop
     /// queued ones, join the threads.
-    pub fn stop(mut self) {
+    /// Tell running fine-tunings to return at their next training step (what [`Jobs::stop`]
+    /// begins with), without waiting: a stop signals it first, with the searches', so that
+    /// neither drains while the other has the grace period.
+    pub fn signal_stop(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stop(mut self) {
+        self.signal_stop();
         self.tx = None;
         drop(self.stop);
         for h in self.workers {
@@ -607,8 +620,12 @@ fn run_one(
     stopping: &Stopping,
 ) -> Result<(), StoreError> {
     let cancel = &stopping.cancel;
-    // Only a queued current version moves to `tuning`: outdated, duplicate and removed are dropped.
-    if store.start_tuning(&job.task, &job.version)?.is_none() {
+    // Only a queued current version moves to `tuning`: outdated, duplicate and removed (but
+    // for an interrupted job's) are dropped.
+    if store
+        .start_tuning(&job.task, &job.version, job.interrupted)?
+        .is_none()
+    {
         metrics.finished.with_label_values(&["skipped"]).inc();
         return Ok(());
     }
@@ -850,24 +867,63 @@ mod tests {
         let v = add(&store, files.path(), "boom");
         assert!(jobs.submitter().submit(Job {
             task: "boom".into(),
-            version: v
+            version: v,
+            interrupted: false
         }));
         wait_status(&store, "boom", TaskStatus::Failed);
         // A job for an outdated version is skipped.
         assert!(jobs.submitter().submit(Job {
             task: "good".into(),
-            version: "0".repeat(32)
+            version: "0".repeat(32),
+            interrupted: false
         }));
         let v = add(&store, files.path(), "after");
         assert!(jobs.submitter().submit(Job {
             task: "after".into(),
-            version: v
+            version: v,
+            interrupted: false
         }));
         wait_status(&store, "after", TaskStatus::Ready);
         jobs.stop();
         let calls = runner.0.lock().unwrap();
         assert_eq!(calls.iter().filter(|(t, _)| t == "good").count(), 1);
         assert!(calls.iter().all(|(_, n)| *n == 2));
+    }
+
+    #[test]
+    fn a_removed_task_cut_short_while_tuning_is_tuned_at_the_next_start() {
+        let state = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        // "cut" was fine-tuning when the daemon stopped, its file taken away meanwhile; the
+        // file of "waiting" went before its job began.
+        let cut = add(&store, files.path(), "cut");
+        store
+            .set_task_status("cut", &cut, TaskStatus::Tuning, None)
+            .unwrap();
+        add(&store, files.path(), "waiting");
+        for name in ["cut", "waiting"] {
+            store
+                .mark_removed(&files.path().join(format!("{name}.toml")), None)
+                .unwrap();
+        }
+        let runner = Arc::new(Recorder::default());
+        let jobs = Jobs::start(1, store.clone(), runner.clone(), &Registry::new(), None).unwrap();
+        // The first gets its model all the same (it stayed `queued` for good, untuned).
+        wait_status(&store, "cut", TaskStatus::Ready);
+        jobs.stop();
+        let rec = store.task("cut").unwrap().unwrap();
+        assert!(rec.removed_at.is_some() && rec.model.as_deref() == Some("model-cut"));
+        // The second waits, queued, for its file.
+        assert_eq!(
+            store.task("waiting").unwrap().unwrap().status,
+            TaskStatus::Queued
+        );
+        let calls = runner.0.lock().unwrap();
+        assert_eq!(
+            calls.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+            ["cut"]
+        );
     }
 
     /// Blocks its first job until it is cancelled (or 20 s pass: then it succeeds, stale);
@@ -928,7 +984,8 @@ mod tests {
         assert_eq!(what, crate::store::Recorded::NewVersion);
         assert!(jobs.submitter().submit(Job {
             task: "t".into(),
-            version: spec.hash.clone()
+            version: spec.hash.clone(),
+            interrupted: false
         }));
         let started = Instant::now();
         wait_status(&store, "t", TaskStatus::Ready);

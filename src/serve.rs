@@ -328,6 +328,9 @@ pub async fn run(
             );
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             searches.signal_stop();
+            if let Some(j) = &jobs {
+                j.signal_stop();
+            }
             let _ = stop_tx.send(());
             match tokio::time::timeout(left(deadline), &mut server).await {
                 Ok(Ok(Ok(()))) => Ok(()),

@@ -610,6 +610,7 @@ impl Worker {
                     jobs.submit(Job {
                         task: rec.name.clone(),
                         version: rec.spec_hash.clone(),
+                        interrupted: false,
                     });
                 }
                 let what = match what {

@@ -87,6 +87,15 @@ pub fn store(c: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Compact(a) => {
             let c = Store::compact(&a.state)?;
             let kib = |b: u64| b.div_ceil(1024);
+            if c.kept {
+                println!(
+                    "{}: {} record(s), {} KiB, already compact (a copy was no smaller): kept as it was",
+                    a.state.join("db").display(),
+                    c.records,
+                    kib(c.bytes_before)
+                );
+                return Ok(());
+            }
             println!(
                 "compacted {}: {} record(s), {} KiB -> {} KiB",
                 a.state.join("db").display(),

@@ -7,8 +7,10 @@
 # growth alone). Each run prints its record's
 # evaluations, generations, why it ended and a digest of its results. The daemon's settings
 # come from the environment (AIOP_CHECKPOINT_INTERVAL_MS=0: a checkpoint every generation), never
-# from a config/aiop.toml (it runs in a temporary folder).
-# Usage: tests/bench/daemon_search.sh [BINARY] [RUNS] [BUDGET]
+# from a config/aiop.toml (it runs in a temporary folder). With COMPACT=1 each run then also
+# exports the store, imports it into a fresh state and compacts it, printing the sizes
+# (BENCHMARKS.md, store compaction).
+# Usage: [COMPACT=1] tests/bench/daemon_search.sh [BINARY] [RUNS] [BUDGET]
 set -euo pipefail
 . "$(dirname "$0")/serve.sh"
 bin=$(realpath "${1:-target/release/aiop}")
@@ -35,4 +37,9 @@ for i in $(seq 1 "$runs"); do
   evals=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["evaluations"])' "$dir/rec.json")
   per=$(python3 -c 'import sys; print(f"{int(sys.argv[1]) * 1.024 / max(int(sys.argv[2]), 1):.2f}")' "$store" "$evals")
   echo "run $i: $(echo "$t1 - $t0" | bc) s, store $store KiB ($per KB/evaluation), $rec"
+  if [ "${COMPACT:-0}" = 1 ]; then
+    "$bin" store export --state "$state" > "$dir/export$i.jsonl"
+    "$bin" store import --state "$dir/imported$i" "$dir/export$i.jsonl" 2> /dev/null
+    echo "  imported: $(du -sk "$dir/imported$i/db" | cut -f1) KiB; $("$bin" store compact --state "$state")"
+  fi
 done
