@@ -355,8 +355,10 @@ impl FromRequestParts<AppState> for Authorized {
                 .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
+                // The scheme's name is case-insensitive (RFC 9110, 11.1): `bearer` is `Bearer`.
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map_or("", |(_, t)| t);
             if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
                 return Err(ApiError::Unauthorized);
             }

@@ -775,4 +775,23 @@ fn client_commands_encode_ids_name_a_timeout_and_end_quietly_on_a_closed_pipe() 
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(77), "{err}");
     assert!(err.contains("DELETE /v1/tasks/any: HTTP 401"), "{err}");
+    // The scheme's name is case-insensitive; the token and the scheme are checked.
+    for (auth, status) in [
+        ("bearer s3cret", 404),
+        ("BEARER s3cret", 404),
+        ("Bearer s3cre", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+    ] {
+        let r = request(
+            &guarded.addr,
+            "DELETE",
+            "/v1/tasks/any",
+            &[("Authorization", auth)],
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(r.status, status, "{auth}: {}", r.text());
+    }
 }
