@@ -47,7 +47,7 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
 
 pub fn graph(a: BenchGraphArgs) -> anyhow::Result<()> {
     let cases: Vec<(SpaceId, spaces::Task)> = match (&a.space, &a.task) {
-        (Some(s), Some(t)) => vec![(*s, s.task(t)?)],
+        (Some(s), Some(t)) => vec![(*s, super::task_arg(*s, t)?)],
         _ => vec![
             (SpaceId::Nb201, spaces::Task::Cifar10),
             (SpaceId::Tnb101Macro, spaces::Task::SegmentSemantic),
@@ -145,7 +145,7 @@ pub fn api(a: BenchApiArgs) -> anyhow::Result<()> {
     use std::sync::Mutex;
     let addr = a.daemon.resolve()?;
     let space = a.space;
-    let task = space.task(&a.task)?;
+    let task = super::task_arg(space, &a.task)?;
     let mut rng = Rng::new(a.seed);
     let token = std::env::var("AIOP_TOKEN").ok().filter(|t| !t.is_empty());
     let bodies: Vec<Vec<u8>> = (0..a.requests)

@@ -62,7 +62,7 @@ struct Row {
 pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.rounds > 0, "--rounds must be positive");
     let space = a.space;
-    let task = space.task(&a.task)?;
+    let task = super::task_arg(space, &a.task)?;
     let device = aiop::predictor::default_device();
     let model = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
     let mut out = std::io::stdout().lock();

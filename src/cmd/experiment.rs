@@ -231,7 +231,7 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     }
     let mut tables = Vec::with_capacity(a.task.len());
     for t in &a.task {
-        let task = space.task(t)?;
+        let task = super::task_arg(space, t)?;
         // Every method queries the true labels of the networks it proposes.
         tables.push((task, TableFitness::load_complete(space, task)?));
     }
@@ -640,7 +640,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         "space", "task", "FLOPs cut %", "predicted drop", "true drop", "ok≤tol"
     )?;
     for t in &a.task {
-        let task = space.task(t)?;
+        let task = super::task_arg(space, t)?;
         let key = TaskKey::new(space, task);
         if std::iter::once(&base)
             .chain(&companion)

@@ -149,7 +149,7 @@ pub fn graph(a: GraphArgs) -> anyhow::Result<()> {
         return Ok(out.flush()?);
     }
     let space = a.space.expect("clap requires --space without --file");
-    let task = space.task(a.task.as_deref().unwrap_or_default())?;
+    let task = super::task_arg(space, a.task.as_deref().unwrap_or_default())?;
     if let Some(s) = &a.arch {
         let arch = Arch::parse(space, s)?;
         let g = arch.build(task)?;

@@ -24,6 +24,17 @@ pub struct DataError(pub String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The task `--task NAME` names in `space`: one the space lacks is a usage error (2), as a
+/// mistyped `--space` is, listing the space's tasks.
+pub fn task_arg(
+    space: aiop::spaces::SpaceId,
+    name: &str,
+) -> Result<aiop::spaces::Task, UsageError> {
+    space
+        .task(name)
+        .map_err(|e| UsageError(format!("--task: {e}")))
+}
+
 /// clap's parser of a `--space` name: its possible values are [`aiop::spaces::SpaceId::ALL`]'s
 /// names, so a typo is a usage error (2) that lists them.
 pub fn space_parser() -> impl clap::builder::TypedValueParser<Value = aiop::spaces::SpaceId> {

@@ -398,7 +398,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         }
         (None, Some(space), Some(task)) => {
             let space = *space;
-            let task = space.task(task)?;
+            let task = super::task_arg(space, task)?;
             let key = TaskKey::new(space, task);
             let t = load_base(a.model.as_deref(), &device)?;
             t.features_for(key)?;

@@ -129,7 +129,7 @@ pub struct ResultsFile {
 /// units changes sign too).
 fn spec_from(a: &SearchArgs, start: Option<Start>, sign: f64) -> anyhow::Result<SearchSpec> {
     let task: Option<Task> = match (a.space, a.task.as_deref()) {
-        (Some(s), Some(t)) => Some(s.task(t).map_err(|e| UsageError(format!("--task: {e}")))?),
+        (Some(s), Some(t)) => Some(super::task_arg(s, t)?),
         (None, Some(t)) => Some(
             Task::from_name(t).ok_or_else(|| UsageError(format!("--task: unknown task '{t}'")))?,
         ),
@@ -252,7 +252,7 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
         let given_task = a
             .task
             .as_deref()
-            .map(|t| given_space.unwrap_or(space).task(t))
+            .map(|t| super::task_arg(given_space.unwrap_or(space), t))
             .transpose()?;
         if given_space.is_some_and(|s| s != space) || given_task.is_some_and(|t| t != head) {
             return Err(UsageError(format!(

@@ -880,6 +880,15 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
             &["search", "--space", "nb201", "--task", "jigsaw"][..],
             "--task: ",
         ),
+        // So in every command that takes one (it was bad data, 65, elsewhere).
+        (
+            &["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A][..],
+            "--task: space nb201 has no task 'jigsaw'",
+        ),
+        (
+            &["predict", "--space", "nb201", "--task", "jigsaw"][..],
+            "--task: space nb201 has no task 'jigsaw'",
+        ),
     ] {
         let o = aiop(args, "");
         let err = String::from_utf8_lossy(&o.stderr);
