@@ -477,7 +477,23 @@ fn rejected_files(dir: &std::path::Path) -> Vec<Rejected> {
     v
 }
 
-async fn tasks(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// A query string where an endpoint reads none: a 400 naming its first parameter, as
+/// `GET /v1/searches` answers one it does not know (a filter silently ignored would answer
+/// another question than the one asked).
+fn no_query(query: Option<&str>) -> Result<(), ApiError> {
+    match form_urlencoded::parse(query.unwrap_or_default().as_bytes()).next() {
+        Some((k, _)) => Err(ApiError::BadRequest(format!(
+            "unknown query parameter `{k}` (this endpoint takes none)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+async fn tasks(
+    State(st): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    no_query(query.as_deref())?;
     let store = st.store.clone();
     let dir = st
         .backend
@@ -517,8 +533,10 @@ async fn tasks(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Ap
 async fn task(
     State(st): State<AppState>,
     name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(name) = name?;
+    no_query(query.as_deref())?;
     let rec = st
         .store
         .task(&name)?

@@ -444,6 +444,16 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "not_found");
 
+    // A query the task endpoints do not read is refused, naming it (it was ignored).
+    for path in ["/v1/tasks?status=ready", "/v1/tasks/nb201-c10?x=1"] {
+        let r = d.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(
+            r.text().contains("unknown query parameter"),
+            "{path}: {}",
+            r.text()
+        );
+    }
     // The graph endpoint answers real statistics.
     let body = serde_json::json!({"space": "nb201", "task": "cifar10", "archs": [NB201_ARCH]});
     let r = d.send("POST", "/v1/graph", &body);
