@@ -206,6 +206,9 @@ struct Worker {
     /// Task files rejected only because another file holds their name, with that name: each
     /// is read again when the name is freed (its holder deleted, or renamed to another task).
     conflicts: HashMap<PathBuf, String>,
+    /// Names that are not UTF-8, warned about once each (every write, close and rename of such a
+    /// file is an event: the same warning six times for one file copied in).
+    unreadable_names: std::collections::HashSet<PathBuf>,
 }
 
 impl Watcher {
@@ -248,6 +251,7 @@ impl Watcher {
             reported: HashMap::new(),
             deps: HashMap::new(),
             conflicts: HashMap::new(),
+            unreadable_names: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("aiop-watch".into())
@@ -423,7 +427,9 @@ impl Worker {
                 continue;
             }
             let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-                tracing::warn!(file = %p.display(), "a file name that is not UTF-8 is never read: rename the file");
+                if self.unreadable_names.insert(p.clone()) {
+                    tracing::warn!(file = %p.display(), "a file name that is not UTF-8 is never read: rename the file");
+                }
                 continue;
             };
             if ignored(name) {
