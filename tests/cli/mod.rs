@@ -533,15 +533,7 @@ fn search_with_a_task_model_scores_as_predict_does() {
         &["predict", "--tuned", "c10", "--state", st],
         &format!("{}\n", archs.join("\n")),
     );
-    let predicted: Vec<f64> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let predicted = crate::common::predictions(&out);
     for (r, p) in results.iter().zip(&predicted) {
         let s = r["predicted"].as_f64().unwrap();
         assert!((s - p).abs() < 1e-9, "search {s} vs predict {p}");

@@ -65,3 +65,15 @@ pub fn aiop_ok(args: &[&str], stdin: &str) -> Vec<u8> {
     );
     o.stdout
 }
+
+/// The `prediction` of each JSON line `aiop predict` printed, in order.
+pub fn predictions(stdout: &[u8]) -> Vec<f64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}

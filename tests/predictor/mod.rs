@@ -625,15 +625,7 @@ fn networks_the_hash_cannot_tell_apart_the_predictor_cannot_either() {
             &["predict", "--space", space, "--task", task, "--graphs"],
             &paths,
         );
-        let p: Vec<f64> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect();
+        let p = crate::common::predictions(&out);
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].to_bits(), p[1].to_bits(), "{space}/{task}: {p:?}");
     }
