@@ -704,7 +704,13 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
     // A task file that is a symlink must not lead out of its folder either.
     let real = toml_path
         .canonicalize()
-        .map_err(|e| file_err(format!("cannot read: {e}")))?;
+        .map_err(|e| match std::fs::read_link(toml_path) {
+            Ok(target) => file_err(format!(
+                "a symlink to {}, which does not exist",
+                target.display()
+            )),
+            Err(_) => file_err(format!("cannot read: {e}")),
+        })?;
     if !real.starts_with(&folder) {
         return Err(file_err(format!(
             "a symlink leading outside the task folder {}",

@@ -543,7 +543,12 @@ impl Worker {
     fn process(&mut self, path: &Path) {
         let err_file = error_path(path);
         self.deps.remove(path);
-        if !path.exists() {
+        // A symlink to nothing is a file in the folder that cannot be read (reported, its task
+        // kept, as any unreadable file), not a deleted one.
+        let dangling = path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if !path.exists() && !dangling {
             let _ = std::fs::remove_file(&err_file);
             self.reported.remove(path);
             self.conflicts.remove(path);
@@ -1245,6 +1250,33 @@ mod tests {
         std::fs::write(tasks.join("c.toml"), task("c")).unwrap();
         assert!(wait_for(|| store.task("c").unwrap().is_some()));
         w.stop();
+    }
+
+    #[test]
+    fn a_symlink_to_nothing_is_reported_and_its_task_kept() {
+        let (state, tasks) = folder_with_samples();
+        std::fs::write(tasks.join("real.txt"), task_toml("a", "s.csv")).unwrap();
+        std::os::unix::fs::symlink("real.txt", tasks.join("a.toml")).unwrap();
+        std::os::unix::fs::symlink("nothing.txt", tasks.join("b.toml")).unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (w, _) = watch(&tasks, &store);
+        // A link to nothing gets a report naming its target (it was ignored without a word).
+        let report = error_report(&tasks.join("b.toml.error"));
+        assert!(
+            report.contains("a symlink to nothing.txt, which does not exist"),
+            "{report}"
+        );
+        assert!(wait_for(|| store.task("a").unwrap().is_some()));
+        w.stop();
+        // A link whose target went while the daemon was down is unreadable, not deleted: its
+        // task stays (it was marked removed).
+        std::fs::remove_file(tasks.join("real.txt")).unwrap();
+        let (w, m) = watch(&tasks, &store);
+        let report = error_report(&tasks.join("a.toml.error"));
+        w.stop();
+        assert!(report.contains("symlink to real.txt"), "{report}");
+        assert!(store.task("a").unwrap().unwrap().removed_at.is_none());
+        assert_eq!(m.removed.get(), 0);
     }
 
     #[test]
