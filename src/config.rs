@@ -283,6 +283,16 @@ impl Config {
                     ),
                 });
             }
+            if let Some(task) = crate::tuned::task_model_of(m) {
+                return Err(ConfigError::Invalid {
+                    key: "model",
+                    message: format!(
+                        "{} is task '{task}''s fine-tuned model, not a pretrained checkpoint \
+                         (one written by `aiop pretrain`; unset the key for the embedded model)",
+                        m.display()
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -697,6 +707,29 @@ mod tests {
         .to_string();
         assert!(e.contains("no-model") && e.contains("not a folder"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A task model (a version folder, its companion, the task's folder) is no base model:
+        // the daemon started on it and fine-tuned every task from another task's model.
+        let models = tempfile::tempdir().unwrap();
+        let version = models.path().join("seg").join("v1");
+        std::fs::create_dir_all(version.join(crate::tuned::COMPANION_DIR)).unwrap();
+        std::fs::write(version.join(crate::tuned::SIDECAR), "{}").unwrap();
+        for m in [
+            version.clone(),
+            version.join(crate::tuned::COMPANION_DIR),
+            models.path().join("seg"),
+        ] {
+            let e = Config::load(
+                &Overrides::default(),
+                env(&[("AIOP_MODEL", m.to_str().unwrap())]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("model") && e.contains("task 'seg''s fine-tuned model"),
+                "{}: {e}",
+                m.display()
+            );
+        }
     }
 
     #[test]

@@ -195,6 +195,32 @@ impl BaseModel {
 
 pub use crate::predictor::checkpoint::fingerprint;
 
+/// Whether `dir` is (part of) a task model rather than a pretrained checkpoint: a version
+/// folder under `<state>/models/<name>/` (it holds the sidecar), the task's folder holding
+/// them, or a version's [`COMPANION_DIR`]. `Some` with the task's name ("NAME" when it cannot
+/// be told) when it is one. A task model predicts with its own task's statistics and blend: it
+/// is no base to fine-tune or predict other tasks from.
+pub fn task_model_of(dir: &Path) -> Option<String> {
+    let real = dir.canonicalize().ok()?;
+    let name_of = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map_or_else(|| "NAME".to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    let version = |p: &Path| p.join(SIDECAR).is_file();
+    if version(&real) {
+        return Some(name_of(real.parent()));
+    }
+    if real.file_name().is_some_and(|n| n == COMPANION_DIR) && real.parent().is_some_and(version) {
+        return Some(name_of(real.parent().and_then(Path::parent)));
+    }
+    let holds_versions = std::fs::read_dir(&real)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| version(&e.path()));
+    holds_versions.then(|| name_of(Some(&real)))
+}
+
 /// How well the model fits its own samples after transfer (in-sample, for information). A
 /// measure that is not defined (a correlation of predictions that are all equal) is written as
 /// JSON's `null` and read back as NaN: it must not make the model unloadable.

@@ -18,7 +18,8 @@ pub struct BenchGraphArgs {
     /// Space to build (default: each of nb201/cifar10 and tnb101_macro/segmentsemantic).
     #[arg(long, requires = "task", value_parser = super::space_parser())]
     pub space: Option<SpaceId>,
-    #[arg(long)]
+    /// Task whose head is built (with --space).
+    #[arg(long, requires = "space")]
     pub task: Option<String>,
     /// Graphs per round.
     #[arg(long, default_value_t = 20_000)]

@@ -229,9 +229,15 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
         super::check_writable(p, "--json")?;
     }
+    if let Some(k) = a.queries.iter().find(|&&k| k == 0) {
+        return Err(UsageError(format!("--queries: {k}: a budget must be at least 1")).into());
+    }
     let mut tables = Vec::with_capacity(a.task.len());
     for t in &a.task {
         let task = super::task_arg(space, t)?;
+        if tables.iter().any(|(seen, _)| *seen == task) {
+            return Err(UsageError(format!("--task: {t} is listed twice")).into());
+        }
         // Every method queries the true labels of the networks it proposes.
         tables.push((task, TableFitness::load_complete(space, task)?));
     }
@@ -621,6 +627,26 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
         super::check_writable(p, "--json")?;
     }
+    // What the arguments alone tell, before any work or output.
+    let mut tasks = Vec::with_capacity(a.task.len());
+    for t in &a.task {
+        let task = super::task_arg(space, t)?;
+        if tasks.contains(&task) {
+            return Err(UsageError(format!("--task: {t} is listed twice")).into());
+        }
+        tasks.push(task);
+    }
+    if a.samples < aiop::taskfile::MIN_SAMPLES {
+        return Err(UsageError(format!(
+            "--samples: {} (a task needs at least {} labelled networks)",
+            a.samples,
+            aiop::taskfile::MIN_SAMPLES
+        ))
+        .into());
+    }
+    if !(a.lr > 0.0 && a.lr <= 1.0) {
+        return Err(UsageError(format!("--lr: {} is not in (0, 1]", a.lr)).into());
+    }
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
     let companion = a
@@ -639,8 +665,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         "{:<14} {:<16} {:>16} {:>16} {:>16} {:>8}",
         "space", "task", "FLOPs cut %", "predicted drop", "true drop", "ok≤tol"
     )?;
-    for t in &a.task {
-        let task = super::task_arg(space, t)?;
+    for task in tasks {
         let key = TaskKey::new(space, task);
         if std::iter::once(&base)
             .chain(&companion)

@@ -136,7 +136,7 @@ fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
             .split(',')
             .map(|s| s.trim().parse::<TaskKey>())
             .collect::<Result<_, _>>()
-            .map_err(|e| DataError(e.to_string()))?;
+            .map_err(|e| UsageError(format!("--tasks: {e}")))?;
     }
     cfg.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(cfg)
@@ -220,9 +220,8 @@ pub fn load_base(
         .with_context(|| format!("loading the base predictor {}", b.describe()))
 }
 
-/// A usage error when `--model dir` is a task model (a version folder under
-/// `<state>/models/<name>/`, or the task's folder holding them): those predict with their
-/// task's own statistics and blend, through `--tuned NAME`.
+/// A usage error when `--model dir` is a task model ([`tuned::task_model_of`]): those
+/// predict with their task's own statistics and blend, through `--tuned NAME`.
 fn refuse_task_model(dir: Option<&Path>) -> anyhow::Result<()> {
     refuse_task_model_for(dir, |name| {
         format!("use --tuned {name} (with --state set to the folder holding models/)")
@@ -235,27 +234,13 @@ fn refuse_task_model_for(
     advice: impl Fn(&str) -> String,
 ) -> anyhow::Result<()> {
     let Some(d) = dir else { return Ok(()) };
-    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    let name = if d.join(tuned::SIDECAR).exists() {
-        d.canonicalize()
-            .ok()
-            .as_deref()
-            .and_then(Path::parent)
-            .and_then(name_of)
-    } else if std::fs::read_dir(d)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.path().join(tuned::SIDECAR).exists())
-    {
-        d.canonicalize().ok().as_deref().and_then(name_of)
-    } else {
+    let Some(name) = tuned::task_model_of(d) else {
         return Ok(());
     };
     Err(UsageError(format!(
         "--model {}: that is a task model, not a pretrained checkpoint; {}",
         d.display(),
-        advice(name.as_deref().unwrap_or("NAME"))
+        advice(&name)
     ))
     .into())
 }

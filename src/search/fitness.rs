@@ -54,9 +54,9 @@ impl TableFitness {
                 .map(SpaceId::name)
                 .collect();
             return Err(SearchError::Invalid(format!(
-                "the benchmark table of {} labels {} of its networks, not all: a search there \
-                 would propose networks it cannot score (the true labels serve as a fitness in {} \
-                 only; use the predictor or a task model)",
+                "the benchmark table of {} labels a sample of its networks ({} rows), not all: \
+                 a search there would propose networks it cannot score (the true labels serve \
+                 as a fitness in {} only; use the predictor or a task model)",
                 space.name(),
                 t.values.len(),
                 whole.join(", ")

@@ -610,6 +610,25 @@ fn search_with_a_task_model_scores_as_predict_does() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("that is a task model"), "{err}");
+    // Its companion too (it passed as a pretrained checkpoint).
+    let companion = version.join("companion");
+    assert!(companion.is_dir(), "the default blend saves one");
+    let o = aiop(
+        &[
+            "finetune",
+            "--task",
+            t,
+            "--state",
+            st,
+            "--model",
+            companion.to_str().unwrap(),
+            "-q",
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("that is a task model"), "{err}");
     // A missing task model is named.
     let o = aiop(&["search", "--tuned", "nope", "--state", st], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'nope'"));
@@ -952,7 +971,7 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
                 "--task",
                 "cifar10",
             ][..],
-            "labels 500 of its networks",
+            "labels a sample of its networks (500 rows)",
         ),
         (
             &[
@@ -969,6 +988,72 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         ),
         (
             &[
+                "experiment",
+                "flops",
+                "--space",
+                "nb101",
+                "--task",
+                "cifar10,bogus",
+            ][..],
+            "--task: space nb101 has no task 'bogus'",
+        ),
+        (
+            &[
+                "experiment",
+                "flops",
+                "--space",
+                "nb101",
+                "--task",
+                "cifar10",
+                "--samples",
+                "1",
+            ][..],
+            "--samples: 1",
+        ),
+        (
+            &[
+                "experiment",
+                "flops",
+                "--space",
+                "nb101",
+                "--task",
+                "cifar10",
+                "--lr",
+                "0",
+            ][..],
+            "--lr: 0 is not in (0, 1]",
+        ),
+        (
+            &[
+                "experiment",
+                "search",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10",
+                "--queries",
+                "5,0",
+            ][..],
+            "--queries: 0",
+        ),
+        (
+            &[
+                "experiment",
+                "search",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10,cifar10",
+            ][..],
+            "--task: cifar10 is listed twice",
+        ),
+        (&["bench", "graph", "--task", "cifar10"][..], "--space"),
+        (
+            &["pretrain", "--tasks", "nb201/bogus", "--out", no_dir][..],
+            "--tasks: space nb201 has no task 'bogus'",
+        ),
+        (
+            &[
                 "search",
                 "--space",
                 "darts",
@@ -977,7 +1062,7 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
                 "--fitness",
                 "oracle",
             ][..],
-            "labels 725 of its networks",
+            "labels a sample of its networks (725 rows)",
         ),
         (
             &[
