@@ -594,41 +594,21 @@ fn search_with_a_task_model_scores_as_predict_does() {
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
         .unwrap();
-    let o = aiop(
-        &[
-            "finetune",
-            "--task",
-            t,
-            "--state",
-            st,
-            "--model",
-            version.to_str().unwrap(),
-            "-q",
-        ],
-        "",
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("that is a task model"), "{err}");
-    // Its companion too (it passed as a pretrained checkpoint).
+    // Its companion neither (it passed as a pretrained checkpoint).
     let companion = version.join("companion");
     assert!(companion.is_dir(), "the default blend saves one");
-    let o = aiop(
-        &[
-            "finetune",
-            "--task",
-            t,
-            "--state",
-            st,
-            "--model",
-            companion.to_str().unwrap(),
-            "-q",
-        ],
-        "",
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("that is a task model"), "{err}");
+    for model in [&version, &companion] {
+        let model = model.to_str().unwrap();
+        let o = aiop(
+            &[
+                "finetune", "--task", t, "--state", st, "--model", model, "-q",
+            ],
+            "",
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{model}: {err}");
+        assert!(err.contains("that is a task model"), "{model}: {err}");
+    }
     // A missing task model is named.
     let o = aiop(&["search", "--tuned", "nope", "--state", st], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'nope'"));
