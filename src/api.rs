@@ -649,30 +649,50 @@ fn build_graphs(req: GraphRequest) -> Result<Vec<GraphStats>, ApiError> {
     Ok(out)
 }
 
+/// The items of a `/v1/graph` or `/v1/predict` request (`what`: its verb and its plural), checked:
+/// at least one, `arch` or `archs` but not both (which would come first in the answer, and
+/// which index an error names, would be a guess), at most `max`.
+fn check_items(
+    arch: Option<&String>,
+    archs: &[String],
+    graphs: usize,
+    max: usize,
+    what: (&str, &str),
+) -> Result<(), ApiError> {
+    let n = archs.len() + usize::from(arch.is_some()) + graphs;
+    if n == 0 {
+        return Err(unprocessable(format!(
+            "nothing to {}: give 'arch', 'archs' or 'graphs'",
+            what.0
+        )));
+    }
+    if arch.is_some() && !archs.is_empty() {
+        return Err(unprocessable(
+            "give 'arch' (one) or 'archs' (a list), not both".into(),
+        ));
+    }
+    if n > max {
+        return Err(ApiError::Unprocessable {
+            code: "too_many_items",
+            message: format!("{n} {} asked, at most {max} per request", what.1),
+        });
+    }
+    Ok(())
+}
+
 async fn graph(
     State(st): State<AppState>,
     _auth: Authorized,
     body: Result<Json<GraphRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
-    let n = req.archs.len() + usize::from(req.arch.is_some()) + req.graphs.len();
-    if n == 0 {
-        return Err(unprocessable(
-            "nothing to build: give 'arch', 'archs' or 'graphs'".into(),
-        ));
-    }
-    if req.arch.is_some() && !req.archs.is_empty() {
-        // Which comes first in the answer, and which index an error names, would be a guess.
-        return Err(unprocessable(
-            "give 'arch' (one) or 'archs' (a list), not both".into(),
-        ));
-    }
-    if n > st.cfg.max_items {
-        return Err(ApiError::Unprocessable {
-            code: "too_many_items",
-            message: format!("{n} graphs asked, at most {} per request", st.cfg.max_items),
-        });
-    }
+    check_items(
+        req.arch.as_ref(),
+        &req.archs,
+        req.graphs.len(),
+        st.cfg.max_items,
+        ("build", "graphs"),
+    )?;
     let out = tokio::task::spawn_blocking(move || build_graphs(req))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
@@ -785,27 +805,13 @@ async fn predict(
     body: Result<Json<PredictRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
-    let n = req.archs.len() + usize::from(req.arch.is_some()) + req.graphs.len();
-    if n == 0 {
-        return Err(unprocessable(
-            "nothing to predict: give 'arch', 'archs' or 'graphs'".into(),
-        ));
-    }
-    if req.arch.is_some() && !req.archs.is_empty() {
-        // Which comes first in the answer, and which index an error names, would be a guess.
-        return Err(unprocessable(
-            "give 'arch' (one) or 'archs' (a list), not both".into(),
-        ));
-    }
-    if n > st.cfg.max_items {
-        return Err(ApiError::Unprocessable {
-            code: "too_many_items",
-            message: format!(
-                "{n} predictions asked, at most {} per request",
-                st.cfg.max_items
-            ),
-        });
-    }
+    check_items(
+        req.arch.as_ref(),
+        &req.archs,
+        req.graphs.len(),
+        st.cfg.max_items,
+        ("predict", "predictions"),
+    )?;
     let (store, predictor) = (st.store.clone(), st.backend.predictor.clone());
     let out =
         tokio::task::spawn_blocking(move || predict_blocking(&store, &predictor, req)).await??;
@@ -1083,14 +1089,6 @@ struct SubmitFile {
     content: String,
 }
 
-/// A name the watched folder ignores: hidden, an editor's backup or swap file, a temporary
-/// file, an error report.
-fn hidden_or_temporary(n: &str) -> bool {
-    n.starts_with('.')
-        || n.ends_with('~')
-        || [".swp", ".tmp", ".error"].iter().any(|s| n.ends_with(s))
-}
-
 /// A submitted path: relative, plain components, nothing the watcher would ignore, no
 /// control character (a NUL cannot be in a file name at all; a newline would break the logs).
 fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
@@ -1111,7 +1109,7 @@ fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
         let Component::Normal(n) = c else {
             return Err(format!("'{p}': only plain names (no '..', '.' or root)"));
         };
-        if hidden_or_temporary(n.to_str().unwrap_or(".")) {
+        if taskfile::ignored(n.to_str().unwrap_or(".")) {
             return Err(format!(
                 "'{p}': hidden and temporary names are ignored by the task folder"
             ));
@@ -1120,32 +1118,19 @@ fn safe_relative(p: &str) -> Result<std::path::PathBuf, String> {
     Ok(path.to_path_buf())
 }
 
-/// The task files of the folder `dir` other than `except` that declare the task name `name`
-/// now, whether or not the watcher has read them yet (a submission a moment ago, a file
+/// The first task file of the folder `dir` other than `except` that declares the task name
+/// `name` now, whether or not the watcher has read it yet (a submission a moment ago, a file
 /// written by hand).
-fn files_declaring(
+fn file_declaring(
     dir: &std::path::Path,
     name: &str,
     except: &std::path::Path,
     limits: &Limits,
-) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "toml")
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !hidden_or_temporary(n))
-                && p != except
-                && taskfile::declared_name(p, limits).as_deref() == Some(name)
-        })
-        .collect();
-    v.sort();
-    v
+) -> Option<PathBuf> {
+    taskfile::task_files(dir)
+        .ok()?
+        .into_iter()
+        .find(|p| p != except && taskfile::declared_name(p, limits).as_deref() == Some(name))
 }
 
 /// Why the submitted file `rel` cannot be written into the folder `dir` as it stands: a folder
@@ -1305,8 +1290,7 @@ fn submit_blocking(
             }
         }
         // A file not read yet (an earlier submission, a file written by hand) claims it too.
-        if let Some(other) = files_declaring(&dir, &spec.name, &final_toml, &backend.limits).first()
-        {
+        if let Some(other) = file_declaring(&dir, &spec.name, &final_toml, &backend.limits) {
             return Err(ApiError::Conflict(format!(
                 "task name '{}' is already defined by {}",
                 spec.name,

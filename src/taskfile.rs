@@ -553,6 +553,33 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Whether a task folder ignores a file name: hidden, an editor's backup or swap file, a
+/// temporary file, an error report. The watcher reads no such file, and a submission may not
+/// name one.
+pub fn ignored(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".tmp")
+        || name.ends_with(".error")
+}
+
+/// The task files (`*.toml`, not [`ignored`]) at the top level of the folder `dir`, sorted.
+pub fn task_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !ignored(n))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// The task name a task file declares, read without checking the rest of it: `None` when the
 /// file cannot be read (not a regular file, too big, not UTF-8) or its TOML has no string
 /// `name`. What it is for: telling which name a file claims now, before the watcher has read

@@ -40,7 +40,7 @@ use prometheus::{IntCounter, Registry};
 use crate::jobs::{Job, Submitter};
 use crate::searches::Searches;
 use crate::store::{Recorded, Store, StoreError, TaskStatus};
-use crate::taskfile::{self, Limits, TaskFileError};
+use crate::taskfile::{self, ignored, Limits, TaskFileError};
 
 /// Errors of starting the watcher (running it cannot fail).
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +114,6 @@ enum Msg {
 pub struct Watcher {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// Whether the watcher ignores a file name.
-pub fn ignored(name: &str) -> bool {
-    name.starts_with('.')
-        || name.ends_with('~')
-        || name.ends_with(".swp")
-        || name.ends_with(".tmp")
-        || name.ends_with(".error")
 }
 
 fn is_task_file(p: &Path) -> bool {
@@ -287,27 +278,15 @@ impl Drop for Watcher {
 
 impl Worker {
     fn task_files(&self) -> Vec<PathBuf> {
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
+        match taskfile::task_files(&self.dir) {
+            Ok(v) => v,
             // Removed: said once, by the folder check.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot list the tasks folder");
-                return Vec::new();
+                Vec::new()
             }
-        };
-        let mut v: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                is_task_file(p)
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| !ignored(n))
-            })
-            .collect();
-        v.sort();
-        v
+        }
     }
 
     fn startup(&mut self) {

@@ -213,6 +213,19 @@ fn predictor_search(
         .collect()
 }
 
+/// The tasks `--task` names in `space`, each once.
+fn task_list(space: SpaceId, names: &[String]) -> Result<Vec<Task>, UsageError> {
+    let mut tasks = Vec::with_capacity(names.len());
+    for t in names {
+        let task = super::task_arg(space, t)?;
+        if tasks.contains(&task) {
+            return Err(UsageError(format!("--task: {t} is listed twice")));
+        }
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
+
 /// The methods `aiop experiment search` runs.
 const METHODS: [&str; 3] = ["random", "evolution", "predictor"];
 
@@ -233,11 +246,7 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
         return Err(UsageError(format!("--queries: {k}: a budget must be at least 1")).into());
     }
     let mut tables = Vec::with_capacity(a.task.len());
-    for t in &a.task {
-        let task = super::task_arg(space, t)?;
-        if tables.iter().any(|(seen, _)| *seen == task) {
-            return Err(UsageError(format!("--task: {t} is listed twice")).into());
-        }
+    for task in task_list(space, &a.task)? {
         // Every method queries the true labels of the networks it proposes.
         tables.push((task, TableFitness::load_complete(space, task)?));
     }
@@ -628,14 +637,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         super::check_writable(p, "--json")?;
     }
     // What the arguments alone tell, before any work or output.
-    let mut tasks = Vec::with_capacity(a.task.len());
-    for t in &a.task {
-        let task = super::task_arg(space, t)?;
-        if tasks.contains(&task) {
-            return Err(UsageError(format!("--task: {t} is listed twice")).into());
-        }
-        tasks.push(task);
-    }
+    let tasks = task_list(space, &a.task)?;
     if a.samples < aiop::taskfile::MIN_SAMPLES {
         return Err(UsageError(format!(
             "--samples: {} (a task needs at least {} labelled networks)",

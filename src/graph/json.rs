@@ -286,19 +286,16 @@ pub fn from_json(text: &str) -> Result<Graph, GraphError> {
                 return Err(field_err(
                     &n.id,
                     "in",
-                    if op == Op::Input {
-                        format!(
-                            "declared input {} but an input's is its output, {}",
-                            shape_of(d),
-                            r.input
-                        )
-                    } else {
-                        format!(
-                            "declared input {} but its inputs give {}",
-                            shape_of(d),
-                            r.input
-                        )
-                    },
+                    format!(
+                        "declared input {} but {} {}",
+                        shape_of(d),
+                        if op == Op::Input {
+                            "an input's is its output,"
+                        } else {
+                            "its inputs give"
+                        },
+                        r.input
+                    ),
                 ));
             }
         }

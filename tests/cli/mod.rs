@@ -845,226 +845,92 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
     let good_graph = dir.path().join("start.json");
     std::fs::write(&good_graph, &o.stdout).unwrap();
     let good_graph = good_graph.to_str().unwrap();
-    let free = [
-        "search",
-        "--algorithm",
-        "flops",
-        "--start-graph",
-        good_graph,
-    ];
-    let free_oracle = [&free[..], &["--fitness", "oracle"]].concat();
-    for (args, says) in [
-        (
-            &free_oracle[..],
-            "the oracle fitness needs --space and --task",
-        ),
-        (&free[..], "the predictor fitness needs --space and --task"),
-        (
-            &["search", "--space", "nb201"][..],
-            "need a space and a task",
-        ),
-        (
-            &["search", "--task", "cifar1000"][..],
-            "--task: unknown task",
-        ),
-        (
-            &["search", "--space", "nb201", "--task", "jigsaw"][..],
-            "--task: ",
-        ),
-        // So in every command that takes one (it was bad data, 65, elsewhere).
-        (
-            &["graph", "--space", "nb201", "--task", "jigsaw", "--arch", A][..],
-            "--task: space nb201 has no task 'jigsaw'",
-        ),
-        (
-            &["predict", "--space", "nb201", "--task", "jigsaw"][..],
-            "--task: space nb201 has no task 'jigsaw'",
-        ),
-    ] {
-        let o = aiop(args, "");
+    // Each a command line (its words split at spaces: the paths here have none), what its
+    // error says, and whether it must print nothing.
+    let refused = |line: &str, says: &str, silent: bool| {
+        let args: Vec<&str> = line.split(' ').collect();
+        let o = aiop(&args, "");
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
+        if silent {
+            assert!(o.stdout.is_empty(), "{args:?}: nothing is run");
+        }
+    };
+    let free = format!("search --algorithm flops --start-graph {good_graph}");
+    for (line, says) in [
+        (
+            format!("{free} --fitness oracle"),
+            "the oracle fitness needs --space and --task",
+        ),
+        (
+            free.clone(),
+            "the predictor fitness needs --space and --task",
+        ),
+        ("search --space nb201".into(), "need a space and a task"),
+        ("search --task cifar1000".into(), "--task: unknown task"),
+        ("search --space nb201 --task jigsaw".into(), "--task: "),
+        // So in every command that takes one (it was bad data, 65, elsewhere).
+        (
+            format!("graph --space nb201 --task jigsaw --arch {A}"),
+            "--task: space nb201 has no task 'jigsaw'",
+        ),
+        (
+            "predict --space nb201 --task jigsaw".into(),
+            "--task: space nb201 has no task 'jigsaw'",
+        ),
+    ] {
+        refused(&line, says, false);
     }
     // Experiments and evaluations refuse what their arguments alone tell, before any output
     // or work: a --json that cannot be written (checked after the whole run, it lost it), no
     // task (nothing ran, exit 0), no seeds, an unknown method, a space whose table labels a
     // sample only (the search failed at its first unlabelled network, exit 1).
-    for (args, says) in [
+    let c10 = "experiment search --space nb201 --task cifar10";
+    let nb101 = "experiment flops --space nb101 --task cifar10";
+    for (line, says) in [
         (
-            &[
-                "eval",
-                "--protocol",
-                "unseen-task",
-                "--quick",
-                "--json",
-                no_dir,
-            ][..],
+            format!("eval --protocol unseen-task --quick --json {no_dir}"),
             "--json ",
         ),
-        (&["experiment", "search", "--space", "nb201"][..], "--task"),
+        ("experiment search --space nb201".into(), "--task"),
+        (format!("{c10} --seeds 0"), "--seeds"),
         (
-            &[
-                "experiment",
-                "search",
-                "--space",
-                "nb201",
-                "--task",
-                "cifar10",
-                "--seeds",
-                "0",
-            ][..],
-            "--seeds",
-        ),
-        (
-            &[
-                "experiment",
-                "search",
-                "--space",
-                "nb201",
-                "--task",
-                "cifar10",
-                "--methods",
-                "bogus",
-            ][..],
+            format!("{c10} --methods bogus"),
             "unknown method 'bogus' (expected random, evolution, predictor)",
         ),
+        (format!("{c10} --json {no_dir}"), "--json "),
         (
-            &[
-                "experiment",
-                "search",
-                "--space",
-                "nb201",
-                "--task",
-                "cifar10",
-                "--json",
-                no_dir,
-            ][..],
-            "--json ",
-        ),
-        (
-            &[
-                "experiment",
-                "search",
-                "--space",
-                "nb101",
-                "--task",
-                "cifar10",
-            ][..],
+            "experiment search --space nb101 --task cifar10".into(),
             "labels a sample of its networks (500 rows)",
         ),
         (
-            &[
-                "experiment",
-                "flops",
-                "--space",
-                "darts",
-                "--task",
-                "cifar10",
-                "--json",
-                no_dir,
-            ][..],
+            format!("experiment flops --space darts --task cifar10 --json {no_dir}"),
             "--json ",
         ),
         (
-            &[
-                "experiment",
-                "flops",
-                "--space",
-                "nb101",
-                "--task",
-                "cifar10,bogus",
-            ][..],
+            format!("{nb101},bogus"),
             "--task: space nb101 has no task 'bogus'",
         ),
+        (format!("{nb101} --samples 1"), "--samples: 1"),
+        (format!("{nb101} --lr 0"), "--lr: 0 is not in (0, 1]"),
+        (format!("{c10} --queries 5,0"), "--queries: 0"),
+        (format!("{c10},cifar10"), "--task: cifar10 is listed twice"),
+        ("bench graph --task cifar10".into(), "--space"),
         (
-            &[
-                "experiment",
-                "flops",
-                "--space",
-                "nb101",
-                "--task",
-                "cifar10",
-                "--samples",
-                "1",
-            ][..],
-            "--samples: 1",
-        ),
-        (
-            &[
-                "experiment",
-                "flops",
-                "--space",
-                "nb101",
-                "--task",
-                "cifar10",
-                "--lr",
-                "0",
-            ][..],
-            "--lr: 0 is not in (0, 1]",
-        ),
-        (
-            &[
-                "experiment",
-                "search",
-                "--space",
-                "nb201",
-                "--task",
-                "cifar10",
-                "--queries",
-                "5,0",
-            ][..],
-            "--queries: 0",
-        ),
-        (
-            &[
-                "experiment",
-                "search",
-                "--space",
-                "nb201",
-                "--task",
-                "cifar10,cifar10",
-            ][..],
-            "--task: cifar10 is listed twice",
-        ),
-        (&["bench", "graph", "--task", "cifar10"][..], "--space"),
-        (
-            &["pretrain", "--tasks", "nb201/bogus", "--out", no_dir][..],
+            format!("pretrain --tasks nb201/bogus --out {no_dir}"),
             "--tasks: space nb201 has no task 'bogus'",
         ),
         (
-            &[
-                "search",
-                "--space",
-                "darts",
-                "--task",
-                "cifar10",
-                "--fitness",
-                "oracle",
-            ][..],
+            "search --space darts --task cifar10 --fitness oracle".into(),
             "labels a sample of its networks (725 rows)",
         ),
         (
-            &[
-                &free[..],
-                &[
-                    "--space",
-                    "nb201",
-                    "--task",
-                    "cifar10",
-                    "--fitness",
-                    "oracle",
-                ],
-            ]
-            .concat()[..],
+            format!("{free} --space nb201 --task cifar10 --fitness oracle"),
             "a --start-graph has no label",
         ),
     ] {
-        let o = aiop(args, "");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(says), "{args:?}: {err}");
-        assert!(o.stdout.is_empty(), "{args:?}: nothing is run");
+        refused(&line, says, true);
     }
     // An unknown space is a usage error listing the spaces.
     let o = aiop(&["search", "--space", "nb999", "--task", "cifar10"], "");
