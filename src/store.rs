@@ -1377,8 +1377,8 @@ pub struct Compacted {
 /// The most records, and bytes, one batch holds when a tree is written whole (compaction,
 /// import). sled keeps the superseded versions of the pages a batch rewrites, and a large batch
 /// rewrites them many times over: a compaction in batches of 10,000 made a store of one
-/// finished 10,000-evaluation search half as large again (11.8 -> 16.4 MiB); batches of 50 to
-/// 300 records gave 11.0-11.3 MiB (BENCHMARKS.md, "Store compaction").
+/// finished 10,000-evaluation search larger by 40 % (11,833 -> 16,425 KiB); batches of 50 to
+/// 300 records gave 11,264 KiB (BENCHMARKS.md, "Store compaction and import").
 const BATCH_RECORDS: usize = 256;
 const BATCH_BYTES: usize = 1 << 20;
 
