@@ -92,7 +92,9 @@ enum BenchCommand {
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage (clap's, and [`cmd::UsageError`]:
 /// an argument that does not fit the input), 65 bad input data (EX_DATAERR: a malformed file
-/// or line; also what a daemon refused as such), 69 no daemon answers (EX_UNAVAILABLE), 75 the
+/// or line; also what a daemon refused as such), 66 an input named on the command line is not
+/// there (EX_NOINPUT: a missing or unreadable file, folder or task model; [`cmd::NoInput`], and
+/// any cause that is a missing file), 69 no daemon answers (EX_UNAVAILABLE), 75 the
 /// daemon is stopping or did not answer in time (EX_TEMPFAIL: try again), 77 the daemon wants
 /// another token (EX_NOPERM), 78 bad configuration (EX_CONFIG). A closed standard output
 /// (`aiop status | head`) is not a failure: see [`broken_pipe`].
@@ -131,6 +133,20 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<cmd::UsageError>() {
             return 2;
+        }
+        if cause.is::<cmd::NoDaemon>() {
+            return 69;
+        }
+        if cause.is::<cmd::NoInput>()
+            || matches!(
+                cause.downcast_ref::<aiop::tuned::TunedError>(),
+                Some(aiop::tuned::TunedError::NotFound { .. })
+            )
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return 66;
         }
         if let Some(e) = cause.downcast_ref::<aiop::search::SearchError>() {
             return search_exit_code(e);

@@ -53,8 +53,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     // A malformed or invalid file is bad data (exit 65), named.
     let mut cfg = match &a.config {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = super::read_input(p, "--config")?;
             let cfg = serde_json::from_str::<EvalConfig>(&text).map_err(|e| {
                 DataError(format!("{}: not an evaluation config: {e}", p.display()))
             })?;

@@ -812,7 +812,10 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
         .load_plain(&device)?
         .with_context(|| format!("{} has no companion (plain/)", base_model.describe()))?;
     let read = crate::cmd::predictor::read_pretrain_config;
-    let (ca, cp) = (read(&a.config)?, read(&a.plain_config)?);
+    let (ca, cp) = (
+        read(&a.config, "--config")?,
+        read(&a.plain_config, "--plain-config")?,
+    );
     let cfg = FitConfig {
         fit: a.fit,
         eval: a.eval,

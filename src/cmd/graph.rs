@@ -142,8 +142,7 @@ fn emit(
 pub fn graph(a: GraphArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(path) = &a.file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = super::read_input(path, "--file")?;
         let g = json::from_json(&text).with_context(|| format!("{}", path.display()))?;
         emit(&mut out, &g, None, Some(&path.display().to_string()), &a)?;
         return Ok(out.flush()?);

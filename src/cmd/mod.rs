@@ -90,6 +90,69 @@ impl std::io::Write for ReportOut {
     }
 }
 
+/// No daemon to talk to: its state folder holds no address file (it is not running there);
+/// maps to exit code 69 (EX_UNAVAILABLE), as a refused connection does.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoDaemon(pub String);
+
+/// An input file or folder named on the command line that is not there to read: missing, of
+/// the wrong kind (a folder for a file, a file for a folder) or not readable; maps to exit code
+/// 66 (EX_NOINPUT). What it holds, once read, is [`DataError`]'s (65) when malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoInput(pub String);
+
+/// Check that `path`, the input file of `option` (a flag, or a positional argument's name),
+/// is a file this process can open, before any work is done for it.
+pub fn check_input(path: &std::path::Path, option: &str) -> Result<(), NoInput> {
+    let fail = |why: String| NoInput(format!("{option} {}: {why}", path.display()));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(fail(match path.symlink_metadata() {
+                Ok(_) => "a symlink to nothing".into(),
+                Err(_) => "no such file".into(),
+            }))
+        }
+        Err(e) => Err(fail(format!("cannot be read: {e}"))),
+        Ok(m) if m.is_dir() => Err(fail("is a folder, not a file".into())),
+        Ok(_) => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| fail(format!("cannot be read: {e}"))),
+    }
+}
+
+/// Check that `path`, the input folder of `option`, is a folder, before any work is done.
+pub fn check_input_dir(path: &std::path::Path, option: &str) -> Result<(), NoInput> {
+    let fail = |why: &str| NoInput(format!("{option} {}: {why}", path.display()));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(fail("no such folder")),
+        Err(e) => Err(fail(&format!("cannot be read: {e}"))),
+        Ok(m) if !m.is_dir() => Err(fail("is a file, not a folder")),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// The text of `path`, the input file of `option`: [`check_input`]'s errors, then text that
+/// is not UTF-8 as bad data ([`DataError`]). A leading UTF-8 byte-order mark (what some
+/// Windows editors write) is dropped: no JSON, TOML or CSV reader here takes one.
+pub fn read_input(path: &std::path::Path, option: &str) -> anyhow::Result<String> {
+    check_input(path, option)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| NoInput(format!("{option} {}: cannot be read: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        DataError(format!(
+            "{}: not UTF-8 text (byte {} is not valid UTF-8)",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
 /// Check that `path`, the destination of `option`, can be written, before any work is done
 /// for it (a [`UsageError`] naming both otherwise). An existing file is opened for writing and
 /// left as it is; a missing one is created and removed again.
@@ -149,6 +212,11 @@ pub fn numbered_lines(
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
+        // A byte-order mark opening the input (a file saved by a Windows editor) is no part
+        // of its first line.
+        if k == 0 && bytes.starts_with(b"\xef\xbb\xbf") {
+            bytes.drain(..3);
+        }
         let line = String::from_utf8(bytes).map_err(|e| {
             format!(
                 "not UTF-8 text (invalid byte at column {})",
@@ -201,7 +269,7 @@ mod tests {
 
     #[test]
     fn numbered_lines_report_bad_utf8_and_go_on() {
-        let lines: Vec<_> = super::numbered_lines(&b"a\r\nb\xff\n\nc"[..])
+        let lines: Vec<_> = super::numbered_lines(&b"\xef\xbb\xbfa\r\nb\xff\n\nc"[..])
             .map(Result::unwrap)
             .collect();
         assert_eq!(

@@ -104,8 +104,8 @@ pub struct FinetuneArgs {
 }
 
 /// A pretraining config file (JSON; unset fields take [`PretrainConfig::default`]'s values).
-pub fn read_pretrain_config(p: &std::path::Path) -> anyhow::Result<PretrainConfig> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+pub fn read_pretrain_config(p: &std::path::Path, option: &str) -> anyhow::Result<PretrainConfig> {
+    let text = super::read_input(p, option)?;
     Ok(serde_json::from_str(&text).map_err(|e| DataError(format!("{}: {e}", p.display())))?)
 }
 
@@ -115,7 +115,7 @@ pub fn read_pretrain_config(p: &std::path::Path) -> anyhow::Result<PretrainConfi
 fn load_config(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => {
-            let cfg = read_pretrain_config(p)?;
+            let cfg = read_pretrain_config(p, "--config")?;
             cfg.validate()
                 .map_err(|e| DataError(format!("{}: {}", p.display(), e.into_message())))?;
             cfg
@@ -234,6 +234,7 @@ fn refuse_task_model_for(
     advice: impl Fn(&str) -> String,
 ) -> anyhow::Result<()> {
     let Some(d) = dir else { return Ok(()) };
+    super::check_input_dir(d, "--model")?;
     let Some(name) = tuned::task_model_of(d) else {
         return Ok(());
     };
@@ -272,6 +273,7 @@ pub fn load_model(
 }
 
 pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
+    super::check_input(&a.task, "--task")?;
     let spec = taskfile::load(&a.task, &taskfile::Limits::default())?;
     // A task model has no companion (plain/) to blend with and its own task's statistics: it
     // is no base to fine-tune from.

@@ -180,7 +180,7 @@ fn start_graph(a: &SearchArgs) -> anyhow::Result<Option<Start>> {
     let Some(p) = &a.start_graph else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let text = super::read_input(p, "--start-graph")?;
     json::from_json(&text).with_context(|| format!("--start-graph {}", p.display()))?;
     Ok(Some(Start::Graph(text)))
 }
@@ -489,8 +489,7 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.graph {
         super::check_writable(p, "--graph")?;
     }
-    let text = std::fs::read_to_string(&a.results)
-        .with_context(|| format!("reading {}", a.results.display()))?;
+    let text = super::read_input(&a.results, "RESULTS")?;
     let (spec, results) =
         read_results(&text, a.so_far).with_context(|| a.results.display().to_string())?;
     if results.is_empty() {

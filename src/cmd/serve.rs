@@ -69,10 +69,22 @@ fn daemon_addr(addr: Option<&str>, state: Option<&std::path::Path>) -> anyhow::R
         (Some(addr), _) => addr.to_string(),
         (None, Some(state)) => {
             let f = state.join(aiop::serve::ADDR_FILE);
-            std::fs::read_to_string(&f)
-                .with_context(|| format!("reading {} (is aiop serve running?)", f.display()))?
-                .trim()
-                .to_string()
+            match std::fs::read_to_string(&f) {
+                Ok(text) => text.trim().to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(super::NoDaemon(format!(
+                        "no daemon runs with the state folder {}: it holds no {} (is aiop serve running?)",
+                        state.display(),
+                        aiop::serve::ADDR_FILE
+                    ))
+                    .into())
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("reading {} (is aiop serve running?)", f.display())
+                    })
+                }
+            }
         }
         (None, None) => "127.0.0.1:9187".to_string(),
     })
@@ -331,6 +343,7 @@ fn cancel_outcome(v: &serde_json::Value) -> String {
 
 pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     let addr = a.daemon.resolve()?;
+    super::check_input(&a.file, "FILE")?;
     let is_toml = a.file.extension().is_some_and(|e| e == "toml");
     let r = if is_toml {
         // Checked here first (precise errors without a round trip), then sent with its files.
@@ -363,8 +376,7 @@ pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         let body = serde_json::json!({"files": files}).to_string();
         call(&addr, "POST", "/v1/tasks", Some(body.as_bytes()))?
     } else {
-        let text = std::fs::read_to_string(&a.file)
-            .with_context(|| format!("reading {}", a.file.display()))?;
+        let text = super::read_input(&a.file, "FILE")?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| super::DataError(format!("{}: not JSON: {e}", a.file.display())))?;
         call(

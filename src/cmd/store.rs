@@ -46,20 +46,25 @@ pub struct ImportArgs {
     pub file: PathBuf,
 }
 
+/// Opening creates a store; a state directory without one is a mistyped --state, not an empty
+/// store: refused as an input that is not there (exit 66). (`db` is where `Store::open` keeps
+/// it.)
+fn existing_store(state: &std::path::Path, outcome: &str) -> Result<(), super::NoInput> {
+    let db = state.join("db");
+    if db.is_dir() {
+        return Ok(());
+    }
+    Err(super::NoInput(format!(
+        "no store at {}: --state {} is not the state directory of a daemon ({outcome})",
+        db.display(),
+        state.display()
+    )))
+}
+
 pub fn store(c: StoreCommand) -> anyhow::Result<()> {
     match c {
         StoreCommand::Export(a) => {
-            // Opening creates a store; a state directory without one is a mistyped --state,
-            // not an empty backup. (`db` is where `Store::open` keeps it.)
-            let db = a.state.join("db");
-            if !db.is_dir() {
-                anyhow::bail!(
-                    "no store at {}: --state {} is not the state directory of a daemon \
-                     (nothing exported)",
-                    db.display(),
-                    a.state.display()
-                );
-            }
+            existing_store(&a.state, "nothing exported")?;
             let store = Store::open(&a.state)?;
             let n = match &a.output {
                 Some(f) => {
@@ -74,6 +79,7 @@ pub fn store(c: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Import(a) => {
             // The whole input is read and checked first: a missing, empty or malformed file
             // creates no store.
+            super::check_input(&a.file, "FILE")?;
             let file = std::fs::File::open(&a.file)
                 .with_context(|| format!("reading {}", a.file.display()))?;
             let export = aiop::store::Export::read(BufReader::new(file))
@@ -85,6 +91,7 @@ pub fn store(c: StoreCommand) -> anyhow::Result<()> {
             eprintln!("aiop: imported {n} record(s) into {}", a.state.display());
         }
         StoreCommand::Compact(a) => {
+            existing_store(&a.state, "nothing compacted")?;
             let c = Store::compact(&a.state)?;
             let kib = |b: u64| b.div_ceil(1024);
             if c.kept {

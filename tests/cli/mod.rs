@@ -174,6 +174,87 @@ fn a_line_that_is_not_utf8_is_reported_and_the_rest_answered() {
 }
 
 #[test]
+fn an_input_that_is_not_there_exits_66_naming_its_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let none = format!("{d}/nope.json");
+    // Each a command line (words split at spaces) and what its error says.
+    for (line, says) in [
+        (format!("graph --file {none}"), "--file "),
+        (format!("graph --file {d}"), "is a folder, not a file"),
+        (
+            format!("finetune --task {d}/nope.toml --state {d}"),
+            "--task ",
+        ),
+        (format!("export {none}"), "RESULTS "),
+        (format!("pretrain --config {none} --out {d}/m"), "--config "),
+        (
+            format!("predict --space nb201 --task cifar10 --model {d}/m"),
+            "--model ",
+        ),
+        (
+            format!("eval --protocol unseen-task --config {none}"),
+            "--config ",
+        ),
+        (
+            format!("search --space nb201 --task cifar10 --algorithm flops --start-graph {none}"),
+            "--start-graph ",
+        ),
+        (
+            format!("search --tuned nope --state {d}"),
+            "no task model 'nope'",
+        ),
+    ] {
+        let args: Vec<&str> = line.split(' ').collect();
+        let o = aiop(&args, A);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(66), "{line}: {err}");
+        assert!(err.contains(says), "{line}: {err}");
+        assert!(o.stdout.is_empty(), "{line}");
+    }
+    // A client with a state folder where no daemon runs: no daemon answers (69).
+    for line in [
+        format!("status --state {d}"),
+        format!("submit {none} --state {d}"),
+    ] {
+        let args: Vec<&str> = line.split(' ').collect();
+        let o = aiop(&args, "");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(69), "{line}: {err}");
+        assert!(
+            err.contains("no daemon runs with the state folder"),
+            "{err}"
+        );
+    }
+    // A file that is there but not text is bad data (65); a byte-order mark is no part of it,
+    // nor of stdin's first line.
+    let graph = aiop_ok(
+        &[
+            "graph", "--space", "nb201", "--task", "cifar10", "--arch", A, "--format", "graph",
+        ],
+        "",
+    );
+    let path = dir.path().join("g.json");
+    std::fs::write(&path, [&b"\xef\xbb\xbf"[..], &graph].concat()).unwrap();
+    let from_file = aiop_ok(&["graph", "--file", path.to_str().unwrap()], "");
+    let from_stdin = aiop_bytes(
+        &["graph", "--space", "nb201", "--task", "cifar10"],
+        format!("\u{feff}{A}\n").as_bytes(),
+    );
+    assert!(from_stdin.status.success());
+    let hash = |out: &[u8]| {
+        let v: serde_json::Value = serde_json::from_slice(out).unwrap();
+        v["hash"].as_str().unwrap().to_string()
+    };
+    assert_eq!(hash(&from_file), hash(&from_stdin.stdout));
+    std::fs::write(&path, b"{\"format\": \"aiop-\xffgraph\"}").unwrap();
+    let o = aiop(&["graph", "--file", path.to_str().unwrap()], "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(err.contains("g.json: not UTF-8 text"), "{err}");
+}
+
+#[test]
 fn a_graph_file_error_is_said_once_and_overflowing_flops_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g.json");
@@ -212,9 +293,12 @@ fn store_commands_create_no_store_they_cannot_use() {
     let typo = dir.path().join("stat");
     let o = aiop(&["store", "export", "--state", typo.to_str().unwrap()], "");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(66), "{err}");
     assert!(err.contains("no store at") && err.contains("stat"), "{err}");
     assert!(o.stdout.is_empty() && !typo.exists());
+    let o = aiop(&["store", "compact", "--state", typo.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(66));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing compacted"));
     // An import opens its input first.
     let missing = dir.path().join("nope.jsonl");
     let o = aiop(
@@ -227,8 +311,9 @@ fn store_commands_create_no_store_they_cannot_use() {
         ],
         "",
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jsonl"));
+    assert_eq!(o.status.code(), Some(66));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("FILE "));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jsonl: no such file"));
     assert!(!typo.exists());
     // A malformed export is bad input data, and makes no store: an empty file (a backup that
     // failed) is no export either.
