@@ -426,6 +426,10 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         }
         let inputs: Vec<_> = pending.iter().map(|(_, f, g)| (f, *g)).collect();
         let pred = model.predict(&inputs, a.batch_size)?;
+        // JSON has no infinity: a model that overflows is a failure, not a `null` prediction.
+        if let Some(((label, _, _), p)) = pending.iter().zip(&pred).find(|(_, p)| !p.is_finite()) {
+            anyhow::bail!("the model predicted a non-finite value ({p}) for {label}");
+        }
         for ((label, _, _), p) in pending.iter().zip(pred) {
             let line = PredictionLine {
                 arch: (!graphs).then_some(label.as_str()),

@@ -382,6 +382,16 @@ pub fn search(mut a: SearchArgs) -> anyhow::Result<()> {
             r.predicted, r.mflops, r.mparams
         )?;
     }
+    // A FLOP reduction whose start breaks the constraints and that found nothing cheaper
+    // within them has printed the start alone: constraints no network met are the same
+    // usage error (2) as evolution's, said after the results.
+    if !state.found_within_constraints() {
+        return Err(search::SearchError::Infeasible {
+            tries: state.evaluations,
+            constraints: file.spec.constraints(),
+        }
+        .into());
+    }
     Ok(())
 }
 

@@ -17,6 +17,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::PredictorError;
+
+/// The largest magnitude of μ and σ a checkpoint may hold: a task's labels are at most 1e100
+/// (`taskfile::MAX_LABEL`) and Eq. 5 scales one by at most log10(F + 1) + 1 < 310 for any
+/// FLOPs count an f64 holds, so fitted statistics stay below; larger ones (a hand-edited
+/// sidecar) would overflow predictions to infinity.
+pub const MAX_STAT: f64 = 1e103;
 use crate::graph::{Convention, Graph};
 
 /// GFLOPs of a graph in the convention the transform uses.
@@ -127,14 +133,18 @@ impl TaskScaler {
     }
 
     /// Whether statistics read from a file can be used: μ finite and σ finite and positive,
-    /// as [`TaskScaler::fit_with`] makes them (anything else predicts NaN or infinity).
+    /// each of magnitude at most [`MAX_STAT`], as [`TaskScaler::fit_with`] makes them from
+    /// labels a task may have (anything else predicts NaN or infinity, or overflows to it).
     pub fn check(&self) -> Result<(), String> {
-        if !self.mu.is_finite() {
-            return Err(format!("mu is {}, not a finite number", self.mu));
-        }
-        if !(self.sigma.is_finite() && self.sigma > 0.0) {
+        if !(self.mu.is_finite() && self.mu.abs() <= MAX_STAT) {
             return Err(format!(
-                "sigma is {}, not a positive finite number",
+                "mu is {:e}, not a finite number of magnitude at most {MAX_STAT:e}",
+                self.mu
+            ));
+        }
+        if !(self.sigma.is_finite() && self.sigma > 0.0 && self.sigma <= MAX_STAT) {
+            return Err(format!(
+                "sigma is {:e}, not a positive finite number of at most {MAX_STAT:e}",
                 self.sigma
             ));
         }
@@ -291,6 +301,8 @@ mod tests {
             (0.0, -1.0, "sigma"),
             (0.0, f64::NAN, "sigma"),
             (0.0, f64::INFINITY, "sigma"),
+            (0.0, 1.79e308, "sigma"),
+            (-1.1e103, 1.0, "mu"),
         ] {
             let e = TaskScaler { mu, sigma, ..ok }.check().unwrap_err();
             assert!(e.starts_with(what), "{e}");

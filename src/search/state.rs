@@ -532,6 +532,16 @@ impl SearchState {
         self.within_constraints(e.mflops, e.mparams)
     }
 
+    /// Whether some result meets the constraints. Only a FLOP reduction can end without one:
+    /// its start is always a result (the reference of the rest), within them or not, so a
+    /// start that breaks them and no cheaper network found that meets them leaves the start
+    /// alone. False before any evaluation.
+    pub fn found_within_constraints(&self) -> bool {
+        self.result_indices()
+            .into_iter()
+            .any(|i| self.entry_feasible(i))
+    }
+
     fn space(&self) -> Result<SpaceId, SearchError> {
         self.spec
             .space
