@@ -242,7 +242,8 @@ impl TunedFitness {
 }
 
 /// Load the task model `name` and fill the space and head it was fine-tuned for into `a`
-/// (an explicit --space/--task must agree with a built-in space's task model).
+/// (an explicit --space/--task must agree with a built-in space's task model; one fine-tuned
+/// on JSON graphs takes neither).
 fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness> {
     use aiop::taskfile::TaskSpace;
     let dir = aiop::tuned::latest(&a.state.join(aiop::serve::MODELS_DIR), name)?;
@@ -265,6 +266,12 @@ fn tuned_fitness(a: &mut SearchArgs, name: &str) -> anyhow::Result<TunedFitness>
         }
         a.space = Some(space);
         a.task = Some(head.name().to_string());
+    } else if a.space.is_some() || a.task.is_some() {
+        return Err(UsageError(format!(
+            "task model '{name}' was fine-tuned on JSON graphs (space graph), not on a space's \
+             architectures: leave --space and --task out and give --start-graph"
+        ))
+        .into());
     }
     Ok(TunedFitness::new(model))
 }

@@ -553,9 +553,19 @@ fn finetune_then_predict_tuned_graphs() {
             "{e}"
         );
     }
-    // A graph task has no architecture strings.
+    // A graph task has no architecture strings, nor a space to search.
     let o = aiop(&["predict", "--tuned", "nets", "--state", st], "x\n");
     assert_eq!(o.status.code(), Some(65));
+    let o = aiop(
+        &[
+            "search", "--tuned", "nets", "--state", st, "--algorithm", "flops", "--start-graph",
+            &p(0), "--space", "tnb101_micro", "--task", "jigsaw",
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("fine-tuned on JSON graphs"), "{e}");
     // An unknown task model, and a bad task file (exit 65, file, line and field named).
     let o = aiop(&["predict", "--tuned", "other", "--state", st], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no task model 'other'"));
