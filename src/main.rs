@@ -131,7 +131,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         {
             return 78;
         }
-        if cause.is::<cmd::UsageError>() {
+        if cause.is::<cmd::UsageError>()
+            // `store import --state` naming a store in use: the argument, not the file.
+            || matches!(
+                cause.downcast_ref::<aiop::store::StoreError>(),
+                Some(aiop::store::StoreError::NotEmpty)
+            )
+        {
             return 2;
         }
         if cause.is::<cmd::NoDaemon>() {
@@ -164,10 +170,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 cause.downcast_ref::<aiop::tuned::TunedError>(),
                 Some(aiop::tuned::TunedError::Sidecar { .. })
             )
-            // A malformed line of an export (line 0 is the store, not the file: not empty).
+            // A malformed line of an export.
             || matches!(
                 cause.downcast_ref::<aiop::store::StoreError>(),
-                Some(aiop::store::StoreError::Import { line: 1.., .. })
+                Some(aiop::store::StoreError::Import { .. })
             )
             || cause
                 .downcast_ref::<aiop::predictor::PredictorError>()

@@ -583,7 +583,7 @@ impl Searches {
         };
         // `saved`: history entries already in the store's history tree.
         let (mut state, resumed, mut saved) = match store.search_checkpoint(id)? {
-            Some((head, history)) => match load_state(&head, history) {
+            Some((head, history)) => match crate::store::decode_checkpoint(&head, &history) {
                 Ok((s, n)) => (s, true, n),
                 Err(e) => return fail(format!("the search checkpoint is unreadable: {e}")),
             },
@@ -787,31 +787,6 @@ impl Oracle {
             ModelRef::Tuned { .. } => None,
         }
     }
-}
-
-/// A search state from a checkpoint: its head (`{"history_len", "state"}`) and the history
-/// entries stored beside it; a schema-1 checkpoint is the whole state (then no entry is in the
-/// history tree yet). Returns the state and how many of its history entries the tree holds.
-fn load_state(head: &[u8], history: Vec<Vec<u8>>) -> Result<(SearchState, usize), String> {
-    let v: serde_json::Value = serde_json::from_slice(head).map_err(|e| e.to_string())?;
-    let Some(st) = v.get("state") else {
-        return Ok((serde_json::from_value(v).map_err(|e| e.to_string())?, 0));
-    };
-    let n = v["history_len"]
-        .as_u64()
-        .ok_or("the checkpoint has no history_len")? as usize;
-    if history.len() < n {
-        return Err(format!(
-            "the checkpoint names {n} evaluated candidates, the store has {}",
-            history.len()
-        ));
-    }
-    let mut state: SearchState = serde_json::from_value(st.clone()).map_err(|e| e.to_string())?;
-    state.history = history[..n]
-        .iter()
-        .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
-        .collect::<Result<_, String>>()?;
-    Ok((state, n))
 }
 
 /// The predictor service as a search fitness (higher is better: predictions times `sign`).
@@ -1195,7 +1170,7 @@ mod tests {
         }
         // Schema 1: the whole state.
         let whole = serde_json::to_vec(&st).unwrap();
-        let (back, n) = load_state(&whole, Vec::new()).unwrap();
+        let (back, n) = crate::store::decode_checkpoint(&whole, &[]).unwrap();
         assert_eq!((back, n), (st.clone(), 0));
         // Schema 2: the head, and the history beside it.
         let mut head_state = st.clone();
@@ -1208,8 +1183,8 @@ mod tests {
             .iter()
             .map(|e| serde_json::to_vec(e).unwrap())
             .collect();
-        let (back, n) = load_state(&head, entries.clone()).unwrap();
+        let (back, n) = crate::store::decode_checkpoint(&head, &entries).unwrap();
         assert_eq!((back, n), (st.clone(), st.history.len()));
-        assert!(load_state(&head, entries[..1].to_vec()).is_err());
+        assert!(crate::store::decode_checkpoint(&head, &entries[..1]).is_err());
     }
 }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::graph::hash::GraphHash;
+use crate::search::SearchState;
 use crate::taskfile::TaskSpec;
 
 /// Schema version written by this build.
@@ -137,6 +138,9 @@ pub enum StoreError {
     SearchUnfinished { id: String, status: SearchStatus },
     #[error("import line {line}: {message}")]
     Import { line: usize, message: String },
+    /// An import into a store that holds records (it would mix two stores).
+    #[error("the store is not empty: import into a fresh state directory")]
+    NotEmpty,
     #[error("export/import: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -340,6 +344,31 @@ pub struct Checkpoint<'a> {
 
 /// A checkpoint as read back: the head and the history entries, in order.
 pub type StoredCheckpoint = (Vec<u8>, Vec<Vec<u8>>);
+
+/// A search state from a checkpoint: its head (`{"history_len", "state"}`) and the history
+/// entries stored beside it; a schema-1 checkpoint is the whole state (then no entry is in the
+/// history tree yet). Returns the state and how many of its history entries the tree holds.
+pub fn decode_checkpoint(head: &[u8], history: &[Vec<u8>]) -> Result<(SearchState, usize), String> {
+    let v: serde_json::Value = serde_json::from_slice(head).map_err(|e| e.to_string())?;
+    let Some(st) = v.get("state") else {
+        return Ok((serde_json::from_value(v).map_err(|e| e.to_string())?, 0));
+    };
+    let n = v["history_len"]
+        .as_u64()
+        .ok_or("the checkpoint has no history_len")? as usize;
+    if history.len() < n {
+        return Err(format!(
+            "the checkpoint names {n} evaluated candidates, the store has {}",
+            history.len()
+        ));
+    }
+    let mut state: SearchState = serde_json::from_value(st.clone()).map_err(|e| e.to_string())?;
+    state.history = history[..n]
+        .iter()
+        .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
+        .collect::<Result<_, String>>()?;
+    Ok((state, n))
+}
 
 fn history_key(id: &str, index: usize) -> String {
     format!("{id}/{index:012}")
@@ -1132,10 +1161,7 @@ impl Store {
             .iter()
             .any(|t| !self.tree(t).expect("known tree").is_empty())
         {
-            return Err(StoreError::Import {
-                line: 0,
-                message: "the store is not empty; import into a fresh --state".into(),
-            });
+            return Err(StoreError::NotEmpty);
         }
         let _durable = self.durable_write();
         let n = export.records.len();
@@ -1210,6 +1236,30 @@ impl Export {
             let bytes = match tree {
                 "checkpoints" => unhex(value.as_str().unwrap_or_default())
                     .ok_or_else(|| err("checkpoint is not hex".into()))?,
+                "task_specs" => {
+                    let spec = TaskSpec::from_snapshot(value)
+                        .map_err(|e| err(format!("not a task version's snapshot: {e}")))?;
+                    let want = format!("{}/{}", spec.name, spec.hash);
+                    if key != want {
+                        return Err(err(format!(
+                            "key '{key}' is not the snapshot's task and version '{want}'"
+                        )));
+                    }
+                    encode(value)
+                }
+                "models" if !(value.is_object() || value.is_null()) => {
+                    return Err(err(format!(
+                        "a task model's metadata is a JSON object, not {value}"
+                    )))
+                }
+                "search_history" => {
+                    if split_history_key(key).is_none() {
+                        return Err(err(format!(
+                            "key '{key}' is not a search's history entry (<search id>/<12 digits>)"
+                        )));
+                    }
+                    encode(value)
+                }
                 "predictions" => value
                     .as_f64()
                     .ok_or_else(|| err("prediction is not a number".into()))?
@@ -1239,6 +1289,7 @@ impl Export {
                 message: "the file is empty: not an aiop store export (no header)".into(),
             });
         }
+        check_checkpoints(&records, &seen)?;
         Ok(Export { records })
     }
 
@@ -1250,6 +1301,76 @@ impl Export {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+}
+
+/// `<search id>/<12 digits>`, a history entry's key ([`history_key`]), as (id, index).
+fn split_history_key(key: &str) -> Option<(&str, usize)> {
+    let (id, index) = key.rsplit_once('/')?;
+    (!id.is_empty() && index.len() == 12 && index.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| (id, index.parse().expect("12 digits")))
+}
+
+/// An export's searches as the daemon will resume them: each checkpoint, with the history
+/// entries of its search in order, decodes as a search state ([`decode_checkpoint`]), belongs
+/// to a search the export has a record of, and every history entry to a checkpoint's search
+/// (entries numbered from 0 without a gap). Errors name the line of the record at fault
+/// (`seen`: each record's line).
+fn check_checkpoints(
+    records: &[(&'static str, String, Vec<u8>)],
+    seen: &HashMap<(&'static str, String), usize>,
+) -> Result<(), StoreError> {
+    let line = |tree: &'static str, key: &str| seen.get(&(tree, key.to_string())).copied();
+    let mut history: BTreeMap<&str, BTreeMap<usize, (&[u8], &str)>> = BTreeMap::new();
+    for (tree, key, bytes) in records {
+        if *tree == "search_history" {
+            let (id, index) = split_history_key(key).expect("checked when read");
+            history
+                .entry(id)
+                .or_default()
+                .insert(index, (bytes.as_slice(), key.as_str()));
+        }
+    }
+    for (tree, key, head) in records {
+        if *tree != "checkpoints" {
+            continue;
+        }
+        let fail = |message: String| StoreError::Import {
+            line: line(tree, key).unwrap_or(0),
+            message,
+        };
+        if line("searches", key).is_none() {
+            return Err(fail(format!(
+                "the checkpoint of search '{key}', which has no record in the export"
+            )));
+        }
+        let entries = history.remove(key.as_str()).unwrap_or_default();
+        if let Some((k, (_, (_, hkey)))) = entries.iter().enumerate().find(|(k, (i, _))| *k != **i)
+        {
+            return Err(StoreError::Import {
+                line: line("search_history", hkey).unwrap_or(0),
+                message: format!(
+                    "history entry '{hkey}' of search '{key}' follows {k} entries: its \
+                     history has a gap"
+                ),
+            });
+        }
+        let bytes: Vec<Vec<u8>> = entries.values().map(|(b, _)| b.to_vec()).collect();
+        decode_checkpoint(head, &bytes).map_err(|e| {
+            fail(format!(
+                "the checkpoint of search '{key}' is unreadable: {e}"
+            ))
+        })?;
+    }
+    if let Some((id, entries)) = history.into_iter().next() {
+        let (_, hkey) = entries.values().next().expect("an id has entries");
+        return Err(StoreError::Import {
+            line: line("search_history", hkey).unwrap_or(0),
+            message: format!(
+                "history entry '{hkey}' of search '{id}', which has no checkpoint in the export"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The store's gauges, computed at scrape time: `aiop_tasks{status}` (fine-tuning jobs by state),
@@ -1922,7 +2043,7 @@ mod tests {
                 SearchStatus::Running,
                 0.5,
                 &serde_json::json!([1]),
-                b"\x00\xff",
+                &head_of_a_new_search(),
             )
             .unwrap();
         assert_eq!(r.progress, 0.5);
@@ -1958,7 +2079,10 @@ mod tests {
         assert_eq!(st2.import(out.as_slice()).unwrap(), 5);
         assert_eq!(st2.tasks().unwrap(), st.tasks().unwrap());
         assert_eq!(st2.search("s1").unwrap(), st.search("s1").unwrap());
-        assert_eq!(st2.checkpoint("s1").unwrap().unwrap(), b"\x00\xff");
+        assert_eq!(
+            st2.checkpoint("s1").unwrap().unwrap(),
+            head_of_a_new_search()
+        );
         assert_eq!(st2.cached_prediction("m1", h).unwrap(), Some(93.5));
         assert!(st2.task_spec("a", &s.hash).unwrap().is_some());
         // Importing twice is refused; garbage names its line.
@@ -1981,6 +2105,101 @@ mod tests {
             "{e}"
         );
         assert_eq!(Export::read(text.as_bytes()).unwrap().len(), n);
+    }
+
+    /// The checkpoint head of a search that has not run a generation.
+    fn head_of_a_new_search() -> Vec<u8> {
+        let state = SearchState::new(crate::search::SearchSpec {
+            space: Some(crate::spaces::SpaceId::Nb201),
+            task: Some(crate::spaces::Task::Cifar10),
+            ..crate::search::SearchSpec::default()
+        })
+        .unwrap();
+        serde_json::to_vec(&serde_json::json!({"history_len": 0, "state": state})).unwrap()
+    }
+
+    #[test]
+    fn an_import_refuses_records_the_daemon_could_not_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(dir.path()).unwrap();
+        let rec = SearchRecord::queued("s1", "t", serde_json::json!({}), 1);
+        st.insert_search(&rec).unwrap();
+        st.save_search_progress(
+            "s1",
+            SearchStatus::Running,
+            0.0,
+            &serde_json::Value::Null,
+            &head_of_a_new_search(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        st.export(&mut out).unwrap();
+        let good = String::from_utf8(out).unwrap();
+        assert!(Export::read(good.as_bytes()).is_ok(), "{good}");
+        let header = format!("{{\"aiop_store\": {SCHEMA_VERSION}}}\n");
+        let search_line = good
+            .lines()
+            .find(|l| l.contains("\"tree\":\"searches\""))
+            .unwrap();
+        // Each: records after the header, the line at fault and what its error says.
+        let cases: Vec<(String, usize, &str)> = vec![
+            (
+                r#"{"tree":"task_specs","key":"x/y","value":5}"#.into(),
+                2,
+                "not a task version's snapshot",
+            ),
+            (
+                r#"{"tree":"models","key":"m","value":{"a":1}}
+{"tree":"models","key":"n","value":[1,2]}"#
+                    .into(),
+                3,
+                "metadata is a JSON object",
+            ),
+            (
+                r#"{"tree":"search_history","key":"h","value":[1,2]}"#.into(),
+                2,
+                "is not a search's history entry",
+            ),
+            (
+                r#"{"tree":"checkpoints","key":"k","value":"00ff"}"#.into(),
+                2,
+                "the checkpoint of search 'k', which has no record",
+            ),
+            (
+                format!(
+                    "{search_line}\n{}",
+                    r#"{"tree":"checkpoints","key":"s1","value":"00ff"}"#
+                ),
+                3,
+                "the checkpoint of search 's1' is unreadable",
+            ),
+            (
+                r#"{"tree":"search_history","key":"s9/000000000000","value":{}}"#.into(),
+                2,
+                "which has no checkpoint in the export",
+            ),
+        ];
+        for (records, line, says) in cases {
+            let text = format!("{header}{records}\n");
+            let e = Export::read(text.as_bytes()).unwrap_err();
+            assert!(
+                matches!(e, StoreError::Import { line: l, .. } if l == line),
+                "{records}: {e}"
+            );
+            assert!(e.to_string().contains(says), "{records}: {e}");
+        }
+        // A history with a gap: entry 1 without entry 0.
+        let gap = format!(
+            "{good}{}\n",
+            r#"{"tree":"search_history","key":"s1/000000000001","value":{}}"#
+        );
+        let e = Export::read(gap.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("its history has a gap"), "{e}");
+        // Into a store that holds records: refused as such, nothing written.
+        assert!(matches!(
+            st.import(good.as_bytes()),
+            Err(StoreError::NotEmpty)
+        ));
     }
 
     #[test]

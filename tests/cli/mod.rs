@@ -261,9 +261,24 @@ fn a_flop_reduction_that_meets_no_constraint_says_so_after_its_results() {
     let run = |max: &str| {
         aiop(
             &[
-                "search", "-q", "--space", "nb201", "--task", "cifar10", "--fitness", "oracle",
-                "--algorithm", "flops", "--start", A, "--budget", "30", "--max-mflops", max,
-                "--json", json.to_str().unwrap(),
+                "search",
+                "-q",
+                "--space",
+                "nb201",
+                "--task",
+                "cifar10",
+                "--fitness",
+                "oracle",
+                "--algorithm",
+                "flops",
+                "--start",
+                A,
+                "--budget",
+                "30",
+                "--max-mflops",
+                max,
+                "--json",
+                json.to_str().unwrap(),
             ],
             "",
         )
@@ -273,7 +288,10 @@ fn a_flop_reduction_that_meets_no_constraint_says_so_after_its_results() {
     let o = run("1");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("no candidate satisfies the constraints (max_mflops 1)"), "{err}");
+    assert!(
+        err.contains("no candidate satisfies the constraints (max_mflops 1)"),
+        "{err}"
+    );
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = file["results"].as_array().unwrap();

@@ -558,8 +558,19 @@ fn finetune_then_predict_tuned_graphs() {
     assert_eq!(o.status.code(), Some(65));
     let o = aiop(
         &[
-            "search", "--tuned", "nets", "--state", st, "--algorithm", "flops", "--start-graph",
-            &p(0), "--space", "tnb101_micro", "--task", "jigsaw",
+            "search",
+            "--tuned",
+            "nets",
+            "--state",
+            st,
+            "--algorithm",
+            "flops",
+            "--start-graph",
+            &p(0),
+            "--space",
+            "tnb101_micro",
+            "--task",
+            "jigsaw",
         ],
         "",
     );
