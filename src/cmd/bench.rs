@@ -22,10 +22,12 @@ pub struct BenchGraphArgs {
     #[arg(long, requires = "space")]
     pub task: Option<String>,
     /// Graphs per round.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub graphs: usize,
     /// Rounds; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub rounds: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -57,14 +59,14 @@ pub fn graph(a: BenchGraphArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for (space, task) in cases {
         let mut rng = Rng::new(a.seed);
-        let archs: Vec<_> = (0..a.graphs.max(1))
+        let archs: Vec<_> = (0..a.graphs)
             .map(|_| spaces::sample(space, &mut rng))
             .collect();
         let mut nodes = 0usize;
         let mut build = Vec::new();
         let mut full = Vec::new();
         let mut sink = 0u64;
-        for _ in 0..a.rounds.max(1) {
+        for _ in 0..a.rounds {
             let t = Instant::now();
             for arch in &archs {
                 let g = arch.build(task)?;
@@ -83,7 +85,7 @@ pub fn graph(a: BenchGraphArgs) -> anyhow::Result<()> {
             space: space.name(),
             task: task.name(),
             graphs: archs.len(),
-            mean_nodes: nodes as f64 / (archs.len() * a.rounds.max(1)) as f64,
+            mean_nodes: nodes as f64 / (archs.len() * a.rounds) as f64,
             build_per_s: median(build),
             build_hash_flops_per_s: median(full),
         };
@@ -97,13 +99,16 @@ pub struct BenchApiArgs {
     #[command(flatten)]
     pub daemon: super::serve::DaemonArgs,
     /// Concurrent clients (threads, one request per connection each at a time).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub clients: usize,
     /// Requests in total.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub requests: usize,
     /// Architectures per request.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub archs: usize,
     /// Space of the architectures (random ones, drawn with --seed).
     #[arg(long, default_value = "tnb101_macro", value_parser = super::space_parser())]
@@ -151,7 +156,7 @@ pub fn api(a: BenchApiArgs) -> anyhow::Result<()> {
     let token = std::env::var("AIOP_TOKEN").ok().filter(|t| !t.is_empty());
     let bodies: Vec<Vec<u8>> = (0..a.requests)
         .map(|_| {
-            let archs: Vec<String> = (0..a.archs.max(1))
+            let archs: Vec<String> = (0..a.archs)
                 .map(|_| spaces::sample(space, &mut rng).to_string())
                 .collect();
             let v = match &a.tuned {
@@ -170,7 +175,7 @@ pub fn api(a: BenchApiArgs) -> anyhow::Result<()> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let t0 = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..a.clients.max(1) {
+        for _ in 0..a.clients {
             s.spawn(|| {
                 let mut mine = Vec::new();
                 let mut headers = vec![("Content-Type", "application/json")];
@@ -220,9 +225,9 @@ pub fn api(a: BenchApiArgs) -> anyhow::Result<()> {
     let mut l = lat.into_inner().unwrap();
     l.sort_by(|x, y| x.total_cmp(y));
     let r = ApiBench {
-        clients: a.clients.max(1),
+        clients: a.clients,
         requests: a.requests,
-        archs_per_request: a.archs.max(1),
+        archs_per_request: a.archs,
         errors: errors.into_inner(),
         first_error: first_error.into_inner().unwrap(),
         seconds,

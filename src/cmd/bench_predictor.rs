@@ -38,10 +38,12 @@ pub struct BenchPredictorArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Training steps to time per round.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub train_steps: usize,
     /// Rounds; medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub rounds: usize,
     /// Also time inference through candle's autograd graph (`Regressor::predict`).
     #[arg(long)]

@@ -28,7 +28,8 @@ pub struct BenchSearchArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Predictor evaluations per search (its budget).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub budget: usize,
     #[arg(long, default_value_t = 64)]
     pub population: usize,
@@ -37,7 +38,8 @@ pub struct BenchSearchArgs {
     /// Candidates per generation (one predictor call each), comma-separated.
     #[arg(long, default_value = "16,256", value_delimiter = ',')]
     pub batch: Vec<usize>,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub rounds: usize,
     /// Print JSON lines instead of a table.
     #[arg(long)]
@@ -60,7 +62,6 @@ struct Row {
 }
 
 pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.rounds > 0, "--rounds must be positive");
     let space = a.space;
     let task = super::task_arg(space, &a.task)?;
     let device = aiop::predictor::default_device();

@@ -417,7 +417,9 @@ impl<'de> Deserialize<'de> for Arch {
     }
 }
 
-/// Shared helper: parse a parenthesised or bracketed tuple of integers, e.g. `(0, 2, 3)`.
+/// Shared helper: parse a parenthesised or bracketed tuple of integers, e.g. `(0, 2, 3)`, with
+/// Python's one trailing comma allowed (`(0,)`); an empty entry elsewhere (`(0,,2)`, `(,0)`)
+/// makes it no tuple.
 pub(crate) fn parse_int_tuple(s: &str) -> Option<Vec<i64>> {
     let t = s.trim();
     let inner = t
@@ -427,11 +429,11 @@ pub(crate) fn parse_int_tuple(s: &str) -> Option<Vec<i64>> {
     if inner.trim().is_empty() {
         return Some(Vec::new());
     }
+    let inner = inner.trim_end();
+    let inner = inner.strip_suffix(',').unwrap_or(inner);
     inner
         .split(',')
-        .map(|x| x.trim())
-        .filter(|x| !x.is_empty())
-        .map(|x| x.parse::<i64>().ok())
+        .map(|x| x.trim().parse::<i64>().ok())
         .collect()
 }
 
@@ -478,6 +480,19 @@ pub(crate) fn graph_err(
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_tuple_has_no_empty_entry_but_may_end_in_one_comma() {
+        assert_eq!(parse_int_tuple("(0, 2, 3)"), Some(vec![0, 2, 3]));
+        assert_eq!(parse_int_tuple("[1,2,]"), Some(vec![1, 2]));
+        assert_eq!(parse_int_tuple("(0,)"), Some(vec![0]));
+        assert_eq!(parse_int_tuple("()"), Some(vec![]));
+        for bad in [
+            "(0,,2)", "(,0,2)", "(,)", "(0, 2,,)", "(0 2)", "(0, x)", "0, 2",
+        ] {
+            assert_eq!(parse_int_tuple(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn within_grows_by_rings_of_neighbours() {

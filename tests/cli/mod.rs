@@ -1051,6 +1051,8 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         (format!("{c10} --queries 5,0"), "--queries: 0"),
         (format!("{c10},cifar10"), "--task: cifar10 is listed twice"),
         ("bench graph --task cifar10".into(), "--space"),
+        ("bench graph --graphs 0".into(), "--graphs"),
+        ("bench graph --rounds 0".into(), "--rounds"),
         (
             format!("pretrain --tasks nb201/bogus --out {no_dir}"),
             "--tasks: space nb201 has no task 'bogus'",
