@@ -524,11 +524,44 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
             results.len() - 1
         ))
     })?;
+    // What the result holds is bad data (65) when it does not make a network, named by file,
+    // result and field.
+    let at = |field: &str| format!("{}: result {} field '{field}'", a.results.display(), a.rank);
     let graph = match (&r.arch, &r.graph, spec.space, spec.task) {
-        (Some(s), _, Some(space), Some(task)) => Arc::new(Arch::parse(space, s)?.build(task)?),
-        (_, Some(g), _, _) => Arc::new(json::from_json(&g.to_string())?),
-        _ => anyhow::bail!("result {} has neither an architecture nor a graph", a.rank),
+        (Some(s), _, Some(space), Some(task)) => Arc::new(
+            Arch::parse(space, s)
+                .and_then(|arch| arch.build(task))
+                .with_context(|| at("arch"))?,
+        ),
+        (_, Some(g), _, _) => {
+            Arc::new(json::from_json(&g.to_string()).with_context(|| at("graph"))?)
+        }
+        (Some(_), None, _, _) => {
+            return Err(DataError(format!(
+                "{}: an architecture, but the spec names no space and task to build it in",
+                at("arch")
+            ))
+            .into())
+        }
+        (None, None, _, _) => {
+            return Err(DataError(format!(
+                "{}: result {} has neither an architecture (arch) nor a graph",
+                a.results.display(),
+                a.rank
+            ))
+            .into())
+        }
     };
+    if graph.hash() != r.hash {
+        // Kept as a warning: the network is what the result names; its recorded hash may be
+        // another aiop's, or edited.
+        eprintln!(
+            "aiop: warning: {}: the result's hash {} is not its network's ({})",
+            at("hash"),
+            r.hash,
+            graph.hash()
+        );
+    }
     let text = json::to_json(&graph);
     // The file before stdout, for the reason `search` gives.
     if let Some(p) = &a.graph {

@@ -580,6 +580,43 @@ fn search_writes_results_that_export_as_arch_and_graph() {
     assert!(o.stdout.is_empty());
     let o = aiop(&["export", res_s, "--rank", "9"], "");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A result that makes no network is bad data, named by file, result and field; a hash
+    // that is not its network's is said, the network exported all the same.
+    let edited = dir.path().join("edited.json");
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = file.clone();
+        f(&mut v);
+        std::fs::write(&edited, v.to_string()).unwrap();
+        aiop(&["export", edited.to_str().unwrap()], "")
+    };
+    for (change, says) in [
+        (
+            &(|v: &mut serde_json::Value| {
+                v["results"][0].as_object_mut().unwrap().remove("arch");
+            }) as &dyn Fn(&mut serde_json::Value),
+            "result 0 has neither an architecture (arch) nor a graph",
+        ),
+        (
+            &|v: &mut serde_json::Value| v["results"][0]["arch"] = "bogus".into(),
+            "result 0 field 'arch': tnb101_macro: cannot parse 'bogus'",
+        ),
+        (
+            &|v: &mut serde_json::Value| v["spec"]["task"] = "cifar10".into(),
+            "result 0 field 'arch': space tnb101_macro has no task 'cifar10'",
+        ),
+    ] {
+        let o = edit(change);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(65), "{err}");
+        assert!(err.contains(&format!("edited.json: {says}")), "{err}");
+    }
+    let o = edit(&|v| v["results"][0]["hash"] = "0".repeat(32).into());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("field 'hash': the result's hash 0000"),
+        "{err}"
+    );
     // Not a results file: bad input data.
     let garbage = dir.path().join("garbage.json");
     for text in ["not json", r#"{"spec": 3}"#, r#"{"id": "x"}"#] {
