@@ -226,6 +226,14 @@ fn task_list(space: SpaceId, names: &[String]) -> Result<Vec<Task>, UsageError> 
     Ok(tasks)
 }
 
+/// A list option's value given twice (`--queries 20,20`): its rows would be printed twice.
+fn once_each<T: PartialEq + std::fmt::Display>(option: &str, xs: &[T]) -> Result<(), UsageError> {
+    match xs.iter().enumerate().find(|(k, x)| xs[..*k].contains(x)) {
+        Some((_, x)) => Err(UsageError(format!("{option}: {x} is listed twice"))),
+        None => Ok(()),
+    }
+}
+
 /// The methods `aiop experiment search` runs.
 const METHODS: [&str; 3] = ["random", "evolution", "predictor"];
 
@@ -245,6 +253,8 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     if let Some(k) = a.queries.iter().find(|&&k| k == 0) {
         return Err(UsageError(format!("--queries: {k}: a budget must be at least 1")).into());
     }
+    once_each("--methods", &a.methods)?;
+    once_each("--queries", &a.queries)?;
     let mut tables = Vec::with_capacity(a.task.len());
     for task in task_list(space, &a.task)? {
         // Every method queries the true labels of the networks it proposes.
@@ -537,19 +547,7 @@ impl Reduction<'_> {
         fitness: &mut dyn search::Fitness,
     ) -> anyhow::Result<FlopsRun> {
         let (space, task) = (self.key.space, self.key.task);
-        let spec = SearchSpec {
-            space: Some(space),
-            task: Some(task),
-            algorithm: Algorithm::Flops,
-            budget: a.budget,
-            two_sided,
-            start: Some(search::Start::Arch(self.start.to_string())),
-            tolerance: a.tolerance,
-            reference: a.anchor.then_some(self.best),
-            radius: a.radius,
-            seed,
-            ..SearchSpec::default()
-        };
+        let spec = reduction_spec(a, self.key, self.start, self.best, seed, two_sided);
         let mut s = SearchState::new(spec)?;
         search::run(&mut s, fitness, &AtomicBool::new(false), |_| Ok(()))?;
         let results = s.results();
@@ -629,6 +627,30 @@ fn summarise(
 /// search scored by the AIO-P predictor fine-tuned on 20 labelled networks of that task; the
 /// cheapest network found whose predicted score is within the tolerance of the start's, with its
 /// TRUE drop from the table.
+/// The FLOP reduction each run makes from `start` (true value `best`).
+fn reduction_spec(
+    a: &FlopsExperimentArgs,
+    key: aiop::predictor::data::TaskKey,
+    start: &Arch,
+    best: f64,
+    seed: u64,
+    two_sided: bool,
+) -> SearchSpec {
+    SearchSpec {
+        space: Some(key.space),
+        task: Some(key.task),
+        algorithm: Algorithm::Flops,
+        budget: a.budget,
+        two_sided,
+        start: Some(search::Start::Arch(start.to_string())),
+        tolerance: a.tolerance,
+        reference: a.anchor.then_some(best),
+        radius: a.radius,
+        seed,
+        ..SearchSpec::default()
+    }
+}
+
 pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::data::{load_task, TaskKey};
 
@@ -649,6 +671,16 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     if !(a.lr > 0.0 && a.lr <= 1.0) {
         return Err(UsageError(format!("--lr: {} is not in (0, 1]", a.lr)).into());
     }
+    once_each("--two-sided", &a.two_sided)?;
+    // The reductions' options (--budget, --tolerance, --radius) as the search checks them, on
+    // a network of the space standing in for each task's best.
+    let stand_in = aiop::spaces::sample(space, &mut aiop::rng::Rng::new(0));
+    for &two_sided in &a.two_sided {
+        let key = aiop::predictor::data::TaskKey::new(space, tasks[0]);
+        reduction_spec(&a, key, &stand_in, 0.0, 0, two_sided)
+            .validate()
+            .map_err(|e| UsageError(e.to_string()))?;
+    }
     let device = aiop::predictor::default_device();
     let base = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
     let companion = a
@@ -662,11 +694,11 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     // Rows as they come; a reader gone from stdout must not end the runs before `--json`.
     let mut out = super::report_out();
-    writeln!(
-        out,
+    // Printed with the first task's rows: what that task refuses comes before any output.
+    let mut header = Some(format!(
         "{:<14} {:<16} {:>16} {:>16} {:>16} {:>8}",
         "space", "task", "FLOPs cut %", "predicted drop", "true drop", "ok≤tol"
-    )?;
+    ));
     for task in tasks {
         let key = TaskKey::new(space, task);
         if std::iter::once(&base)
@@ -708,6 +740,24 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
             best: best.value,
             table: &table,
         };
+        let labelled = set
+            .examples
+            .iter()
+            .filter(|e| e.arch != start)
+            .filter(|e| near.as_ref().is_none_or(|n| n.contains(&e.arch)))
+            .count();
+        if labelled < a.samples {
+            return Err(UsageError(format!(
+                "--samples {}: {key} labels {labelled} networks besides its best ({start}){}",
+                a.samples,
+                if a.near > 0 {
+                    format!(" within --near {} moves of it", a.near)
+                } else {
+                    String::new()
+                }
+            ))
+            .into());
+        }
         let seeds: Vec<u64> = (0..a.seeds).collect();
         let per_seed = aiop::pool::parallel(
             &seeds,
@@ -732,6 +782,9 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
             },
         )?;
         let all: Vec<FlopsRun> = per_seed.into_iter().flatten().collect();
+        if let Some(h) = header.take() {
+            writeln!(out, "{h}")?;
+        }
         for &two_sided in &a.two_sided {
             let rows: Vec<&FlopsRun> = all.iter().filter(|r| r.two_sided == two_sided).collect();
             summarise(&mut out, key, &rows, a.tolerance, two_sided)?;
@@ -776,14 +829,17 @@ pub struct BaseExperimentArgs {
     /// The AIO-P model (default: the embedded one); its companion is DIR/plain.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// The pretraining config of the AIO-P model (checked against its data hash).
-    #[arg(long, default_value = "search_spaces/predictor/pretrain.json")]
-    pub config: PathBuf,
-    /// The pretraining config of the companion.
-    #[arg(long, default_value = "search_spaces/predictor/pretrain-plain.json")]
-    pub plain_config: PathBuf,
-    /// Networks per task to choose and calibrate on.
-    #[arg(long, default_value_t = 500)]
+    /// The pretraining config of the AIO-P model (checked against its data hash); needed with
+    /// --model (default: the embedded model's, search_spaces/predictor/pretrain.json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The pretraining config of the companion; needed with --model (default: the embedded
+    /// companion's, search_spaces/predictor/pretrain-plain.json).
+    #[arg(long)]
+    pub plain_config: Option<PathBuf>,
+    /// Networks per task to choose and calibrate on (at least 4).
+    #[arg(long, default_value_t = 500,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..))]
     pub fit: usize,
     /// Further networks per task to report on.
     #[arg(long, default_value_t = 1000)]
@@ -803,6 +859,24 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.json {
         super::check_writable(p, "--json")?;
     }
+    if let Some(p) = &a.write {
+        super::check_writable(p, "--write")?;
+    }
+    // A model of one's own comes with the configs it was pretrained with; the embedded pair's
+    // are embedded with it.
+    let read = crate::cmd::predictor::read_pretrain_config;
+    let (ca, cp) = match (&a.model, &a.config, &a.plain_config) {
+        (_, Some(c), Some(p)) => (read(c, "--config")?, read(p, "--plain-config")?),
+        (None, None, None) => aiop::predictor::shipped::pretrain_configs()?,
+        _ => {
+            return Err(UsageError(
+                "--config and --plain-config go together, and --model needs both (the \
+                 pretraining configs of the model and of its companion)"
+                    .into(),
+            )
+            .into())
+        }
+    };
     let device = aiop::predictor::default_device();
     let base_model = aiop::tuned::BaseModel::from_option(a.model.as_deref());
     let aio = base_model
@@ -811,11 +885,6 @@ pub fn base_experiment(a: BaseExperimentArgs) -> anyhow::Result<()> {
     let (plain, plain_name) = base_model
         .load_plain(&device)?
         .with_context(|| format!("{} has no companion (plain/)", base_model.describe()))?;
-    let read = crate::cmd::predictor::read_pretrain_config;
-    let (ca, cp) = (
-        read(&a.config, "--config")?,
-        read(&a.plain_config, "--plain-config")?,
-    );
     let cfg = FitConfig {
         fit: a.fit,
         eval: a.eval,

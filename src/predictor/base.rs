@@ -362,11 +362,7 @@ mod tests {
 
     /// The shipped pretraining configs (as `aiop experiment base` reads them).
     fn configs() -> (PretrainConfig, PretrainConfig) {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped::DIR);
-        let read = |f: &str| -> PretrainConfig {
-            serde_json::from_str(&std::fs::read_to_string(root.join(f)).unwrap()).unwrap()
-        };
-        (read("pretrain.json"), read("pretrain-plain.json"))
+        shipped::pretrain_configs().unwrap()
     }
 
     /// The embedded AIO-P model and its companion.

@@ -35,6 +35,28 @@ const PLAIN_META: &str = include_str!("../../search_spaces/predictor/plain/model
 const PLAIN_WEIGHTS: &[u8] =
     include_bytes!("../../search_spaces/predictor/plain/model.safetensors");
 
+const PRETRAIN_CONFIG: &str = include_str!("../../search_spaces/predictor/pretrain.json");
+const PLAIN_PRETRAIN_CONFIG: &str =
+    include_str!("../../search_spaces/predictor/pretrain-plain.json");
+
+/// The pretraining configs of the embedded model and of its companion (`pretrain.json`,
+/// `pretrain-plain.json`): what tells which networks each saw.
+pub fn pretrain_configs() -> Result<
+    (
+        super::pretrain::PretrainConfig,
+        super::pretrain::PretrainConfig,
+    ),
+    PredictorError,
+> {
+    let read = |name: &str, text: &str| {
+        serde_json::from_str(text).map_err(|e| PredictorError::Config(format!("{DIR}/{name}: {e}")))
+    };
+    Ok((
+        read("pretrain.json", PRETRAIN_CONFIG)?,
+        read("pretrain-plain.json", PLAIN_PRETRAIN_CONFIG)?,
+    ))
+}
+
 /// The embedded default model on `device`.
 pub fn load(device: &Device) -> Result<Trained, PredictorError> {
     Trained::from_bytes(META, WEIGHTS, Path::new(DIR), device)

@@ -1087,6 +1087,25 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         (format!("{nb101} --lr 0"), "--lr: 0 is not in (0, 1]"),
         (format!("{c10} --queries 5,0"), "--queries: 0"),
         (format!("{c10},cifar10"), "--task: cifar10 is listed twice"),
+        (
+            format!("{c10} --queries 20,20"),
+            "--queries: 20 is listed twice",
+        ),
+        (
+            format!("{c10} --methods random,random"),
+            "--methods: random is listed twice",
+        ),
+        (
+            format!("{nb101} --two-sided true,true"),
+            "--two-sided: true is listed twice",
+        ),
+        (format!("{nb101} --budget 0"), "budget must be at least 1"),
+        (format!("{nb101} --radius 0"), "radius must be at least 1"),
+        ("experiment base --fit 3".into(), "--fit"),
+        (
+            "experiment base --config c.json".into(),
+            "--config and --plain-config go together",
+        ),
         ("bench graph --task cifar10".into(), "--space"),
         ("bench graph --graphs 0".into(), "--graphs"),
         ("bench graph --rounds 0".into(), "--rounds"),
