@@ -9,7 +9,7 @@
 //! passes, the prediction cache) ← [`searches`] (the daemon's searches on worker threads,
 //! checkpointed as they go) ← [`jobs`] (fine-tuning work on dedicated threads) ←
 //! [`watch`] (the task folder watcher) and [`api`] (HTTP) ← [`serve`] (the daemon's wiring).
-//! [`pool`] runs independent jobs on worker threads; [`names`] is the one rule for names that
+//! [`pool`] runs independent jobs on worker threads; [`show`] writes numbers for messages; [`names`] is the one rule for names that
 //! become keys and folders. [`config`] is the daemon's settings, read by `main` and handed down; [`client`] talks HTTP
 //! to a running daemon.
 #![forbid(unsafe_code)]
@@ -27,6 +27,7 @@ pub mod search;
 pub mod searches;
 pub mod serve;
 pub mod service;
+pub mod show;
 pub mod spaces;
 pub mod stats;
 pub mod store;
@@ -41,7 +42,7 @@ mod layering {
     /// The rooms of the house, lowest first: a module may name (`crate::x`) only rooms of its own
     /// rank or below. `main` and `cmd` (the binary's wiring) sit above all of them.
     const ROOMS: &[&[&str]] = &[
-        &["rng", "names", "pool", "client"],
+        &["rng", "names", "pool", "client", "show"],
         &["stats"],
         &["graph"],
         &["spaces"],

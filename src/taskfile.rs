@@ -967,7 +967,10 @@ fn parse_finetune(
         Some(x) => Err(field_err(
             name,
             x.span(),
-            format!("{} must be a finite number in {range}", x.get_ref()),
+            format!(
+                "{} must be a finite number in {range}",
+                crate::show::num(*x.get_ref())
+            ),
         )),
     };
     let lr = number("finetune.lr", &f.lr, |v| v > 0.0 && v <= 1.0, "(0, 1]")?;
@@ -1059,7 +1062,7 @@ fn parse_search(
             x.span(),
             format!(
                 "{} must be a finite number {}",
-                x.get_ref(),
+                crate::show::num(*x.get_ref()),
                 if allow_zero { "≥ 0" } else { "> 0" }
             ),
         )),

@@ -669,7 +669,7 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
         .into());
     }
     if !(a.lr > 0.0 && a.lr <= 1.0) {
-        return Err(UsageError(format!("--lr: {} is not in (0, 1]", a.lr)).into());
+        return Err(UsageError(format!("--lr: {} is not in (0, 1]", aiop::show::num(a.lr))).into());
     }
     once_each("--two-sided", &a.two_sided)?;
     // The reductions' options (--budget, --tolerance, --radius) as the search checks them, on

@@ -120,7 +120,7 @@ impl PretrainConfig {
         if !(0.0..1.0).contains(&self.test_fraction) {
             return bad(format!(
                 "test_fraction: {} is not in [0, 1)",
-                self.test_fraction
+                crate::show::num(self.test_fraction)
             ));
         }
         self.model

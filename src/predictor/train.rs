@@ -162,20 +162,26 @@ impl TrainConfig {
             );
         }
         if !(self.lr > 0.0 && self.lr <= MAX_LR) {
-            return bad("lr", format!("{} is not in (0, {MAX_LR}]", self.lr));
+            return bad(
+                "lr",
+                format!("{} is not in (0, {MAX_LR}]", crate::show::num(self.lr)),
+            );
         }
         for (field, v) in [
             ("clip_norm", self.clip_norm),
             ("rank_weight", self.rank_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return bad(field, format!("{v} is not a finite number ≥ 0"));
+                return bad(
+                    field,
+                    format!("{} is not a finite number ≥ 0", crate::show::num(v)),
+                );
             }
         }
         if !(0.0..1.0).contains(&self.dev_fraction) {
             return bad(
                 "dev_fraction",
-                format!("{} is not in [0, 1)", self.dev_fraction),
+                format!("{} is not in [0, 1)", crate::show::num(self.dev_fraction)),
             );
         }
         Ok(())

@@ -289,7 +289,7 @@ impl SearchSpec {
             ("max_mparams", self.max_mparams),
         ]
         .into_iter()
-        .filter_map(|(name, v)| v.map(|v| format!("{name} {v}")))
+        .filter_map(|(name, v)| v.map(|v| format!("{name} {}", crate::show::num(v))))
         .collect();
         if parts.is_empty() {
             "none".into()
