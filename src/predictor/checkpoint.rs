@@ -121,6 +121,10 @@ impl Trained {
                 source,
             })?;
         std::fs::write(&m, json + "\n").map_err(io_err(&m))?;
+        // safetensors writes through a temporary file, created private (0600); the weights are
+        // as readable as their sidecar, which gets what the umask gives any new file.
+        let mode = std::fs::metadata(&m).map_err(io_err(&m))?.permissions();
+        std::fs::set_permissions(&w, mode).map_err(io_err(&w))?;
         Ok(())
     }
 
@@ -490,6 +494,12 @@ pub(crate) mod tests {
         let before = t.predict(key, &[(&f, gf), (&f, gf)], 1).unwrap();
         let dir = tempfile::tempdir().unwrap();
         t.save(dir.path()).unwrap();
+        let mode = |f: &str| std::fs::metadata(dir.path().join(f)).unwrap().permissions();
+        assert_eq!(
+            mode(WEIGHTS_FILE),
+            mode(META_FILE),
+            "as readable as the sidecar"
+        );
         // A different seed would give different weights unless loading overwrites them all.
         let mut meta = t.meta.clone();
         meta.seed = 99;
