@@ -80,6 +80,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A body sent without `Content-Type: application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("the request took longer than {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
@@ -99,6 +102,9 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Internal(_) | ApiError::Metrics(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -127,6 +133,7 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
         match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(r.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(r.body_text()),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable {
                 code: "invalid_body",
                 message: r.body_text(),
@@ -142,15 +149,39 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A request body's `T` read from a JSON object only: serde reads a struct from an array too,
+/// field by field in declaration order (`["t1", null, "random", 30]` would start a search), a
+/// meaning no client intends and that changes whenever a field moves.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<Object<T>, M::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
 /// The JSON body of a request whose size limit is `limit` bytes (the `setting` that sets it):
 /// a body over it is told both.
 fn body_of<T>(
-    body: Result<Json<T>, JsonRejection>,
+    body: Result<Json<Object<T>>, JsonRejection>,
     limit: usize,
     setting: &str,
 ) -> Result<T, ApiError> {
     match body {
-        Ok(Json(v)) => Ok(v),
+        Ok(Json(Object(v))) => Ok(v),
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge(
             format!("the request body is over its limit of {limit} bytes ({setting})"),
         )),
@@ -683,7 +714,7 @@ fn check_items(
 async fn graph(
     State(st): State<AppState>,
     _auth: Authorized,
-    body: Result<Json<GraphRequest>, JsonRejection>,
+    body: Result<Json<Object<GraphRequest>>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
     check_items(
@@ -802,7 +833,7 @@ fn predict_blocking(
 async fn predict(
     State(st): State<AppState>,
     _auth: Authorized,
-    body: Result<Json<PredictRequest>, JsonRejection>,
+    body: Result<Json<Object<PredictRequest>>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
     check_items(
@@ -962,7 +993,7 @@ async fn get_search(
 async fn create_search(
     State(st): State<AppState>,
     _auth: Authorized,
-    body: Result<Json<SearchRequest>, JsonRejection>,
+    body: Result<Json<Object<SearchRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let req = body_of(body, st.cfg.body_limit_bytes, "body_limit_bytes")?;
     let searches = st.backend.searches.clone();
@@ -1389,7 +1420,7 @@ fn files_of_other_tasks(
 async fn submit_task(
     State(st): State<AppState>,
     _auth: Authorized,
-    body: Result<Json<SubmitTask>, JsonRejection>,
+    body: Result<Json<Object<SubmitTask>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let req = body_of(
         body,

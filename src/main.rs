@@ -102,7 +102,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(r) = cause.downcast_ref::<cmd::serve::Refused>() {
             return match r.status {
-                400 | 413 | 422 => 65,
+                400 | 413 | 415 | 422 => 65,
                 401 | 403 => 77,
                 503 => 75,
                 _ => 1,

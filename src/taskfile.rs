@@ -714,6 +714,59 @@ fn toml_error_field(message: &str, text: &str, line: usize) -> Option<String> {
     })
 }
 
+/// What serde cannot say right about a task file's shape, said first: a required top-level key
+/// that is absent (serde blames the table it was reading last: `search.name`), and a table
+/// (`[search]`, `[finetune]`) given as something else, an array of tables (`[[search]]`)
+/// above all, which serde would read field by field. A file that is not TOML is left to the
+/// full parse, whose error names the line.
+fn check_shape(text: &str, file: &Path) -> Result<(), TaskFileError> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    for key in ["search", "finetune"] {
+        let Some(v) = table.get(key) else { continue };
+        if v.is_table() {
+            continue;
+        }
+        let found = match v {
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) => {
+                format!("an array of tables ([[{key}]])")
+            }
+            other => format!("a value of type {}", other.type_str()),
+        };
+        // The line that declares it: `[[key]]`, `key = ...` or `key.x = ...`.
+        let line = text
+            .lines()
+            .position(|l| {
+                let l = l.trim_start();
+                l.strip_prefix("[[")
+                    .and_then(|r| r.trim_start().strip_prefix(key))
+                    .is_some_and(|r| r.trim_start().starts_with(']'))
+                    || l.strip_prefix(key).is_some_and(|r| {
+                        let r = r.trim_start();
+                        r.starts_with('=') || r.starts_with('.')
+                    })
+            })
+            .map_or(1, |k| k + 1);
+        return Err(TaskFileError::Field {
+            file: file.to_path_buf(),
+            line,
+            field: key.to_string(),
+            message: format!("expected a table ([{key}]), found {found}"),
+        });
+    }
+    for key in ["name", "space", "samples"] {
+        if !table.contains_key(key) {
+            return Err(TaskFileError::File {
+                file: file.to_path_buf(),
+                field: Some(key.to_string()),
+                message: format!("missing field `{key}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Load and validate the task file at `toml_path`.
 pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError> {
     let file = toml_path.to_path_buf();
@@ -745,6 +798,7 @@ pub fn load(toml_path: &Path, limits: &Limits) -> Result<TaskSpec, TaskFileError
         )));
     }
     let text = read_text(toml_path, limits.max_toml_bytes, None)?;
+    check_shape(&text, &file)?;
     let raw: RawTask = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(&text, s.start));
         let message = e.message().trim().to_string();
@@ -1388,6 +1442,37 @@ mod tests {
                 .ends_with("t.toml: field 'samples': missing field `samples`"),
             "{e}"
         );
+        // So with only tables in the file (serde blamed the table: `search.name`).
+        for only in ["[search]\nbudget = 5\n", "[finetune]\nepochs = 2\n"] {
+            let e = err(only, &good_csv());
+            assert_eq!((e.line(), e.field()), (None, Some("name")), "{e}");
+        }
+        // A table given as an array of tables, or as a value, is said to be one (serde read
+        // an array field by field).
+        for (tail, line, key, found) in [
+            (
+                "[[search]]\nbudget = 1\n",
+                5,
+                "search",
+                "an array of tables ([[search]])",
+            ),
+            (
+                "[[finetune]]\nepochs = 1\n",
+                5,
+                "finetune",
+                "an array of tables",
+            ),
+            ("search = [4, 5]\n", 5, "search", "a value of type array"),
+            ("finetune = 3\n", 5, "finetune", "a value of type integer"),
+        ] {
+            let e = err(&format!("{GOOD}{tail}"), &good_csv());
+            assert_eq!((e.line(), e.field()), (Some(line), Some(key)), "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("expected a table ([{key}]), found {found}")),
+                "{e}"
+            );
+        }
         let e = err(&format!("{GOOD}[search]\npopulation = 1\n"), &good_csv());
         assert_eq!(e.field(), Some("search.population"), "{e}");
         // The algorithm's name is read by the search's own parser, whose message it keeps.

@@ -436,6 +436,32 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     let r = d.send("POST", "/v1/tasks", &named("twice1.toml"));
     assert_eq!(r.status, 202, "{}", r.text());
 
+    // A body must be a JSON object sent as JSON: an array is not read field by field (it
+    // started a search), and a body of another type is 415.
+    let predict = serde_json::json!(["nb201", "cifar10", null, NB201_ARCH]);
+    for path in ["/v1/predict", "/v1/searches", "/v1/graph", "/v1/tasks"] {
+        let r = d.send("POST", path, &predict);
+        assert_eq!(r.status, 422, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "invalid_body");
+        assert!(r.text().contains("expected a JSON object"), "{}", r.text());
+        let r = aiop::client::request(
+            &d.addr,
+            "POST",
+            path,
+            &[("Content-Type", "text/plain")],
+            Some(b"{}"),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(r.status, 415, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unsupported_media_type");
+    }
+    assert_eq!(
+        d.get("/v1/searches").json()["total"],
+        0,
+        "no search was started"
+    );
+
     // Errors in the URL's path are JSON errors like the rest; an unknown search is not found.
     let r = d.get("/v1/searches/%ff");
     assert_eq!(r.status, 400, "{}", r.text());
