@@ -1048,21 +1048,10 @@ fn build_spec(
         top_k: req.top_k.unwrap_or(d.top_k),
         cache: true,
     };
-    if spec.budget > MAX_BUDGET {
-        return Err(invalid(format!("budget is over {MAX_BUDGET} evaluations")));
-    }
     if spec.top_k == 0 || spec.top_k > 1000 {
         return Err(invalid("top_k must be within 1..=1000"));
     }
-    for (k, v, max) in [
-        ("batch", spec.batch, MAX_BATCH),
-        ("population", spec.population, MAX_POPULATION),
-        ("sample", spec.sample, MAX_POPULATION),
-    ] {
-        if v > max {
-            return Err(invalid(format!("{k} {v} is over the limit of {max}")));
-        }
-    }
+    // The budget's, batch's and population's limits are the spec's own.
     spec.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
 }

@@ -348,7 +348,15 @@ pub type StoredCheckpoint = (Vec<u8>, Vec<Vec<u8>>);
 /// A search state from a checkpoint: its head (`{"history_len", "state"}`) and the history
 /// entries stored beside it; a schema-1 checkpoint is the whole state (then no entry is in the
 /// history tree yet). Returns the state and how many of its history entries the tree holds.
+/// The state is checked as one to step ([`SearchState::check`]): a spec within its limits, no
+/// index past its history.
 pub fn decode_checkpoint(head: &[u8], history: &[Vec<u8>]) -> Result<(SearchState, usize), String> {
+    let (state, n) = decode_state(head, history)?;
+    state.check().map_err(|e| e.to_string())?;
+    Ok((state, n))
+}
+
+fn decode_state(head: &[u8], history: &[Vec<u8>]) -> Result<(SearchState, usize), String> {
     let v: serde_json::Value = serde_json::from_slice(head).map_err(|e| e.to_string())?;
     let Some(st) = v.get("state") else {
         return Ok((serde_json::from_value(v).map_err(|e| e.to_string())?, 0));
@@ -2187,6 +2195,28 @@ mod tests {
                 "{records}: {e}"
             );
             assert!(e.to_string().contains(says), "{records}: {e}");
+        }
+        // A state that names an entry past its history, or a spec over the limits, would fail
+        // (or panic) at its resume.
+        for (path, value, says) in [
+            (
+                "frontier",
+                serde_json::json!([99]),
+                "names history entry 99, of 0",
+            ),
+            ("batch", serde_json::json!(u64::MAX), "is over the limit"),
+        ] {
+            let mut head: serde_json::Value =
+                serde_json::from_slice(&head_of_a_new_search()).unwrap();
+            match path {
+                "frontier" => head["state"]["frontier"] = value,
+                _ => head["state"]["spec"]["batch"] = value,
+            }
+            let cp = serde_json::json!({"tree": "checkpoints", "key": "s1",
+                "value": hex(&serde_json::to_vec(&head).unwrap())});
+            let text = format!("{header}{search_line}\n{cp}\n");
+            let e = Export::read(text.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("line 3") && e.contains(says), "{path}: {e}");
         }
         // A history with a gap: entry 1 without entry 0.
         let gap = format!(

@@ -237,6 +237,22 @@ impl SearchSpec {
         if self.batch == 0 {
             return bad("batch must be at least 1 candidate per generation");
         }
+        if self.budget > super::MAX_BUDGET {
+            return bad(&format!(
+                "budget {} is over the limit of {} evaluations",
+                self.budget,
+                super::MAX_BUDGET
+            ));
+        }
+        for (name, v, max) in [
+            ("batch", self.batch, super::MAX_BATCH),
+            ("population", self.population, super::MAX_POPULATION),
+            ("sample", self.sample, super::MAX_POPULATION),
+        ] {
+            if v > max {
+                return bad(&format!("{name} {v} is over the limit of {max}"));
+            }
+        }
         for (name, limit) in [
             ("max_mflops", self.max_mflops),
             ("max_mparams", self.max_mparams),
@@ -448,6 +464,25 @@ impl SearchState {
             Some(EndReason::Stalled)
         } else {
             Some(EndReason::NoCandidates)
+        }
+    }
+
+    /// Whether a state read back (a checkpoint, an import) can be stepped: its spec valid and
+    /// every history index it holds (population, frontier, start) inside its history.
+    pub fn check(&self) -> Result<(), SearchError> {
+        self.spec.validate()?;
+        let n = self.history.len();
+        let bad = self
+            .population
+            .iter()
+            .chain(&self.frontier)
+            .chain(&self.start)
+            .find(|&&i| i >= n);
+        match bad {
+            Some(i) => Err(SearchError::Invalid(format!(
+                "the state names history entry {i}, of {n}"
+            ))),
+            None => Ok(()),
         }
     }
 

@@ -1039,6 +1039,10 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
             "the predictor fitness needs --space and --task",
         ),
         ("search --space nb201".into(), "need a space and a task"),
+        (
+            "search --space nb201 --task cifar10 --batch 18446744073709551615".into(),
+            "batch 18446744073709551615 is over the limit of 4096",
+        ),
         ("search --task cifar1000".into(), "--task: unknown task"),
         ("search --space nb201 --task jigsaw".into(), "--task: "),
         // So in every command that takes one (it was bad data, 65, elsewhere).
