@@ -43,8 +43,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         .protocol
         .parse()
         .map_err(|e: aiop::predictor::PredictorError| UsageError(format!("--protocol: {e}")))?;
-    if a.seeds == Some(0) {
-        return Err(UsageError("--seeds: must be at least 1".into()).into());
+    if let Some(n) = a
+        .seeds
+        .filter(|n| !(1..=aiop::predictor::eval::MAX_SEEDS).contains(n))
+    {
+        return Err(UsageError(format!(
+            "--seeds: {n} is not in 1..={}",
+            aiop::predictor::eval::MAX_SEEDS
+        ))
+        .into());
     }
     // Checked before hours of work, not after.
     if let Some(p) = &a.json {

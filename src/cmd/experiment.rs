@@ -46,7 +46,8 @@ pub struct ExperimentArgs {
     #[arg(long, value_delimiter = ',', default_value = "50,100,150")]
     pub queries: Vec<usize>,
     #[arg(long, default_value_t = 10,
-          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new()
+              .range(1..=aiop::predictor::eval::MAX_SEEDS as u64))]
     pub seeds: u64,
     /// Methods, comma-separated: random, evolution, predictor.
     #[arg(long, value_delimiter = ',', default_value = "random,evolution")]
@@ -253,6 +254,13 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     if let Some(k) = a.queries.iter().find(|&&k| k == 0) {
         return Err(UsageError(format!("--queries: {k}: a budget must be at least 1")).into());
     }
+    if let Some(k) = a.queries.iter().find(|&&k| k > aiop::search::MAX_BUDGET) {
+        return Err(UsageError(format!(
+            "--queries: {k} is over the limit of {} true queries",
+            aiop::search::MAX_BUDGET
+        ))
+        .into());
+    }
     once_each("--methods", &a.methods)?;
     once_each("--queries", &a.queries)?;
     let mut tables = Vec::with_capacity(a.task.len());
@@ -401,7 +409,8 @@ pub struct FlopsExperimentArgs {
     #[arg(long)]
     pub radius: Option<usize>,
     #[arg(long, default_value_t = 10,
-          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new()
+              .range(1..=aiop::predictor::eval::MAX_SEEDS as u64))]
     pub seeds: u64,
     /// Seeds run side by side (0: one per core).
     #[arg(long, default_value_t = 0)]

@@ -571,13 +571,20 @@ pub fn check_pretrained(
     Ok(())
 }
 
+/// Most seeds an evaluation (or an experiment) runs: far past any use (each is a full run),
+/// and a bound on what is allocated per seed.
+pub const MAX_SEEDS: usize = 10_000;
+
 impl EvalConfig {
     /// Check the settings a run cannot do without (at least one seed; the model and the
     /// pretraining and fine-tuning settings as [`Config::validate`] and
     /// [`TrainConfig::validate`] check them); an error names the field.
     pub fn validate(&self) -> Result<(), PredictorError> {
-        if self.seeds == 0 {
-            return Err(PredictorError::Config("seeds: must be at least 1".into()));
+        if !(1..=MAX_SEEDS).contains(&self.seeds) {
+            return Err(PredictorError::Config(format!(
+                "seeds: {} is not in 1..={MAX_SEEDS}",
+                self.seeds
+            )));
         }
         self.model
             .validate()

@@ -147,7 +147,7 @@ pub fn active_search(
     // Round 0: random architectures.
     let mut first: Vec<(Arch, Graph)> = Vec::new();
     let mut tries = 0;
-    while first.len() < spec.initial.min(spec.queries) && tries < 100 * spec.queries {
+    while first.len() < spec.initial.min(spec.queries) && tries < spec.queries.saturating_mul(100) {
         tries += 1;
         let a = spaces::sample(space, &mut rng);
         let g = a.build(task)?;

@@ -371,6 +371,10 @@ pub fn within(start: &Arch, radius: usize) -> Vec<Arch> {
     let mut out: Vec<Arch> = Vec::new();
     let mut ring = vec![start.clone()];
     for _ in 0..radius {
+        if ring.is_empty() {
+            // The whole space is within reach: no larger radius adds anything.
+            break;
+        }
         let mut next = Vec::new();
         for a in &ring {
             for n in a.neighbours() {
@@ -492,6 +496,13 @@ mod tests {
         ] {
             assert_eq!(parse_int_tuple(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_radius_past_the_space_ends_when_the_space_does() {
+        // NB-201 is 15,625 networks, all within 6 edits of any; a radius of 2^64 - 1 ends there.
+        let a = sample(SpaceId::Nb201, &mut crate::rng::Rng::new(0));
+        assert_eq!(within(&a, usize::MAX).len(), 15_624);
     }
 
     #[test]

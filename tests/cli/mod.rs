@@ -1070,6 +1070,15 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         ),
         ("experiment search --space nb201".into(), "--task"),
         (format!("{c10} --seeds 0"), "--seeds"),
+        (format!("{c10} --seeds 10001"), "--seeds"),
+        (
+            format!("{c10} --queries 1000001"),
+            "over the limit of 1000000",
+        ),
+        (
+            "eval --protocol unseen-task --seeds 10001".into(),
+            "--seeds: 10001",
+        ),
         (
             format!("{c10} --methods bogus"),
             "unknown method 'bogus' (expected random, evolution, predictor)",
