@@ -1021,8 +1021,9 @@ fn build_spec(
         }
         (None, Some(g)) => {
             let text = g.to_string();
-            crate::graph::json::from_json(&text)
+            let graph = crate::graph::json::from_json(&text)
                 .map_err(|e| invalid(format!("start_graph: {e}")))?;
+            search::check_start_graph(&graph).map_err(|e| invalid(format!("start_graph: {e}")))?;
             Some(Start::Graph(text))
         }
         (None, None) => None,

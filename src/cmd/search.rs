@@ -181,7 +181,8 @@ fn start_graph(a: &SearchArgs) -> anyhow::Result<Option<Start>> {
         return Ok(None);
     };
     let text = super::read_input(p, "--start-graph")?;
-    json::from_json(&text).with_context(|| format!("--start-graph {}", p.display()))?;
+    let g = json::from_json(&text).with_context(|| format!("--start-graph {}", p.display()))?;
+    search::check_start_graph(&g).with_context(|| format!("--start-graph {}", p.display()))?;
     Ok(Some(Start::Graph(text)))
 }
 

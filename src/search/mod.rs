@@ -41,6 +41,23 @@ pub const MAX_BATCH: usize = 4096;
 /// Largest evolution population, and tournament sample (see [`MAX_BUDGET`]).
 pub const MAX_POPULATION: usize = 100_000;
 
+/// Most nodes of a free graph a FLOP reduction starts from: each generation tries every edit
+/// of its frontier's graphs (about 4 per conv), each a whole copy, so the work of one grows
+/// with the square of the size. About 8 times the largest graph of the shipped spaces (a DARTS
+/// network, about 500 nodes).
+pub const MAX_START_NODES: usize = 4096;
+
+/// Refuse a free start graph over [`MAX_START_NODES`].
+pub fn check_start_graph(g: &crate::graph::Graph) -> Result<(), SearchError> {
+    if g.len() > MAX_START_NODES {
+        return Err(SearchError::Invalid(format!(
+            "the start graph has {} nodes, over the limit of {MAX_START_NODES} for a FLOP reduction",
+            g.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Errors of the search room.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {

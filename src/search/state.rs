@@ -444,6 +444,26 @@ const MAX_STALLED: u32 = 100;
 const MAX_TRIES: usize = 10_000;
 
 /// A built candidate before scoring.
+/// A move of a FLOP reduction: a neighbouring architecture, or an edit of history entry
+/// `.0`'s graph.
+enum Move {
+    Arch(Arch),
+    Edit(usize, edit::GraphEdit),
+}
+
+impl Move {
+    /// The network the move makes; `None` for an edit that does not apply (it leaves the
+    /// graph inconsistent).
+    fn genome(&self, s: &SearchState) -> Option<Genome> {
+        match self {
+            Move::Arch(a) => Some(Genome::Arch(a.clone())),
+            Move::Edit(from, e) => edit::apply(s.graph_of(*from), e)
+                .ok()
+                .map(|g| Genome::Graph(Arc::new(g))),
+        }
+    }
+}
+
 struct Built {
     genome: Genome,
     graph: Arc<Graph>,
@@ -789,7 +809,11 @@ impl SearchState {
     fn start_genome(&self) -> Result<Genome, SearchError> {
         match &self.spec.start {
             Some(Start::Arch(s)) => Ok(Genome::Arch(Arch::parse(self.space()?, s)?)),
-            Some(Start::Graph(text)) => Ok(Genome::Graph(Arc::new(json::from_json(text)?))),
+            Some(Start::Graph(text)) => {
+                let g = json::from_json(text)?;
+                super::check_start_graph(&g)?;
+                Ok(Genome::Graph(Arc::new(g)))
+            }
             None => Err(SearchError::Invalid("no start network".into())),
         }
     }
@@ -820,15 +844,24 @@ impl SearchState {
         self.floor().is_none_or(|f| score >= f) && self.ceiling().is_none_or(|c| score <= c)
     }
 
-    fn moves(&self, from: usize) -> Result<Vec<Genome>, SearchError> {
-        Ok(match &self.history[from].genome {
-            Genome::Arch(a) => a.neighbours().into_iter().map(Genome::Arch).collect(),
-            Genome::Graph(g) => edit::edits(g)
-                .iter()
-                .filter_map(|e| edit::apply(g, e).ok())
-                .map(|h| Genome::Graph(Arc::new(h)))
+    /// The moves of history entry `from`: its neighbours, or the edits of its graph (as
+    /// edits: each is a whole graph once applied, see [`Move::genome`]).
+    fn moves(&self, from: usize) -> Vec<Move> {
+        match &self.history[from].genome {
+            Genome::Arch(a) => a.neighbours().into_iter().map(Move::Arch).collect(),
+            Genome::Graph(_) => edit::edits(self.graph_of(from))
+                .into_iter()
+                .map(|e| Move::Edit(from, e))
                 .collect(),
-        })
+        }
+    }
+
+    /// The graph of history entry `i`, which holds a free graph.
+    fn graph_of(&self, i: usize) -> &Graph {
+        match &self.history[i].genome {
+            Genome::Graph(g) => g,
+            Genome::Arch(_) => unreachable!("entry {i} holds an architecture"),
+        }
     }
 
     fn step_flops(&mut self, fitness: &mut dyn Fitness) -> Result<(), SearchError> {
@@ -843,7 +876,10 @@ impl SearchState {
         // the constraints (a start above `max_mflops`, and the networks on the way down from
         // it) a cheaper move is taken even if it breaks them too: the way to a network within
         // them goes through such moves. No infeasible network is a result.
-        let mut cands: Vec<Built> = Vec::new();
+        // Each candidate is kept as its move, its graph dropped once checked: a free graph's
+        // moves are whole copies of it, thousands for a large one; the batch's few are built
+        // again below.
+        let mut cands: Vec<(Move, u32)> = Vec::new();
         let mut batch_seen: HashSet<GraphHash> = HashSet::new();
         for f in self.frontier.clone() {
             let fl = self.history[f].mflops;
@@ -852,15 +888,17 @@ impl SearchState {
             if self.spec.radius.is_some_and(|r| moves as usize > r) {
                 continue;
             }
-            for g in self.moves(f)? {
-                let mut b = self.build(g)?;
-                b.moves = moves;
+            for m in self.moves(f) {
+                let Some(genome) = m.genome(self) else {
+                    continue;
+                };
+                let b = self.build(genome)?;
                 if b.mflops < fl
                     && (self.feasible(&b) || !from_feasible)
                     && self.first_seen(&b.hash).is_none()
                     && batch_seen.insert(b.hash)
                 {
-                    cands.push(b);
+                    cands.push((m, moves));
                 }
             }
         }
@@ -870,6 +908,15 @@ impl SearchState {
         }
         self.rng.shuffle(&mut cands);
         cands.truncate(self.spec.batch);
+        let cands = cands
+            .into_iter()
+            .map(|(m, moves)| {
+                let genome = m.genome(self).expect("it applied a moment ago");
+                let mut b = self.build(genome)?;
+                b.moves = moves;
+                Ok(b)
+            })
+            .collect::<Result<Vec<Built>, SearchError>>()?;
         let added = self.evaluate(cands, fitness)?;
         let mut accepted: Vec<usize> = added
             .into_iter()

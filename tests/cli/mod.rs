@@ -301,6 +301,42 @@ fn a_flop_reduction_that_meets_no_constraint_says_so_after_its_results() {
     // One that some network meets ends as usual.
     let o = run("50");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A free start graph is at most MAX_START_NODES nodes (each generation copies it per
+    // move): a chain of 4,096 convs is refused before any work.
+    let mut nodes = vec![r#"{"id": "x", "op": "input", "out": [8, 8, 8]}"#.to_string()];
+    let mut prev = "x".to_string();
+    for k in 0..aiop::search::MAX_START_NODES {
+        nodes.push(format!(
+            r#"{{"id": "c{k}", "op": "conv", "inputs": ["{prev}"], "out": [8, 8, 8], "kernel": 3, "padding": 1}}"#
+        ));
+        prev = format!("c{k}");
+    }
+    let big = dir.path().join("big.json");
+    std::fs::write(
+        &big,
+        format!(
+            r#"{{"format": "aiop-graph", "version": 1, "nodes": [{}]}}"#,
+            nodes.join(",")
+        ),
+    )
+    .unwrap();
+    let o = aiop(
+        &[
+            "search",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--algorithm",
+            "flops",
+            "--start-graph",
+            big.to_str().unwrap(),
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("4097 nodes, over the limit of 4096"), "{err}");
 }
 
 #[test]
