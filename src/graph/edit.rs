@@ -63,6 +63,8 @@ pub fn edits(g: &Graph) -> Vec<GraphEdit> {
 enum Action {
     /// Re-create it with the given conv spec (for conv-like nodes) on the new inputs.
     Conv(Op, Conv),
+    /// Re-create it (a conv) with this many output channels, its attributes as they were.
+    Prune(u32),
     /// Depthwise + pointwise pair.
     Separable(Conv),
     /// Map the node to one of its (new) inputs.
@@ -115,13 +117,8 @@ pub fn apply(g: &Graph, edit: &GraphEdit) -> Result<Graph, GraphError> {
                     "needs an ungrouped conv and 0 < keep < channels",
                 ));
             }
-            Action::Conv(
-                Op::Conv,
-                Conv {
-                    out: keep,
-                    ..conv_spec(t)
-                },
-            )
+            // Its own attributes, each of both sides (a [3, 1] kernel stays one).
+            Action::Prune(keep)
         }
         GraphEdit::ShrinkKernel { .. } => {
             if t.op != Op::Conv || t.attrs.kernel[0] < 3 || !square(t) {
@@ -191,6 +188,9 @@ fn rewrite(g: &Graph, target: u32, action: Action) -> Result<Graph, GraphError> 
         };
         let id = match here {
             Action::Conv(op, spec) => push_conv(&mut b, *op, ins[0], *spec)?,
+            Action::Prune(keep) => {
+                b.push(n.op, n.attrs, &[ins[0]], Some(Shape::new(*keep, 0, 0)), 1)?
+            }
             Action::Separable(spec) => {
                 let c = b.shape(ins[0]).c;
                 let dw = Conv {
@@ -237,14 +237,16 @@ fn keep_node(b: &mut GraphBuilder, n: &Node, ins: &[NodeId]) -> Result<NodeId, G
     match n.op {
         Op::Input => b.input_batched(n.output.c, n.output.h, n.output.w, n.batch),
         Op::Conv | Op::DepthwiseConv | Op::ConvTranspose => {
-            let mut spec = conv_spec(n);
+            // Its own attributes, each of both sides (a [3, 1] kernel stays one).
+            let mut attrs = n.attrs;
+            let mut out = n.output.c;
             let c = new_in.map_or(old_in.c, |s| s.c);
             if n.attrs.groups > 1 && n.attrs.groups == old_in.c {
                 // Depthwise (or multiplier) conv follows its input's width.
-                spec.out = c * (n.output.c / old_in.c.max(1));
-                spec.groups = c;
+                out = c * (n.output.c / old_in.c.max(1));
+                attrs.groups = c;
             }
-            push_conv(b, n.op, ins[0], spec)
+            b.push(n.op, attrs, &[ins[0]], Some(Shape::new(out, 0, 0)), 1)
         }
         Op::Zero => {
             let c = if n.output.c == old_in.c {
@@ -322,6 +324,42 @@ mod tests {
         let l = b.linear(p, 10, true).unwrap();
         b.output(l).unwrap();
         b.finish()
+    }
+
+    #[test]
+    fn edits_keep_a_conv_s_two_sides_apart() {
+        // conv [3, 1] (padding [1, 0]) → conv 3x3 → conv 1x1 → output: pruning either of the
+        // first two, or shrinking the second, leaves the first [3, 1] (each re-created conv
+        // was made square from its first side).
+        let mut b = GraphBuilder::new();
+        let x = b.input(4, 8, 8).unwrap();
+        let mut attrs = Conv::new(8, 3).attrs();
+        attrs.kernel = [3, 1];
+        attrs.padding = [1, 0];
+        let tall = b
+            .push(Op::Conv, attrs, &[x], Some(Shape::new(8, 0, 0)), 1)
+            .unwrap();
+        let c = b.conv(tall, Conv::new(8, 3)).unwrap();
+        let last = b.conv(c, Conv::new(8, 1)).unwrap();
+        b.output(last).unwrap();
+        let g = b.finish();
+        for e in [
+            GraphEdit::PruneChannels { node: 1, keep: 4 },
+            GraphEdit::PruneChannels { node: 2, keep: 4 },
+            GraphEdit::ShrinkKernel { node: 2 },
+        ] {
+            let h = apply(&g, &e).unwrap();
+            let n = &h.nodes()[1];
+            assert_eq!((n.attrs.kernel, n.attrs.padding), ([3, 1], [1, 0]), "{e:?}");
+            assert_eq!((n.output.h, n.output.w), (8, 8), "{e:?}");
+        }
+        // A non-square conv is neither shrunk nor split.
+        for e in [
+            GraphEdit::ShrinkKernel { node: 1 },
+            GraphEdit::Separable { node: 1 },
+        ] {
+            assert!(apply(&g, &e).is_err(), "{e:?}");
+        }
     }
 
     #[test]
