@@ -14,6 +14,7 @@
 //! cancelled by [`Searches`], and a submitted task file is validated in a hidden staging folder
 //! and then moved into the watched folder, where the watcher records it like any dropped file.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1233,6 +1234,10 @@ fn clear_stale_submissions(dir: &std::path::Path) {
 /// submissions of one task name cannot both pass the checks.
 static SUBMITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Most files one `POST /v1/tasks` may carry: a task file, its samples file and its graph
+/// files (one per labelled network, far fewer in any real task).
+pub const MAX_SUBMIT_FILES: usize = 100_000;
+
 fn submit_blocking(
     store: &Store,
     backend: &Backend,
@@ -1242,23 +1247,43 @@ fn submit_blocking(
         code: "invalid_task",
         message: m,
     };
+    if req.files.len() > MAX_SUBMIT_FILES {
+        return Err(bad(format!(
+            "files: {} files, over the limit of {MAX_SUBMIT_FILES} (a task file, its samples \
+             and its graph files)",
+            req.files.len()
+        )));
+    }
     let mut paths = Vec::with_capacity(req.files.len());
+    let mut given: HashSet<&PathBuf> = HashSet::with_capacity(req.files.len());
     let mut toml = None;
     for (k, f) in req.files.iter().enumerate() {
         let p = safe_relative(&f.path).map_err(|m| bad(format!("files[{k}].path: {m}")))?;
-        if paths.contains(&p) {
-            return Err(bad(format!("files[{k}]: '{}' given twice", f.path)));
-        }
-        if let Some(j) = paths
-            .iter()
-            .position(|q: &PathBuf| q.starts_with(&p) || p.starts_with(q))
-        {
+        paths.push(p);
+    }
+    for (k, p) in paths.iter().enumerate() {
+        if !given.insert(p) {
             return Err(bad(format!(
-                "files[{k}].path: '{}' and files[{j}]'s '{}' cannot both be: one would be a \
-                 folder of the other",
-                f.path, req.files[j].path
+                "files[{k}]: '{}' given twice",
+                req.files[k].path
             )));
         }
+    }
+    // A path that is a folder of another sorts right before the first path inside it.
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    order.sort_by(|&i, &j| paths[i].cmp(&paths[j]));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| paths[w[1]].starts_with(&paths[w[0]]))
+    {
+        let (j, k) = (w[0].min(w[1]), w[0].max(w[1]));
+        return Err(bad(format!(
+            "files[{k}].path: '{}' and files[{j}]'s '{}' cannot both be: one would be a \
+             folder of the other",
+            req.files[k].path, req.files[j].path
+        )));
+    }
+    for (k, p) in paths.iter().enumerate() {
         if p.extension().is_some_and(|e| e == "toml") {
             if p.components().count() != 1 || toml.is_some() {
                 return Err(bad(
@@ -1267,7 +1292,6 @@ fn submit_blocking(
             }
             toml = Some(k);
         }
-        paths.push(p);
     }
     let Some(toml) = toml else {
         return Err(bad("no task file (*.toml) among the files".into()));
@@ -1299,7 +1323,7 @@ fn submit_blocking(
         })?;
         let final_toml = dir.join(&paths[toml]);
         // Every file submitted is one the task reads: nothing else is written into the folder.
-        let reads: Vec<PathBuf> = spec
+        let reads: HashSet<PathBuf> = spec
             .files()
             .into_iter()
             .map(|rel| std::path::Path::new(rel).components().collect())

@@ -404,7 +404,36 @@ fn malformed_task_files_get_precise_errors_while_predictions_go_on() {
     ]});
     let r = d.send("POST", "/v1/tasks", &nested);
     assert_eq!(r.status, 422, "{}", r.text());
-    assert!(r.text().contains("files[2].path"), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("files[2].path: 'n/s.csv' and files[1]'s 'n'"),
+        "{}",
+        r.text()
+    );
+    // A path given twice; more files than any task reads (checked without comparing every
+    // pair: 100,001 paths were minutes of work).
+    let twice = serde_json::json!({"files": [
+        {"path": "t.toml", "content": quick_task("t", "t.csv")},
+        {"path": "t.csv", "content": five},
+        {"path": "t.csv", "content": five},
+    ]});
+    let r = d.send("POST", "/v1/tasks", &twice);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("files[2]: 't.csv' given twice"),
+        "{}",
+        r.text()
+    );
+    let many: Vec<serde_json::Value> = (0..=aiop::api::MAX_SUBMIT_FILES)
+        .map(|k| serde_json::json!({"path": format!("f{k}.csv"), "content": ""}))
+        .collect();
+    let r = d.send("POST", "/v1/tasks", &serde_json::json!({ "files": many }));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("over the limit of 100000"),
+        "{}",
+        r.text()
+    );
     let through = serde_json::json!({"files": [
         {"path": "through.toml", "content": quick_task("through", "api.csv/s.csv")},
         {"path": "api.csv/s.csv", "content": five},
