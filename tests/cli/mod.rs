@@ -298,8 +298,35 @@ fn a_flop_reduction_that_meets_no_constraint_says_so_after_its_results() {
     assert_eq!(results.len(), 1, "{file}");
     assert!(results[0]["mflops"].as_f64().unwrap() > 1.0);
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
-    // One that some network meets ends as usual.
+    // One that some network meets ends as usual, even when none of those keeps the
+    // tolerance (the constraints were met; the start alone is the result).
     let o = run("50");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = aiop(
+        &[
+            "search",
+            "-q",
+            "--space",
+            "nb201",
+            "--task",
+            "cifar10",
+            "--fitness",
+            "oracle",
+            "--algorithm",
+            "flops",
+            "--start",
+            A,
+            "--budget",
+            "30",
+            "--max-mflops",
+            "80",
+            "--radius",
+            "1",
+            "--tolerance",
+            "0",
+        ],
+        "",
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A free start graph is at most MAX_START_NODES nodes (each generation copies it per
     // move): a chain of 4,096 convs is refused before any work.
