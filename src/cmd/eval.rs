@@ -19,8 +19,9 @@ pub struct EvalArgs {
     /// Seeds (default 5; 1 with --quick).
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// The small version (one seed, small pretraining, short fine-tuning, two targets).
-    #[arg(long)]
+    /// The small version (one seed, small pretraining, short fine-tuning, two targets); not
+    /// with --config, whose file sets every setting (its missing fields the full run's).
+    #[arg(long, conflicts_with = "config")]
     pub quick: bool,
     /// A JSON EvalConfig (every field optional) instead of the defaults.
     #[arg(long)]

@@ -850,8 +850,9 @@ pub struct BaseExperimentArgs {
     #[arg(long, default_value_t = 500,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..))]
     pub fit: usize,
-    /// Further networks per task to report on.
-    #[arg(long, default_value_t = 1000)]
+    /// Further networks per task to report on (at least 1).
+    #[arg(long, default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub eval: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

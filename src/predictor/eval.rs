@@ -586,6 +586,68 @@ impl EvalConfig {
                 self.seeds
             )));
         }
+        let bad = |m: String| Err(PredictorError::Config(m));
+        // What a run reads only after its pretrainings, checked before them.
+        if self.samples < 2 {
+            return bad(format!(
+                "samples: {} (μ and σ, and any fine-tuning, need at least 2)",
+                self.samples
+            ));
+        }
+        if self.max_eval == Some(0) {
+            return bad("max_eval: must be at least 1 (leave it out for all)".into());
+        }
+        for (field, v) in [
+            ("scratch_lr", self.scratch_lr),
+            ("cv_lr", self.cv_lr),
+            ("size_lr", self.size_lr),
+        ] {
+            if !(v > 0.0 && v <= super::train::MAX_LR) {
+                return bad(format!(
+                    "{field}: {} is not in (0, {}]",
+                    crate::show::num(v),
+                    super::train::MAX_LR
+                ));
+            }
+        }
+        for (field, v) in [
+            ("rank_weight", self.rank_weight),
+            ("size_rank_weight", self.size_rank_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!(
+                    "{field}: {} is not a finite number ≥ 0",
+                    crate::show::num(v)
+                ));
+            }
+        }
+        const PARTS: [&str; 3] = ["embed.", "gnn.", "head."];
+        if let Some(t) = self.trainable.iter().find(|t| {
+            !PARTS
+                .iter()
+                .any(|p| p.starts_with(t.as_str()) || t.starts_with(p))
+        }) {
+            return bad(format!(
+                "trainable: '{t}' names no variable (prefixes of {})",
+                PARTS.join(", ")
+            ));
+        }
+        if let Some(k) = self
+            .targets
+            .iter()
+            .find(|k| self.pretrain_tasks.contains(k))
+        {
+            return bad(format!("targets: {k} is also in pretrain_tasks"));
+        }
+        if let Some(stage) = &self.adapters {
+            super::model::check_head("adapters.config.head", &stage.config.head)?;
+            stage.train.validate("adapters.train.")?;
+        }
+        for (k, m) in self.members.iter().enumerate() {
+            if let Some(p) = &m.pretrain {
+                p.validate(&format!("members[{k}].pretrain."))?;
+            }
+        }
         self.model
             .validate()
             .map_err(|e| PredictorError::Config(format!("model.{}", e.into_message())))?;
@@ -1347,6 +1409,59 @@ pub fn table(r: &EvalReport) -> String {
 mod tests {
     use super::*;
     use crate::predictor::init::sorted_vars;
+
+    #[test]
+    fn a_config_is_checked_before_any_pretraining() {
+        let mut all = vec![EvalConfig::default()];
+        for p in [
+            Protocol::UnseenTask,
+            Protocol::UnseenSpace,
+            Protocol::SampleEfficiency,
+        ] {
+            all.push(EvalConfig::quick(p));
+        }
+        for c in &all {
+            c.validate().unwrap();
+        }
+        let nb = |t| TaskKey::new(SpaceId::Nb201, t);
+        let cases: Vec<(&str, Box<dyn Fn(&mut EvalConfig)>)> = vec![
+            ("samples: 1", Box::new(|c| c.samples = 1)),
+            ("max_eval: must be", Box::new(|c| c.max_eval = Some(0))),
+            ("scratch_lr: -1", Box::new(|c| c.scratch_lr = -1.0)),
+            ("cv_lr: 0", Box::new(|c| c.cv_lr = 0.0)),
+            ("rank_weight: NaN", Box::new(|c| c.rank_weight = f64::NAN)),
+            (
+                "trainable: 'bogus.'",
+                Box::new(|c| c.trainable = vec!["bogus.".into()]),
+            ),
+            (
+                "targets: nb201/cifar10 is also in pretrain_tasks",
+                Box::new(move |c| {
+                    c.targets = vec![nb(Task::Cifar10)];
+                    c.pretrain_tasks = vec![nb(Task::Cifar10), nb(Task::Cifar100)];
+                }),
+            ),
+            (
+                "adapters.config.head[0]",
+                Box::new(move |c| {
+                    c.adapters = Some(AdapterStage {
+                        tasks: vec![nb(Task::Cifar100)],
+                        config: crate::predictor::adapters::AdapterConfig {
+                            head: vec![0],
+                            ..Default::default()
+                        },
+                        train: TrainConfig::default(),
+                    })
+                }),
+            ),
+        ];
+        for (says, change) in cases {
+            let mut c = EvalConfig::default();
+            change(&mut c);
+            let e = c.validate().unwrap_err().into_message();
+            assert!(e.starts_with(says), "{says}: {e}");
+        }
+    }
 
     /// Every line's numbers start in the same column, however long a method's name.
     #[test]

@@ -142,6 +142,14 @@ impl PretrainConfig {
                     self.model.hidden
                 ));
             }
+            super::model::check_head("adapters.config.head", &stage.config.head)?;
+            if stage.tasks.len() > super::adapters::MAX_ADAPTERS {
+                return bad(format!(
+                    "adapters.tasks: {} is over the limit of {}",
+                    stage.tasks.len(),
+                    super::adapters::MAX_ADAPTERS
+                ));
+            }
             stage.train.validate("adapters.train.")?;
         }
         Ok(())

@@ -1139,6 +1139,11 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
             "over the limit of 1000000",
         ),
         (
+            "eval --protocol unseen-task --quick --config c.json".into(),
+            "cannot be used with",
+        ),
+        ("experiment base --eval 0".into(), "--eval"),
+        (
             "eval --protocol unseen-task --seeds 10001".into(),
             "--seeds: 10001",
         ),
