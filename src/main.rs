@@ -273,7 +273,12 @@ fn main() -> ExitCode {
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.is::<cmd::Logged>() => ExitCode::from(exit_code(&e)),
         Err(e) => {
-            eprintln!("aiop: {}", cmd::error_message(&e));
+            // Not `eprintln!`: it panics when standard error is a closed pipe, and the exit
+            // code is what must come out.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("aiop: {}\n", cmd::error_message(&e)).as_bytes(),
+            );
             ExitCode::from(exit_code(&e))
         }
     }

@@ -390,11 +390,28 @@ pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon's log: standard error, where a write that fails (the reader of a pipe gone: a
+/// log shipper restarted, `aiop serve 2>&1 | head`) is dropped, not an error. tracing says a
+/// failed write with `eprintln!`, which panics on that same closed stream: the daemon died at
+/// its next log line.
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogSink);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

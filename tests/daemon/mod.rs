@@ -262,6 +262,44 @@ fn drop_file(dir: &Path, name: &str, content: &[u8]) {
 }
 
 #[test]
+fn a_log_reader_that_goes_away_does_not_take_the_daemon_down() {
+    // Standard error a pipe whose reader has gone (a log shipper restarted, `| head`): every
+    // log line fails to be written. The daemon panicked at its first.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aiop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let addr = wait_for("the address file", || {
+        std::fs::read_to_string(state.join("aiop.addr"))
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    });
+    let r = request(addr.trim(), "GET", "/healthz", &[], None, T).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = wait_within(
+        "the exit",
+        Duration::from_secs(15),
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
 fn kill_9_then_restart_keeps_tasks() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
