@@ -205,10 +205,14 @@ impl Config {
         cfg.validate().map_err(|e| match e {
             ConfigError::Invalid { key, message } => {
                 let var = format!("AIOP_{}", key.to_uppercase());
-                let value = serde_json::to_value(&cfg)
-                    .ok()
-                    .and_then(|v| v.get(key).map(|v| v.to_string()))
-                    .unwrap_or_default();
+                // A secret is not written to the log, even a wrong one.
+                let value = match key {
+                    "token" => "(hidden)".to_string(),
+                    _ => serde_json::to_value(&cfg)
+                        .ok()
+                        .and_then(|v| v.get(key).map(|v| v.to_string()))
+                        .unwrap_or_default(),
+                };
                 let origin = if env.iter().any(|(k, _)| *k == var) {
                     Some(format!("environment variable {var}"))
                 } else {
@@ -260,15 +264,30 @@ impl Config {
     /// folder and the base model's checkpoint folder. (Missing state and tasks folders are
     /// created at start; a missing model is refused.)
     pub fn check_paths(&self) -> Result<(), ConfigError> {
+        // The path, or the first of its ancestors that exists, must be a folder (what is
+        // missing is created at the start); a symlink to nothing cannot be one either.
         let not_dir = |key: &'static str, p: &Path| {
-            if p.exists() && !p.is_dir() {
-                Err(ConfigError::Invalid {
-                    key,
-                    message: format!("{} exists and is not a folder", p.display()),
-                })
-            } else {
-                Ok(())
+            let invalid = |message: String| Err(ConfigError::Invalid { key, message });
+            for a in p.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+                match (a.symlink_metadata(), a.metadata()) {
+                    (Err(_), _) => continue,
+                    (Ok(_), Err(_)) => {
+                        return invalid(format!("{} is a symlink to nothing", a.display()))
+                    }
+                    (Ok(_), Ok(m)) if m.is_dir() => return Ok(()),
+                    (Ok(_), Ok(_)) if a == p => {
+                        return invalid(format!("{} exists and is not a folder", p.display()))
+                    }
+                    (Ok(_), Ok(_)) => {
+                        return invalid(format!(
+                            "{} is a file: {} cannot be a folder",
+                            a.display(),
+                            p.display()
+                        ))
+                    }
+                }
             }
+            Ok(())
         };
         not_dir("state_dir", &self.state_dir)?;
         not_dir("tasks_dir", &self.tasks_dir())?;
@@ -417,6 +436,36 @@ impl Config {
                 key: "token",
                 message: "an empty token would accept any request: remove the key instead".into(),
             });
+        }
+        // A token no client can send would lock every mutating request out: HTTP drops the
+        // spaces around a header's value and carries visible ASCII only.
+        if let Some(t) = &self.token {
+            if t.trim() != t {
+                return Err(ConfigError::Invalid {
+                    key: "token",
+                    message: "has spaces around it, which no request can carry".into(),
+                });
+            }
+            if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    key: "token",
+                    message: format!(
+                        "holds {c:?}: a token is visible ASCII only (it travels in an HTTP header)"
+                    ),
+                });
+            }
+        }
+        // An empty path would be the working directory (`/` under systemd), never meant.
+        for (key, p) in [
+            ("state_dir", Some(&self.state_dir)),
+            ("tasks_dir", self.tasks_dir.as_ref()),
+        ] {
+            if p.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "is empty: unset it for the default".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -644,6 +693,55 @@ mod tests {
             e.contains("AIOP_SHUTDOWN_GRACE_SECS") && e.contains("at most 3600"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_token_no_request_can_carry_is_refused_unshown() {
+        for (t, says) in [
+            ("secret ", "spaces around it"),
+            (" secret", "spaces around it"),
+            ("s\u{e9}cret", "visible ASCII only"),
+            ("sec ret", "visible ASCII only"),
+        ] {
+            let e = Config::load(&Overrides::default(), env(&[("AIOP_TOKEN", t)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains("(hidden)"), "{t:?}: {e}");
+            assert!(
+                !e.contains("secret") && !e.contains("sec ret"),
+                "the token is not shown: {e}"
+            );
+        }
+        assert!(Config::load(&Overrides::default(), env(&[("AIOP_TOKEN", "s3cr3t_-.~")])).is_ok());
+    }
+
+    #[test]
+    fn paths_that_cannot_be_folders_or_are_empty_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling"))
+            .unwrap();
+        for (state, tasks, says) in [
+            (file.join("S"), None, "is a file"),
+            (dir.path().join("S"), Some(file.join("tasks")), "is a file"),
+            (
+                dir.path().join("S"),
+                Some(dir.path().join("dangling")),
+                "a symlink to nothing",
+            ),
+            (dir.path().join("S"), Some(PathBuf::new()), "is empty"),
+            (PathBuf::new(), None, "is empty"),
+        ] {
+            let ov = Overrides {
+                state_dir: Some(state),
+                tasks_dir: tasks,
+                ..Overrides::default()
+            };
+            let e = Config::load(&ov, env(&[])).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        assert!(!dir.path().join("S").exists(), "nothing is created");
     }
 
     #[test]
