@@ -65,13 +65,39 @@ impl DaemonArgs {
 }
 
 fn daemon_addr(addr: Option<&str>, state: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use std::net::ToSocketAddrs;
     Ok(match (addr, state) {
-        (Some(addr), _) => addr.to_string(),
+        (Some(addr), _) => {
+            if addr.to_socket_addrs().is_err() {
+                return Err(super::UsageError(format!(
+                    "--addr {addr}: not an address (host:port, e.g. 127.0.0.1:9187)"
+                ))
+                .into());
+            }
+            addr.to_string()
+        }
         (None, Some(state)) => {
             let f = state.join(aiop::serve::ADDR_FILE);
             match std::fs::read_to_string(&f) {
-                Ok(text) => text.trim().to_string(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A daemon writes the file whole (renamed into place) once it listens.
+                Ok(text) if text.trim().to_socket_addrs().is_ok() => text.trim().to_string(),
+                Ok(text) => {
+                    return Err(super::NoDaemon(format!(
+                        "no daemon runs with the state folder {}: its {} holds no address ({:?})",
+                        state.display(),
+                        aiop::serve::ADDR_FILE,
+                        text.trim()
+                    ))
+                    .into())
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::NotADirectory
+                            | std::io::ErrorKind::IsADirectory
+                    ) =>
+                {
                     return Err(super::NoDaemon(format!(
                         "no daemon runs with the state folder {}: it holds no {} (is aiop serve running?)",
                         state.display(),

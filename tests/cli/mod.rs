@@ -212,10 +212,18 @@ fn an_input_that_is_not_there_exits_66_naming_its_option() {
         assert!(err.contains(says), "{line}: {err}");
         assert!(o.stdout.is_empty(), "{line}");
     }
-    // A client with a state folder where no daemon runs: no daemon answers (69).
+    // A client with a state folder where no daemon runs (no address file, an empty one, a
+    // file for a folder): no daemon answers (69); an --addr that is no address is bad usage.
+    let o = aiop(&["status", "--addr", "http://127.0.0.1:9187"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an address"));
+    std::fs::create_dir(dir.path().join("e")).unwrap();
+    std::fs::write(dir.path().join("e/aiop.addr"), "").unwrap();
     for line in [
         format!("status --state {d}"),
         format!("submit {none} --state {d}"),
+        format!("status --state {d}/e"),
+        format!("searches --state {d}/e/aiop.addr"),
     ] {
         let args: Vec<&str> = line.split(' ').collect();
         let o = aiop(&args, "");
