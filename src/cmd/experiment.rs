@@ -263,6 +263,36 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
     }
     once_each("--methods", &a.methods)?;
     once_each("--queries", &a.queries)?;
+    // The predictor method's own options (its active search read them only once it ran).
+    if a.methods.iter().any(|m| m == "predictor") {
+        for (option, v, min, max) in [
+            ("--per-round", a.per_round, 1, aiop::search::MAX_BUDGET),
+            (
+                "--inner-budget",
+                a.inner_budget,
+                1,
+                aiop::search::MAX_BUDGET,
+            ),
+            ("--local-radius", a.local_radius, 1, usize::MAX),
+            (
+                "--surrogate-steps",
+                a.surrogate_steps,
+                0,
+                aiop::search::MAX_BUDGET,
+            ),
+        ] {
+            if !(min..=max).contains(&v) {
+                return Err(UsageError(format!("{option}: {v} is not in {min}..={max}")).into());
+            }
+        }
+        if !(a.rank_weight.is_finite() && a.rank_weight >= 0.0) {
+            return Err(UsageError(format!(
+                "--rank-weight: {} is not a finite number >= 0",
+                aiop::show::num(a.rank_weight)
+            ))
+            .into());
+        }
+    }
     let mut tables = Vec::with_capacity(a.task.len());
     for task in task_list(space, &a.task)? {
         // Every method queries the true labels of the networks it proposes.

@@ -1181,6 +1181,18 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
             "--queries: 20 is listed twice",
         ),
         (
+            format!("{c10} --methods predictor --per-round 0"),
+            "--per-round: 0 is not in 1..=",
+        ),
+        (
+            format!("{c10} --methods predictor --rank-weight nan"),
+            "--rank-weight: NaN",
+        ),
+        (
+            format!("{c10} --methods predictor --local-radius 0"),
+            "--local-radius: 0",
+        ),
+        (
             format!("{c10} --methods random,random"),
             "--methods: random is listed twice",
         ),
