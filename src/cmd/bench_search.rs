@@ -64,6 +64,12 @@ struct Row {
 pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
     let space = a.space;
     let task = super::task_arg(space, &a.task)?;
+    // Every batch's search checked before any output (`--batch 16,0` ran 16 first).
+    for &batch in &a.batch {
+        spec(&a, space, task, batch, true, 0)
+            .validate()
+            .map_err(|e| super::UsageError(e.to_string()))?;
+    }
     let device = aiop::predictor::default_device();
     let model = crate::cmd::predictor::load_model(a.model.as_deref(), &device)?;
     let mut out = std::io::stdout().lock();
@@ -124,16 +130,16 @@ pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
 }
 
 /// One search: (candidates handled, predictor evaluations, seconds).
-fn one(
+/// The evolution each round runs.
+fn spec(
     a: &BenchSearchArgs,
     space: SpaceId,
     task: Task,
-    model: &aiop::predictor::checkpoint::Trained,
     batch: usize,
     cache: bool,
     seed: u64,
-) -> anyhow::Result<(usize, usize, f64)> {
-    let spec = SearchSpec {
+) -> SearchSpec {
+    SearchSpec {
         space: Some(space),
         task: Some(task),
         algorithm: Algorithm::Evolution,
@@ -144,7 +150,19 @@ fn one(
         seed,
         cache,
         ..SearchSpec::default()
-    };
+    }
+}
+
+fn one(
+    a: &BenchSearchArgs,
+    space: SpaceId,
+    task: Task,
+    model: &aiop::predictor::checkpoint::Trained,
+    batch: usize,
+    cache: bool,
+    seed: u64,
+) -> anyhow::Result<(usize, usize, f64)> {
+    let spec = spec(a, space, task, batch, cache, seed);
     let mut fitness = search::PredictorFitness::new(model.duplicate()?, space, task)?;
     let mut state = SearchState::new(spec)?;
     let cancel = AtomicBool::new(false);

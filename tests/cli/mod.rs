@@ -1209,6 +1209,10 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         ),
         ("bench graph --task cifar10".into(), "--space"),
         ("bench graph --graphs 0".into(), "--graphs"),
+        (
+            "bench search --batch 16,0".into(),
+            "batch must be at least 1",
+        ),
         ("bench graph --rounds 0".into(), "--rounds"),
         (
             format!("pretrain --tasks nb201/bogus --out {no_dir}"),
