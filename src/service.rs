@@ -544,16 +544,21 @@ impl Worker {
             .iter()
             .flat_map(|r| r.items.iter().map(|i| (&i.features, i.gflops)))
             .collect();
-        let start = Instant::now();
         let max = self.cfg.max_batch_graphs.max(1);
-        let out = match self.model(m)? {
-            Loaded::Base(b, key) => b.predict(key, &inputs, max).map_err(|e| e.to_string())?,
-            Loaded::Tuned(t) => t.predict(&inputs, max).map_err(|e| e.to_string())?,
-        };
-        self.metrics
-            .batch_seconds
-            .observe(start.elapsed().as_secs_f64());
-        self.metrics.batch_graphs.observe(inputs.len() as f64);
+        let model = self.model(m)?;
+        // One forward pass per `max` graphs (requests merged may hold more), each observed.
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(max) {
+            let start = Instant::now();
+            out.extend(match &model {
+                Loaded::Base(b, key) => b.predict(*key, chunk, max).map_err(|e| e.to_string())?,
+                Loaded::Tuned(t) => t.predict(chunk, max).map_err(|e| e.to_string())?,
+            });
+            self.metrics
+                .batch_seconds
+                .observe(start.elapsed().as_secs_f64());
+            self.metrics.batch_graphs.observe(chunk.len() as f64);
+        }
         if let Some(bad) = out.iter().find(|v| !v.is_finite()) {
             return Err(format!("the model predicted a non-finite value ({bad})"));
         }
@@ -611,6 +616,48 @@ mod tests {
         }
         assert_eq!(store.cached_prediction(&current, g).unwrap(), Some(1.0));
         assert_eq!(store.cached_prediction(&tuned, g).unwrap(), Some(3.0));
+    }
+
+    #[test]
+    fn each_forward_pass_is_observed_at_most_max_batch_graphs() {
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let reg = Registry::new();
+        let svc = PredictorService::start(
+            ServiceConfig {
+                models_dir: state.path().join("models"),
+                base: BaseModel::Embedded,
+                max_batch_graphs: 2,
+            },
+            store.clone(),
+            &reg,
+        )
+        .unwrap();
+        let mut rng = crate::rng::Rng::new(3);
+        let mut seen = std::collections::HashSet::new();
+        let mut items = Vec::new();
+        while items.len() < 7 {
+            let g = crate::spaces::sample(SpaceId::Nb201, &mut rng)
+                .build(Task::Cifar10)
+                .unwrap();
+            if seen.insert(g.hash()) {
+                items.push(svc.item(&g));
+            }
+        }
+        let m = ModelRef::Base {
+            space: SpaceId::Nb201,
+            task: Task::Cifar10,
+        };
+        assert_eq!(svc.predict(&m, items, Source::Api).unwrap().len(), 7);
+        let h = reg
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "aiop_prediction_batch_graphs")
+            .unwrap();
+        let h = h.get_metric()[0].get_histogram();
+        // 7 graphs of one request in passes of 2, 2, 2, 1 (it was one observation of 7).
+        assert_eq!((h.get_sample_count(), h.get_sample_sum()), (4, 7.0));
+        svc.stop();
     }
 
     #[test]
