@@ -1424,7 +1424,8 @@ mod tests {
             c.validate().unwrap();
         }
         let nb = |t| TaskKey::new(SpaceId::Nb201, t);
-        let cases: Vec<(&str, Box<dyn Fn(&mut EvalConfig)>)> = vec![
+        type Change = Box<dyn Fn(&mut EvalConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("samples: 1", Box::new(|c| c.samples = 1)),
             ("max_eval: must be", Box::new(|c| c.max_eval = Some(0))),
             ("scratch_lr: -1", Box::new(|c| c.scratch_lr = -1.0)),
