@@ -266,52 +266,9 @@ fn an_input_that_is_not_there_exits_66_naming_its_option() {
 fn a_flop_reduction_that_meets_no_constraint_says_so_after_its_results() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
-    let run = |max: &str| {
-        aiop(
-            &[
-                "search",
-                "-q",
-                "--space",
-                "nb201",
-                "--task",
-                "cifar10",
-                "--fitness",
-                "oracle",
-                "--algorithm",
-                "flops",
-                "--start",
-                A,
-                "--budget",
-                "30",
-                "--max-mflops",
-                max,
-                "--json",
-                json.to_str().unwrap(),
-            ],
-            "",
-        )
-    };
-    // No NB-201 network has 1 MFLOP: the start, which breaks the constraint, is the only
-    // result, written and printed, and the constraint no network met is a usage error.
-    let o = run("1");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("no candidate satisfies the constraints (max_mflops 1)"),
-        "{err}"
-    );
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let results = file["results"].as_array().unwrap();
-    assert_eq!(results.len(), 1, "{file}");
-    assert!(results[0]["mflops"].as_f64().unwrap() > 1.0);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
-    // One that some network meets ends as usual, even when none of those keeps the
-    // tolerance (the constraints were met; the start alone is the result).
-    let o = run("50");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = aiop(
-        &[
+    let json_s = json.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
             "search",
             "-q",
             "--space",
@@ -326,15 +283,32 @@ fn a_flop_reduction_that_meets_no_constraint_says_so_after_its_results() {
             A,
             "--budget",
             "30",
-            "--max-mflops",
-            "80",
-            "--radius",
-            "1",
-            "--tolerance",
-            "0",
-        ],
-        "",
+            "--json",
+            json_s,
+        ];
+        args.extend_from_slice(extra);
+        aiop(&args, "")
+    };
+    // No NB-201 network has 1 MFLOP: the start, which breaks the constraint, is the only
+    // result, written and printed, and the constraint no network met is a usage error.
+    let o = run(&["--max-mflops", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no candidate satisfies the constraints (max_mflops 1)"),
+        "{err}"
     );
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = file["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{file}");
+    assert!(results[0]["mflops"].as_f64().unwrap() > 1.0);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    // One that some network meets ends as usual, even when none of those keeps the
+    // tolerance (the constraints were met; the start alone is the result).
+    let o = run(&["--max-mflops", "50"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--max-mflops", "80", "--radius", "1", "--tolerance", "0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A free start graph is at most MAX_START_NODES nodes (each generation copies it per
     // move): a chain of 4,096 convs is refused before any work.

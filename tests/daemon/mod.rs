@@ -133,12 +133,7 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
+        send_signal(sig, self.child.id());
     }
 
     /// SIGKILL at once (no `kill` process to spawn first, so the signal lands as soon as the
@@ -167,6 +162,16 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kill SIG PID`, which must succeed.
+fn send_signal(sig: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }
 
 fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
@@ -284,12 +289,7 @@ fn a_log_reader_that_goes_away_does_not_take_the_daemon_down() {
     });
     let r = request(addr.trim(), "GET", "/healthz", &[], None, T).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    send_signal("-TERM", child.id());
     let status = wait_within(
         "the exit",
         Duration::from_secs(15),
@@ -518,12 +518,7 @@ fn tells_systemd_ready_then_stopping() {
             .status,
         200
     );
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    send_signal("-TERM", child.id());
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1\n");
     assert_eq!(child.wait().unwrap().code(), Some(0));
