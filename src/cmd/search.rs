@@ -161,6 +161,16 @@ fn spec_from(a: &SearchArgs, start: Option<Start>, sign: f64) -> anyhow::Result<
 /// Refuse an option the chosen algorithm does not read (a FLOP reduction's given to evolution,
 /// a tournament's to random search...), naming the first as the command line spells it.
 fn refuse_unread_options(a: &SearchArgs) -> Result<(), UsageError> {
+    // A front (multi-objective, or a FLOP reduction's) returns all its networks: `--top` cuts
+    // a ranking only.
+    if a.given.iter().any(|g| g == "top") && (a.multi_objective || a.algorithm == Algorithm::Flops)
+    {
+        return Err(UsageError(
+            "--top: only a single-objective evolution or random search keeps a ranking to cut; \
+             a front (--multi-objective, --algorithm flops) returns all its networks"
+                .into(),
+        ));
+    }
     match a
         .algorithm
         .refuse_unread_options(|id| a.given.iter().any(|g| g == id))

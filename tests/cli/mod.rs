@@ -1085,6 +1085,10 @@ fn search_and_export_refuse_bad_arguments_before_any_work() {
         ),
         ("search --space nb201".into(), "need a space and a task"),
         (
+            "search --space nb201 --task cifar10 --multi-objective --top 5".into(),
+            "--top: only a single-objective",
+        ),
+        (
             "search --space nb201 --task cifar10 --batch 18446744073709551615".into(),
             "batch 18446744073709551615 is over the limit of 4096",
         ),
