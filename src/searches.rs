@@ -1160,7 +1160,7 @@ mod tests {
         }
         // Schema 1: the whole state.
         let whole = serde_json::to_vec(&st).unwrap();
-        let (back, n) = crate::store::decode_checkpoint(&whole, &[]).unwrap();
+        let (back, n) = crate::store::decode_checkpoint(&whole, &[] as &[Vec<u8>]).unwrap();
         assert_eq!((back, n), (st.clone(), 0));
         // Schema 2: the head, and the history beside it.
         let mut head_state = st.clone();

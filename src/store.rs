@@ -350,13 +350,16 @@ pub type StoredCheckpoint = (Vec<u8>, Vec<Vec<u8>>);
 /// history tree yet). Returns the state and how many of its history entries the tree holds.
 /// The state is checked as one to step ([`SearchState::check`]): a spec within its limits, no
 /// index past its history.
-pub fn decode_checkpoint(head: &[u8], history: &[Vec<u8>]) -> Result<(SearchState, usize), String> {
+pub fn decode_checkpoint(
+    head: &[u8],
+    history: &[impl AsRef<[u8]>],
+) -> Result<(SearchState, usize), String> {
     let (state, n) = decode_state(head, history)?;
     state.check().map_err(|e| e.to_string())?;
     Ok((state, n))
 }
 
-fn decode_state(head: &[u8], history: &[Vec<u8>]) -> Result<(SearchState, usize), String> {
+fn decode_state(head: &[u8], history: &[impl AsRef<[u8]>]) -> Result<(SearchState, usize), String> {
     let v: serde_json::Value = serde_json::from_slice(head).map_err(|e| e.to_string())?;
     let Some(st) = v.get("state") else {
         return Ok((serde_json::from_value(v).map_err(|e| e.to_string())?, 0));
@@ -373,7 +376,7 @@ fn decode_state(head: &[u8], history: &[Vec<u8>]) -> Result<(SearchState, usize)
     let mut state: SearchState = serde_json::from_value(st.clone()).map_err(|e| e.to_string())?;
     state.history = history[..n]
         .iter()
-        .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
+        .map(|e| serde_json::from_slice(e.as_ref()).map_err(|e| e.to_string()))
         .collect::<Result<_, String>>()?;
     Ok((state, n))
 }
@@ -1362,7 +1365,7 @@ fn check_checkpoints(
                 ),
             });
         }
-        let bytes: Vec<Vec<u8>> = entries.values().map(|(b, _)| b.to_vec()).collect();
+        let bytes: Vec<&[u8]> = entries.values().map(|(b, _)| *b).collect();
         decode_checkpoint(head, &bytes).map_err(|e| {
             fail(format!(
                 "the checkpoint of search '{key}' is unreadable: {e}"

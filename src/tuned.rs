@@ -705,7 +705,9 @@ pub fn finetune(
                 cancel: cancel.clone(),
                 ..TrainConfig::default()
             };
-            let prefixes: Vec<String> = ["embed.", "gnn.", "head."].map(String::from).into();
+            let prefixes: Vec<String> = crate::predictor::checkpoint::VARIABLE_PARTS
+                .map(String::from)
+                .into();
             let mut epochs = settings.epochs;
             if settings.select_epochs && data.len() >= MIN_SELECT_SAMPLES {
                 let d = EpochSelection::default();

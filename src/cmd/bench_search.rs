@@ -129,7 +129,6 @@ pub fn bench(a: BenchSearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One search: (candidates handled, predictor evaluations, seconds).
 /// The evolution each round runs.
 fn spec(
     a: &BenchSearchArgs,
@@ -153,6 +152,7 @@ fn spec(
     }
 }
 
+/// One search: (candidates handled, predictor evaluations, seconds).
 fn one(
     a: &BenchSearchArgs,
     space: SpaceId,

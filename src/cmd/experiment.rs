@@ -662,10 +662,6 @@ fn summarise(
     )
 }
 
-/// `aiop experiment flops`: from the table's best architecture of a task, the FLOP-reducing
-/// search scored by the AIO-P predictor fine-tuned on 20 labelled networks of that task; the
-/// cheapest network found whose predicted score is within the tolerance of the start's, with its
-/// TRUE drop from the table.
 /// The FLOP reduction each run makes from `start` (true value `best`).
 fn reduction_spec(
     a: &FlopsExperimentArgs,
@@ -690,6 +686,10 @@ fn reduction_spec(
     }
 }
 
+/// `aiop experiment flops`: from the table's best architecture of a task, the FLOP-reducing
+/// search scored by the AIO-P predictor fine-tuned on 20 labelled networks of that task; the
+/// cheapest network found whose predicted score is within the tolerance of the start's, with its
+/// TRUE drop from the table.
 pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     use aiop::predictor::data::{load_task, TaskKey};
 
@@ -714,8 +714,8 @@ pub fn flops_experiment(a: FlopsExperimentArgs) -> anyhow::Result<()> {
     // The reductions' options (--budget, --tolerance, --radius) as the search checks them, on
     // a network of the space standing in for each task's best.
     let stand_in = aiop::spaces::sample(space, &mut aiop::rng::Rng::new(0));
+    let key = aiop::predictor::data::TaskKey::new(space, tasks[0]);
     for &two_sided in &a.two_sided {
-        let key = aiop::predictor::data::TaskKey::new(space, tasks[0]);
         reduction_spec(&a, key, &stand_in, 0.0, 0, two_sided)
             .validate()
             .map_err(|e| UsageError(e.to_string()))?;

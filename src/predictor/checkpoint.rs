@@ -256,7 +256,7 @@ impl Trained {
 
     /// The variables fine-tuning trains, in name order. With adapters: the adapters' (their
     /// encoder is frozen by construction, its states detached, so `prefixes` do not apply).
-    /// Without: those whose name starts with one of `prefixes` (`embed.`, `gnn.`, `head.`),
+    /// Without: those whose name starts with one of `prefixes` (of [`VARIABLE_PARTS`]),
     /// every variable when `prefixes` is empty. An error when nothing matches.
     pub fn trainable_vars(
         &self,
@@ -394,6 +394,10 @@ impl Trained {
             .collect())
     }
 }
+
+/// The parts of the model its variables are named under (`vb.pp("embed")` and so on): the
+/// prefixes fine-tuning selects by, all of them by default.
+pub const VARIABLE_PARTS: [&str; 3] = ["embed.", "gnn.", "head."];
 
 /// Whether every element of `t` is finite.
 fn finite(t: &Tensor) -> Result<bool, PredictorError> {

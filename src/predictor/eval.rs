@@ -229,7 +229,7 @@ impl Default for EvalConfig {
                 dev_fraction: 0.0,
                 ..TrainConfig::default()
             },
-            trainable: vec!["embed.".into(), "gnn.".into(), "head.".into()],
+            trainable: super::checkpoint::VARIABLE_PARTS.map(String::from).into(),
             scratch_lr: 1e-3,
             baselines: true,
             max_eval: None,
@@ -621,15 +621,15 @@ impl EvalConfig {
                 ));
             }
         }
-        const PARTS: [&str; 3] = ["embed.", "gnn.", "head."];
+        use super::checkpoint::VARIABLE_PARTS;
         if let Some(t) = self.trainable.iter().find(|t| {
-            !PARTS
+            !VARIABLE_PARTS
                 .iter()
                 .any(|p| p.starts_with(t.as_str()) || t.starts_with(p))
         }) {
             return bad(format!(
                 "trainable: '{t}' names no variable (prefixes of {})",
-                PARTS.join(", ")
+                VARIABLE_PARTS.join(", ")
             ));
         }
         if let Some(k) = self
@@ -640,8 +640,7 @@ impl EvalConfig {
             return bad(format!("targets: {k} is also in pretrain_tasks"));
         }
         if let Some(stage) = &self.adapters {
-            super::model::check_head("adapters.config.head", &stage.config.head)?;
-            stage.train.validate("adapters.train.")?;
+            stage.validate()?;
         }
         for (k, m) in self.members.iter().enumerate() {
             if let Some(p) = &m.pretrain {

@@ -62,6 +62,22 @@ pub struct AdapterStage {
     pub train: TrainConfig,
 }
 
+impl AdapterStage {
+    /// What the stage itself must hold before anything trains: a head within the model's
+    /// limits, at most [`super::adapters::MAX_ADAPTERS`] tasks, a valid training schedule.
+    pub fn validate(&self) -> Result<(), PredictorError> {
+        super::model::check_head("adapters.config.head", &self.config.head)?;
+        if self.tasks.len() > super::adapters::MAX_ADAPTERS {
+            return Err(PredictorError::Config(format!(
+                "adapters.tasks: {} is over the limit of {}",
+                self.tasks.len(),
+                super::adapters::MAX_ADAPTERS
+            )));
+        }
+        self.train.validate("adapters.train.")
+    }
+}
+
 impl Default for AdapterStage {
     fn default() -> AdapterStage {
         AdapterStage {
@@ -142,15 +158,7 @@ impl PretrainConfig {
                     self.model.hidden
                 ));
             }
-            super::model::check_head("adapters.config.head", &stage.config.head)?;
-            if stage.tasks.len() > super::adapters::MAX_ADAPTERS {
-                return bad(format!(
-                    "adapters.tasks: {} is over the limit of {}",
-                    stage.tasks.len(),
-                    super::adapters::MAX_ADAPTERS
-                ));
-            }
-            stage.train.validate("adapters.train.")?;
+            stage.validate()?;
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ impl Default for TransferConfig {
             epochs: 100,
             batch_size: 1,
             lr: 1e-4,
-            trainable: vec!["embed.".into(), "gnn.".into(), "head.".into()],
+            trainable: super::checkpoint::VARIABLE_PARTS.map(String::from).into(),
             seed: 0,
         }
     }

@@ -443,7 +443,6 @@ const MAX_STALLED: u32 = 100;
 /// Tries to draw a candidate within the constraints.
 const MAX_TRIES: usize = 10_000;
 
-/// A built candidate before scoring.
 /// A move of a FLOP reduction: a neighbouring architecture, or an edit of history entry
 /// `.0`'s graph.
 enum Move {
@@ -464,6 +463,7 @@ impl Move {
     }
 }
 
+/// A built candidate before scoring.
 struct Built {
     genome: Genome,
     graph: Arc<Graph>,
